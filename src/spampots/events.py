@@ -1,0 +1,237 @@
+"""The one event vocabulary of spampots.
+
+Every fact the sensor observes is one of these msgspec Structs, written as one
+JSON object per line. The ``event`` field is the msgspec tag, so a line decodes
+straight back into its class. The common fields (``v`` .. ``depth``) are set
+only by the sensor glue (:func:`stamp`); protocol code never fills them, so
+attacker-supplied data cannot overwrite them.
+
+The schema is documented in ``docs/events.md``; ``tests/test_events_doc.py``
+fails when code and documentation disagree. Bump ``SCHEMA_VERSION`` when a
+field changes meaning or is removed (adding an optional field does not).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any, Optional, Union
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+
+class Event(msgspec.Struct, tag_field="event", kw_only=True, omit_defaults=False):
+    """Common fields, present on every event."""
+
+    v: int = SCHEMA_VERSION
+    ts: str = ""  # UTC, ISO 8601 with microseconds and a Z
+    sensor: str = ""
+    session: str = ""  # "" for sensor-wide events
+    src_ip: str = ""
+    src_port: int = 0
+    listener_port: int = 0
+    protocol: str = ""  # socks4, socks4a, socks5, http, smtp, tls, raw, unknown, sensor
+    depth: int = 0  # 0 = on our listener; n = inside the n-th tunnel of a proxy chain
+
+
+COMMON_FIELDS: tuple[str, ...] = (
+    "v", "event", "ts", "sensor", "session", "src_ip", "src_port",
+    "listener_port", "protocol", "depth",
+)
+
+
+class Listener(msgspec.Struct, kw_only=True):
+    address: str
+    port: int
+    kind: str  # proxy | smtp | submission | smtps
+    persona: str = ""
+    error: str = ""  # why the bind failed, for failed listeners
+
+
+class SensorStart(Event, tag="spampots.sensor.start"):
+    version: str
+    listeners: list[Listener] = []
+    failed: list[Listener] = []
+    limits: dict[str, Any] = {}
+    personas: dict[str, str] = {}
+
+
+class SensorStop(Event, tag="spampots.sensor.stop"):
+    version: str
+    uptime_s: float = 0.0
+    listeners: list[Listener] = []
+    limits: dict[str, Any] = {}
+    counters: dict[str, int] = {}
+
+
+class SensorHeartbeat(Event, tag="spampots.sensor.heartbeat"):
+    version: str
+    uptime_s: float = 0.0
+    counters: dict[str, int] = {}
+
+
+class SessionOpen(Event, tag="spampots.session.open"):
+    listener_addr: str = ""
+    proxied_by: Optional[str] = None  # trusted PROXY-protocol front end, if any
+
+
+class SessionClose(Event, tag="spampots.session.close"):
+    duration_s: float = 0.0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    reason: str = ""  # client_eof, idle, lifetime, limit, protocol, server, shutdown, error
+
+
+class ProxyRequest(Event, tag="spampots.proxy.request"):
+    proxy: str  # socks4, socks4a, socks5, http
+    command: str  # connect, bind, udp_associate, get, post, head, put, ...
+    target_host: str = ""
+    target_port: int = 0
+    url: Optional[str] = None  # HTTP absolute-form target
+    auth_method: Optional[str] = None  # none, userpass, basic, ...
+    username: Optional[str] = None
+    password: Optional[str] = None
+    outcome: str = "granted"  # granted, rejected, unsupported
+    reply_code: int = 0  # SOCKS reply byte or HTTP status sent
+
+
+class HttpRequest(Event, tag="spampots.http.request"):
+    role: str  # proxy (absolute-form through us), origin (we play the site), judge
+    method: str
+    target: str  # request-target as sent
+    host: str = ""
+    port: int = 0
+    version: str = ""
+    headers: list[list[str]] = []
+    body_size: int = 0
+    body_sha256: Optional[str] = None
+    user_agent: Optional[str] = None
+    status: int = 0  # status we answered
+
+
+class SmtpAuth(Event, tag="spampots.smtp.auth"):
+    mechanism: str
+    username: Optional[str] = None
+    password: Optional[str] = None  # for CRAM-MD5: the client's response digest
+    outcome: str = "accepted"  # accepted, rejected, malformed
+    target_host: Optional[str] = None
+    target_port: Optional[int] = None
+
+
+class SmtpTls(Event, tag="spampots.smtp.tls"):
+    outcome: str  # established, failed
+    detail: str = ""
+    target_host: Optional[str] = None
+    target_port: Optional[int] = None
+
+
+class SmtpMessage(Event, tag="spampots.smtp.message"):
+    helo: Optional[str] = None
+    mail_from: str = ""
+    rcpts: list[str] = []
+    size: int = 0
+    sha256: str = ""
+    subject: Optional[str] = None
+    header_from: Optional[str] = None
+    message_id: Optional[str] = None
+    via: list[str] = []  # tunnel hops, outermost first, e.g. "socks5:mx.example.com:25"
+    target_host: Optional[str] = None  # the mail server the abuser asked for (None: direct)
+    target_port: Optional[int] = None
+    tls: bool = False
+    auth_user: Optional[str] = None
+    index: int = 0  # 1-based message number within the SMTP session
+
+
+class TunnelPayload(Event, tag="spampots.tunnel.payload"):
+    target_host: str = ""
+    target_port: int = 0
+    size: int = 0  # bytes received in the tunnel (may exceed what is kept)
+    data_b64: str = ""  # the first bytes kept (payload_keep limit)
+
+
+class TlsHello(Event, tag="spampots.tls.hello"):
+    target_host: str = ""
+    target_port: int = 0
+    sni: Optional[str] = None
+    alpn: list[str] = []
+    tls_version: str = ""  # highest version offered by the client
+    cipher_count: int = 0
+
+
+class ProtocolError(Event, tag="spampots.protocol.error"):
+    kind: str  # dotted: socks5.bad_version, http.malformed, smtp.bad_command, ...
+    detail: str = ""
+    data_b64: str = ""  # up to 256 offending bytes
+
+
+class LimitHit(Event, tag="spampots.limit.hit"):
+    limit: str  # name of the limit in [limits]
+    value: int | float = 0  # configured limit
+    observed: int | float = 0  # what the client tried
+
+
+AnyEvent = Union[
+    SensorStart, SensorStop, SensorHeartbeat, SessionOpen, SessionClose,
+    ProxyRequest, HttpRequest, SmtpAuth, SmtpTls, SmtpMessage, TunnelPayload,
+    TlsHello, ProtocolError, LimitHit,
+]
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    t.__struct_config__.tag: t for t in AnyEvent.__args__  # type: ignore[attr-defined]
+}
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(AnyEvent)
+
+
+def now_iso() -> str:
+    """UTC now as ISO 8601 with microseconds and a trailing Z."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def encode(event: Event) -> bytes:
+    """One event as a JSON line (with the trailing newline)."""
+    return _encoder.encode(event) + b"\n"
+
+
+def encode_many(events: list[Event]) -> bytes:
+    return b"".join(_encoder.encode(e) + b"\n" for e in events)
+
+
+def decode(line: bytes | str) -> Event:
+    """Decode one JSON line into its typed event (raises msgspec.DecodeError)."""
+    return _decoder.decode(line)
+
+
+def name_of(event: Event) -> str:
+    return type(event).__struct_config__.tag  # type: ignore[return-value]
+
+
+def fields_of(event_type: type[Event]) -> tuple[str, ...]:
+    return event_type.__struct_fields__
+
+
+def stamp(
+    event: Event,
+    *,
+    sensor: str,
+    session: str,
+    src_ip: str,
+    src_port: int,
+    listener_port: int,
+    protocol: str,
+    depth: int,
+    ts: Optional[str] = None,
+) -> Event:
+    """Fill the common fields; called by the sensor glue only."""
+    event.v = SCHEMA_VERSION
+    event.ts = ts or now_iso()
+    event.sensor = sensor
+    event.session = session
+    event.src_ip = src_ip
+    event.src_port = src_port
+    event.listener_port = listener_port
+    event.protocol = protocol
+    event.depth = depth
+    return event

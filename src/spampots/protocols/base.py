@@ -1,0 +1,124 @@
+"""The contract between the sans-IO protocol machines and the asyncio glue.
+
+A handler is fed bytes and answers with a list of *actions*, in order:
+
+* ``bytes``            send these bytes to the client
+* an ``Event``         record it (fire and forget; flushed by group commit)
+* :class:`Durable`     record the event *and* the message body, and send
+                       nothing that follows until both are on disk. This is
+                       how "250 after DATA only once the message is durable"
+                       is expressed without I/O in the protocol.
+* :class:`Tunnel`      the client was granted a connection to host:port; from
+                       now on we play that far end (see ``farend.py``). Any
+                       bytes after the request are in ``rest``.
+* :class:`StartTLS`    upgrade the connection to TLS (server side) now; the
+                       handler keeps receiving the decrypted bytes.
+* :class:`Close`       close the connection after sending what came before.
+
+Handlers never see sockets, clocks or files. Everything they need to know
+about their surroundings is in :class:`Context`.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Optional, Protocol, Union
+
+from ..events import Event, LimitHit, ProtocolError
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-session protocol limits (connection limits live in the sensor)."""
+
+    line_length: int = 4096  # bytes in one command / header line
+    header_bytes: int = 65536  # total bytes of a request or message header
+    message_size: int = 10 * 1024 * 1024  # bytes of one DATA / HTTP body
+    recipients: int = 100  # RCPT TO per message
+    payload_keep: int = 4096  # first bytes kept of an unknown tunnel payload
+    messages_per_session: int = 1000
+    chain_depth: int = 8  # deeper proxy chains are closed
+
+
+@dataclass(frozen=True, slots=True)
+class Persona:
+    """What this sensor looks like; chosen per sensor by ``personas.py``."""
+
+    smtp_style: str = "postfix"  # postfix, exim, sendmail, exchange
+    hostname: str = "mail.example.net"  # our own name in banners
+    http_style: str = "squid"  # squid, apache, ccproxy, tinyproxy, ...
+    judge_style: str = "azenv"  # azenv, plain, table
+    smtp_tls: bool = True  # advertise and implement STARTTLS
+    smtp_auth: bool = True  # advertise AUTH PLAIN LOGIN
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """The surroundings of one handler, as plain data."""
+
+    src_ip: str = "127.0.0.1"
+    src_port: int = 0
+    listener_port: int = 0
+    local_ip: str = "127.0.0.1"  # the address the client reached us on
+    persona: Persona = field(default_factory=Persona)
+    limits: Limits = field(default_factory=Limits)
+    depth: int = 0  # tunnel depth (0: directly on our listener)
+    via: tuple[str, ...] = ()  # hops so far, "socks5:host:port"
+    target_host: Optional[str] = None  # the far end we are playing, if in a tunnel
+    target_port: Optional[int] = None
+    tls_available: bool = False  # the glue can do StartTLS
+
+
+@dataclass(frozen=True, slots=True)
+class Durable:
+    event: Event
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Tunnel:
+    proxy: str  # socks4, socks4a, socks5, http
+    host: str
+    port: int
+    rest: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class StartTLS:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    reason: str = "server"
+
+
+Action = Union[bytes, Event, Durable, Tunnel, StartTLS, Close]
+
+
+class Handler(Protocol):
+    """What every protocol machine offers the glue."""
+
+    #: protocol name stamped on this handler's events (may change, e.g. socks4 -> socks4a)
+    protocol: str
+
+    def start(self) -> list[Action]:
+        """Actions on connect (a banner for server-speaks-first protocols)."""
+        ...
+
+    def receive(self, data: bytes) -> list[Action]:
+        """Feed bytes from the client."""
+        ...
+
+    def eof(self) -> list[Action]:
+        """The client closed or the session ends: flush what is pending."""
+        ...
+
+
+def error_event(kind: str, detail: str = "", data: bytes = b"") -> ProtocolError:
+    return ProtocolError(kind=kind, detail=detail, data_b64=base64.b64encode(data[:256]).decode())
+
+
+def limit_event(limit: str, value: int | float, observed: int | float) -> LimitHit:
+    return LimitHit(limit=limit, value=value, observed=observed)
