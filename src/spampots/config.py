@@ -1,0 +1,292 @@
+"""The sensor's TOML configuration, validated into typed structs.
+
+Everything has a default, so ``spampots run`` with no file is a working
+sensor on the talk's ports. Unknown keys are errors (a typo must not silently
+become a default), and every error names the key that is wrong.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any, Optional
+
+import msgspec
+
+from .protocols.base import Limits as ProtocolLimits
+from .protocols.personas import HTTP_STYLES, JUDGE_STYLES, SMTP_STYLES
+
+# The talk's abused ports ("Portas Abusadas"), in its order.
+SOCKS_PORTS = (1080, 3127)
+HTTP_PORTS = (8080, 80, 3128, 8000, 6588, 4480, 3382, 81)
+SMTP_PORTS = (25,)
+LISTENER_KINDS = ("proxy", "smtp")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the user."""
+
+
+class _Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ListenerConfig(_Base):
+    port: int
+    kind: str = "proxy"  # proxy: waits for the client; smtp: sends a banner first
+    address: str = ""  # "" = every interface (IPv4 and IPv6)
+    persona: str = ""  # smtp style / http style for this listener; "" = the sensor's
+
+
+class SensorSection(_Base):
+    id: str = ""  # "" = derived from the host name
+    data_dir: str = "var"
+    user: str = "nobody"  # dropped to after binding when started as root; "" = never drop
+    log_level: str = "info"
+    summary_interval_s: float = 60.0
+    heartbeat_interval_s: float = 60.0
+    greeting_delay_s: float = 0.0  # wait this long for a client that speaks first on SMTP ports
+
+
+class LimitsSection(_Base):
+    max_sessions: int = 4096
+    max_sessions_per_ip: int = 64
+    new_sessions_per_s_per_ip: float = 50.0  # token bucket; burst = 2 s worth
+    idle_timeout_s: float = 60.0
+    session_lifetime_s: float = 900.0
+    line_length: int = 4096
+    header_bytes: int = 65536
+    message_size: int = 10 * 1024 * 1024
+    recipients: int = 100
+    payload_keep: int = 4096
+    messages_per_session: int = 1000
+    chain_depth: int = 8
+
+
+class SmtpSection(_Base):
+    persona: str = ""  # postfix | exim | sendmail | exchange; "" = chosen from the sensor id
+    hostname: str = ""  # our name in banners; "" = chosen from the sensor id
+    starttls: bool = True  # real STARTTLS with a self-signed certificate
+    auth: bool = True  # advertise AUTH PLAIN LOGIN, accept and record any credentials
+    tls_cert: str = ""  # PEM; "" = generated under <data_dir>/tls on first start
+    tls_key: str = ""
+
+
+class HttpSection(_Base):
+    persona: str = ""  # squid | tinyproxy | ccproxy | apache | analogx | proxyplus; "" = chosen
+    judge_style: str = ""  # azenv | plain | table; "" = chosen
+
+
+class ProxyProtocolSection(_Base):
+    trusted: list[str] = []  # addresses/networks allowed to send a PROXY v1/v2 header
+
+
+class StoreSection(_Base):
+    fsync: bool = True
+    group_commit_ms: float = 2.0
+    segment_max_mb: float = 64.0
+    segment_max_age_s: float = 3600.0
+
+
+class Config(_Base):
+    sensor: SensorSection = msgspec.field(default_factory=SensorSection)
+    limits: LimitsSection = msgspec.field(default_factory=LimitsSection)
+    smtp: SmtpSection = msgspec.field(default_factory=SmtpSection)
+    http: HttpSection = msgspec.field(default_factory=HttpSection)
+    proxy_protocol: ProxyProtocolSection = msgspec.field(default_factory=ProxyProtocolSection)
+    store: StoreSection = msgspec.field(default_factory=StoreSection)
+    listener: list[ListenerConfig] = msgspec.field(default_factory=list)
+
+    # -- derived views ------------------------------------------------------
+    @property
+    def sensor_id(self) -> str:
+        return self.sensor.id or _default_sensor_id()
+
+    @property
+    def listeners(self) -> list[ListenerConfig]:
+        return self.listener or default_listeners()
+
+    def protocol_limits(self) -> ProtocolLimits:
+        lim = self.limits
+        return ProtocolLimits(
+            line_length=lim.line_length,
+            header_bytes=lim.header_bytes,
+            message_size=lim.message_size,
+            recipients=lim.recipients,
+            payload_keep=lim.payload_keep,
+            messages_per_session=lim.messages_per_session,
+            chain_depth=lim.chain_depth,
+        )
+
+    def trusted_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(t, strict=False) for t in self.proxy_protocol.trusted]
+
+
+def default_listeners() -> list[ListenerConfig]:
+    return (
+        [ListenerConfig(port=p, kind="proxy") for p in SOCKS_PORTS + HTTP_PORTS]
+        + [ListenerConfig(port=p, kind="smtp") for p in SMTP_PORTS]
+    )
+
+
+def _default_sensor_id() -> str:
+    name = socket.gethostname().split(".")[0] or "sensor"
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
+
+
+def load(path: Optional[Path]) -> Config:
+    """Read and validate a config file (None: all defaults)."""
+    if path is None:
+        cfg = Config()
+    else:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        cfg = from_dict(raw, source=str(path))
+    validate(cfg)
+    return cfg
+
+
+def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_explain(str(exc))}") from None
+
+
+def _explain(msg: str) -> str:
+    # msgspec says "Object contains unknown field `x` - at `$.limits`": make it TOML-shaped.
+    return msg.replace("$.", "").replace("`$`", "top level").replace("Object contains", "section has")
+
+
+def validate(cfg: Config) -> None:
+    """Checks that types alone cannot express."""
+    errors: list[str] = []
+    seen: set[tuple[str, int]] = set()
+    for i, lst in enumerate(cfg.listeners):
+        where = f"listener[{i}] (port {lst.port})"
+        if not 1 <= lst.port <= 65535:
+            errors.append(f"{where}: port must be 1..65535")
+        if lst.kind not in LISTENER_KINDS:
+            errors.append(f"{where}: kind must be one of {', '.join(LISTENER_KINDS)}, not {lst.kind!r}")
+        if lst.address:
+            try:
+                ipaddress.ip_address(lst.address)
+            except ValueError:
+                errors.append(f"{where}: address {lst.address!r} is not an IPv4/IPv6 address")
+        key = (lst.address, lst.port)
+        if key in seen:
+            errors.append(f"{where}: listed twice")
+        seen.add(key)
+    for t in cfg.proxy_protocol.trusted:
+        try:
+            ipaddress.ip_network(t, strict=False)
+        except ValueError:
+            errors.append(f"proxy_protocol.trusted: {t!r} is not an address or network")
+    if cfg.sensor.log_level not in LOG_LEVELS:
+        errors.append(f"sensor.log_level must be one of {', '.join(LOG_LEVELS)}")
+    if cfg.smtp.persona and cfg.smtp.persona not in SMTP_STYLES:
+        errors.append(f"smtp.persona must be one of {', '.join(SMTP_STYLES)}")
+    if cfg.http.persona and cfg.http.persona not in HTTP_STYLES:
+        errors.append(f"http.persona must be one of {', '.join(HTTP_STYLES)}")
+    if cfg.http.judge_style and cfg.http.judge_style not in JUDGE_STYLES:
+        errors.append(f"http.judge_style must be one of {', '.join(JUDGE_STYLES)}")
+    if bool(cfg.smtp.tls_cert) != bool(cfg.smtp.tls_key):
+        errors.append("smtp.tls_cert and smtp.tls_key go together")
+    sid = cfg.sensor.id
+    if sid and not all(c.isalnum() or c in "-_." for c in sid):
+        errors.append("sensor.id may hold letters, digits, '-', '_' and '.' only")
+    for name in LimitsSection.__struct_fields__:
+        if getattr(cfg.limits, name) <= 0:
+            errors.append(f"limits.{name} must be positive")
+    if errors:
+        raise ConfigError("\n".join(errors))
+
+
+def with_port_offset(cfg: Config, offset: int) -> Config:
+    """Every listener's port + offset (``--port-offset``), for running without root."""
+    moved = [msgspec.structs.replace(lst, port=lst.port + offset) for lst in cfg.listeners]
+    for lst in moved:
+        if not 1 <= lst.port <= 65535:
+            raise ConfigError(f"--port-offset {offset} moves port {lst.port - offset} out of range")
+    return msgspec.structs.replace(cfg, listener=moved)
+
+
+def with_address(cfg: Config, address: str) -> Config:
+    """Every listener on one address (``--address``)."""
+    return msgspec.structs.replace(
+        cfg, listener=[msgspec.structs.replace(lst, address=address) for lst in cfg.listeners]
+    )
+
+
+def effective_limits(cfg: Config) -> dict[str, Any]:
+    return msgspec.structs.asdict(cfg.limits)
+
+
+def example_toml() -> str:
+    """A commented config with every key at its default (``spampots config --example``)."""
+    return _EXAMPLE
+
+
+_EXAMPLE = """\
+# spampots sensor configuration. Every key is optional; these are the defaults.
+
+[sensor]
+id = ""                     # sensor name in every event; "" = the host name
+data_dir = "var"            # events, message packs, TLS key
+user = "nobody"             # started as root: bind, then drop to this user; "" = never drop
+log_level = "info"          # debug | info | warning | error (stderr)
+summary_interval_s = 60     # one-line operational summary on stderr
+heartbeat_interval_s = 60   # spampots.sensor.heartbeat events
+greeting_delay_s = 0.0      # SMTP ports: wait this long for a client that speaks first
+
+[limits]                    # every hit is recorded as spampots.limit.hit
+max_sessions = 4096         # concurrent sessions, all sources
+max_sessions_per_ip = 64    # concurrent sessions from one source address
+new_sessions_per_s_per_ip = 50
+idle_timeout_s = 60
+session_lifetime_s = 900
+line_length = 4096          # bytes in one command or header line
+header_bytes = 65536        # bytes in one request / message header block
+message_size = 10485760     # bytes in one message (SMTP 552 above it)
+recipients = 100            # RCPT TO per message (SMTP 452 above it)
+payload_keep = 4096         # first bytes kept of an unknown tunnel payload
+messages_per_session = 1000
+chain_depth = 8             # proxy-through-proxy depth before we close
+
+[smtp]
+persona = ""                # postfix | exim | sendmail | exchange; "" = picked from the sensor id
+hostname = ""               # our name in banners; "" = picked from the sensor id
+starttls = true             # real STARTTLS (RFC 3207) with a self-signed certificate
+auth = true                 # advertise AUTH PLAIN LOGIN; any credentials accepted and recorded
+tls_cert = ""               # PEM certificate and key; "" = generated in <data_dir>/tls
+tls_key = ""
+
+[http]
+persona = ""                # squid | tinyproxy | ccproxy | apache | analogx | proxyplus
+judge_style = ""            # azenv | plain | table
+
+[proxy_protocol]
+trusted = []                # e.g. ["127.0.0.1", "10.0.0.0/8"]: front ends allowed to send PROXY v1/v2
+
+[store]
+fsync = true                # a 250 after DATA is sent only once message and event are fsynced
+group_commit_ms = 2.0
+segment_max_mb = 64
+segment_max_age_s = 3600
+
+# Listeners: without any [[listener]] the talk's ports are used:
+# SOCKS 1080 3127; HTTP 8080 80 3128 8000 6588 4480 3382 81; SMTP 25.
+# Any port serves any protocol (the first bytes decide); kind only says who speaks first.
+# [[listener]]
+# port = 1080
+# kind = "proxy"            # proxy (client speaks first) | smtp (banner first)
+# address = ""              # "" = all interfaces; "::" / "0.0.0.0" / one address
+# persona = ""
+"""

@@ -1,0 +1,161 @@
+"""Deciding what to speak: on our listeners, and at the far end of a tunnel.
+
+Two sans-IO pieces:
+
+* :class:`Sniffer` waits for the client's first bytes and hands the session
+  to the protocol they reveal, on any port (SOCKS sent to 8080 is served as
+  SOCKS). On SMTP listeners it sends the banner first and still switches if
+  the first bytes are plainly a proxy request.
+* :func:`far_end` picks the handler that plays the target an abuser asked a
+  proxy to reach. We never dial it: SMTP ports get our SMTP server with a
+  banner naming the requested host, and everything else is sniffed again,
+  which is how proxy chains (a proxy request inside a tunnel) are followed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from .base import Action, Close, Context, Handler, Tunnel, limit_event
+from .http import HttpServer
+from .raw import RawCapture
+from .smtp import SmtpServer
+from .sniff import sniff
+from .socks4 import Socks4Server
+from .socks5 import Socks5Server
+from .tls_hello import TlsHelloReader
+
+# Target ports where the far end is a mail server that speaks first.
+MAIL_PORTS = frozenset({25, 587, 2525})
+
+
+def _handler_for(kind: str, ctx: Context, first: bytes) -> Handler:
+    """A handler for a sniffed protocol name."""
+    if kind == "socks4":
+        return Socks4Server(ctx)
+    if kind == "socks5":
+        return Socks5Server(ctx)
+    if kind == "http":
+        # CONNECT and absolute-form requests ask us to be a proxy; origin-form
+        # requests (inside a tunnel) ask us to be the site itself.
+        request_target = first.split(b" ", 2)[1:2]
+        proxy_form = first[:8].upper() == b"CONNECT " or (
+            request_target and b"://" in request_target[0][:16]
+        )
+        role = "proxy" if proxy_form or ctx.depth == 0 else "origin"
+        return HttpServer(ctx, role=role)
+    if kind == "tls":
+        return TlsHelloReader(ctx)
+    if kind == "smtp":
+        return SmtpServer(ctx, banner_host=ctx.target_host, greet=False)
+    return RawCapture(ctx)
+
+
+class Sniffer:
+    """Buffers the first bytes until ``sniff`` can name the protocol.
+
+    ``greeter`` (SMTP listeners, mail far ends) speaks first; the sniffer then
+    keeps it unless the client's first bytes are clearly another protocol.
+    ``fallback`` names what unrecognised first bytes become.
+    """
+
+    __slots__ = ("ctx", "greeter", "fallback", "delegate", "_buf")
+
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        greeter: Optional[Handler] = None,
+        fallback: str = "unknown",
+    ) -> None:
+        self.ctx = ctx
+        self.greeter = greeter
+        self.fallback = fallback
+        self.delegate: Optional[Handler] = None
+        self._buf = b""
+
+    @property
+    def protocol(self) -> str:
+        if self.delegate is not None:
+            return self.delegate.protocol
+        return self.greeter.protocol if self.greeter is not None else "unknown"
+
+    def start(self) -> list[Action]:
+        return self.greeter.start() if self.greeter is not None else []
+
+    def receive(self, data: bytes) -> list[Action]:
+        if self.delegate is not None:
+            return self.delegate.receive(data)
+        self._buf += data
+        kind = sniff(self._buf)
+        if kind is None and len(self._buf) < 16:
+            return []
+        if kind == "proxy_header":  # only trusted peers' headers are parsed, by the glue
+            kind = "unknown"
+        if self.greeter is not None and kind not in ("socks4", "socks5", "http", "tls"):
+            self.delegate = self.greeter
+        else:
+            if kind in (None, "unknown"):
+                kind = self.fallback
+            self.delegate = _handler_for(kind, self.ctx, self._buf)
+            # A handler chosen after the fact never greets; only its replies matter.
+        data, self._buf = self._buf, b""
+        return self.delegate.receive(data)
+
+    def eof(self) -> list[Action]:
+        if self.delegate is not None:
+            return self.delegate.eof()
+        if self._buf:
+            self.delegate = _handler_for(self.fallback, self.ctx, self._buf)
+            data, self._buf = self._buf, b""
+            return self.delegate.receive(data) + self.delegate.eof()
+        return self.greeter.eof() if self.greeter is not None else []
+
+
+def listener_handler(ctx: Context, *, speaks_first: bool) -> Sniffer:
+    """The handler for a new session on one of our listeners."""
+    if speaks_first:
+        return Sniffer(ctx, greeter=SmtpServer(ctx))
+    return Sniffer(ctx, fallback="unknown")
+
+
+class _Refuse:
+    """Far end for chains deeper than the limit: record and close."""
+
+    protocol = "unknown"
+
+    def __init__(self, actions: list[Action]) -> None:
+        self._actions = actions
+
+    def start(self) -> list[Action]:
+        actions, self._actions = self._actions, []
+        return actions
+
+    def receive(self, data: bytes) -> list[Action]:
+        return [Close("limit")]
+
+    def eof(self) -> list[Action]:
+        return []
+
+
+def tunnel_context(ctx: Context, tunnel: Tunnel) -> Context:
+    """The context one hop further down a proxy chain."""
+    return dataclasses.replace(
+        ctx,
+        depth=ctx.depth + 1,
+        via=ctx.via + (f"{tunnel.proxy}:{tunnel.host}:{tunnel.port}",),
+        target_host=tunnel.host,
+        target_port=tunnel.port,
+    )
+
+
+def far_end(inner: Context) -> Handler:
+    """The handler that plays ``inner.target_host:target_port`` (see tunnel_context)."""
+    if inner.depth > inner.limits.chain_depth:
+        return _Refuse([limit_event("chain_depth", inner.limits.chain_depth, inner.depth), Close("limit")])
+    if inner.target_port in MAIL_PORTS:
+        return Sniffer(inner, greeter=SmtpServer(inner, banner_host=inner.target_host))
+    return Sniffer(inner, fallback="unknown")
+
+

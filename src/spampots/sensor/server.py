@@ -1,0 +1,291 @@
+"""The sensor process: bind the listeners, drop root, serve, record, stop cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import errno
+import ipaddress
+import logging
+import os
+import signal
+import ssl
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .. import __version__
+from ..config import Config, effective_limits
+from ..events import (
+    Event, Listener, SensorHeartbeat, SensorStart, SensorStop, name_of, stamp,
+)
+from ..protocols import personas
+from ..protocols.base import Context, Persona
+from ..store.recorder import Recorder
+from . import privileges, tlscert
+from .limits import ConnectionGate
+from .session import Session
+
+log = logging.getLogger("spampots.sensor")
+
+
+@dataclass
+class ListenerRuntime:
+    address: str
+    port: int
+    kind: str
+    speaks_first: bool
+    context: Context
+    persona_name: str
+    server: Optional[asyncio.AbstractServer] = None
+
+    def describe(self, error: str = "") -> Listener:
+        return Listener(address=self.address or "*", port=self.port, kind=self.kind,
+                        persona=self.persona_name, error=error)
+
+
+class StartupError(RuntimeError):
+    """Reported to the user as one line, without a traceback."""
+
+
+def bind_failure_hint(port: int, exc: OSError) -> str:
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (f"port {port}: permission denied. Run as root (privileges are dropped after binding), "
+                f"grant CAP_NET_BIND_SERVICE (setcap 'cap_net_bind_service=+ep' on the python binary), "
+                f"or use --port-offset N to listen on {port}+N")
+    if exc.errno == errno.EADDRINUSE:
+        return (f"port {port}: already in use by another program. Stop it, move this listener in the "
+                f"config, or use --port-offset N")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"port {port}: the configured address is not on this machine ({exc.strerror})"
+    return f"port {port}: {exc.strerror or exc}"
+
+
+class Sensor:
+    def __init__(self, cfg: Config, *, strict: bool = False) -> None:
+        self.cfg = cfg
+        self.strict = strict
+        self.sensor_id = cfg.sensor_id
+        self.greeting_delay = cfg.sensor.greeting_delay_s
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.recorder: Recorder = None  # type: ignore[assignment]
+        self.ssl_context: Optional[ssl.SSLContext] = None
+        self.gate = ConnectionGate(
+            max_total=cfg.limits.max_sessions,
+            max_per_ip=cfg.limits.max_sessions_per_ip,
+            rate_per_ip=cfg.limits.new_sessions_per_s_per_ip,
+        )
+        self.trusted = cfg.trusted_networks()
+        self.sessions: set[Session] = set()
+        self.counters: Counter[str] = Counter()
+        self.listeners: list[ListenerRuntime] = []
+        self.failed: list[Listener] = []
+        self.started_at = time.time()
+        self._session_prefix = os.urandom(4).hex()
+        self._session_seq = 0
+        self._stop = asyncio.Event()
+        self.persona: Persona = personas.choose(
+            self.sensor_id,
+            smtp_style=cfg.smtp.persona,
+            hostname=cfg.smtp.hostname,
+            http_style=cfg.http.persona,
+            judge_style=cfg.http.judge_style,
+            smtp_tls=cfg.smtp.starttls,
+            smtp_auth=cfg.smtp.auth,
+        )
+
+    # -- bookkeeping used by sessions ------------------------------------------------
+    def new_session_id(self) -> str:
+        self._session_seq += 1
+        return f"{self._session_prefix}{self._session_seq:08x}"
+
+    def is_trusted(self, ip: str) -> bool:
+        if not self.trusted:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.trusted)
+
+    def session_opened(self, s: Session) -> None:
+        self.sessions.add(s)
+
+    def session_closed(self, s: Session) -> None:
+        if s in self.sessions:
+            self.sessions.discard(s)
+            self.gate.release(s.src_ip)
+
+    def count_event(self, ev: Event) -> None:
+        self.counters[name_of(ev)] += 1
+
+    def _sensor_event(self, ev: Event) -> Event:
+        return stamp(ev, sensor=self.sensor_id, session="", src_ip="", src_port=0,
+                     listener_port=0, protocol="sensor", depth=0)
+
+    # -- lifecycle ---------------------------------------------------------------
+    def _runtimes(self) -> list[ListenerRuntime]:
+        limits = self.cfg.protocol_limits()
+        out = []
+        for lst in self.cfg.listeners:
+            speaks_first = lst.kind == "smtp"
+            persona = self.persona
+            if lst.persona:
+                persona = (dataclasses.replace(persona, smtp_style=lst.persona) if speaks_first
+                           else dataclasses.replace(persona, http_style=lst.persona))
+            ctx = Context(listener_port=lst.port, persona=persona, limits=limits,
+                          tls_available=self.ssl_context is not None)
+            name = persona.smtp_style if speaks_first else persona.http_style
+            out.append(ListenerRuntime(lst.address, lst.port, lst.kind, speaks_first, ctx, name))
+        return out
+
+    async def _bind(self) -> None:
+        for rt in self._runtimes():
+            try:
+                rt.server = await self.loop.create_server(
+                    lambda rt=rt: Session(self, rt),
+                    host=rt.address or None,
+                    port=rt.port,
+                    reuse_address=True,
+                    backlog=1024,
+                    start_serving=False,
+                )
+            except OSError as exc:
+                hint = bind_failure_hint(rt.port, exc)
+                self.failed.append(rt.describe(error=hint))
+                log.warning("cannot listen on %s", hint)
+                continue
+            self.listeners.append(rt)
+        if self.failed and self.strict:
+            raise StartupError(f"{len(self.failed)} listener(s) could not be bound and --strict is set")
+        if not self.listeners:
+            raise StartupError("no listener could be bound: see the lines above for the fixes")
+
+    def _tls(self, data_dir: Path) -> None:
+        if not self.cfg.smtp.starttls:
+            return
+        if self.cfg.smtp.tls_cert:
+            cert, key = Path(self.cfg.smtp.tls_cert), Path(self.cfg.smtp.tls_key)
+        else:
+            cert, key = tlscert.ensure_self_signed(data_dir / "tls", self.persona.hostname)
+        try:
+            self.ssl_context = tlscert.server_context(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupError(f"TLS certificate {cert} / key {key} unusable: {exc}") from None
+
+    async def run(self, data_dir: Path) -> int:
+        self.loop = asyncio.get_running_loop()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._tls(data_dir)
+        # Work relative to the data dir, so that after dropping root the store
+        # needs no permission on the directories above it.
+        os.chdir(data_dir)
+        self.recorder = Recorder(
+            Path("."),
+            self.sensor_id,
+            group_commit_ms=self.cfg.store.group_commit_ms,
+            fsync=self.cfg.store.fsync,
+            segment_max_bytes=int(self.cfg.store.segment_max_mb * 1024 * 1024),
+            segment_max_age_s=self.cfg.store.segment_max_age_s,
+        )
+        self.recorder.start(self.loop)
+        try:
+            await self._bind()
+            if privileges.running_as_root() and self.cfg.sensor.user:
+                who = privileges.drop_to(self.cfg.sensor.user, Path("."))
+                log.info("dropped root privileges: now %s", who)
+            for rt in self.listeners:
+                assert rt.server is not None
+                await rt.server.start_serving()
+        except (StartupError, privileges.PrivilegeError):
+            for rt in self.listeners:
+                if rt.server is not None:
+                    rt.server.close()
+            await self.recorder.close()
+            raise
+        limits = effective_limits(self.cfg)
+        self.recorder.emit(self._sensor_event(SensorStart(
+            version=__version__,
+            listeners=[rt.describe() for rt in self.listeners],
+            failed=self.failed,
+            limits=limits,
+            personas={"smtp": self.persona.smtp_style, "http": self.persona.http_style,
+                      "judge": self.persona.judge_style, "hostname": self.persona.hostname},
+        )))
+        up = ", ".join(f"{rt.port}/{rt.kind}" for rt in self.listeners)
+        log.info("sensor %s up (data in %s): listening on %s", self.sensor_id, data_dir, up)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.loop.add_signal_handler(sig, self._stop.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        ticker = self.loop.create_task(self._tick())
+        await self._stop.wait()
+        ticker.cancel()
+        await self._shutdown(limits)
+        return 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _shutdown(self, limits: dict) -> None:
+        log.info("stopping: %d open sessions", len(self.sessions))
+        for rt in self.listeners:
+            if rt.server is not None:
+                rt.server.close()
+        for s in list(self.sessions):
+            s.shutdown()
+        await asyncio.sleep(0)  # let connection_lost run
+        for _ in range(50):
+            if not self.sessions:
+                break
+            await asyncio.sleep(0.02)
+        self.recorder.emit(self._sensor_event(SensorStop(
+            version=__version__,
+            uptime_s=round(time.time() - self.started_at, 3),
+            listeners=[rt.describe() for rt in self.listeners],
+            limits=limits,
+            counters=dict(self.counters),
+        )))
+        await self.recorder.close()
+        log.info("stopped; %s", self._summary())
+
+    def _summary(self) -> str:
+        c = self.counters
+        return (f"sessions {c['spampots.session.open']} (open now {len(self.sessions)}), "
+                f"messages {c['spampots.smtp.message']}, proxy requests {c['spampots.proxy.request']}, "
+                f"errors {c['spampots.protocol.error']}, limits hit {c['spampots.limit.hit']}")
+
+    async def _tick(self) -> None:
+        summary_every = self.cfg.sensor.summary_interval_s
+        beat_every = self.cfg.sensor.heartbeat_interval_s
+        next_summary = self.loop.time() + summary_every
+        next_beat = self.loop.time() + beat_every
+        while True:
+            await asyncio.sleep(min(next_summary, next_beat) - self.loop.time())
+            now = self.loop.time()
+            if now >= next_summary:
+                log.info("summary: %s", self._summary())
+                self.gate.prune()
+                next_summary = now + summary_every
+            if now >= next_beat:
+                self.recorder.emit(self._sensor_event(SensorHeartbeat(
+                    version=__version__,
+                    uptime_s=round(time.time() - self.started_at, 3),
+                    counters=dict(self.counters),
+                )))
+                next_beat = now + beat_every
+
+
+def install_uvloop() -> bool:
+    """uvloop unless SPAMPOTS_LOOP=asyncio (the no-dial-out test audits stdlib sockets)."""
+    if os.environ.get("SPAMPOTS_LOOP") == "asyncio":
+        return False
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True

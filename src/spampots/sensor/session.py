@@ -1,0 +1,338 @@
+"""One client connection: thin asyncio glue around the sans-IO handlers.
+
+The session feeds bytes to its handler and carries out the actions it gets
+back (see ``protocols/base.py``): writes, events, durable messages (reading
+pauses until the body and its event are fsynced, so no ``250`` goes out
+before that), tunnels (the handler is swapped for the far end we play),
+STARTTLS and close. Timers, connection limits and the PROXY protocol header
+are the only logic here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from typing import TYPE_CHECKING, Optional
+
+from ..events import Event, LimitHit, SessionClose, SessionOpen, stamp
+from ..protocols.base import Close, Context, Durable, Handler, StartTLS, Tunnel, error_event
+from ..protocols.dispatch import Sniffer, far_end, listener_handler, tunnel_context
+from ..protocols.proxy_header import ProxyHeaderParser
+
+if TYPE_CHECKING:
+    from .server import ListenerRuntime, Sensor
+
+log = logging.getLogger("spampots.sensor")
+
+
+def _clean_ip(ip: str) -> str:
+    # Dual-stack sockets show IPv4 peers as ::ffff:a.b.c.d; events use the plain form.
+    if ip.startswith("::ffff:") and "." in ip:
+        return ip[7:]
+    return ip
+
+
+class Session(asyncio.Protocol):
+    def __init__(self, sensor: "Sensor", listener: "ListenerRuntime") -> None:
+        self.sensor = sensor
+        self.listener = listener
+        self.loop = sensor.loop
+        self.transport: Optional[asyncio.Transport] = None
+        self.handler: Optional[Handler] = None
+        self.session_id = ""
+        self.src_ip = ""
+        self.src_port = 0
+        self.local_ip = ""
+        self.ctx: Optional[Context] = None
+        self.admitted = False
+        self.closed = False
+        self.close_reason = "client_eof"
+        self.paused = False  # waiting for durability or a TLS handshake
+        self.backlog: list[bytes] = []
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.started = 0.0
+        self.last_active = 0.0
+        self.timer: Optional[asyncio.TimerHandle] = None
+        self.header_parser: Optional[ProxyHeaderParser] = None
+        self.proxied_by: Optional[str] = None
+        self.greet_timer: Optional[asyncio.TimerHandle] = None
+
+    # -- asyncio callbacks ------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername") or ("", 0)
+        local = transport.get_extra_info("sockname") or ("", 0)
+        self.src_ip, self.src_port = _clean_ip(peer[0]), peer[1]
+        self.local_ip = _clean_ip(local[0])
+        self.started = self.last_active = self.loop.time()
+        self.session_id = self.sensor.new_session_id()
+        if self.sensor.is_trusted(self.src_ip):
+            # A trusted front end: the real source comes in its PROXY header.
+            self.proxied_by = self.src_ip
+            self.header_parser = ProxyHeaderParser()
+            self._arm_timer()
+            return
+        self._open()
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        self.last_active = self.loop.time()
+        if self.paused:
+            self.backlog.append(data)
+            return
+        if self.header_parser is not None:
+            data = self._proxy_header(data)
+            if not data or self.handler is None:
+                return
+        if self.greet_timer is not None:  # the client spoke first on an SMTP port
+            self.greet_timer.cancel()
+            self.greet_timer = None
+        handler = self.handler
+        if handler is None:
+            return
+        actions = handler.receive(data)
+        if type(handler) is Sniffer and handler.delegate is not None:
+            self.handler = handler.delegate
+        self._run(actions)
+
+    def eof_received(self) -> Optional[bool]:
+        self.close_reason = "client_eof"
+        return False  # close our side too
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.greet_timer is not None:
+            self.greet_timer.cancel()
+        if self.closed:
+            return
+        self.closed = True
+        if not self.admitted:
+            return
+        if exc is not None and self.close_reason == "client_eof":
+            self.close_reason = "error"
+        if self.handler is not None and not self.paused:
+            try:
+                self._run(self.handler.eof(), final=True)
+            except Exception:  # a handler bug must not lose the close event
+                log.exception("handler eof failed in session %s", self.session_id)
+        self._record(SessionClose(
+            duration_s=round(self.loop.time() - self.started, 6),
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            reason=self.close_reason,
+        ))
+        self.sensor.session_closed(self)
+
+    # -- opening ----------------------------------------------------------------
+    def _open(self) -> None:
+        verdict = self.sensor.gate.admit(self.src_ip)
+        if verdict is not None:
+            name, value, observed = verdict
+            self._record(LimitHit(limit=name, value=value, observed=observed))
+            self.closed = True
+            assert self.transport is not None
+            self.transport.abort()
+            return
+        self.admitted = True
+        self.sensor.session_opened(self)
+        self._record(SessionOpen(listener_addr=self.local_ip, proxied_by=self.proxied_by))
+        lst = self.listener
+        self.ctx = dataclasses.replace(
+            lst.context, src_ip=self.src_ip, src_port=self.src_port, local_ip=self.local_ip
+        )
+        self.handler = listener_handler(self.ctx, speaks_first=lst.speaks_first)
+        self._arm_timer()
+        if lst.speaks_first:
+            delay = self.sensor.greeting_delay
+            if delay > 0:
+                self.greet_timer = self.loop.call_later(delay, self._greet)
+            else:
+                self._greet()
+
+    def _greet(self) -> None:
+        self.greet_timer = None
+        if self.handler is not None and not self.closed:
+            self._run(self.handler.start())
+
+    def _proxy_header(self, data: bytes) -> bytes:
+        assert self.header_parser is not None
+        result = self.header_parser.feed(data)
+        if result is None:
+            return b""
+        self.header_parser = None
+        if result.error:
+            # Trusted peer but no valid header: keep its own address, record why.
+            self._open()
+            self._record(error_event("proxy_header.malformed", result.error, data))
+        else:
+            if result.src_ip:
+                self.src_ip = _clean_ip(result.src_ip)
+                self.src_port = result.src_port or 0
+            self._open()
+        return result.rest if self.admitted else b""
+
+    # -- carrying out actions ---------------------------------------------------
+    def _run(self, actions: list, final: bool = False) -> None:
+        out: list[bytes] = []
+        i = 0
+        n = len(actions)
+        while i < n:
+            a = actions[i]
+            i += 1
+            t = type(a)
+            if t is bytes:
+                out.append(a)
+            elif t is Durable:
+                if final:  # the client is gone: nothing can be acknowledged any more
+                    log.warning("durable message at end of session %s dropped", self.session_id)
+                    continue
+                self._write(out)
+                out = []
+                ev = self._stamp(a.event)
+                fut = self.sensor.recorder.emit_durable(ev, a.body)
+                self.sensor.count_event(ev)
+                self._pause()
+                rest = actions[i:]
+                fut.add_done_callback(lambda f, rest=rest: self._durable_done(f, rest))
+                return
+            elif t is Tunnel:
+                self._write(out)
+                out = []
+                assert self.ctx is not None
+                self.ctx = tunnel_context(self.ctx, a)
+                self.handler = far_end(self.ctx)
+                more = self.handler.start()
+                if a.rest:
+                    more = more + self.handler.receive(a.rest)
+                actions = more + actions[i:]
+                i, n = 0, len(actions)
+            elif t is StartTLS:
+                self._write(out)
+                self._pause()
+                self.loop.create_task(self._start_tls(actions[i:]))
+                return
+            elif t is Close:
+                self._write(out)
+                self.close_reason = a.reason
+                if self.transport is not None and not final:
+                    self.transport.close()
+                return
+            elif isinstance(a, Event):
+                self._record(a)
+        self._write(out)
+
+    def _write(self, out: list[bytes]) -> None:
+        if not out or self.transport is None or self.transport.is_closing():
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self.bytes_out += len(data)
+        self.transport.write(data)
+
+    def _pause(self) -> None:
+        self.paused = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def _resume(self, rest: list) -> None:
+        self.paused = False
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._run(rest)
+        if self.paused or self.transport.is_closing():
+            return
+        self.transport.resume_reading()
+        while self.backlog and not self.paused:
+            data = self.backlog.pop(0)
+            assert self.handler is not None
+            self._run(self.handler.receive(data))
+
+    def _durable_done(self, fut: asyncio.Future, rest: list) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            # Not on disk: the client must not see a 250. Dropping the connection
+            # tells it the message was not taken.
+            log.error("message not stored, closing session %s: %s", self.session_id,
+                      fut.exception() if not fut.cancelled() else "cancelled")
+            self.close_reason = "error"
+            self.paused = False
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        self._resume(rest)
+
+    async def _start_tls(self, rest: list) -> None:
+        handler = self.handler
+        assert self.transport is not None and handler is not None
+        ssl_ctx = self.sensor.ssl_context
+        try:
+            if ssl_ctx is None:
+                raise RuntimeError("no TLS context")
+            new = await self.loop.start_tls(
+                self.transport, self, ssl_ctx, server_side=True, ssl_handshake_timeout=30.0
+            )
+        except Exception as exc:  # garbage instead of a ClientHello, or a timeout
+            self.paused = False
+            failed = getattr(handler, "tls_failed", None)
+            self._run(failed(f"{type(exc).__name__}: {exc}") if failed else [], final=True)
+            self.close_reason = "protocol"
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        self.transport = new  # type: ignore[assignment]
+        done = getattr(handler, "tls_established", None)
+        self.paused = False
+        self._run((done() if done else []) + rest)
+        # Bytes that arrived during the handshake were decrypted into the backlog.
+        while self.backlog and not self.paused:
+            self._run(handler.receive(self.backlog.pop(0)))
+
+    # -- events and timers --------------------------------------------------------
+    def _stamp(self, ev: Event) -> Event:
+        h = self.handler
+        return stamp(
+            ev,
+            sensor=self.sensor.sensor_id,
+            session=self.session_id,
+            src_ip=self.src_ip,
+            src_port=self.src_port,
+            listener_port=self.listener.port,
+            protocol=h.protocol if h is not None else "unknown",
+            depth=max(ev.depth, self.ctx.depth if self.ctx is not None else 0),
+        )
+
+    def _record(self, ev: Event) -> None:
+        ev = self._stamp(ev)
+        self.sensor.count_event(ev)
+        self.sensor.recorder.emit(ev)
+
+    def _arm_timer(self) -> None:
+        lim = self.sensor.cfg.limits
+        deadline = min(self.last_active + lim.idle_timeout_s, self.started + lim.session_lifetime_s)
+        self.timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        if self.closed or self.transport is None:
+            return
+        now = self.loop.time()
+        lim = self.sensor.cfg.limits
+        if now >= self.started + lim.session_lifetime_s:
+            self.close_reason = "lifetime"
+            self._record(LimitHit(limit="session_lifetime_s", value=lim.session_lifetime_s,
+                                  observed=round(now - self.started, 3)))
+        elif now >= self.last_active + lim.idle_timeout_s:
+            self.close_reason = "idle"
+            self._record(LimitHit(limit="idle_timeout_s", value=lim.idle_timeout_s,
+                                  observed=round(now - self.last_active, 3)))
+        else:
+            self._arm_timer()
+            return
+        self.transport.close()
+
+    def shutdown(self) -> None:
+        """Sensor stopping: close with reason 'shutdown'."""
+        if not self.closed and self.transport is not None:
+            self.close_reason = "shutdown"
+            self.transport.close()
+

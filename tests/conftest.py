@@ -1,0 +1,137 @@
+"""Fixtures that run a real sensor process on loopback."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+import pytest
+
+from spampots.config import HTTP_PORTS, SMTP_PORTS, SOCKS_PORTS
+
+ALL_PORTS = SOCKS_PORTS + HTTP_PORTS + SMTP_PORTS
+LAUNCHER = Path(__file__).with_name("sensor_launcher.py")
+
+
+def _free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_offset() -> int:
+    for _ in range(200):
+        off = random.randrange(20000, 57000, 7)
+        if all(_free(p + off) for p in ALL_PORTS):
+            return off
+    raise RuntimeError("no free port offset")
+
+
+@dataclass
+class SensorProc:
+    data_dir: Path
+    offset: int
+    proc: subprocess.Popen
+    config_path: Optional[Path] = None
+    stderr_path: Optional[Path] = None
+    extra_ports: dict[str, int] = field(default_factory=dict)
+
+    def port(self, talk_port: int) -> int:
+        return talk_port + self.offset
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text() if self.stderr_path else ""
+
+    def events(self, name: Optional[str] = None, wait_for: int = 0, timeout: float = 5.0) -> list:
+        """Events read back from the store (open segments included)."""
+        from spampots.events import name_of
+        from spampots.store.segments import iter_events
+
+        deadline = time.time() + timeout
+        while True:
+            evs = [e for e in iter_events(self.data_dir) if name is None or name_of(e) == name]
+            if len(evs) >= wait_for or time.time() > deadline:
+                return evs
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill9(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def wait_listening(port: int, host: str = "127.0.0.1", timeout: float = 15.0, proc=None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"sensor exited with {proc.returncode}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port}")
+
+
+def start_sensor(
+    tmp: Path,
+    *,
+    config: str = "",
+    offset: Optional[int] = None,
+    args: tuple[str, ...] = (),
+    audit_file: Optional[Path] = None,
+    wait_port: Optional[int] = 1080,
+    env_extra: Optional[dict[str, str]] = None,
+    data_dir: Optional[Path] = None,
+) -> SensorProc:
+    tmp.mkdir(parents=True, exist_ok=True)
+    data = data_dir or tmp / "var"
+    offset = pick_offset() if offset is None else offset
+    cfg_path = tmp / "sensor.toml"
+    cfg_path.write_text(config)
+    err = tmp / "stderr.log"
+    env = dict(os.environ)
+    env.update(env_extra or {})
+    if audit_file is not None:
+        env["SPAMPOTS_TEST_AUDIT"] = str(audit_file)
+    cmd = [sys.executable, str(LAUNCHER), "run", "--config", str(cfg_path), "--data-dir", str(data),
+           "--port-offset", str(offset), "--address", "127.0.0.1", "--sensor-id", "test-sensor",
+           "--log-level", "debug", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(err, "wb"), env=env)
+    sp = SensorProc(data, offset, proc, cfg_path, err)
+    if wait_port is not None:
+        try:
+            wait_listening(wait_port + offset, proc=proc)
+        except Exception:
+            sp.stop()
+            raise RuntimeError(f"sensor did not start:\n{err.read_text()}")
+    return sp
+
+
+@pytest.fixture(scope="module")
+def sensor(tmp_path_factory) -> Iterator[SensorProc]:
+    """One sensor on every default port (+offset), shared by a test module."""
+    sp = start_sensor(tmp_path_factory.mktemp("sensor"), config='[limits]\nnew_sessions_per_s_per_ip = 1000\nmax_sessions_per_ip = 500\n')
+    yield sp
+    sp.stop()
