@@ -164,9 +164,17 @@ class Session(asyncio.Protocol):
             return b""
         self.header_parser = None
         if result.error:
-            # Trusted peer but no valid header: keep its own address, record why.
+            # Trusted peer but no valid header: keep its own address and record why.
+            # Without any header its bytes are served as usual; a broken header closes.
             self._open()
-            self._record(error_event("proxy_header.malformed", result.error, data))
+            if not self.admitted:
+                return b""
+            self._record(error_event(result.error, result.detail, result.header))
+            if result.error != "proxy_header.missing":
+                self.close_reason = "protocol"
+                assert self.transport is not None
+                self.transport.close()
+                return b""
         else:
             if result.src_ip:
                 self.src_ip = _clean_ip(result.src_ip)

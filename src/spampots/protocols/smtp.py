@@ -1,0 +1,786 @@
+"""The SMTP server role, sans-IO (RFC 5321, 1870, 2920, 3207, 4954, 6152, 2034).
+
+One class plays both parts: the open relay on our own port 25, and the far-end
+mail server when an abuser tunnels through our proxy to host:25 (then
+``banner_host`` is the name the abuser asked for, and the banner, EHLO and the
+client address we "see" are those of the real MX answering our proxy).
+
+Decisions worth knowing (each one copies what a stock MTA does, or favours
+capture over pedantry where the two differ):
+
+* Lines end at LF. In commands a CR before it is dropped; in DATA every byte is
+  kept as received, so bare LF and 8-bit bodies are stored untouched.
+* DATA ends at a line holding only "." where a line starts at the beginning of
+  DATA or after any LF: ``<CRLF>.<CRLF>`` and also ``<LF>.<LF>``,
+  ``<LF>.<CRLF>``, ``<CRLF>.<LF>``. Dot-unstuffing removes the first dot of any
+  other line that starts with one (the same line notion as smtplib's
+  ``(?m)^\\.`` stuffing). Bytes after an early end are read as commands, so a
+  "smuggled" second message is captured as a message of its own.
+* MAIL without HELO/EHLO is accepted (Postfix default, and many spam tools
+  skip the greeting); HELO after EHLO, or a second EHLO, is fine and resets the
+  transaction. On ``submission=True`` with AUTH offered, MAIL needs AUTH first
+  (530), as on any real port 587.
+* Unknown MAIL/RCPT parameters are ignored rather than refused (555); only
+  SIZE and BODY are checked. DATA with an argument is accepted.
+* Error replies use Postfix's texts for every persona; the persona table
+  styles the banner, greeting, 250/354/221/214 texts and the queue id.
+* Close reasons: QUIT -> ``client_eof``, limits -> ``limit``, too many errors
+  or a failed TLS handshake -> ``protocol``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from dataclasses import dataclass
+from email.header import decode_header, make_header
+from typing import Callable, Optional
+
+from ..events import SmtpAuth, SmtpMessage, SmtpTls
+from .base import Action, Close, Context, Durable, StartTLS, error_event, limit_event
+
+__all__ = ["SmtpServer", "STYLES"]
+
+LF, CR, DOT = 10, 13, 46
+MAX_BAD_COMMANDS = 10  # 421 after this many refused commands in a row
+HEADER_FIELD_CAP = 998  # RFC 5322 line limit, applied to parsed header values
+ECHO_CAP = 255  # attacker strings we echo in replies or keep as helo/addresses
+
+
+# --- persona data ------------------------------------------------------------
+
+_B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def _b62(n: int, width: int) -> str:
+    out = []
+    for _ in range(width):
+        n, r = divmod(n, 62)
+        out.append(_B62[r])
+    return "".join(out)
+
+
+def _qid_postfix(seed: int, host: str) -> str:
+    return f"{seed:064X}"[: 10 + seed % 3]  # short queue ids: 10-12 hex digits
+
+
+def _qid_exim(seed: int, host: str) -> str:
+    s = _b62(seed, 14)  # 4.96 format: time-pid-fraction, base 62
+    return f"1{s[:5]}-{s[5:11]}-{s[11:13]}"
+
+
+def _qid_sendmail(seed: int, host: str) -> str:
+    return _b62(seed, 8) + f"{(seed >> 64) % 1_000_000:06d}"
+
+
+def _qid_exchange(seed: int, host: str) -> str:
+    short = host.split(".")[0].upper()
+    return f"<{seed:064x}"[:33] + f"@{host}> [InternalId={(seed >> 128) % 10**13}, Hostname={short}]"
+
+
+@dataclass(frozen=True, slots=True)
+class Style:
+    """How one MTA talks. ``replies`` override :data:`_COMMON`."""
+
+    replies: dict[str, str]
+    keywords: tuple[str, ...]  # EHLO keyword order; only implemented ones
+    dated: str  # banner suffix when the glue passes a date ("" = no date)
+    qid: Callable[[int, str], str]
+
+
+# Placeholders: {host} our name, {helo} the client's, {ip} the client address
+# we see, {addr} an address, {qid} queue id, {date}. Multi-line replies use "\n".
+_COMMON: dict[str, str] = {
+    "ok": "250 2.0.0 Ok",
+    "vrfy": "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery",
+    "help": "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT",
+    "helo_syntax": "501 5.5.4 Syntax: HELO hostname",
+    "ehlo_syntax": "501 5.5.4 Syntax: EHLO hostname",
+    "vrfy_syntax": "501 5.5.4 Syntax: VRFY address",
+    "mail_syntax": "501 5.5.4 Syntax: MAIL FROM:<address>",
+    "rcpt_syntax": "501 5.5.4 Syntax: RCPT TO:<address>",
+    "bad_size": "501 5.5.4 Bad SIZE parameter",
+    "bad_body": "501 5.5.4 Unsupported BODY parameter",
+    "nested_mail": "503 5.5.1 Error: nested MAIL command",
+    "need_mail": "503 5.5.1 Error: need MAIL command",
+    "need_rcpt": "503 5.5.1 Error: need RCPT command",
+    "auth_required": "530 5.7.0 Authentication required",
+    "size_exceeded": "552 5.3.4 Message size exceeds fixed limit",
+    "too_big": "552 5.3.4 Error: message file too big",
+    "too_many_rcpts": "452 4.5.3 Error: too many recipients",
+    "too_many_msgs": "421 4.7.0 {host} Error: too many messages in one session",
+    "too_many_errors": "421 4.7.0 {host} Error: too many errors",
+    "unknown": "500 5.5.2 Error: command not recognized",
+    "bad_syntax": "500 5.5.2 Error: bad syntax",
+    "not_implemented": "502 5.5.1 Error: command not implemented",
+    "line_too_long": "500 5.5.0 Error: line too long",
+    "tls_ready": "220 2.0.0 Ready to start TLS",
+    "tls_active": "554 5.5.1 Error: TLS already active",
+    "tls_syntax": "501 5.5.4 Syntax: STARTTLS",
+    "busy": "503 5.5.1 Error: MAIL transaction in progress",
+    "auth_disabled": "503 5.5.1 Error: authentication not enabled",
+    "auth_again": "503 5.5.1 Error: already authenticated",
+    "auth_syntax": "501 5.5.4 Syntax: AUTH mechanism",
+    "auth_mech": "504 5.5.4 Unrecognized authentication type",
+    "auth_plain": "334 ",
+    "auth_user": "334 VXNlcm5hbWU6",
+    "auth_pass": "334 UGFzc3dvcmQ6",
+    "auth_ok": "235 2.7.0 Authentication successful",
+    "auth_b64": "501 5.5.2 Cannot decode response",
+    "auth_abort": "501 5.7.0 Authentication aborted",
+}
+
+STYLES: dict[str, Style] = {
+    "postfix": Style(
+        replies={
+            "banner": "220 {host} ESMTP Postfix (Debian/GNU)",
+            "ehlo": "250 {host}",
+            "helo": "250 {host}",
+            "mail": "250 2.1.0 Ok",
+            "rcpt": "250 2.1.5 Ok",
+            "data": "354 End data with <CR><LF>.<CR><LF>",
+            "queued": "250 2.0.0 Ok: queued as {qid}",
+            "bye": "221 2.0.0 Bye",
+        },
+        keywords=("PIPELINING", "SIZE", "VRFY", "STARTTLS", "AUTH", "ENHANCEDSTATUSCODES", "8BITMIME"),
+        dated="",
+        qid=_qid_postfix,
+    ),
+    "exim": Style(
+        replies={
+            "banner": "220 {host} ESMTP Exim 4.96",
+            "ehlo": "250 {host} Hello {helo} [{ip}]",
+            "helo": "250 {host} Hello {helo} [{ip}]",
+            "mail": "250 2.1.0 OK",
+            "rcpt": "250 2.1.5 Accepted",
+            "data": '354 Enter message, ending with "." on a line by itself',
+            "queued": "250 2.0.0 OK id={qid}",
+            "bye": "221 2.0.0 {host} closing connection",
+            "help": "214-2.0.0 Commands supported:\n"
+                    "214 2.0.0 AUTH STARTTLS HELO EHLO MAIL RCPT DATA NOOP QUIT RSET HELP",
+        },
+        keywords=("SIZE", "8BITMIME", "PIPELINING", "AUTH", "STARTTLS", "ENHANCEDSTATUSCODES", "HELP"),
+        dated=" {date}",
+        qid=_qid_exim,
+    ),
+    "sendmail": Style(
+        replies={
+            "banner": "220 {host} ESMTP Sendmail 8.17.1/8.17.1",
+            "ehlo": "250 {host} Hello {helo} [{ip}], pleased to meet you",
+            "helo": "250 {host} Hello {helo} [{ip}], pleased to meet you",
+            "mail": "250 2.1.0 <{addr}>... Sender ok",
+            "rcpt": "250 2.1.5 <{addr}>... Recipient ok",
+            "data": '354 Enter mail, end with "." on a line by itself',
+            "queued": "250 2.0.0 {qid} Message accepted for delivery",
+            "bye": "221 2.0.0 {host} closing connection",
+            "ok": "250 2.0.0 OK",
+            "help": "214-2.0.0 This is sendmail version 8.17.1\n214-2.0.0 Topics:\n"
+                    "214-2.0.0 \tHELO\tEHLO\tMAIL\tRCPT\tDATA\n214-2.0.0 \tRSET\tNOOP\tQUIT\tHELP\tVRFY\n"
+                    "214 2.0.0 End of HELP info",
+        },
+        keywords=("ENHANCEDSTATUSCODES", "PIPELINING", "8BITMIME", "SIZE", "AUTH", "STARTTLS", "HELP"),
+        dated="; {date}",
+        qid=_qid_sendmail,
+    ),
+    "exchange": Style(
+        replies={
+            "banner": "220 {host} Microsoft ESMTP MAIL Service ready",
+            "ehlo": "250 {host} Hello [{ip}]",
+            "helo": "250 {host} Hello [{ip}]",
+            "mail": "250 2.1.0 Sender OK",
+            "rcpt": "250 2.1.5 Recipient OK",
+            "data": "354 Start mail input; end with <CRLF>.<CRLF>",
+            "queued": "250 2.6.0 {qid} Queued mail for delivery",
+            "bye": "221 2.0.0 Service closing transmission channel",
+            "help": "214-This server supports the following commands:\n"
+                    "214 HELO EHLO STARTTLS RCPT DATA RSET MAIL QUIT HELP AUTH",
+        },
+        keywords=("SIZE", "PIPELINING", "ENHANCEDSTATUSCODES", "STARTTLS", "AUTH", "8BITMIME"),
+        dated=" at {date}",
+        qid=_qid_exchange,
+    ),
+}
+
+_NOT_IMPLEMENTED = frozenset(
+    {"EXPN", "ETRN", "TURN", "ATRN", "BDAT", "SEND", "SOML", "SAML", "XCLIENT", "XFORWARD"}
+)
+
+
+# --- small helpers -------------------------------------------------------------
+
+def _printable(s: str, cap: int = ECHO_CAP) -> str:
+    """Attacker text made safe to echo inside one reply line."""
+    if s.isascii() and s.isprintable():
+        return s[:cap]
+    return "".join(c if " " <= c <= "~" else "?" for c in s[:cap])
+
+
+def _hostname(name: Optional[str]) -> str:
+    """A banner name: no spaces or controls (it may come from an abuser)."""
+    if not name:
+        return ""
+    return "".join(c for c in name[:255] if "!" <= c <= "~")
+
+
+def _path(arg: str, prefix: str) -> Optional[tuple[str, list[str]]]:
+    """Split ``FROM:<addr> PARAMS`` (also ``FROM: <addr>`` and a bare addr)."""
+    if arg[: len(prefix)].upper() != prefix:
+        return None
+    rest = arg[len(prefix):].lstrip()
+    if rest.startswith("<"):
+        end = rest.find(">")
+        if end < 0:
+            return None
+        return rest[1:end], rest[end + 1:].split()
+    parts = rest.split()
+    if not parts:
+        return None
+    return parts[0], parts[1:]
+
+
+def _b64(text: bytes) -> Optional[bytes]:
+    if text == b"=":  # RFC 4954: "=" is an empty initial response
+        return b""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _header_value(raw: bytes) -> str:
+    value = raw.decode("utf-8", "replace").strip()
+    if "=?" in value:  # RFC 2047 encoded words; best effort, never raise
+        try:
+            value = str(make_header(decode_header(value)))
+        except Exception:
+            pass
+    return value[:HEADER_FIELD_CAP]
+
+
+_WANTED = {b"subject": 0, b"from": 1, b"message-id": 2}
+
+
+def parse_headers(raw: bytes, cap: int) -> list[Optional[str]]:
+    """Subject, From and Message-ID from the first ``cap`` bytes of a message."""
+    found: list[Optional[bytes]] = [None, None, None]
+    slot = -1  # field the previous line belonged to (for unfolding)
+    head = raw[:cap]
+    for blank in (head.find(b"\n\r\n"), head.find(b"\n\n")):
+        if blank >= 0:
+            head = head[: blank + 1]  # split no further than the header block
+    for line in head.split(b"\n"):
+        line = line.rstrip(b"\r")
+        if not line:
+            break  # end of the header block
+        if line[:1] in (b" ", b"\t"):
+            if slot >= 0:
+                found[slot] += line  # type: ignore[operator]
+            continue
+        name, colon, value = line.partition(b":")
+        slot = _WANTED.get(name.strip().lower(), -1) if colon else -1
+        if slot >= 0 and found[slot] is not None:
+            slot = -1  # the first occurrence wins
+        if slot >= 0:
+            found[slot] = value
+    return [None if v is None else _header_value(v) for v in found]
+
+
+# --- the machine ---------------------------------------------------------------
+
+_CMD, _DATA, _AUTH, _CLOSED = range(4)
+
+
+class SmtpServer:
+    """Sans-IO SMTP server; see the module docstring for its behaviour."""
+
+    protocol = "smtp"
+
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        banner_host: Optional[str] = None,
+        greet: bool = True,
+        submission: bool = False,
+        now: Optional[str] = None,
+        tls: bool = False,
+    ) -> None:
+        """``now``: a date string for the banner (Exim, Sendmail, Exchange show
+        one; we have no clock). ``tls``: the connection is already TLS
+        (implicit TLS, port 465)."""
+        self.ctx = ctx
+        self._style = STYLES.get(ctx.persona.smtp_style, STYLES["postfix"])
+        self._host = _hostname(banner_host) or _hostname(ctx.persona.hostname) or "localhost"
+        # in a tunnel the far end would see our proxy's address, not the abuser's
+        self._ip = ctx.local_ip if ctx.target_host is not None else ctx.src_ip
+        self._greet = greet
+        self._submission = submission
+        self._date = _printable(now) if now else ""
+        self._tls = tls
+        self._buf = bytearray()
+        self._scan = 0  # command mode: this much of _buf is known to hold no LF
+        self._skip_line = False  # dropping the rest of an overlong line
+        self._state = _CMD
+        self._bad = 0  # refused commands in a row
+        self._pending = bytearray()  # replies not yet turned into an action
+        self._out: list[Action] = []
+        self._helo: Optional[str] = None
+        self._auth_user: Optional[str] = None
+        self._auth: Optional[tuple[str, Optional[str]]] = None  # (mechanism, username so far)
+        self._mail_from: Optional[str] = None
+        self._rcpts: list[str] = []
+        self._rcpt_limit_hit = False
+        self._count = 0  # messages captured
+        self._body = bytearray()  # DATA: unstuffed message so far
+        self._size = 0  # DATA: unstuffed bytes seen, kept or not
+        self._oversized = False
+        self._bol = True  # DATA: the next byte starts a line
+
+    # -- Handler interface
+
+    def start(self) -> list[Action]:
+        if self._greet:
+            text = self._style.replies["banner"]
+            if self._date and self._style.dated:
+                text += self._style.dated
+            self._reply(text)
+        return self._take()
+
+    def receive(self, data: bytes) -> list[Action]:
+        if self._state == _CLOSED:
+            return []
+        self._buf += data
+        while self._state != _CLOSED:
+            if self._state == _DATA:
+                if not self._data():
+                    break
+                self._end_data()
+            else:
+                line = self._line()
+                if line is None:
+                    break
+                if self._state == _AUTH:
+                    self._auth_step(line)
+                else:
+                    self._command(line)
+        return self._take()
+
+    def eof(self) -> list[Action]:
+        if self._state == _CLOSED:
+            return []
+        if self._state == _DATA:
+            seen = self._size + len(self._buf)
+            self._emit(error_event(
+                "smtp.truncated_data",
+                f"client left after {seen} bytes of DATA without the end marker; not captured",
+                (bytes(self._body[-256:]) + bytes(self._buf))[-256:]))
+        elif self._buf and not self._skip_line:
+            self._emit(error_event("smtp.truncated_line", "unterminated command at end", bytes(self._buf)))
+        self._state = _CLOSED
+        self._buf.clear()
+        return self._take()
+
+    def tls_established(self) -> list[Action]:
+        """The glue finished the server-side handshake after :class:`StartTLS`."""
+        self._emit(SmtpTls(outcome="established", target_host=self.ctx.target_host,
+                           target_port=self.ctx.target_port))
+        return self._take()
+
+    def tls_failed(self, detail: str) -> list[Action]:
+        """The handshake failed: the connection is no longer usable."""
+        self._emit(SmtpTls(outcome="failed", detail=detail[:512], target_host=self.ctx.target_host,
+                           target_port=self.ctx.target_port))
+        self._close("protocol")
+        return self._take()
+
+    # -- output
+
+    def _reply(self, text: str, **fields: str) -> None:
+        """Queue one (possibly multi-line) reply; replies in a row join into one write."""
+        if "{" in text:
+            text = text.format(host=self._host, ip=self._ip, date=self._date, **fields)
+        if text[0] in "23":
+            self._bad = 0
+        lines = text.split("\n")
+        for line in lines[:-1]:
+            self._pending += line[:3].encode() + b"-" + line[4:].encode("utf-8", "replace") + b"\r\n"
+        self._pending += lines[-1].encode("utf-8", "replace") + b"\r\n"
+
+    def _say(self, key: str, **fields: str) -> None:
+        text = self._style.replies.get(key) or _COMMON[key]
+        self._reply(text, **fields)
+
+    def _emit(self, action: Action) -> None:
+        if self._pending:
+            self._out.append(bytes(self._pending))
+            self._pending.clear()
+        self._out.append(action)
+
+    def _take(self) -> list[Action]:
+        if self._pending:
+            self._out.append(bytes(self._pending))
+            self._pending.clear()
+        out, self._out = self._out, []
+        return out
+
+    def _close(self, reason: str) -> None:
+        self._emit(Close(reason=reason))
+        self._state = _CLOSED
+        self._buf.clear()
+
+    def _refuse(self, kind: str, key: str, line: bytes, detail: str = "") -> None:
+        """A refused command: recorded, answered, and counted towards 421."""
+        self._emit(error_event(kind, detail or line[:200].decode("utf-8", "replace"), line))
+        self._say(key)
+        self._bad += 1
+        if self._bad >= MAX_BAD_COMMANDS:
+            self._emit(error_event("smtp.too_many_errors", f"{self._bad} refused commands in a row"))
+            self._say("too_many_errors")
+            self._close("protocol")
+
+    # -- command mode
+
+    def _line(self) -> Optional[bytes]:
+        """The next complete line without its line ending, or None for "need more"."""
+        buf = self._buf
+        limit = self.ctx.limits.line_length
+        while True:
+            j = buf.find(b"\n", self._scan)
+            if j < 0:
+                if self._skip_line:
+                    buf.clear()
+                    self._scan = 0
+                elif len(buf) > limit + 1:  # +1: the CR
+                    self._too_long(len(buf), bytes(buf[:256]))
+                    self._skip_line = True
+                    buf.clear()
+                    self._scan = 0
+                else:
+                    self._scan = len(buf)
+                return None
+            line = bytes(buf[:j])
+            del buf[: j + 1]
+            self._scan = 0
+            if self._skip_line:
+                self._skip_line = False
+                continue
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if len(line) > limit:
+                self._too_long(len(line), line[:256])
+                if self._state == _CLOSED:
+                    return None
+                continue
+            return line
+
+    def _too_long(self, observed: int, head: bytes) -> None:
+        self._emit(limit_event("line_length", self.ctx.limits.line_length, observed))
+        if self._state == _AUTH:
+            self._auth = None
+            self._state = _CMD
+        self._refuse("smtp.line_too_long", "line_too_long", head, f"line of {observed}+ bytes")
+
+    def _command(self, line: bytes) -> None:
+        text = line.decode("utf-8", "replace").strip()
+        verb, _, arg = text.partition(" ")
+        verb = verb.upper()
+        handler = _COMMANDS.get(verb)
+        if handler is not None:
+            handler(self, arg.strip(), line)
+        elif not verb:
+            self._refuse("smtp.bad_command", "bad_syntax", line, "empty command")
+        elif verb in _NOT_IMPLEMENTED:
+            self._refuse("smtp.bad_command", "not_implemented", line)
+        else:
+            self._refuse("smtp.bad_command", "unknown", line)
+
+    def _reset(self) -> None:
+        self._mail_from = None
+        self._rcpts = []
+        self._rcpt_limit_hit = False
+
+    def _auth_offered(self) -> bool:
+        return self.ctx.persona.smtp_auth
+
+    def _tls_offered(self) -> bool:
+        return self.ctx.persona.smtp_tls and self.ctx.tls_available and not self._tls
+
+    def _ehlo_lines(self) -> list[str]:
+        out = []
+        for kw in self._style.keywords:
+            if kw == "SIZE":
+                out.append(f"SIZE {self.ctx.limits.message_size}")
+            elif kw == "AUTH":
+                if self._auth_offered():
+                    out.append("AUTH PLAIN LOGIN")
+            elif kw == "STARTTLS":
+                if self._tls_offered():
+                    out.append("STARTTLS")
+            else:
+                out.append(kw)
+        return out
+
+    def _cmd_ehlo(self, arg: str, line: bytes) -> None:
+        if not arg:
+            return self._refuse("smtp.bad_syntax", "ehlo_syntax", line)
+        self._greeted(arg)
+        # one reply, so one write: clients break on an EHLO answer in pieces
+        text = self._style.replies["ehlo"] + "".join(f"\n250 {kw}" for kw in self._ehlo_lines())
+        self._reply(text, helo=_printable(arg))
+
+    def _cmd_helo(self, arg: str, line: bytes) -> None:
+        if not arg:
+            return self._refuse("smtp.bad_syntax", "helo_syntax", line)
+        self._greeted(arg)
+        self._say("helo", helo=_printable(arg))
+
+    def _greeted(self, arg: str) -> None:
+        self._helo = arg[:ECHO_CAP]
+        self._reset()
+
+    def _cmd_mail(self, arg: str, line: bytes) -> None:
+        if self._mail_from is not None:
+            return self._refuse("smtp.bad_sequence", "nested_mail", line)
+        if self._submission and self._auth_offered() and self._auth_user is None:
+            return self._refuse("smtp.bad_sequence", "auth_required", line, "MAIL before AUTH on submission")
+        limits = self.ctx.limits
+        if self._count >= limits.messages_per_session:
+            self._emit(limit_event("messages_per_session", limits.messages_per_session, self._count + 1))
+            self._say("too_many_msgs")
+            return self._close("limit")
+        parsed = _path(arg, "FROM:")
+        if parsed is None:
+            return self._refuse("smtp.bad_syntax", "mail_syntax", line)
+        addr, params = parsed
+        for param in params:
+            key, _, value = param.partition("=")
+            key = key.upper()
+            if key == "SIZE":
+                if not (value.isascii() and value.isdigit()):
+                    return self._refuse("smtp.bad_syntax", "bad_size", line)
+                size = int(value) if len(value) < 20 else 10**20
+                if size > limits.message_size:
+                    self._emit(limit_event("message_size", limits.message_size, size))
+                    return self._say("size_exceeded")
+            elif key == "BODY" and value.upper() not in ("7BIT", "8BITMIME"):
+                return self._refuse("smtp.bad_syntax", "bad_body", line)
+        self._mail_from = addr[:ECHO_CAP]
+        self._rcpts = []
+        self._rcpt_limit_hit = False
+        self._say("mail", addr=_printable(addr))
+
+    def _cmd_rcpt(self, arg: str, line: bytes) -> None:
+        if self._mail_from is None:
+            return self._refuse("smtp.bad_sequence", "need_mail", line)
+        parsed = _path(arg, "TO:")
+        if parsed is None or not parsed[0]:
+            return self._refuse("smtp.bad_syntax", "rcpt_syntax", line)
+        limit = self.ctx.limits.recipients
+        if len(self._rcpts) >= limit:
+            if not self._rcpt_limit_hit:  # once per transaction, not per extra RCPT
+                self._rcpt_limit_hit = True
+                self._emit(limit_event("recipients", limit, len(self._rcpts) + 1))
+            return self._say("too_many_rcpts")
+        addr = parsed[0][:ECHO_CAP]
+        self._rcpts.append(addr)
+        self._say("rcpt", addr=_printable(addr))
+
+    def _cmd_data(self, arg: str, line: bytes) -> None:
+        if self._mail_from is None:
+            return self._refuse("smtp.bad_sequence", "need_mail", line)
+        if not self._rcpts:
+            return self._refuse("smtp.bad_sequence", "need_rcpt", line)
+        self._say("data")
+        self._state = _DATA
+        self._body = bytearray()
+        self._size = 0
+        self._oversized = False
+        self._bol = True
+
+    def _cmd_rset(self, arg: str, line: bytes) -> None:
+        self._reset()
+        self._say("ok")
+
+    def _cmd_noop(self, arg: str, line: bytes) -> None:
+        self._say("ok")
+
+    def _cmd_vrfy(self, arg: str, line: bytes) -> None:
+        if not arg:
+            return self._refuse("smtp.bad_syntax", "vrfy_syntax", line)
+        self._say("vrfy")
+
+    def _cmd_help(self, arg: str, line: bytes) -> None:
+        self._say("help")
+
+    def _cmd_quit(self, arg: str, line: bytes) -> None:
+        self._say("bye")
+        self._close("client_eof")
+
+    def _cmd_starttls(self, arg: str, line: bytes) -> None:
+        if not self._tls_offered():
+            if self._tls:
+                return self._refuse("smtp.bad_sequence", "tls_active", line)
+            return self._refuse("smtp.bad_command", "not_implemented", line, "STARTTLS not offered")
+        if arg:
+            return self._refuse("smtp.bad_syntax", "tls_syntax", line)
+        if self._buf:  # plaintext pipelined after STARTTLS: never act on it (CVE-2011-0411 style)
+            self._emit(error_event("smtp.starttls_injection",
+                                   f"{len(self._buf)} bytes sent after STARTTLS before the handshake",
+                                   bytes(self._buf[:256])))
+            self._buf.clear()
+        self._say("tls_ready")
+        self._emit(StartTLS())
+        self._tls = True
+        self._helo = None  # RFC 3207 4.2: forget everything learnt before TLS
+        self._auth_user = None
+        self._reset()
+
+    def _cmd_auth(self, arg: str, line: bytes) -> None:
+        if not self._auth_offered():
+            return self._refuse("smtp.bad_sequence", "auth_disabled", line)
+        if self._auth_user is not None:
+            return self._refuse("smtp.bad_sequence", "auth_again", line)
+        if self._mail_from is not None:
+            return self._refuse("smtp.bad_sequence", "busy", line)
+        mech, _, initial = arg.partition(" ")
+        mech, initial = mech.upper(), initial.strip()
+        if not mech:
+            return self._refuse("smtp.bad_syntax", "auth_syntax", line)
+        if mech not in ("PLAIN", "LOGIN"):
+            self._emit(SmtpAuth(mechanism=mech[:64], outcome="rejected", target_host=self.ctx.target_host,
+                                target_port=self.ctx.target_port))
+            return self._say("auth_mech")
+        self._auth = (mech, None)
+        self._state = _AUTH
+        if initial:
+            self._auth_step(initial.encode())
+        else:
+            self._say("auth_plain" if mech == "PLAIN" else "auth_user")
+
+    def _auth_step(self, line: bytes) -> None:
+        """One client response inside an AUTH exchange."""
+        mech, user = self._auth or ("PLAIN", None)
+        line = line.strip()
+        if line == b"*":
+            self._auth = None
+            self._state = _CMD
+            return self._say("auth_abort")
+        decoded = _b64(line)
+        if decoded is None or (mech == "PLAIN" and decoded.count(b"\0") != 2):
+            self._auth = None
+            self._state = _CMD
+            self._emit(SmtpAuth(mechanism=mech, username=user, outcome="malformed",
+                                target_host=self.ctx.target_host, target_port=self.ctx.target_port))
+            why = "not base64" if decoded is None else "PLAIN response without two NULs"
+            return self._refuse("smtp.auth_malformed", "auth_b64", line, f"AUTH {mech}: {why}")
+        text = decoded.decode("utf-8", "replace")
+        if mech == "LOGIN" and user is None:
+            self._auth = (mech, text)
+            return self._say("auth_pass")
+        if mech == "PLAIN":
+            _authzid, user, password = text.split("\0")
+        else:
+            password = text
+        self._auth = None
+        self._state = _CMD
+        self._auth_user = user
+        self._emit(SmtpAuth(mechanism=mech, username=user, password=password, outcome="accepted",
+                            target_host=self.ctx.target_host, target_port=self.ctx.target_port))
+        self._say("auth_ok")
+
+    # -- DATA
+
+    def _data(self) -> bool:
+        """Consume message bytes from the buffer; True once the end marker is read.
+
+        Scans in bulk for LF followed by a dot: only those spots can be the
+        end marker or need unstuffing, everything between is copied as is.
+        """
+        buf = self._buf
+        n = len(buf)
+        i = 0
+        end = -1
+        while True:
+            if self._bol:
+                if i >= n:
+                    break
+                if buf[i] == DOT:
+                    if i + 1 >= n:
+                        break  # need the next byte to decide
+                    c = buf[i + 1]
+                    if c == LF:
+                        end = i + 2
+                        break
+                    if c == CR:
+                        if i + 2 >= n:
+                            break
+                        if buf[i + 2] == LF:
+                            end = i + 3
+                            break
+                    i += 1  # dot-stuffing: drop the first dot
+                self._bol = False
+            j = buf.find(b"\n.", i)
+            if j < 0:
+                if n > i:
+                    self._keep(buf, i, n)
+                    self._bol = buf[n - 1] == LF
+                    i = n
+                break
+            self._keep(buf, i, j + 1)
+            i = j + 1
+            self._bol = True
+        del buf[: end if end >= 0 else i]
+        return end >= 0
+
+    def _keep(self, buf: bytearray, start: int, stop: int) -> None:
+        self._size += stop - start
+        if self._oversized:
+            return
+        if self._size > self.ctx.limits.message_size:
+            self._oversized = True  # keep reading to the end, keep nothing
+            self._body = bytearray()
+            return
+        with memoryview(buf) as view:
+            self._body += view[start:stop]
+
+    def _end_data(self) -> None:
+        self._state = _CMD
+        limits = self.ctx.limits
+        if self._oversized:
+            self._emit(limit_event("message_size", limits.message_size, self._size))
+            self._say("too_big")
+        else:
+            raw = bytes(self._body)
+            self._count += 1
+            sha = hashlib.sha256(raw).hexdigest()
+            subject, header_from, message_id = parse_headers(raw, limits.header_bytes)
+            ctx = self.ctx
+            event = SmtpMessage(
+                helo=self._helo, mail_from=self._mail_from or "", rcpts=list(self._rcpts),
+                size=len(raw), sha256=sha, subject=subject, header_from=header_from,
+                message_id=message_id, via=list(ctx.via), target_host=ctx.target_host,
+                target_port=ctx.target_port, tls=self._tls, auth_user=self._auth_user,
+                index=self._count,
+            )
+            self._emit(Durable(event=event, body=raw))
+            seed = int.from_bytes(hashlib.sha256(f"{sha}:{self._count}".encode()).digest(), "big")
+            self._say("queued", qid=self._style.qid(seed, self._host))
+        self._body = bytearray()
+        self._reset()
+
+
+_COMMANDS: dict[str, Callable[[SmtpServer, str, bytes], None]] = {
+    "EHLO": SmtpServer._cmd_ehlo,
+    "HELO": SmtpServer._cmd_helo,
+    "MAIL": SmtpServer._cmd_mail,
+    "RCPT": SmtpServer._cmd_rcpt,
+    "DATA": SmtpServer._cmd_data,
+    "RSET": SmtpServer._cmd_rset,
+    "NOOP": SmtpServer._cmd_noop,
+    "VRFY": SmtpServer._cmd_vrfy,
+    "HELP": SmtpServer._cmd_help,
+    "QUIT": SmtpServer._cmd_quit,
+    "STARTTLS": SmtpServer._cmd_starttls,
+    "AUTH": SmtpServer._cmd_auth,
+}
