@@ -49,7 +49,7 @@ def test_kill9_loses_no_acknowledged_message(tmp_path):
     from spampots.store.segments import iter_events
 
     shas = {e.sha256 for e in iter_events(sp.data_dir) if type(e).__name__ == "SmtpMessage"}
-    store = MessageStore(sp.data_dir)
+    store = MessageStore(sp.data_dir, readonly=True)
     try:
         for raw in acked:
             sha = hashlib.sha256(raw).hexdigest()

@@ -106,7 +106,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             print(f"spampots: no event for message {sha}", file=sys.stderr)
             return 1
         return 0
-    store = MessageStore(data_dir)
+    store = MessageStore(data_dir, readonly=True)
     try:
         body = store.get(sha)
     except KeyError:
@@ -178,7 +178,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         events = _message_events(data_dir)
         shas = list(args.sha256) if args.sha256 else _select(events, args)
     events = _message_events(data_dir)
-    store = MessageStore(data_dir)
+    store = MessageStore(data_dir, readonly=True)
     try:
         missing = [s for s in shas if s not in store]
         if missing:

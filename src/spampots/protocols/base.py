@@ -68,6 +68,7 @@ class Context:
     target_host: Optional[str] = None  # the far end we are playing, if in a tunnel
     target_port: Optional[int] = None
     tls_available: bool = False  # the glue can do StartTLS
+    now: str = ""  # RFC 5322 date at session start, for banners that show one
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,7 +48,7 @@ def _handler_for(kind: str, ctx: Context, first: bytes) -> Handler:
     if kind == "tls":
         return TlsHelloReader(ctx)
     if kind == "smtp":
-        return SmtpServer(ctx, banner_host=ctx.target_host, greet=False)
+        return SmtpServer(ctx, banner_host=ctx.target_host, greet=False, now=ctx.now or None)
     return RawCapture(ctx)
 
 
@@ -116,7 +116,7 @@ class Sniffer:
 def listener_handler(ctx: Context, *, speaks_first: bool) -> Sniffer:
     """The handler for a new session on one of our listeners."""
     if speaks_first:
-        return Sniffer(ctx, greeter=SmtpServer(ctx))
+        return Sniffer(ctx, greeter=SmtpServer(ctx, now=ctx.now or None))
     return Sniffer(ctx, fallback="unknown")
 
 
@@ -155,7 +155,7 @@ def far_end(inner: Context) -> Handler:
     if inner.depth > inner.limits.chain_depth:
         return _Refuse([limit_event("chain_depth", inner.limits.chain_depth, inner.depth), Close("limit")])
     if inner.target_port in MAIL_PORTS:
-        return Sniffer(inner, greeter=SmtpServer(inner, banner_host=inner.target_host))
+        return Sniffer(inner, greeter=SmtpServer(inner, banner_host=inner.target_host, now=inner.now or None))
     return Sniffer(inner, fallback="unknown")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from email.utils import formatdate
 from typing import TYPE_CHECKING, Optional
 
 from ..events import Event, LimitHit, SessionClose, SessionOpen, stamp
@@ -141,7 +142,9 @@ class Session(asyncio.Protocol):
         self._record(SessionOpen(listener_addr=self.local_ip, proxied_by=self.proxied_by))
         lst = self.listener
         self.ctx = dataclasses.replace(
-            lst.context, src_ip=self.src_ip, src_port=self.src_port, local_ip=self.local_ip
+            lst.context, src_ip=self.src_ip, src_port=self.src_port, local_ip=self.local_ip,
+            # Postfix banners show no date; the others do, and a missing one would stand out.
+            now="" if lst.context.persona.smtp_style == "postfix" else formatdate(localtime=True),
         )
         self.handler = listener_handler(self.ctx, speaks_first=lst.speaks_first)
         self._arm_timer()

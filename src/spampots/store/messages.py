@@ -1,0 +1,519 @@
+"""The message store: bodies content-addressed by SHA-256, zstd-compressed, in pack files.
+
+Layout (see ``docs/store.md``)::
+
+    <data_dir>/messages/pack-<sensor>-<NNNNNN>.pack   append-only records, the source of truth
+    <data_dir>/messages/pack-<sensor>.lock            flock held by the one writer of that sensor
+    <data_dir>/messages/index.sqlite                  sha256 -> where; a cache rebuilt from packs
+
+Record = 60-byte header + compressed bytes::
+
+    0   8  magic b"SPMPACK1"
+    8  32  sha256 of the raw body (binary)
+    40  8  raw length        (u64 little-endian)
+    48  8  compressed length (u64 little-endian)
+    56  4  crc32 of the compressed bytes (u32 little-endian)
+    60  -  zstd frame
+
+Writers append a record with one ``write`` before indexing it, so the index
+never gets ahead of what the kernel holds. SQLite runs with synchronous=OFF:
+the packs are fsynced before anything is acknowledged, and on open the index
+is reconciled against them (rows beyond a pack's end dropped, unindexed tail
+records added, a torn last record truncated), so a lost or stale index row
+costs a rescan, never a message. If the index file is unreadable it is rebuilt.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import mmap
+import os
+import re
+import sqlite3
+import struct
+import zlib
+from pathlib import Path
+from typing import Iterator, NamedTuple, Optional, Union
+
+import zstandard
+
+from .segments import check_sensor, fsync_dir, try_lock, write_all
+
+log = logging.getLogger("spampots.store")
+
+MESSAGES_DIR = "messages"
+INDEX_NAME = "index.sqlite"
+MAGIC = b"SPMPACK1"
+HEADER = struct.Struct("<8s32sQQI")  # magic, sha256, raw_len, comp_len, crc32
+HEADER_SIZE = HEADER.size  # 60
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # every record's data is one zstd frame
+PACK_RE = re.compile(r"^pack-(?P<sensor>.+)-(?P<n>\d{6,})\.pack$")
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_MAX_READ_FDS = 64
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS blobs (
+    sha256   TEXT PRIMARY KEY,   -- hex, lower case
+    pack     TEXT NOT NULL,      -- file name inside messages/
+    offset   INTEGER NOT NULL,   -- of the record header
+    raw_len  INTEGER NOT NULL,
+    comp_len INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blobs_pack ON blobs (pack, offset);
+"""
+
+
+class CorruptRecord(ValueError):
+    """A record exists in the index but its bytes do not check out."""
+
+
+class Location(NamedTuple):
+    pack: str
+    offset: int
+    raw_len: int
+    comp_len: int
+
+
+class _Scanned(NamedTuple):
+    sha: str
+    offset: int
+    raw_len: int
+    comp_len: int
+
+
+def pack_name(sensor: str, n: int) -> str:
+    return f"pack-{sensor}-{n:06d}.pack"
+
+
+def _valid_at(mm: Union[mmap.mmap, bytes], off: int, size: int) -> Optional[_Scanned]:
+    """The record at ``off`` if it is complete and its CRC checks, else None."""
+    if off + HEADER_SIZE > size:
+        return None
+    magic, digest, raw_len, comp_len, crc = HEADER.unpack_from(mm, off)
+    end = off + HEADER_SIZE + comp_len
+    if magic != MAGIC or end > size:
+        return None
+    data = mm[off + HEADER_SIZE:end]
+    # A zeroed header has a "valid" CRC of nothing: demand a real zstd frame too.
+    if not data.startswith(ZSTD_MAGIC) or zlib.crc32(data) != crc:
+        return None
+    return _Scanned(digest.hex(), off, raw_len, comp_len)
+
+
+def scan_pack(path: Path, start: int = 0) -> tuple[list[_Scanned], int, int]:
+    """Valid records from ``start``; returns (records, end of the last good record, file size).
+
+    A bad record followed by a good one (found by searching for the magic) is
+    damage in the middle: logged and skipped. A bad record with nothing good
+    after it is a torn tail, reported by ``good_end < size``.
+    """
+    size = path.stat().st_size
+    if start >= size:
+        return [], start, size
+    found: list[_Scanned] = []
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        size = len(mm)
+        off = good_end = start
+        while off < size:
+            rec = _valid_at(mm, off, size)
+            if rec is None:
+                nxt = mm.find(MAGIC, off + 1)
+                while nxt >= 0 and _valid_at(mm, nxt, size) is None:
+                    nxt = mm.find(MAGIC, nxt + 1)
+                if nxt < 0:
+                    break  # torn tail
+                log.error("pack %s: %d damaged bytes at offset %d skipped", path, nxt - off, off)
+                off = nxt
+                continue
+            found.append(rec)
+            off = good_end = off + HEADER_SIZE + rec.comp_len
+    return found, good_end, size
+
+
+class MessageStore:
+    """Content-addressed message bodies. Not thread-safe: one owner thread.
+
+    ``readonly=True`` is for readers in other processes while a sensor writes:
+    it reads the index as it is (rows the writer committed are visible at
+    once; bodies written by a writer that crashed stay invisible until some
+    writer opens the store and re-indexes). Without an index file it scans
+    the packs into an in-memory index.
+    """
+
+    def __init__(
+        self,
+        data_dir: Union[str, Path],
+        sensor: str = "local",
+        *,
+        pack_max_bytes: int = 256 << 20,
+        level: int = 3,
+        readonly: bool = False,
+    ) -> None:
+        self.dir = Path(data_dir) / MESSAGES_DIR
+        self.sensor = check_sensor(sensor)
+        self.pack_max_bytes = pack_max_bytes
+        self.readonly = readonly
+        self.fsyncs = 0
+        self.bytes_written = 0
+        self._cctx = zstandard.ZstdCompressor(level=level)
+        self._dctx = zstandard.ZstdDecompressor()
+        self._readers: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._lock_fd: Optional[int] = None
+        self._fd: Optional[int] = None  # the pack we append to
+        self._pack: Optional[str] = None
+        self._pack_size = 0
+        self._dirty = False
+        self._dirs_to_sync: list[Path] = []
+        self._foreign: set[str] = set()  # packs of dedup hits, fsynced on our next sync()
+        self._sync_error: Optional[OSError] = None
+        self._closed = False
+        if readonly:
+            self._db = self._open_db_readonly()
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.dir / f"pack-{sensor}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        if not try_lock(self._lock_fd):
+            os.close(self._lock_fd)
+            raise RuntimeError(f"another process writes messages for sensor {sensor!r} in {self.dir}")
+        try:
+            self._db = self._open_db()
+            self._reconcile()
+            self._open_last_pack()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- index -----------------------------------------------------------------------------------
+
+    def _open_db(self) -> sqlite3.Connection:
+        path = self.dir / INDEX_NAME
+        for attempt in (1, 2):
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                # OFF is safe here: the index is a cache; see the module docstring.
+                db.execute("PRAGMA synchronous=OFF")
+                db.executescript(_SCHEMA)
+                db.execute("SELECT count(*) FROM blobs").fetchone()
+                return db
+            except sqlite3.DatabaseError as e:
+                db.close()
+                if attempt == 2:
+                    raise
+                log.error("index %s unreadable (%s): rebuilding from packs", path, e)
+                for suffix in ("", "-wal", "-shm"):
+                    Path(str(path) + suffix).unlink(missing_ok=True)
+        raise AssertionError("unreachable")
+
+    def _open_db_readonly(self) -> sqlite3.Connection:
+        path = self.dir / INDEX_NAME
+        if path.exists():
+            db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, check_same_thread=False)
+            try:
+                db.execute("SELECT count(*) FROM blobs").fetchone()
+                return db
+            except sqlite3.DatabaseError as e:
+                db.close()
+                log.warning("index %s unreadable (%s): scanning packs in memory", path, e)
+        db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        db.executescript(_SCHEMA)
+        for name in self._pack_names():
+            found, _, _ = scan_pack(self.dir / name)
+            self._index(db, name, found)
+        return db
+
+    def _pack_names(self) -> list[str]:
+        try:
+            names = [e.name for e in os.scandir(self.dir) if PACK_RE.match(e.name)]
+        except FileNotFoundError:
+            return []
+        return sorted(names)
+
+    @staticmethod
+    def _index(db: sqlite3.Connection, pack: str, found: list[_Scanned]) -> None:
+        db.executemany(
+            "INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?, ?)",
+            [(r.sha, pack, r.offset, r.raw_len, r.comp_len) for r in found],
+        )
+
+    def _reconcile(self) -> None:
+        """Bring the index in line with the packs (they win), truncating torn tails."""
+        db = self._db
+        names = self._pack_names()
+        ends = dict(db.execute(
+            f"SELECT pack, max(offset + {HEADER_SIZE} + comp_len) FROM blobs GROUP BY pack"
+        ).fetchall())
+        db.execute("BEGIN")
+        try:
+            for gone in set(ends) - set(names):
+                log.warning("pack %s is gone: dropping its index rows", gone)
+                db.execute("DELETE FROM blobs WHERE pack = ?", (gone,))
+            for name in names:
+                path = self.dir / name
+                start = ends.get(name, 0)
+                size = path.stat().st_size
+                if start > size:  # the index outlived pack bytes (crash with synchronous=OFF)
+                    log.warning("pack %s shorter than its index: dropping rows past %d", name, size)
+                    db.execute(
+                        f"DELETE FROM blobs WHERE pack = ? AND offset + {HEADER_SIZE} + comp_len > ?",
+                        (name, size),
+                    )
+                    start = db.execute(
+                        f"SELECT coalesce(max(offset + {HEADER_SIZE} + comp_len), 0) FROM blobs WHERE pack = ?",
+                        (name,),
+                    ).fetchone()[0]
+                found, good_end, size = scan_pack(path, start)
+                self._index(db, name, found)
+                if found:
+                    log.info("pack %s: indexed %d records past offset %d", name, len(found), start)
+                if good_end < size:
+                    self._truncate_if_idle(path, good_end, size)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _truncate_if_idle(self, path: Path, good_end: int, size: int) -> None:
+        m = PACK_RE.match(path.name)
+        owner = m["sensor"] if m else ""
+        lock_fd = None
+        if owner != self.sensor:  # somebody else's pack: only if its writer is gone
+            lock_fd = os.open(self.dir / f"pack-{owner}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            if not try_lock(lock_fd):
+                os.close(lock_fd)
+                return  # a live writer is appending; its tail is not torn
+        try:
+            log.warning("pack %s: truncating torn last record (%d bytes)", path, size - good_end)
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, good_end)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        finally:
+            if lock_fd is not None:
+                os.close(lock_fd)
+
+    def rebuild_index(self) -> int:
+        """Drop and rebuild the index from the packs; returns the number of records."""
+        self._check_writable()
+        self._db.execute("DELETE FROM blobs")
+        self._reconcile()
+        return len(self)
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        if self.readonly:
+            raise PermissionError("message store opened read-only")
+        if self._closed:
+            raise ValueError("message store is closed")
+
+    def _open_last_pack(self) -> None:
+        mine = [(int(m["n"]), name) for name in self._pack_names()
+                if (m := PACK_RE.match(name)) and m["sensor"] == self.sensor]
+        if mine:
+            self._open_pack(max(mine)[1], create=False)
+
+    def _open_pack(self, name: str, *, create: bool) -> None:
+        flags = os.O_WRONLY | os.O_APPEND | (os.O_CREAT | os.O_EXCL if create else 0)
+        fd = os.open(self.dir / name, flags, 0o644)
+        if create:
+            self._dirs_to_sync.append(self.dir)
+        self._fd, self._pack, self._pack_size = fd, name, os.fstat(fd).st_size
+
+    def _ensure_room(self, record_len: int) -> None:
+        if self._fd is not None and (
+            self._pack_size == 0 or self._pack_size + record_len <= self.pack_max_bytes
+        ):
+            return
+        n = 1
+        if self._pack is not None:
+            n = int(PACK_RE.match(self._pack)["n"]) + 1  # type: ignore[index]
+            self._close_pack()
+        while (self.dir / pack_name(self.sensor, n)).exists():
+            n += 1
+        self._open_pack(pack_name(self.sensor, n), create=True)
+
+    def _close_pack(self) -> None:
+        if self._fd is None:
+            return
+        if self._dirty:  # rotation: the old pack is complete and durable before we move on
+            os.fsync(self._fd)
+            self.fsyncs += 1
+            self._dirty = False
+        os.close(self._fd)
+        self._fd = self._pack = None
+
+    def put(self, body: bytes, sha256: Optional[str] = None) -> tuple[str, bool]:
+        """Store ``body`` unless an intact copy exists; returns (sha256 hex, newly stored).
+
+        ``sha256``, if given, is checked against the body (ValueError on mismatch).
+        The bytes reach the kernel before this returns; call :meth:`sync` for disk.
+        """
+        self._check_writable()
+        digest = hashlib.sha256(body).digest()
+        sha = digest.hex()
+        if sha256 is not None and sha256.lower() != sha:
+            raise ValueError(f"sha256 {sha256!r} does not match the body ({sha})")
+        loc = self._locate(sha)
+        if loc is not None:
+            if self._intact(sha, loc):
+                if loc.pack != self._pack:
+                    self._foreign.add(loc.pack)  # maybe not yet fsynced by its writer
+                return sha, False
+            log.warning("index row for %s points at bad bytes: storing the body again", sha)
+        comp = self._cctx.compress(body)
+        record = HEADER.pack(MAGIC, digest, len(body), len(comp), zlib.crc32(comp)) + comp
+        self._ensure_room(len(record))
+        assert self._fd is not None and self._pack is not None
+        offset = self._pack_size
+        try:
+            write_all(self._fd, record)
+        except BaseException:
+            self._undo_partial(offset)
+            raise
+        self._pack_size += len(record)
+        self._dirty = True
+        self.bytes_written += len(record)
+        self._db.execute(
+            "INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?, ?)",
+            (sha, self._pack, offset, len(body), len(comp)),
+        )
+        return sha, True
+
+    def _undo_partial(self, offset: int) -> None:
+        """After a failed write (disk full), cut the half record so the pack stays clean."""
+        try:
+            os.ftruncate(self._fd, offset)  # type: ignore[arg-type]
+        except OSError:
+            log.error("pack %s: cannot truncate a partial record; starting a new pack", self._pack)
+            fd, self._fd = self._fd, None  # keep _pack: the next put rotates to the next number
+            try:
+                if self._dirty:
+                    os.fsync(fd)  # type: ignore[arg-type]
+                    self.fsyncs += 1
+            except OSError as e:
+                self._sync_error = e  # earlier puts are not durable: the next sync() says so
+            finally:
+                self._dirty = False
+                os.close(fd)  # type: ignore[arg-type]
+
+    def sync(self) -> None:
+        """fsync what we wrote, new directory entries, and packs we deduplicated against."""
+        self._check_writable()
+        if self._sync_error is not None:
+            err, self._sync_error = self._sync_error, None
+            raise err
+        if self._fd is not None and self._dirty:
+            os.fsync(self._fd)
+            self.fsyncs += 1
+            self._dirty = False
+        while self._dirs_to_sync:
+            fsync_dir(self._dirs_to_sync.pop())
+            self.fsyncs += 1
+        while self._foreign:
+            name = self._foreign.pop()
+            fd = os.open(self.dir / name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                self.fsyncs += 1
+            finally:
+                os.close(fd)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def _locate(self, sha: str) -> Optional[Location]:
+        row = self._db.execute(
+            "SELECT pack, offset, raw_len, comp_len FROM blobs WHERE sha256 = ?", (sha,)
+        ).fetchone()
+        return Location(*row) if row else None
+
+    def location(self, sha256: str) -> Optional[Location]:
+        """Where a body lives (pack, offset, raw_len, comp_len), or None."""
+        return self._locate(sha256.lower())
+
+    def _read_fd(self, pack: str) -> int:
+        fd = self._readers.get(pack)
+        if fd is not None:
+            self._readers.move_to_end(pack)
+            return fd
+        fd = os.open(self.dir / pack, os.O_RDONLY)
+        self._readers[pack] = fd
+        if len(self._readers) > _MAX_READ_FDS:
+            os.close(self._readers.popitem(last=False)[1])
+        return fd
+
+    def _record(self, sha: str, loc: Location) -> bytes:
+        """The compressed bytes at ``loc``, after checking header and CRC."""
+        try:
+            data = os.pread(self._read_fd(loc.pack), HEADER_SIZE + loc.comp_len, loc.offset)
+        except FileNotFoundError:
+            raise CorruptRecord(f"{sha}: pack {loc.pack} is missing") from None
+        rec = _valid_at(data, 0, len(data))
+        if rec is None or rec.sha != sha or rec.raw_len != loc.raw_len or rec.comp_len != loc.comp_len:
+            raise CorruptRecord(f"{sha}: bad record at {loc.pack}:{loc.offset}")
+        return data[HEADER_SIZE:]
+
+    def _intact(self, sha: str, loc: Location) -> bool:
+        try:
+            self._record(sha, loc)
+        except (CorruptRecord, OSError):
+            return False
+        return True
+
+    def get(self, sha256: str) -> bytes:
+        """The exact raw body. KeyError if unknown; CorruptRecord if it fails CRC or SHA-256."""
+        sha = sha256.lower()
+        loc = self._locate(sha) if _SHA_RE.match(sha) else None
+        if loc is None:
+            raise KeyError(sha256)
+        comp = self._record(sha, loc)
+        try:
+            raw = self._dctx.decompress(comp, max_output_size=loc.raw_len)
+        except zstandard.ZstdError as e:
+            raise CorruptRecord(f"{sha}: {e}") from None
+        if len(raw) != loc.raw_len or hashlib.sha256(raw).hexdigest() != sha:
+            raise CorruptRecord(f"{sha}: decompressed body does not match its sha256")
+        return raw
+
+    def __contains__(self, sha256: object) -> bool:
+        return isinstance(sha256, str) and self._locate(sha256.lower()) is not None
+
+    def __len__(self) -> int:
+        return self._db.execute("SELECT count(*) FROM blobs").fetchone()[0]
+
+    def iter_shas(self) -> Iterator[str]:
+        """Every indexed sha256 (hex), in pack order."""
+        cur = self._db.execute("SELECT sha256 FROM blobs ORDER BY pack, offset")
+        for (sha,) in cur:
+            yield sha
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """fsync and close everything; idempotent."""
+        if self._closed:
+            return
+        try:
+            if not self.readonly and hasattr(self, "_db"):
+                self.sync()
+        finally:
+            self._closed = True
+            self._close_pack()
+            for fd in self._readers.values():
+                os.close(fd)
+            self._readers.clear()
+            if hasattr(self, "_db"):
+                self._db.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    def __enter__(self) -> "MessageStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,387 @@
+"""The group-commit writer between the asyncio sensor and the store.
+
+One thread owns the :class:`SegmentWriter` and the :class:`MessageStore`. The
+event loop only appends to a queue (``emit`` never blocks it). The thread takes
+everything queued, lingers up to ``group_commit_ms`` after the oldest item for
+more, then commits the batch:
+
+1. message bodies into the pack, then one pack fsync;
+2. all event lines (in queue order) in one write, then one segment fsync;
+3. the futures of the batch are resolved in one ``call_soon_threadsafe``.
+
+Bodies are durable before the event lines that name them are written, so after
+any crash an ``spampots.smtp.message`` event on disk implies its body is too.
+A failure (disk full) fails the futures it affects and is logged to
+``spampots.store``; plain ``emit`` events have no future, so their loss is
+logged and counted in ``stats.errors``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from ..events import Event, SmtpMessage, encode
+from .messages import MessageStore
+from .segments import SegmentWriter, recover
+
+log = logging.getLogger("spampots.store")
+
+_IDLE_TICK_S = 0.5  # how often an idle writer checks segment age
+_EVENT, _DURABLE, _BARRIER, _CLOSE = range(4)  # kinds >= _BARRIER end the linger at once
+
+
+class RecorderError(RuntimeError):
+    """The recorder is not running (not started, closed, or its thread died)."""
+
+
+@dataclass
+class RecorderStats:
+    events: int = 0  # event lines written
+    messages: int = 0  # message events written with a durable body
+    bodies_new: int = 0  # bodies stored (the others were already there)
+    bytes: int = 0  # bytes written to segments and packs
+    fsyncs: int = 0  # file and directory fsyncs
+    batches: int = 0  # group commits
+    errors: int = 0  # failed batches, failed bodies, failed rotations
+    queued: int = 0  # items waiting for the writer thread right now
+
+
+class _SyncWaiter:
+    """A future for callers without an event loop."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self.result: Any = None
+        self.exc: Optional[BaseException] = None
+
+    def set(self, result: Any, exc: Optional[BaseException]) -> None:
+        self.result, self.exc = result, exc
+        self._done.set()
+
+    def wait(self, timeout: Optional[float]) -> Any:
+        if not self._done.wait(timeout):
+            raise TimeoutError("recorder did not commit in time")
+        if self.exc is not None:
+            raise self.exc
+        return self.result
+
+
+class _Item:
+    __slots__ = ("kind", "line", "event", "body", "fut", "loop", "waiter", "t", "result", "exc")
+
+    def __init__(
+        self,
+        kind: int,
+        *,
+        line: Optional[bytes] = None,
+        event: Optional[Event] = None,
+        body: Optional[bytes] = None,
+        fut: Optional[asyncio.Future] = None,
+        loop: Optional[asyncio.AbstractEventLoop] = None,
+        waiter: Optional[_SyncWaiter] = None,
+    ) -> None:
+        self.kind, self.line, self.event, self.body = kind, line, event, body
+        self.fut, self.loop, self.waiter = fut, loop, waiter
+        self.t = time.monotonic()
+        self.result: Any = None
+        self.exc: Optional[BaseException] = None
+
+
+def _settle(entries: list[tuple[asyncio.Future, Any, Optional[BaseException]]]) -> None:
+    for fut, result, exc in entries:
+        if fut.done():  # cancelled by its waiter
+            continue
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+
+class Recorder:
+    """Durable, batched recording of events and message bodies for one sensor."""
+
+    def __init__(
+        self,
+        data_dir: Union[str, Path],
+        sensor: str,
+        *,
+        group_commit_ms: float = 2.0,
+        fsync: bool = True,
+        segment_max_bytes: int = 64 << 20,
+        segment_max_age_s: float = 3600.0,
+        pack_max_bytes: int = 256 << 20,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.sensor = sensor
+        self._linger = max(0.0, group_commit_ms / 1000.0)
+        self._fsync = fsync
+        self._seg_args = dict(max_bytes=segment_max_bytes, max_age_s=segment_max_age_s)
+        self._pack_max = pack_max_bytes
+        self._q: "queue.SimpleQueue[_Item]" = queue.SimpleQueue()
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._thread: Optional[threading.Thread] = None
+        self._seg: Optional[SegmentWriter] = None
+        self._store: Optional[MessageStore] = None
+        self._closing = False
+        self._close_fut: Optional[asyncio.Future] = None
+        self._close_waiter: Optional[_SyncWaiter] = None
+        self._fatal: Optional[BaseException] = None
+        self._stats = RecorderStats()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self, loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
+        """Recover dead segments, open the store, start the writer thread.
+
+        ``loop`` is where futures are resolved; without it, ``emit_durable`` and
+        ``flush`` use the running loop of their caller, and the ``*_sync``
+        methods work from any thread.
+        """
+        if self._thread is not None:
+            raise RecorderError("recorder already started")
+        self._loop = loop
+        recovered = recover(self.data_dir)
+        if recovered:
+            log.info("recovered %d segments left by dead writers", len(recovered))
+        self._store = MessageStore(self.data_dir, self.sensor, pack_max_bytes=self._pack_max)
+        try:
+            self._seg = SegmentWriter(self.data_dir, self.sensor, **self._seg_args)  # type: ignore[arg-type]
+        except BaseException:
+            self._store.close()
+            raise
+        self._thread = threading.Thread(target=self._run, name="spampots-recorder", daemon=True)
+        self._thread.start()
+
+    async def close(self) -> None:
+        """Drain the queue, fsync, compress the open segment, close the store."""
+        if self._thread is None:
+            return
+        if self._close_fut is None and self._close_waiter is None:
+            loop = asyncio.get_running_loop()
+            self._close_fut = loop.create_future()
+            self._request_close(_Item(_CLOSE, fut=self._close_fut, loop=loop))
+        try:
+            if self._close_fut is not None:
+                await self._close_fut
+            else:  # closed by close_sync meanwhile
+                await asyncio.get_running_loop().run_in_executor(None, self._close_waiter.wait, None)  # type: ignore[union-attr]
+        finally:
+            self._thread.join()  # it resolves the close future as its last act
+
+    def close_sync(self, timeout: Optional[float] = None) -> None:
+        if self._thread is None:
+            return
+        if self._close_waiter is None:
+            self._close_waiter = _SyncWaiter()
+            self._request_close(_Item(_CLOSE, waiter=self._close_waiter))
+        try:
+            self._close_waiter.wait(timeout)
+        finally:
+            self._thread.join(timeout)
+
+    def _request_close(self, item: _Item) -> None:
+        self._closing = True
+        if self._fatal is not None or not self._thread.is_alive():  # type: ignore[union-attr]
+            self._resolve([item], self._fatal or RecorderError("writer thread is gone"))
+        else:
+            self._q.put(item)
+
+    def __enter__(self) -> "Recorder":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close_sync()
+
+    # -- producers (event loop thread, or any thread for the *_sync ones) ------------------------
+
+    def _put(self, item: _Item) -> None:
+        if self._fatal is not None:
+            raise RecorderError("recorder writer thread failed") from self._fatal
+        if self._thread is None or self._closing:
+            raise RecorderError("recorder is not running")
+        self._q.put(item)
+
+    def emit(self, event: Event) -> None:
+        """Queue one event (encoded now, so later changes to the object do not leak in)."""
+        self._put(_Item(_EVENT, line=encode(event)))
+
+    def emit_durable(self, event: SmtpMessage, body: bytes) -> "asyncio.Future[str]":
+        """Queue a message; the future gives its sha256 once body and event are fsynced.
+
+        An empty ``event.sha256`` is filled in by the writer thread, which owns
+        the event object from now on.
+        """
+        loop = self._loop or asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._put(_Item(_DURABLE, event=event, body=bytes(body), fut=fut, loop=loop))
+        return fut
+
+    def flush(self) -> "asyncio.Future[None]":
+        """A future resolved when everything queued before it is durable."""
+        loop = self._loop or asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._put(_Item(_BARRIER, fut=fut, loop=loop))
+        return fut
+
+    def flush_sync(self, timeout: Optional[float] = None) -> None:
+        waiter = _SyncWaiter()
+        self._put(_Item(_BARRIER, waiter=waiter))
+        waiter.wait(timeout)
+
+    def emit_durable_sync(self, event: SmtpMessage, body: bytes, timeout: Optional[float] = None) -> str:
+        waiter = _SyncWaiter()
+        self._put(_Item(_DURABLE, event=event, body=bytes(body), waiter=waiter))
+        return waiter.wait(timeout)
+
+    @property
+    def stats(self) -> RecorderStats:
+        """A snapshot of the counters."""
+        s = RecorderStats(**vars(self._stats))
+        for part in (self._seg, self._store):
+            if part is not None:
+                s.fsyncs += part.fsyncs
+                s.bytes += part.bytes_written
+        s.queued = self._q.qsize()
+        return s
+
+    # -- the writer thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        batch: list[_Item] = []
+        try:
+            while True:
+                batch = self._take()
+                if not batch:
+                    self._rotate()
+                    continue
+                self._commit(batch)
+                close = next((it for it in batch if it.kind == _CLOSE), None)
+                if close is not None:
+                    self._shutdown(close)
+                    return
+                self._rotate()
+        except BaseException as e:  # a bug, or something worse than an I/O error
+            log.critical("recorder writer thread died", exc_info=True)
+            self._fatal = e
+            self._resolve([it for it in batch if it.fut or it.waiter], e)
+            self._fail_queued(e)
+
+    def _take(self) -> list[_Item]:
+        try:
+            batch = [self._q.get(timeout=_IDLE_TICK_S)]
+        except queue.Empty:
+            return []
+        deadline = batch[0].t + self._linger
+        # A flush or close is waited on: do not linger for company.
+        urgent = batch[0].kind >= _BARRIER
+        while True:
+            try:
+                while True:
+                    it = self._q.get_nowait()
+                    batch.append(it)
+                    urgent = urgent or it.kind >= _BARRIER
+            except queue.Empty:
+                pass
+            remaining = deadline - time.monotonic()
+            if urgent or remaining <= 0:
+                return batch
+            try:
+                it = self._q.get(timeout=remaining)
+            except queue.Empty:
+                return batch
+            batch.append(it)
+            urgent = it.kind >= _BARRIER
+
+    def _commit(self, batch: list[_Item]) -> None:
+        store, seg, st = self._store, self._seg, self._stats
+        assert store is not None and seg is not None
+        durable = [it for it in batch if it.kind == _DURABLE]
+        for it in durable:
+            try:
+                ev = it.event
+                sha, new = store.put(it.body, getattr(ev, "sha256", "") or None)  # type: ignore[arg-type]
+                if not getattr(ev, "sha256", ""):
+                    ev.sha256 = sha  # type: ignore[union-attr]
+                it.line, it.result = encode(ev), sha  # type: ignore[arg-type]
+                st.bodies_new += new
+            except Exception as e:
+                it.exc = e
+                st.errors += 1
+                log.error("storing a message body failed: %r", e)
+        if self._fsync and any(it.exc is None for it in durable):
+            try:
+                store.sync()
+            except Exception as e:
+                st.errors += 1
+                log.error("fsync of the message pack failed: %r", e)
+                for it in durable:
+                    it.exc = it.exc or e
+        batch_exc: Optional[BaseException] = None
+        lines = [it.line for it in batch if it.line is not None and it.exc is None]
+        if lines:
+            try:
+                seg.write(b"".join(lines))
+                if self._fsync:
+                    seg.sync()
+            except Exception as e:
+                batch_exc = e
+                st.errors += 1
+                lost = sum(it.kind == _EVENT for it in batch)
+                log.error("writing %d event lines failed (%d plain events lost): %r", len(lines), lost, e)
+                seg.abandon()  # keep the torn bytes at the end of a file recover() will fix
+            else:
+                st.events += len(lines)
+                st.messages += sum(1 for it in durable if it.exc is None)
+        st.batches += 1
+        self._resolve([it for it in batch if it.kind != _CLOSE], batch_exc)
+
+    def _resolve(self, items: list[_Item], batch_exc: Optional[BaseException]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for it in items:
+            exc = it.exc or batch_exc
+            if it.fut is not None:
+                by_loop.setdefault(it.loop, []).append((it.fut, None if exc else it.result, exc))  # type: ignore[arg-type]
+            elif it.waiter is not None:
+                it.waiter.set(None if exc else it.result, exc)
+        for loop, entries in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, entries)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                log.warning("event loop closed: %d results dropped", len(entries))
+
+    def _rotate(self) -> None:
+        try:
+            self._seg.maybe_rotate()  # type: ignore[union-attr]
+        except Exception as e:
+            self._stats.errors += 1
+            log.error("segment rotation failed (recover() will finish it): %r", e)
+
+    def _shutdown(self, close: _Item) -> None:
+        exc: Optional[BaseException] = None
+        for step in (self._seg.close, self._store.close):  # type: ignore[union-attr]
+            try:
+                step()
+            except Exception as e:
+                exc = exc or e
+                self._stats.errors += 1
+                log.error("closing the store failed: %r", e)
+        self._fail_queued(RecorderError("recorder closed"))
+        self._resolve([close], exc)
+
+    def _fail_queued(self, exc: BaseException) -> None:
+        left: list[_Item] = []
+        try:
+            while True:
+                left.append(self._q.get_nowait())
+        except queue.Empty:
+            pass
+        if left:
+            self._resolve(left, exc)
