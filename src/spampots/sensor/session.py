@@ -16,7 +16,8 @@ import logging
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Optional
 
-from ..events import Event, LimitHit, SessionClose, SessionOpen, stamp
+from ..events import Event, LimitHit, SessionClose, SessionOpen, name_of, stamp
+from ..store.recorder import RecorderError
 from ..protocols.base import Close, Context, Durable, Handler, StartTLS, Tunnel, error_event
 from ..protocols.dispatch import Sniffer, far_end, listener_handler, tunnel_context
 from ..protocols.proxy_header import ProxyHeaderParser
@@ -203,7 +204,11 @@ class Session(asyncio.Protocol):
                 self._write(out)
                 out = []
                 ev = self._stamp(a.event)
-                fut = self.sensor.recorder.emit_durable(ev, a.body)
+                try:
+                    fut = self.sensor.recorder.emit_durable(ev, a.body)
+                except RecorderError as exc:
+                    fut = self.loop.create_future()
+                    fut.set_exception(exc)
                 self.sensor.count_event(ev)
                 self._pause()
                 rest = actions[i:]
@@ -316,7 +321,10 @@ class Session(asyncio.Protocol):
     def _record(self, ev: Event) -> None:
         ev = self._stamp(ev)
         self.sensor.count_event(ev)
-        self.sensor.recorder.emit(ev)
+        try:
+            self.sensor.recorder.emit(ev)
+        except RecorderError:  # shutting down, or the disk failed (logged by the store)
+            log.warning("event not recorded: %s", name_of(ev))
 
     def _arm_timer(self) -> None:
         lim = self.sensor.cfg.limits
