@@ -22,7 +22,7 @@ from .protocols.personas import HTTP_STYLES, JUDGE_STYLES, SMTP_STYLES
 SOCKS_PORTS = (1080, 3127)
 HTTP_PORTS = (8080, 80, 3128, 8000, 6588, 4480, 3382, 81)
 SMTP_PORTS = (25,)
-LISTENER_KINDS = ("proxy", "smtp")
+LISTENER_KINDS = ("socks", "http", "smtp")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -36,7 +36,7 @@ class _Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class ListenerConfig(_Base):
     port: int
-    kind: str = "proxy"  # proxy: waits for the client; smtp: sends a banner first
+    kind: str = "http"  # what the port is known for: socks | http (wait for the client) | smtp (banner first)
     address: str = ""  # "" = every interface (IPv4 and IPv6)
     persona: str = ""  # smtp style / http style for this listener; "" = the sensor's
 
@@ -49,6 +49,7 @@ class SensorSection(_Base):
     summary_interval_s: float = 60.0
     heartbeat_interval_s: float = 60.0
     greeting_delay_s: float = 0.0  # wait this long for a client that speaks first on SMTP ports
+    tunnel_greeting_delay_s: float = 0.02  # far end's "connect time" before its banner
 
 
 class LimitsSection(_Base):
@@ -127,7 +128,8 @@ class Config(_Base):
 
 def default_listeners() -> list[ListenerConfig]:
     return (
-        [ListenerConfig(port=p, kind="proxy") for p in SOCKS_PORTS + HTTP_PORTS]
+        [ListenerConfig(port=p, kind="socks") for p in SOCKS_PORTS]
+        + [ListenerConfig(port=p, kind="http") for p in HTTP_PORTS]
         + [ListenerConfig(port=p, kind="smtp") for p in SMTP_PORTS]
     )
 
@@ -245,6 +247,7 @@ log_level = "info"          # debug | info | warning | error (stderr)
 summary_interval_s = 60     # one-line operational summary on stderr
 heartbeat_interval_s = 60   # spampots.sensor.heartbeat events
 greeting_delay_s = 0.0      # SMTP ports: wait this long for a client that speaks first
+tunnel_greeting_delay_s = 0.02  # a tunnelled mail server's banner comes this long after the grant
 
 [limits]                    # every hit is recorded as spampots.limit.hit
 max_sessions = 4096         # concurrent sessions, all sources
@@ -283,10 +286,12 @@ segment_max_age_s = 3600
 
 # Listeners: without any [[listener]] the talk's ports are used:
 # SOCKS 1080 3127; HTTP 8080 80 3128 8000 6588 4480 3382 81; SMTP 25.
-# Any port serves any protocol (the first bytes decide); kind only says who speaks first.
+# Any port serves any protocol (the first bytes decide). kind says what the port is known
+# for: who speaks first (smtp sends a banner) and how unknown bytes are answered
+# (http: 400 Bad Request; socks: closed).
 # [[listener]]
 # port = 1080
-# kind = "proxy"            # proxy (client speaks first) | smtp (banner first)
+# kind = "socks"            # socks | http | smtp
 # address = ""              # "" = all interfaces; "::" / "0.0.0.0" / one address
 # persona = ""
 """

@@ -44,7 +44,7 @@ COMMON_FIELDS: tuple[str, ...] = (
 class Listener(msgspec.Struct, kw_only=True):
     address: str
     port: int
-    kind: str  # proxy | smtp | submission | smtps
+    kind: str  # socks | http | smtp (what the port is known for)
     persona: str = ""
     error: str = ""  # why the bind failed, for failed listeners
 

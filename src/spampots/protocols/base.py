@@ -28,6 +28,10 @@ from typing import Optional, Protocol, Union
 from ..events import Event, LimitHit, ProtocolError
 
 
+# Target ports whose far end is a mail server that speaks first (RFC 5321 / 6409).
+MAIL_PORTS = frozenset({25, 587, 2525})
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Per-session protocol limits (connection limits live in the sensor)."""

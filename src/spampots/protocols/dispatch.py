@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from .base import Action, Close, Context, Handler, Tunnel, limit_event
+from .base import MAIL_PORTS, Action, Close, Context, Handler, Tunnel, limit_event
 from .http import HttpServer
 from .raw import RawCapture
 from .smtp import SmtpServer
@@ -26,8 +26,6 @@ from .socks4 import Socks4Server
 from .socks5 import Socks5Server
 from .tls_hello import TlsHelloReader
 
-# Target ports where the far end is a mail server that speaks first.
-MAIL_PORTS = frozenset({25, 587, 2525})
 
 
 def _handler_for(kind: str, ctx: Context, first: bytes) -> Handler:
@@ -93,6 +91,10 @@ class Sniffer:
             return []
         if kind == "proxy_header":  # only trusted peers' headers are parsed, by the glue
             kind = "unknown"
+        if self.ctx.depth == 0 and self.greeter is None and kind in ("tls", "smtp"):
+            # No open proxy speaks TLS or SMTP on its own port; answering them
+            # there would make scanners file us as "ssl/unknown" or "smtp".
+            kind = "unknown"
         if self.greeter is not None and kind not in ("socks4", "socks5", "http", "tls"):
             self.delegate = self.greeter
         else:
@@ -113,11 +115,16 @@ class Sniffer:
         return self.greeter.eof() if self.greeter is not None else []
 
 
-def listener_handler(ctx: Context, *, speaks_first: bool) -> Sniffer:
-    """The handler for a new session on one of our listeners."""
-    if speaks_first:
+def listener_handler(ctx: Context, *, kind: str) -> Sniffer:
+    """The handler for a new session on a listener of ``kind`` (socks, http, smtp).
+
+    Any port serves any protocol; the kind only says who speaks first and how
+    unrecognised bytes are answered: an HTTP proxy says 400, a SOCKS server
+    just closes, an SMTP server keeps talking SMTP.
+    """
+    if kind == "smtp":
         return Sniffer(ctx, greeter=SmtpServer(ctx, now=ctx.now or None))
-    return Sniffer(ctx, fallback="unknown")
+    return Sniffer(ctx, fallback="http" if kind == "http" else "unknown")
 
 
 class _Refuse:

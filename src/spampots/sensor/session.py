@@ -60,6 +60,7 @@ class Session(asyncio.Protocol):
         self.header_parser: Optional[ProxyHeaderParser] = None
         self.proxied_by: Optional[str] = None
         self.greet_timer: Optional[asyncio.TimerHandle] = None
+        self.greet_on_data = False  # a delayed tunnel greeting goes out before client bytes
 
     # -- asyncio callbacks ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -88,9 +89,15 @@ class Session(asyncio.Protocol):
             data = self._proxy_header(data)
             if not data or self.handler is None:
                 return
-        if self.greet_timer is not None:  # the client spoke first on an SMTP port
+        if self.greet_timer is not None:  # the client spoke before our greeting
             self.greet_timer.cancel()
             self.greet_timer = None
+            if self.greet_on_data:  # in a tunnel: greet now, then handle its bytes
+                self.greet_on_data = False
+                self._run(self.handler.start())  # type: ignore[union-attr]
+                if self.paused or self.closed:
+                    self.backlog.append(data)
+                    return
         handler = self.handler
         if handler is None:
             return
@@ -144,10 +151,10 @@ class Session(asyncio.Protocol):
         lst = self.listener
         self.ctx = dataclasses.replace(
             lst.context, src_ip=self.src_ip, src_port=self.src_port, local_ip=self.local_ip,
-            # Postfix banners show no date; the others do, and a missing one would stand out.
-            now="" if lst.context.persona.smtp_style == "postfix" else formatdate(localtime=True),
+            # Banners and HTTP Date headers show the time; a missing one would stand out.
+            now=formatdate(localtime=True),
         )
-        self.handler = listener_handler(self.ctx, speaks_first=lst.speaks_first)
+        self.handler = listener_handler(self.ctx, kind=lst.kind)
         self._arm_timer()
         if lst.speaks_first:
             delay = self.sensor.greeting_delay
@@ -158,6 +165,7 @@ class Session(asyncio.Protocol):
 
     def _greet(self) -> None:
         self.greet_timer = None
+        self.greet_on_data = False
         if self.handler is not None and not self.closed:
             self._run(self.handler.start())
 
@@ -220,11 +228,21 @@ class Session(asyncio.Protocol):
                 assert self.ctx is not None
                 self.ctx = tunnel_context(self.ctx, a)
                 self.handler = far_end(self.ctx)
-                more = self.handler.start()
-                if a.rest:
-                    more = more + self.handler.receive(a.rest)
-                actions = more + actions[i:]
-                i, n = 0, len(actions)
+                delay = self.sensor.tunnel_greeting_delay
+                if a.rest or delay <= 0:
+                    more = self.handler.start()
+                    if a.rest:
+                        more = more + self.handler.receive(a.rest)
+                    actions = more + actions[i:]
+                    i, n = 0, len(actions)
+                else:
+                    # The far end "answers" a moment after the grant, as a real one
+                    # would; clients that read the proxy reply with one recv() would
+                    # otherwise swallow the banner with it.
+                    self._write(out)
+                    out = []
+                    self.greet_on_data = True
+                    self.greet_timer = self.loop.call_later(delay, self._greet)
             elif t is StartTLS:
                 self._write(out)
                 self._pause()

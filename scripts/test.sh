@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs (Debian packages, Python packages) and run it.
+# Used by the README and by .ci/run; safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PIP_BREAK_SYSTEM_PACKAGES=1 DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
+
+need=()
+command -v curl >/dev/null || need+=(curl)
+command -v nmap >/dev/null || need+=(nmap)
+command -v setpriv >/dev/null || need+=(util-linux)
+command -v chromium >/dev/null || need+=(chromium)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing Debian packages: ${need[*]}"
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  else
+    echo "missing tools (${need[*]}): run as root or install them; their tests will be skipped" >&2
+  fi
+fi
+
+python3 -m pip install -q -e '.[test]'
+exec python3 -m pytest -q -p no:cacheprovider "$@"
