@@ -57,7 +57,8 @@ async def drive(port: int, seconds: float, concurrency: int, n_msgs: int, rcpts:
     async def worker() -> None:
         nonlocal sessions, msgs
         while time.perf_counter() < deadline:
-            msgs += await socks5_smtp_session(port, n_msgs, rcpts)
+            n = await socks5_smtp_session(port, n_msgs, rcpts)
+            msgs += n
             sessions += 1
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -78,13 +79,16 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=1, help="messages per session")
     ap.add_argument("--rcpts", type=int, default=10)
     ap.add_argument("--idle", type=int, default=1000, help="idle sessions to hold open for the RSS figure")
+    ap.add_argument("--tunnel-greeting-delay", type=float, default=0.02,
+                    help="[sensor] tunnel_greeting_delay_s for the run (0: CPU-bound figure)")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    offset = 41000
+    offset = 21000  # below the ephemeral port range
     tmp = tempfile.mkdtemp(prefix="spampots-bench-")
     cfg = Path(tmp) / "c.toml"
-    cfg.write_text("[[listener]]\nport = 1080\n[limits]\nmax_sessions = 100000\nmax_sessions_per_ip = 100000\n"
+    cfg.write_text(f"[sensor]\ntunnel_greeting_delay_s = {args.tunnel_greeting_delay}\n"
+                   "[[listener]]\nport = 1080\nkind = \"socks\"\n[limits]\nmax_sessions = 100000\nmax_sessions_per_ip = 100000\n"
                    "new_sessions_per_s_per_ip = 100000\n")
     proc = subprocess.Popen([sys.executable, "-m", "spampots.cli", "run", "--config", str(cfg), "--data-dir",
                              tmp + "/var", "--port-offset", str(offset), "--address", "127.0.0.1",
@@ -100,7 +104,8 @@ def main() -> None:
         rss0 = rss_kb(proc.pid)
         sessions, msgs = asyncio.run(drive(port, args.seconds, args.concurrency, args.messages, args.rcpts))
         print(f"socks5->smtp: {sessions / args.seconds:,.0f} sessions/s, {msgs / args.seconds:,.0f} messages/s "
-              f"(concurrency {args.concurrency}, {args.messages} msg x {args.rcpts} rcpt x {len(BODY)} B, fsync on)")
+              f"(concurrency {args.concurrency}, {args.messages} msg x {args.rcpts} rcpt x {len(BODY)} B, fsync on, "
+              f"tunnel greeting delay {args.tunnel_greeting_delay * 1000:g} ms)")
 
         async def hold() -> int:
             conns = []

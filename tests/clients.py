@@ -39,7 +39,8 @@ def send_messages(smtp: smtplib.SMTP, messages: list[bytes], rcpts: list[str]) -
         smtp.sendmail("sender@spam.example", rcpts, raw)
 
 
-def curl(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
+def curl(*args: str, timeout: float = 20, input_bytes: Optional[bytes] = None) -> subprocess.CompletedProcess:
     exe = shutil.which("curl")
     assert exe, "curl is required (apt-get install curl)"
-    return subprocess.run([exe, "-sS", "--max-time", "10", *args], capture_output=True, timeout=timeout)
+    return subprocess.run([exe, "-sS", "--max-time", "10", *args], capture_output=True, timeout=timeout,
+                          input=input_bytes)

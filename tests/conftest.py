@@ -33,7 +33,8 @@ def _free(port: int, host: str = "127.0.0.1") -> bool:
 
 def pick_offset() -> int:
     for _ in range(200):
-        off = random.randrange(20000, 57000, 7)
+        # below the ephemeral range (32768+), where our own client sockets could take a port
+        off = random.randrange(2000, 24000, 7)
         if all(_free(p + off) for p in ALL_PORTS):
             return off
     raise RuntimeError("no free port offset")

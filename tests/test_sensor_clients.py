@@ -235,3 +235,55 @@ def test_ipv6_listener(tmp_path):
         assert hits and hits[0].src_ip == "::1"
     finally:
         sp.stop()
+
+
+def test_http_post_to_port_25_is_read_as_smtp(sensor):
+    dialogue = (b"HELO poster\r\nMAIL FROM:<p@spam.example>\r\nRCPT TO:<v@victim.example>\r\nDATA\r\n"
+                b"Subject: posted through http\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+    r = curl("--proxy", f"http://127.0.0.1:{sensor.port(8080)}", "--data-binary", "@-",
+             "-H", "Content-Type: text/plain", "http://mx.posted.example:25/", input_bytes=dialogue)
+    assert r.returncode == 0, r.stderr
+    assert b"250" in r.stdout
+    got = _wait(sensor, "spampots.smtp.message", lambda e: e.subject == "posted through http")
+    assert got[0].target_host == "mx.posted.example" and got[0].target_port == 25
+    assert got[0].rcpts == ["v@victim.example"]
+
+
+def test_show_and_export_round_trip(sensor, tmp_path):
+    from spampots.store.export import read_mbox
+    msgs = [make_message(500 + i, subject=f"export-{i}", body="From the start\n>From quoted\n.\n") for i in range(3)]
+    with smtplib.SMTP("127.0.0.1", sensor.port(25), timeout=10) as s:
+        send_messages(s, msgs, ["x@victim.example"])
+    shas = [hashlib.sha256(m).hexdigest() for m in msgs]
+    _wait(sensor, "spampots.smtp.message", lambda e: e.sha256 == shas[-1])
+    cli = [sys.executable, "-m", "spampots.cli"]
+    dd = ["--data-dir", str(sensor.data_dir)]
+    # show | export: the raw bytes survive the pipe
+    shown = subprocess.run([*cli, "show", shas[0], *dd], capture_output=True, check=True).stdout
+    subprocess.run([*cli, "export", "--format", "eml", "--out", str(tmp_path / "eml")], input=shown,
+                   capture_output=True, check=True)
+    assert (tmp_path / "eml" / f"{shas[0]}.eml").read_bytes() == msgs[0]
+    # sha256 lines on stdin -> mbox, read back exactly
+    r = subprocess.run([*cli, "export", "--format", "mbox", "--out", str(tmp_path / "mbox"), *dd],
+                       input="\n".join(shas).encode(), capture_output=True)
+    assert r.returncode == 0, r.stderr
+    assert read_mbox(tmp_path / "mbox" / "messages.mbox") == msgs
+    # selectors
+    r = subprocess.run([*cli, "export", "--format", "eml", "--out", str(tmp_path / "all"), "--all", *dd],
+                       capture_output=True)
+    assert r.returncode == 0, r.stderr
+    for sha, raw in zip(shas, msgs):
+        assert (tmp_path / "all" / f"{sha}.eml").read_bytes() == raw
+    r = subprocess.run([*cli, "show", "0" * 64, *dd], capture_output=True)
+    assert r.returncode == 1 and b"no message" in r.stderr
+
+
+def test_personas_differ_between_sensors_and_are_stable():
+    from spampots.protocols.personas import choose
+    ids = [f"sensor-{i}" for i in range(12)]
+    faces = [choose(i) for i in ids]
+    assert faces == [choose(i) for i in ids]  # stable across restarts
+    assert len({(f.smtp_style, f.hostname) for f in faces}) >= 10
+    assert len({f.smtp_style for f in faces}) >= 3 and len({f.http_style for f in faces}) >= 3
+    pinned = choose("x", smtp_style="postfix", hostname="mx.example.net", http_style="squid")
+    assert (pinned.smtp_style, pinned.hostname, pinned.http_style) == ("postfix", "mx.example.net", "squid")

@@ -262,12 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(v)
     v.set_defaults(func=cmd_events)
 
-    try:
-        from .analysis import cli as analysis_cli
-    except ImportError:
-        analysis_cli = None  # type: ignore[assignment]
-    if analysis_cli is not None and hasattr(analysis_cli, "register"):
-        analysis_cli.register(sub)
+    # Command groups that live with their subsystem register themselves.
+    from .analysis import cli as analysis_cli
+    from .loadgen import cli as loadgen_cli
+
+    for group in (analysis_cli, loadgen_cli):
+        group.register(sub)
     return p
 
 
