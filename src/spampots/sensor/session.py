@@ -36,6 +36,14 @@ def _clean_ip(ip: str) -> str:
 
 
 class Session(asyncio.Protocol):
+    # Slots: tens of thousands of idle sessions must stay cheap.
+    __slots__ = (
+        "sensor", "listener", "loop", "transport", "handler", "session_id", "src_ip", "src_port",
+        "local_ip", "ctx", "admitted", "closed", "close_reason", "paused", "backlog", "bytes_in",
+        "bytes_out", "started", "last_active", "timer", "header_parser", "proxied_by", "greet_timer",
+        "greet_on_data",
+    )
+
     def __init__(self, sensor: "Sensor", listener: "ListenerRuntime") -> None:
         self.sensor = sensor
         self.listener = listener
