@@ -1,0 +1,218 @@
+"""`spampots report`, `spampots compact`, `spampots synth`.
+
+The lead's spampots/cli.py calls :func:`register`; ``python -m spampots.analysis.cli``
+runs the same subcommands standalone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+FORMATS = ("terminal", "markdown", "json", "csv", "html")
+_SUFFIX = {".md": "markdown", ".markdown": "markdown", ".json": "json", ".csv": "csv", ".html": "html",
+           ".htm": "html"}
+
+
+def _date(s: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {s!r}") from None
+
+
+def _count(s: str) -> int:
+    try:
+        n = int(s.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return n
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    return Path(getattr(args, "data_dir", None) or "var")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: never overwrite a --data-dir given to the top-level parser.
+    p.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS,
+                   help="data directory of the store (default: ./var)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from .metrics import FIRST_PER
+
+    p = subparsers.add_parser("report", help="the talk's tables and more, from the stored events",
+                              description="Compact closed segments, then report on lake + open segments.")
+    _common(p)
+    p.add_argument("--from", dest="day_from", type=_date, metavar="DAY", help="first UTC day (YYYY-MM-DD), inclusive")
+    p.add_argument("--to", dest="day_to", type=_date, metavar="DAY", help="last UTC day (YYYY-MM-DD), inclusive")
+    p.add_argument("--sensor", action="append", default=[], metavar="ID", help="only this sensor (repeatable)")
+    p.add_argument("--format", choices=FORMATS, help="output format (default: from --out's suffix, else terminal)")
+    p.add_argument("--out", type=Path, metavar="PATH", help="write here instead of stdout (csv: a directory gets one file per table)")
+    p.add_argument("--charts", type=Path, metavar="DIR", help="also write every chart as SVG and PNG into DIR")
+    p.add_argument("--first-per", choices=FIRST_PER, default="connection",
+                   help="outbound attempts: count the first request per connection (default), per source IP, "
+                        "or every request")
+    p.add_argument("--top", type=int, default=10, metavar="N", help="rows in the top-N tables (default 10)")
+    p.add_argument("--asn-db", type=Path, metavar="FILE", help="AS database: MaxMind/IPinfo .mmdb or iptoasn .tsv[.gz]")
+    p.add_argument("--ports", type=Path, action="append", default=[], metavar="FILE",
+                   help="extra port table (TOML, like spampots/data/ports.toml); repeatable")
+    p.add_argument("--locale", choices=("en", "pt"), default="en",
+                   help="number style: en 1,234.56 or pt 1.234,56 (as the talk)")
+    p.add_argument("--no-compact", action="store_true",
+                   help="do not compact closed segments first (they are read from JSON instead)")
+    p.add_argument("--detail", action="store_true", help="terminal/markdown: also the per-day and per-hour tables")
+    p.add_argument("--exact-limit", type=_count, default=20_000_000, metavar="N",
+                   help="above this many emails the top-N tables on message fields use a sample (default 20M)")
+    p.add_argument("--threads", type=int, metavar="N", help="DuckDB threads (default: all cores)")
+    p.add_argument("--memory-limit", metavar="SIZE", help="DuckDB memory limit, e.g. 3GB")
+    p.set_defaults(func=cmd_report)
+
+    p = subparsers.add_parser("compact", help="compact closed event segments into the Parquet lake")
+    _common(p)
+    p.add_argument("--rebuild", action="store_true", help="drop the lake and compact everything again")
+    p.set_defaults(func=cmd_compact)
+
+    p = subparsers.add_parser("synth", help="write a synthetic data set with the talk's shape",
+                              description="Synthetic events in the store's layout, with the proportions of the "
+                                          "CERT.br SpamPots talk (see docs/report.md).")
+    _common(p)
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--messages", type=_count, metavar="N", help="number of emails (default 100,000)")
+    size.add_argument("--scale", type=float, metavar="F", help="1.0 = the talk's size (524,585,779 emails)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="output data directory (default: --data-dir)")
+    p.add_argument("--format", choices=("lake", "store"), default="lake",
+                   help="lake: Parquet straight into <out>/lake (fast, any size); store: JSONL.zst event "
+                        "segments as the sensor writes them (small sets; compacted by report)")
+    p.add_argument("--ips", type=_count, metavar="N", help="source IP pool size (default: 216,888 x scale, at least 50)")
+    p.add_argument("--days", type=int, default=466, metavar="N", help="days (default 466, as the talk)")
+    p.add_argument("--start", type=_date, default=dt.date(2006, 6, 10), metavar="DAY", help="first day (default 2006-06-10)")
+    p.add_argument("--sensors", type=int, default=10, metavar="N", help="number of sensors (default 10)")
+    p.add_argument("--seed", type=int, default=1, metavar="N", help="random seed")
+    p.set_defaults(func=cmd_synth)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from . import charts as charts_mod
+    from . import metrics, ports, render
+    from .enrich import Enricher
+    from .lake import Lake
+    from .ports import PortTableError
+
+    data_dir = _data_dir(args)
+    if not data_dir.is_dir():
+        print(f"spampots report: no data directory {data_dir}", file=sys.stderr)
+        return 2
+    fmt = args.format or (_SUFFIX.get(args.out.suffix.lower()) if args.out else None) or \
+        ("csv" if args.out and args.out.is_dir() else "terminal")
+    if fmt == "html" and not args.out:
+        print("spampots report: --format html needs --out FILE", file=sys.stderr)
+        return 2
+    try:
+        extra = [p for p in [data_dir / "ports.toml"] if p.exists()] + list(args.ports)
+        port_table = ports.load(extra)
+    except (OSError, PortTableError) as e:
+        print(f"spampots report: port table: {e}", file=sys.stderr)
+        return 2
+    lake = Lake(data_dir)
+    if not args.no_compact:
+        lake.compact(quiet=args.quiet)
+    con = lake.connect(day_from=args.day_from, day_to=args.day_to, sensors=args.sensor,
+                       include_closed_uncompacted=args.no_compact, threads=args.threads,
+                       memory_limit=args.memory_limit)
+    try:
+        enricher = Enricher(args.asn_db, cache_dir=lake.root / "_cache", quiet=args.quiet)
+    except (OSError, ValueError) as e:
+        print(f"spampots report: --asn-db {args.asn_db}: {e}", file=sys.stderr)
+        return 2
+    opts = metrics.Options(first_per=args.first_per, top=args.top, exact_limit=args.exact_limit)
+    report = metrics.run(con, ports=port_table, enricher=enricher, opts=opts, sampler=lake.sample_view)
+    filters = []
+    if args.day_from or args.day_to:
+        filters.append(f"days {args.day_from or '…'} to {args.day_to or '…'}")
+    if args.sensor:
+        filters.append("sensors " + ", ".join(args.sensor))
+    report.meta.update(data_dir=str(data_dir), filters="; ".join(filters))
+
+    inline = {}
+    if args.charts or fmt == "html":
+        inline = charts_mod.render(report, args.charts, svg=fmt == "html")
+    if fmt == "terminal":
+        if args.out:
+            with open(args.out, "w") as f:
+                render.terminal(report, locale=args.locale, file=f, detail=args.detail)
+        else:
+            render.terminal(report, locale=args.locale, detail=args.detail)
+        return 0
+    if fmt == "csv" and args.out and (args.out.is_dir() or not args.out.suffix):
+        render.csv_dir(report, args.out)
+        return 0
+    if fmt == "html":
+        text = render.to_html(report, locale=args.locale, charts=inline, chart_after=charts_mod.CHART_AFTER)
+    elif fmt == "markdown":
+        text = render.markdown(report, locale=args.locale, detail=args.detail)
+    else:
+        text = render.RENDERERS[fmt](report)
+    if args.out:
+        args.out.write_text(text)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    from .lake import Lake
+
+    data_dir = _data_dir(args)
+    if not data_dir.is_dir():
+        print(f"spampots compact: no data directory {data_dir}", file=sys.stderr)
+        return 2
+    lake = Lake(data_dir)
+    st = lake.compact(rebuild=args.rebuild, quiet=args.quiet)
+    seg = lake.segments()
+    if not args.quiet:
+        print(f"compacted {st.segments} segments ({st.events:,} events) into {st.parts} parts over "
+              f"{len(st.days)} days; {seg.compacted} segments in the lake, {len(seg.open)} open",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from . import synth
+
+    out = args.out or _data_dir(args)
+    if args.scale is not None:
+        scale = args.scale
+    else:
+        scale = (args.messages if args.messages is not None else 100_000) / synth.TALK["emails"]
+    if scale <= 0 or args.days < 1 or args.sensors < 1:
+        print("spampots synth: size, days and sensors must be positive", file=sys.stderr)
+        return 2
+    if args.format == "store" and scale * synth.TALK["emails"] > synth.STORE_FORMAT_MAX:
+        print(f"spampots synth: --format store is for small sets (at most {synth.STORE_FORMAT_MAX:,} emails); "
+              "use --format lake", file=sys.stderr)
+        return 2
+    spec = synth.Spec(scale=scale, days=args.days, start=args.start, sensors=args.sensors,
+                      ips=args.ips, seed=args.seed)
+    stats = synth.generate(Path(out), spec, fmt=args.format, quiet=args.quiet)
+    if not args.quiet:
+        print(", ".join(f"{k} {v:,}" for k, v in stats.items()) + f" -> {out}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="spampots")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,520 @@
+"""The report's metrics: named DuckDB queries over the lake views, each with its definition.
+
+The views (one per event type, see schema.py/lake.py) are already filtered by the
+report's --from/--to/--sensor. Before the metrics run, a few *base tables* are built
+in one pass each over the big tables (messages, sessions, proxy requests); most
+metrics are then small queries over those. docs/report.md repeats every definition;
+tests/test_analysis_docs.py checks that each metric here is documented there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import duckdb
+import pyarrow as pa
+
+from .enrich import Enricher
+from .ports import PortInfo
+
+FIRST_PER = ("connection", "source-ip", "none")
+CATEGORIES = ("to 25/TCP", "to other ports", "GET", "errors")
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    label: str
+    kind: str = "text"  # text | int | pct | num | date
+
+
+@dataclass
+class Result:
+    name: str
+    title: str
+    definition: str
+    columns: list[Column]
+    rows: list[tuple]
+    layout: str = "table"  # table | vertical (one row shown as label/value pairs)
+    section: str = "talk"  # talk | more | detail (detail: long tables, not shown in the terminal)
+    note: str = ""
+    total_row: bool = False  # last row is a total
+
+
+@dataclass
+class Options:
+    first_per: str = "connection"
+    top: int = 10
+    exact_limit: int = 20_000_000  # above this many messages, the heavy top-N tables use a sample
+    sample_pct: float = 5.0
+
+
+@dataclass
+class Report:
+    results: list[Result]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, name: str) -> Result:
+        for r in self.results:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Base tables: one scan each over the big tables.
+BASES: dict[str, tuple[str, str]] = {
+    "msg_cube": (
+        "Emails (smtp.message events, i.e. messages answered 250) and their recipients (len(rcpts)) per "
+        "day, listener port, carrying proxy protocol, sensor and depth.",
+        """SELECT day, listener_port, proxy, sensor, depth, count(*) AS emails, sum(n_rcpts)::BIGINT AS rcpts
+           FROM smtp_message GROUP BY ALL"""),
+    "msg_by_ip": (
+        "Emails per source IP.",
+        "SELECT ip_key, count(*) AS emails FROM smtp_message GROUP BY ip_key"),
+    "sess_cube": (
+        "Sessions (session.open events) per day, listener port and sensor.",
+        "SELECT day, listener_port, sensor, count(*) AS sessions FROM session_open GROUP BY ALL"),
+    "sess_hours": (
+        "Sessions per UTC hour of day.",
+        "SELECT (epoch_us(ts) // 3600000000) % 24 AS hour, count(*) AS sessions FROM session_open GROUP BY 1"),
+    "src_by_ip": (
+        "Sessions per source IP: every source that connected, mail or not.",
+        "SELECT ip_key, count(*) AS sessions FROM session_open GROUP BY ip_key"),
+    "sensor_ips": (
+        "Distinct source IPs per sensor: exact up to --exact-limit sessions, a HyperLogLog estimate "
+        "(approx_count_distinct, about 2% error) above.",
+        "SELECT sensor, {distinct} AS ips FROM session_open GROUP BY sensor"),
+    "req_cube": (
+        "Proxy requests per day, sensor, proxy protocol, depth, category and whether the request "
+        "was the first of its session.",
+        """SELECT day, sensor, proxy, depth, first_in_session,
+                  CASE WHEN target_port = 25 THEN 'to 25/TCP' WHEN lower(command) = 'get' THEN 'GET'
+                       ELSE 'to other ports' END AS category,
+                  count(*) AS requests
+           FROM proxy_request GROUP BY ALL"""),
+}
+# Addresses that are not IPv4 have a hashed ip_key (top bit set): fetch their text once.
+# Parquet min/max statistics on ip_key let the scan skip every IPv4-only row group.
+V6_NAMES = """SELECT DISTINCT ip_key, src_ip AS ip FROM smtp_message WHERE ip_key >= 9223372036854775808
+              UNION SELECT DISTINCT ip_key, src_ip FROM session_open WHERE ip_key >= 9223372036854775808"""
+
+# Outbound attempts ("Tentativas de Saída de Tráfego"), see docs/report.md for the reading.
+ERROR_SESSIONS = """
+err_sessions AS (
+  SELECT session_key, any_value(ip_key) AS ip_key, min(ts) AS ts,
+         arg_min(lower(split_part(kind, '.', 1)), ts) AS prefix, any_value(listener_port) AS listener_port
+  FROM protocol_error WHERE depth = 0 GROUP BY session_key
+),
+err AS (
+  SELECT ip_key, ts,
+         CASE WHEN prefix IN ('socks', 'socks4', 'socks4a', 'socks5') THEN 'SOCKS' WHEN prefix = 'http' THEN 'HTTP'
+              ELSE coalesce(p.protocol, 'OTHER') END AS class,
+         'errors' AS category
+  FROM err_sessions e LEFT JOIN port_names p ON p.port = e.listener_port
+  WHERE NOT EXISTS (SELECT 1 FROM proxy_request r WHERE r.session_key = e.session_key)
+)"""
+# connection / none: the requests come straight from req_cube (no second scan of the requests).
+ATTEMPTS_CUBE = """
+WITH {errors}
+SELECT class, category, sum(n)::BIGINT AS requests FROM (
+  SELECT proto_class(proxy) AS class, category, requests AS n FROM req_cube WHERE depth = 0 {req_filter}
+  UNION ALL SELECT class, category, 1 FROM err WHERE class <> 'SMTP')
+GROUP BY ALL
+"""
+# source-ip: the earliest attempt (request or error session) of each source IP, per protocol.
+ATTEMPTS_PER_IP = """
+WITH req AS (
+  SELECT ip_key, ts, proto_class(proxy) AS class,
+         CASE WHEN target_port = 25 THEN 'to 25/TCP' WHEN lower(command) = 'get' THEN 'GET'
+              ELSE 'to other ports' END AS category
+  FROM proxy_request WHERE depth = 0
+), {errors},
+attempts AS (SELECT * FROM req UNION ALL SELECT * FROM err WHERE class <> 'SMTP')
+SELECT class, category, count(*) AS requests
+FROM (SELECT class, arg_min(category, ts) AS category FROM attempts GROUP BY ip_key, class)
+GROUP BY ALL
+"""
+
+
+def attempts_sql(first_per: str) -> str:
+    if first_per not in FIRST_PER:
+        raise ValueError(f"first_per must be one of {FIRST_PER}")
+    if first_per == "source-ip":
+        return ATTEMPTS_PER_IP.format(errors=ERROR_SESSIONS.strip())
+    return ATTEMPTS_CUBE.format(errors=ERROR_SESSIONS.strip(),
+                                req_filter="AND first_in_session" if first_per == "connection" else "")
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Metric:
+    name: str
+    title: str
+    definition: str
+    sql: str
+    columns: list[Column]
+    section: str = "more"
+    layout: str = "table"
+    sampled: bool = False  # runs over smtp_sample when the data set is large
+    post: Optional[Callable[[list[tuple]], list[tuple]]] = None
+
+
+C = Column
+TOTAL_EMAILS = "(SELECT nullif(sum(emails), 0) FROM msg_cube)"
+
+METRICS: list[Metric] = [
+    Metric(
+        "summary", "Collection summary",
+        "Period: first and last UTC day with any event. Days collected: distinct days with any event "
+        "(sessions, mail, or sensor start/heartbeat). Emails: smtp.message events (messages accepted "
+        "with 250). Emails/day: emails / days collected. Recipients: the accepted RCPTs of those "
+        "messages. Recipients/spam: recipients / emails. Unique IPs, ASNs and country codes are counted "
+        "over the sources that sent email and over all sources (every source that opened a session); "
+        "private, unknown and invalid addresses count as IPs but never as an ASN or country.",
+        """
+        WITH days AS (SELECT day FROM msg_cube UNION SELECT day FROM sess_cube
+                      UNION SELECT day FROM sensor_start UNION SELECT day FROM sensor_heartbeat),
+        senders AS (SELECT i.* FROM msg_by_ip m JOIN ip_info i USING (ip_key)),
+        sources AS (SELECT i.* FROM ip_info i WHERE ip_key IN (SELECT ip_key FROM src_by_ip)
+                                                 OR ip_key IN (SELECT ip_key FROM msg_by_ip))
+        SELECT (SELECT min(day) FROM days) AS first_day, (SELECT max(day) FROM days) AS last_day,
+               (SELECT count(*) FROM days) AS days,
+               (SELECT coalesce(sum(emails), 0) FROM msg_cube) AS emails,
+               (SELECT coalesce(sum(emails), 0) FROM msg_cube) / nullif((SELECT count(*) FROM days), 0) AS per_day,
+               (SELECT coalesce(sum(rcpts), 0) FROM msg_cube) AS rcpts,
+               (SELECT sum(rcpts) / nullif(sum(emails), 0) FROM msg_cube) AS rcpts_per_spam,
+               (SELECT count(*) FROM senders) AS ips_mail,
+               (SELECT count(*) FROM sources) AS ips_all,
+               (SELECT count(DISTINCT as_id) FROM senders WHERE kind = 'public' AND as_name <> 'unknown') AS asns_mail,
+               (SELECT count(DISTINCT as_id) FROM sources WHERE kind = 'public' AND as_name <> 'unknown') AS asns_all,
+               (SELECT count(DISTINCT country) FROM senders WHERE country <> '--') AS cc_mail,
+               (SELECT count(DISTINCT country) FROM sources WHERE country <> '--') AS cc_all,
+               (SELECT count(*) FROM sources WHERE kind <> 'public' OR country = '--') AS unlocated
+        """,
+        [C("first_day", "First day", "date"), C("last_day", "Last day", "date"),
+         C("days", "Days collected", "int"), C("emails", "Total emails", "int"),
+         C("per_day", "Emails/day", "num"), C("rcpts", "Recipients", "int"),
+         C("rcpts_per_spam", "Recipients/spam", "num"),
+         C("ips_mail", "Unique IPs (sent email)", "int"), C("ips_all", "Unique IPs (all sources)", "int"),
+         C("asns_mail", "Unique ASNs (sent email)", "int"), C("asns_all", "Unique ASNs (all sources)", "int"),
+         C("cc_mail", "Country codes (sent email)", "int"), C("cc_all", "Country codes (all sources)", "int"),
+         C("unlocated", "Sources without AS/country (private, unknown)", "int")],
+        section="talk", layout="vertical"),
+    Metric(
+        "ports", "Abused ports (by emails)",
+        "Share of emails by the listener port the abuser connected to (even when the mail went through "
+        "a tunnel), split by the protocol that carried it: the proxy protocol of the message's first "
+        "`via` hop (socks4/4a/5 -> SOCKS, http -> HTTP), SMTP when sent to us directly. Service names "
+        "come from port_names.",
+        f"""SELECT c.listener_port AS port, proto_class(c.proxy) AS protocol,
+                   coalesce(p.service, '?') AS service, sum(c.emails) AS emails,
+                   100.0 * sum(c.emails) / {TOTAL_EMAILS} AS pct
+            FROM msg_cube c LEFT JOIN port_names p ON p.port = c.listener_port
+            GROUP BY ALL ORDER BY emails DESC, port""",
+        [C("port", "Port", "text"), C("protocol", "Protocol"), C("service", "Service"),
+         C("emails", "Emails", "int"), C("pct", "%", "pct")], section="talk"),
+    Metric(
+        "ports_sessions", "Abused ports (by sessions)",
+        "Share of sessions (session.open events) by listener port, with the port's protocol and service "
+        "(port_names). Counts every connection, including those that never sent a request or a message.",
+        """SELECT c.listener_port AS port, coalesce(p.protocol, '?') AS protocol,
+                  coalesce(p.service, '?') AS service, sum(c.sessions) AS sessions,
+                  100.0 * sum(c.sessions) / (SELECT nullif(sum(sessions), 0) FROM sess_cube) AS pct
+           FROM sess_cube c LEFT JOIN port_names p ON p.port = c.listener_port
+           GROUP BY ALL ORDER BY sessions DESC, port""",
+        [C("port", "Port", "text"), C("protocol", "Protocol"), C("service", "Service"),
+         C("sessions", "Sessions", "int"), C("pct", "%", "pct")], section="talk"),
+    Metric(
+        "top_countries", "Top countries",
+        "Emails and source IPs by the country of the source IP (offline enrichment). `--` gathers "
+        "private, unknown and invalid addresses. Emails % is of all emails.",
+        f"""WITH m AS (SELECT i.country, sum(m.emails) AS emails, count(*) AS ips
+                       FROM msg_by_ip m JOIN ip_info i USING (ip_key) GROUP BY 1),
+                 a AS (SELECT country, count(*) AS sources FROM ip_info
+                       WHERE ip_key IN (SELECT ip_key FROM src_by_ip) GROUP BY 1)
+            SELECT country, coalesce(m.emails, 0) AS emails, 100.0 * coalesce(m.emails, 0) / {TOTAL_EMAILS} AS pct,
+                   coalesce(m.ips, 0) AS ips, coalesce(a.sources, 0) AS sources
+            FROM m FULL JOIN a USING (country)
+            ORDER BY emails DESC, sources DESC, country LIMIT {{top}}""",
+        [C("country", "Country"), C("emails", "Emails", "int"), C("pct", "% emails", "pct"),
+         C("ips", "IPs (sent email)", "int"), C("sources", "IPs (all sources)", "int")]),
+    Metric(
+        "top_asns", "Top ASNs",
+        "Emails and source IPs by the AS of the source IP. AS numbers need --asn-db; with the bundled "
+        "data an AS is known by its name only.",
+        f"""WITH m AS (SELECT i.as_id, sum(m.emails) AS emails, count(*) AS ips
+                       FROM msg_by_ip m JOIN ip_info i USING (ip_key) GROUP BY 1),
+                 a AS (SELECT as_id, any_value(asn) AS asn, any_value(as_name) AS as_name,
+                              mode(country) AS country, count(*) AS sources FROM ip_info
+                       WHERE ip_key IN (SELECT ip_key FROM src_by_ip) OR ip_key IN (SELECT ip_key FROM msg_by_ip)
+                       GROUP BY 1)
+            SELECT coalesce('AS' || a.asn::VARCHAR, '') AS asn, a.as_name, a.country,
+                   coalesce(m.emails, 0) AS emails, 100.0 * coalesce(m.emails, 0) / {TOTAL_EMAILS} AS pct,
+                   coalesce(m.ips, 0) AS ips, a.sources
+            FROM a LEFT JOIN m USING (as_id)
+            ORDER BY emails DESC, sources DESC, as_name LIMIT {{top}}""",
+        [C("asn", "ASN"), C("as_name", "AS name"), C("country", "Country"), C("emails", "Emails", "int"),
+         C("pct", "% emails", "pct"), C("ips", "IPs (sent email)", "int"), C("sources", "IPs (all sources)", "int")]),
+    Metric(
+        "per_sensor", "Per sensor",
+        "For each sensor: days with sessions, sessions, depth-0 proxy requests, emails, recipients and "
+        "distinct source IPs.",
+        """WITH s AS (SELECT sensor, count(DISTINCT day) AS days, sum(sessions) AS sessions FROM sess_cube GROUP BY 1),
+                m AS (SELECT sensor, sum(emails) AS emails, sum(rcpts) AS rcpts FROM msg_cube GROUP BY 1),
+                r AS (SELECT sensor, sum(requests) AS requests FROM req_cube WHERE depth = 0 GROUP BY 1),
+                i AS (SELECT sensor, ips FROM sensor_ips)
+           SELECT sensor, coalesce(s.days, 0) AS days, coalesce(s.sessions, 0) AS sessions,
+                  coalesce(r.requests, 0) AS requests, coalesce(m.emails, 0) AS emails,
+                  coalesce(m.rcpts, 0) AS rcpts, coalesce(i.ips, 0) AS ips
+           FROM s FULL JOIN m USING (sensor) FULL JOIN r USING (sensor) FULL JOIN i USING (sensor)
+           ORDER BY emails DESC, sessions DESC, sensor""",
+        [C("sensor", "Sensor"), C("days", "Days", "int"), C("sessions", "Sessions", "int"),
+         C("requests", "Proxy requests", "int"), C("emails", "Emails", "int"),
+         C("rcpts", "Recipients", "int"), C("ips", "Source IPs", "int")]),
+    Metric(
+        "target_mx", "Target mail servers",
+        "Emails by the mail server the abuser asked the proxy for (target_host of the message's tunnel); "
+        "`(direct)` when the mail was sent to our SMTP listener directly.",
+        """SELECT coalesce(nullif(lower(target_host), ''), '(direct)') AS target, count(*) AS emails,
+                  100.0 * count(*) / sum(count(*)) OVER () AS pct, count(DISTINCT ip_key) AS ips
+           FROM smtp_sample GROUP BY 1 ORDER BY emails DESC, target LIMIT {top}""",
+        [C("target", "Target host"), C("emails", "Emails", "int"), C("pct", "%", "pct"),
+         C("ips", "Source IPs", "int")], sampled=True),
+    Metric(
+        "rcpt_domains", "Recipient domains",
+        "Accepted recipients (each RCPT of each email) by the domain part of the address.",
+        """SELECT nullif(domain, '') AS domain, count(*) AS rcpts, 100.0 * count(*) / sum(count(*)) OVER () AS pct
+           FROM (SELECT unnest(rcpt_domains) AS domain FROM smtp_sample)
+           GROUP BY 1 ORDER BY rcpts DESC, domain LIMIT {top}""",
+        [C("domain", "Domain"), C("rcpts", "Recipients", "int"), C("pct", "%", "pct")], sampled=True),
+    Metric(
+        "helo", "HELO names",
+        "Emails by the HELO/EHLO name the client gave in the SMTP session that sent them.",
+        """SELECT helo, count(*) AS emails, 100.0 * count(*) / sum(count(*)) OVER () AS pct,
+                  count(DISTINCT ip_key) AS ips
+           FROM smtp_sample GROUP BY 1 ORDER BY emails DESC, helo LIMIT {top}""",
+        [C("helo", "HELO"), C("emails", "Emails", "int"), C("pct", "%", "pct"), C("ips", "Source IPs", "int")],
+        sampled=True),
+    Metric(
+        "sender_domains", "Sender domains",
+        "Emails by the domain of the envelope sender (MAIL FROM); empty for the null sender <>.",
+        """SELECT nullif(sender_domain, '') AS domain, count(*) AS emails,
+                  100.0 * count(*) / sum(count(*)) OVER () AS pct
+           FROM smtp_sample GROUP BY 1 ORDER BY emails DESC, domain LIMIT {top}""",
+        [C("domain", "Sender domain"), C("emails", "Emails", "int"), C("pct", "%", "pct")], sampled=True),
+    Metric(
+        "subjects", "Subjects",
+        "Emails by Subject header (as decoded by the sensor), with the first and last day seen.",
+        """SELECT subject, count(*) AS emails, 100.0 * count(*) / sum(count(*)) OVER () AS pct,
+                  min(day) AS first_day, max(day) AS last_day
+           FROM smtp_sample GROUP BY 1 ORDER BY emails DESC, subject LIMIT {top}""",
+        [C("subject", "Subject"), C("emails", "Emails", "int"), C("pct", "%", "pct"),
+         C("first_day", "First", "date"), C("last_day", "Last", "date")], sampled=True),
+    Metric(
+        "credentials", "Credentials tried",
+        "Username/password pairs offered to the SOCKS5 (RFC 1929) and HTTP proxy authentication "
+        "(proxy.request) and to SMTP AUTH (smtp.auth), with attempts and distinct source IPs.",
+        """WITH c AS (SELECT proxy AS via, username, password, ip_key FROM proxy_request
+                      WHERE username IS NOT NULL OR password IS NOT NULL
+                      UNION ALL
+                      SELECT 'smtp ' || lower(mechanism), username, password, ip_key FROM smtp_auth
+                      WHERE username IS NOT NULL OR password IS NOT NULL)
+           SELECT via AS protocol, username, password, count(*) AS attempts, count(DISTINCT ip_key) AS ips
+           FROM c GROUP BY ALL ORDER BY attempts DESC, protocol, username, password LIMIT {top}""",
+        [C("protocol", "Protocol"), C("username", "Username"), C("password", "Password"),
+         C("attempts", "Attempts", "int"), C("ips", "Source IPs", "int")]),
+    Metric(
+        "proxy_chains", "Proxy chains",
+        "Depth 0 is a request on our listener; depth n a request made inside the n-th tunnel (a chain of "
+        "proxies, all played by us). Requests and emails at each depth; sessions: distinct sessions "
+        "with a request at that depth.",
+        """WITH r AS (SELECT depth, sum(requests) AS requests FROM req_cube GROUP BY 1),
+                s AS (SELECT 0 AS depth, sum(requests) AS sessions FROM req_cube WHERE depth = 0 AND first_in_session
+                      UNION ALL
+                      SELECT depth, count(DISTINCT session) FROM proxy_request WHERE depth > 0 GROUP BY 1),
+                m AS (SELECT depth, sum(emails) AS emails FROM msg_cube GROUP BY 1)
+           SELECT depth, coalesce(r.requests, 0) AS requests, coalesce(s.sessions, 0) AS sessions,
+                  coalesce(m.emails, 0) AS emails
+           FROM r FULL JOIN s USING (depth) FULL JOIN m USING (depth) ORDER BY depth""",
+        [C("depth", "Depth", "int"), C("requests", "Proxy requests", "int"), C("sessions", "Sessions", "int"),
+         C("emails", "Emails", "int")]),
+    Metric(
+        "tls_sni", "TLS SNI in tunnels",
+        "TLS ClientHellos seen inside tunnels, by server name indication (empty: no SNI).",
+        """SELECT sni, count(*) AS hellos, count(DISTINCT ip_key) AS ips,
+                  string_agg(DISTINCT tls_version, ' ') AS versions
+           FROM tls_hello GROUP BY 1 ORDER BY hellos DESC, sni LIMIT {top}""",
+        [C("sni", "SNI"), C("hellos", "ClientHellos", "int"), C("ips", "Source IPs", "int"),
+         C("versions", "TLS versions")]),
+    Metric(
+        "limits", "Limits hit",
+        "limit.hit events by limit name: how often a configured bound stopped a client.",
+        """SELECT "limit", count(*) AS hits, count(DISTINCT session) AS sessions, count(DISTINCT ip_key) AS ips,
+                  max(observed) AS max_observed
+           FROM limit_hit GROUP BY 1 ORDER BY hits DESC, "limit" """,
+        [C("limit", "Limit"), C("hits", "Hits", "int"), C("sessions", "Sessions", "int"),
+         C("ips", "Source IPs", "int"), C("max_observed", "Largest observed", "num")]),
+    Metric(
+        "hours", "Sessions per hour of day (UTC)",
+        "Sessions (session.open) by the UTC hour they started.",
+        """SELECT h.hour, coalesce(c.sessions, 0) AS sessions,
+                  100.0 * coalesce(c.sessions, 0) / (SELECT nullif(sum(sessions), 0) FROM sess_hours) AS pct
+           FROM range(24) h(hour) LEFT JOIN sess_hours c ON c.hour = h.hour ORDER BY 1""",
+        [C("hour", "Hour", "int"), C("sessions", "Sessions", "int"), C("pct", "%", "pct")], section="detail"),
+    Metric(
+        "daily", "Emails and recipients per day",
+        "Emails and recipients per UTC day, and sessions that day.",
+        """WITH m AS (SELECT day, sum(emails) AS emails, sum(rcpts) AS rcpts FROM msg_cube GROUP BY 1),
+                s AS (SELECT day, sum(sessions) AS sessions FROM sess_cube GROUP BY 1)
+           SELECT day, coalesce(emails, 0) AS emails, coalesce(rcpts, 0) AS rcpts, coalesce(sessions, 0) AS sessions
+           FROM m FULL JOIN s USING (day) ORDER BY day""",
+        [C("day", "Day", "date"), C("emails", "Emails", "int"), C("rcpts", "Recipients", "int"),
+         C("sessions", "Sessions", "int")], section="detail"),
+]
+
+OUTBOUND_DEFINITION = (
+    "Outbound attempts per proxy protocol. Each proxy.request on our listener (depth 0) is one attempt: "
+    "target port 25 -> to 25/TCP; else an HTTP absolute-form GET -> GET; else -> to other ports. A session "
+    "with a protocol.error at depth 0 and no proxy.request at all is one `errors` attempt, of SOCKS or HTTP "
+    "by the error kind's prefix (socks4/socks4a/socks5 -> SOCKS, http -> HTTP) and otherwise by what the "
+    "listener port speaks (port_names); errors on SMTP listeners are not outbound attempts. "
+    "Counting (--first-per): connection = the first request of each session (default); source-ip = the "
+    "first attempt of each source IP per protocol; none = every request.")
+
+OUTBOUND_LABELS = {"to 25/TCP": "Out to 25/TCP", "to other ports": "Out to other ports",
+                   "GET": "GET (usually web)", "errors": "Errors"}
+
+
+# ---------------------------------------------------------------------------------------------
+LISTENERS = """
+SELECT l.port::INTEGER AS port,
+       mode(CASE lower(l.kind) WHEN 'socks' THEN 'SOCKS' WHEN 'http' THEN 'HTTP'
+                 WHEN 'smtp' THEN 'SMTP' WHEN 'submission' THEN 'SMTP' WHEN 'smtps' THEN 'SMTP' END) AS protocol,
+       mode(lower(l.kind)) AS kind
+FROM (SELECT unnest(from_json(listeners, '[{"port": "INTEGER", "kind": "VARCHAR"}]')) AS l FROM sensor_start_all)
+WHERE l.port IS NOT NULL GROUP BY 1
+"""
+
+
+def port_table(con: duckdb.DuckDBPyConnection, ports: dict[int, PortInfo]) -> None:
+    """port_names(port, protocol, service): what each port speaks and is called.
+
+    Protocol: the kind the sensors' own listeners declared for that port (sensor.start), else
+    the port table's. Service: the port table's name, else the listener kind (so a sensor run
+    with --port-offset still shows "socks" for 21080).
+    """
+    rows = sorted(ports.values(), key=lambda p: p.port)
+    con.register("_ports", pa.table({"port": [p.port for p in rows], "protocol": [p.protocol for p in rows],
+                                     "service": [p.service for p in rows]}))
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE port_names AS
+        WITH l AS ({LISTENERS})
+        SELECT port::INTEGER AS port, coalesce(l.protocol, t.protocol) AS protocol,
+               coalesce(t.service, l.kind) AS service
+        FROM _ports t FULL JOIN l USING (port)""")
+    con.unregister("_ports")
+
+
+def build_bases(con: duckdb.DuckDBPyConnection, timings: dict[str, float], opts: Options) -> None:
+    # Separate GROUP BYs beat one GROUPING SETS pass here: the per-IP grouping is the costly one
+    # and carries no other aggregate; the cubes group few, cheap columns.
+    sessions = con.execute("SELECT count(*) FROM session_open").fetchone()[0]
+    distinct = "count(DISTINCT ip_key)" if sessions <= opts.exact_limit else "approx_count_distinct(ip_key)"
+    for name, (_definition, sql) in BASES.items():
+        t = time.perf_counter()
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql.format(distinct=distinct)}")
+        timings[name] = time.perf_counter() - t
+
+
+def build_ip_info(con: duckdb.DuckDBPyConnection, enricher: Enricher) -> None:
+    ips = [r[0] for r in con.execute(
+        f"""WITH k AS (SELECT ip_key FROM msg_by_ip UNION SELECT ip_key FROM src_by_ip),
+                 v6 AS ({V6_NAMES})
+            SELECT coalesce(ip_str(k.ip_key), v6.ip) FROM k LEFT JOIN v6 USING (ip_key)""").fetchall()
+           if r[0] is not None]
+    info = enricher.enrich(ips)
+    con.register("_ip_info", info)
+    con.execute("""CREATE OR REPLACE TEMP TABLE ip_info AS
+        SELECT DISTINCT ON (ip_key(norm_ip(ip))) ip_key(norm_ip(ip)) AS ip_key, ip, asn, as_name, country, kind,
+               CASE WHEN asn IS NOT NULL THEN 'AS' || asn::VARCHAR ELSE as_name END AS as_id
+        FROM _ip_info""")
+    con.unregister("_ip_info")
+
+
+Sampler = Callable[[duckdb.DuckDBPyConnection, str, str, float], "tuple[int, int]"]
+
+
+def build_sample(con: duckdb.DuckDBPyConnection, opts: Options, sampler: Optional[Sampler]) -> tuple[str, float]:
+    """smtp_sample: all messages, or a file sample above opts.exact_limit. Returns (note, scale)."""
+    emails = con.execute("SELECT coalesce(sum(emails), 0) FROM msg_cube").fetchone()[0]
+    if emails <= opts.exact_limit or sampler is None:
+        con.execute("CREATE OR REPLACE TEMP VIEW smtp_sample AS SELECT * FROM smtp_message")
+        return "", 1.0
+    used, total = sampler(con, "smtp_message", "smtp_sample", opts.sample_pct / 100.0)
+    n = con.execute("SELECT count(*) FROM smtp_sample").fetchone()[0]
+    if not n:
+        con.execute("CREATE OR REPLACE TEMP VIEW smtp_sample AS SELECT * FROM smtp_message")
+        return "", 1.0
+    note = (f"Estimated from a sample: {used:,} of {total:,} lake files ({n:,} of {emails:,} emails); "
+            "email and recipient counts scaled up, IP counts are those seen in the sample.")
+    return note, emails / n
+
+
+def run(con: duckdb.DuckDBPyConnection, *, ports: dict[int, PortInfo], enricher: Enricher,
+        opts: Options = Options(), sampler: Optional[Sampler] = None) -> Report:
+    """Build the base tables and run every metric."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    port_table(con, ports)
+    build_bases(con, timings, opts)
+    t = time.perf_counter()
+    build_ip_info(con, enricher)
+    timings["enrichment"] = time.perf_counter() - t
+    t = time.perf_counter()
+    con.execute(f"CREATE OR REPLACE TEMP TABLE attempts AS {attempts_sql(opts.first_per)}")
+    timings["attempts"] = time.perf_counter() - t
+    t = time.perf_counter()
+    sample_note, scale = build_sample(con, opts, sampler)
+    timings["sample"] = time.perf_counter() - t
+
+    results: list[Result] = []
+    for m in METRICS:
+        t = time.perf_counter()
+        rows = con.execute(m.sql.format(top=int(opts.top))).fetchall()
+        if m.sampled and scale != 1.0:
+            rows = [tuple(round(v * scale) if c.kind == "int" and c.key in ("emails", "rcpts") and v is not None
+                          else v for v, c in zip(r, m.columns)) for r in rows]
+        timings[m.name] = time.perf_counter() - t
+        results.append(Result(m.name, m.title, m.definition, m.columns, rows, layout=m.layout,
+                              section=m.section, note=sample_note if m.sampled else ""))
+        if m.name == "ports_sessions":
+            results.extend(outbound_results(con, opts.first_per))
+    timings["total"] = time.perf_counter() - t0
+    meta = {"first_per": opts.first_per, "enrichment": enricher.source, "timings": timings,
+            "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    return Report(results, meta)
+
+
+def outbound_results(con: duckdb.DuckDBPyConnection, first_per: str) -> list[Result]:
+    rows = con.execute("SELECT class, category, requests FROM attempts").fetchall()
+    by_class: dict[str, dict[str, int]] = {}
+    for cls, cat, n in rows:
+        by_class.setdefault(cls, {})[cat] = n
+    out = []
+    note = {"connection": "Only the first request of each connection (session) is counted.",
+            "source-ip": "Only the first attempt of each source IP is counted.",
+            "none": "Every request is counted."}[first_per]
+    for cls in ["HTTP", "SOCKS"] + sorted(set(by_class) - {"HTTP", "SOCKS"}):
+        counts = by_class.get(cls, {})
+        total = sum(counts.values())
+        cats = [c for c in CATEGORIES if c != "GET" or cls == "HTTP" or counts.get(c)]
+        body = [(OUTBOUND_LABELS[c], counts.get(c, 0), 100.0 * counts.get(c, 0) / total if total else 0.0)
+                for c in cats]
+        body.append(("Total", total, 100.0 if total else 0.0))
+        out.append(Result(f"outbound_{cls.lower()}", f"Outbound attempts: {cls}", OUTBOUND_DEFINITION,
+                          [Column("type", "Type"), Column("requests", "Requests", "int"),
+                           Column("pct", "%", "pct")], body, section="talk", note=note, total_row=True))
+    return out
