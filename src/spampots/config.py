@@ -17,12 +17,15 @@ import msgspec
 
 from .protocols.base import Limits as ProtocolLimits
 from .protocols.personas import HTTP_STYLES, JUDGE_STYLES, SMTP_STYLES
+from .protocols.smtp import AUTH_MECHANISMS, AUTH_POLICIES, AuthPolicy
 
 # The talk's abused ports ("Portas Abusadas"), in its order.
 SOCKS_PORTS = (1080, 3127)
 HTTP_PORTS = (8080, 80, 3128, 8000, 6588, 4480, 3382, 81)
 SMTP_PORTS = (25,)
-LISTENER_KINDS = ("socks", "http", "smtp")
+SUBMISSION_LISTENERS = ((587, "submission"), (465, "smtps"))  # added by [submission] enable = true
+LISTENER_KINDS = ("socks", "http", "smtp", "submission", "smtps")
+TLS_KINDS = ("submission", "smtps")  # listener kinds that need the sensor's TLS certificate
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -36,7 +39,9 @@ class _Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class ListenerConfig(_Base):
     port: int
-    kind: str = "http"  # what the port is known for: socks | http (wait for the client) | smtp (banner first)
+    # what the port is known for: socks | http (wait for the client) | smtp (banner first)
+    # | submission (banner, STARTTLS, AUTH) | smtps (TLS handshake first, then as submission)
+    kind: str = "http"
     address: str = ""  # "" = every interface (IPv4 and IPv6)
     persona: str = ""  # smtp style / http style for this listener; "" = the sensor's
 
@@ -76,6 +81,14 @@ class SmtpSection(_Base):
     tls_key: str = ""
 
 
+class SubmissionSection(_Base):
+    enable: bool = False  # add listeners on 587 (submission) and 465 (smtps)
+    auth_policy: str = "accept_all"  # accept_all | reject_all | accept_after_failures
+    accept_after: int = 3  # accept_after_failures: accept once a source has failed this many times
+    advertise: list[str] = msgspec.field(default_factory=lambda: ["PLAIN", "LOGIN"])  # EHLO AUTH list
+    remember_sources: int = 65536  # sources whose failure counts are kept (least recent forgotten)
+
+
 class HttpSection(_Base):
     persona: str = ""  # squid | tinyproxy | ccproxy | apache | analogx | proxyplus; "" = chosen
     judge_style: str = ""  # azenv | plain | table; "" = chosen
@@ -96,6 +109,7 @@ class Config(_Base):
     sensor: SensorSection = msgspec.field(default_factory=SensorSection)
     limits: LimitsSection = msgspec.field(default_factory=LimitsSection)
     smtp: SmtpSection = msgspec.field(default_factory=SmtpSection)
+    submission: SubmissionSection = msgspec.field(default_factory=SubmissionSection)
     http: HttpSection = msgspec.field(default_factory=HttpSection)
     proxy_protocol: ProxyProtocolSection = msgspec.field(default_factory=ProxyProtocolSection)
     store: StoreSection = msgspec.field(default_factory=StoreSection)
@@ -108,7 +122,19 @@ class Config(_Base):
 
     @property
     def listeners(self) -> list[ListenerConfig]:
-        return self.listener or default_listeners()
+        out = self.listener or default_listeners()
+        if self.submission.enable:
+            # a listener of one's own of that kind, or on that port, wins
+            kinds, ports = {lst.kind for lst in out}, {lst.port for lst in out}
+            out = out + [ListenerConfig(port=port, kind=kind) for port, kind in SUBMISSION_LISTENERS
+                         if kind not in kinds and port not in ports]
+        return out
+
+    def auth_policy(self) -> AuthPolicy:
+        """The submission AuthPolicy without its per-source parts (the sensor adds them)."""
+        sub = self.submission
+        return AuthPolicy(policy=sub.auth_policy, accept_after=sub.accept_after,
+                          advertise=tuple(m.upper() for m in sub.advertise))
 
     def protocol_limits(self) -> ProtocolLimits:
         lim = self.limits
@@ -199,6 +225,20 @@ def validate(cfg: Config) -> None:
         errors.append(f"http.persona must be one of {', '.join(HTTP_STYLES)}")
     if cfg.http.judge_style and cfg.http.judge_style not in JUDGE_STYLES:
         errors.append(f"http.judge_style must be one of {', '.join(JUDGE_STYLES)}")
+    sub = cfg.submission
+    if sub.auth_policy not in AUTH_POLICIES:
+        errors.append(f"submission.auth_policy must be one of {', '.join(AUTH_POLICIES)}, not {sub.auth_policy!r}")
+    if sub.accept_after < 0:
+        errors.append("submission.accept_after must be 0 or more")
+    if not sub.advertise:
+        errors.append("submission.advertise needs at least one mechanism")
+    for mech in sub.advertise:
+        if mech.upper() not in AUTH_MECHANISMS:
+            errors.append(f"submission.advertise: {mech!r} is not one of {', '.join(AUTH_MECHANISMS)}")
+    if len({m.upper() for m in sub.advertise}) != len(sub.advertise):
+        errors.append("submission.advertise lists a mechanism twice")
+    if sub.remember_sources <= 0:
+        errors.append("submission.remember_sources must be positive")
     if bool(cfg.smtp.tls_cert) != bool(cfg.smtp.tls_key):
         errors.append("smtp.tls_cert and smtp.tls_key go together")
     sid = cfg.sensor.id
@@ -217,13 +257,16 @@ def with_port_offset(cfg: Config, offset: int) -> Config:
     for lst in moved:
         if not 1 <= lst.port <= 65535:
             raise ConfigError(f"--port-offset {offset} moves port {lst.port - offset} out of range")
-    return msgspec.structs.replace(cfg, listener=moved)
+    # the list now holds the [submission] listeners too; adding them again would double them
+    return msgspec.structs.replace(cfg, listener=moved,
+                                   submission=msgspec.structs.replace(cfg.submission, enable=False))
 
 
 def with_address(cfg: Config, address: str) -> Config:
     """Every listener on one address (``--address``)."""
     return msgspec.structs.replace(
-        cfg, listener=[msgspec.structs.replace(lst, address=address) for lst in cfg.listeners]
+        cfg, listener=[msgspec.structs.replace(lst, address=address) for lst in cfg.listeners],
+        submission=msgspec.structs.replace(cfg.submission, enable=False),  # already in the list
     )
 
 
@@ -269,7 +312,18 @@ hostname = ""               # our name in banners; "" = picked from the sensor i
 starttls = true             # real STARTTLS (RFC 3207) with a self-signed certificate
 auth = true                 # advertise AUTH PLAIN LOGIN; any credentials accepted and recorded
 tls_cert = ""               # PEM certificate and key; "" = generated in <data_dir>/tls
-tls_key = ""
+tls_key = ""                # (also used by the submission and smtps listeners)
+
+[submission]                # message submission (RFC 6409) and implicit TLS (RFC 8314)
+enable = false              # true: also listen on 587 (STARTTLS, then AUTH) and 465 (TLS first)
+                            # (one line at the top of a file: submission.enable = true)
+auth_policy = "accept_all"  # accept_all | reject_all (535) | accept_after_failures
+accept_after = 3            # accept_after_failures: a source's attempts are refused until it has
+                            # failed this many times (counted across its sessions, in memory)
+advertise = ["PLAIN", "LOGIN"]  # AUTH mechanisms in EHLO; CRAM-MD5 is served when asked either way
+                            # (advertised, clients such as smtplib pick it: a digest, not a password)
+remember_sources = 65536    # source addresses whose failure counts are kept
+# These rules also play the far end of tunnels to 587 and 465, enabled or not.
 
 [http]
 persona = ""                # squid | tinyproxy | ccproxy | apache | analogx | proxyplus
@@ -285,13 +339,14 @@ segment_max_mb = 64
 segment_max_age_s = 3600
 
 # Listeners: without any [[listener]] the talk's ports are used:
-# SOCKS 1080 3127; HTTP 8080 80 3128 8000 6588 4480 3382 81; SMTP 25.
+# SOCKS 1080 3127; HTTP 8080 80 3128 8000 6588 4480 3382 81; SMTP 25
+# (and submission 587, smtps 465 with [submission] enable = true).
 # Any port serves any protocol (the first bytes decide). kind says what the port is known
-# for: who speaks first (smtp sends a banner) and how unknown bytes are answered
-# (http: 400 Bad Request; socks: closed).
+# for: who speaks first (smtp and submission send a banner, smtps expects a TLS handshake)
+# and how unknown bytes are answered (http: 400 Bad Request; socks: closed).
 # [[listener]]
 # port = 1080
-# kind = "socks"            # socks | http | smtp
+# kind = "socks"            # socks | http | smtp | submission | smtps
 # address = ""              # "" = all interfaces; "::" / "0.0.0.0" / one address
 # persona = ""
 """

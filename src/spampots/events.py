@@ -44,7 +44,7 @@ COMMON_FIELDS: tuple[str, ...] = (
 class Listener(msgspec.Struct, kw_only=True):
     address: str
     port: int
-    kind: str  # socks | http | smtp (what the port is known for)
+    kind: str  # socks | http | smtp | submission | smtps (what the port is known for)
     persona: str = ""
     error: str = ""  # why the bind failed, for failed listeners
 
@@ -114,9 +114,11 @@ class SmtpAuth(Event, tag="spampots.smtp.auth"):
     mechanism: str
     username: Optional[str] = None
     password: Optional[str] = None  # for CRAM-MD5: the client's response digest
-    outcome: str = "accepted"  # accepted, rejected, malformed
+    outcome: str = "accepted"  # accepted, rejected, malformed, needs_tls
     target_host: Optional[str] = None
     target_port: Optional[int] = None
+    policy: Optional[str] = None  # accept_all, reject_all, accept_after_failures; None: mechanism unsupported
+    challenge: Optional[str] = None  # CRAM-MD5: the challenge we sent, e.g. <123.1700000000@mx.example>
 
 
 class SmtpTls(Event, tag="spampots.smtp.tls"):
@@ -124,6 +126,7 @@ class SmtpTls(Event, tag="spampots.smtp.tls"):
     detail: str = ""
     target_host: Optional[str] = None
     target_port: Optional[int] = None
+    sni: Optional[str] = None  # server name the client asked for in its ClientHello
 
 
 class SmtpMessage(Event, tag="spampots.smtp.message"):
@@ -141,6 +144,7 @@ class SmtpMessage(Event, tag="spampots.smtp.message"):
     tls: bool = False
     auth_user: Optional[str] = None
     index: int = 0  # 1-based message number within the SMTP session
+    submission: bool = False  # taken by a submission server (587/465, RFC 6409) after AUTH
 
 
 class TunnelPayload(Event, tag="spampots.tunnel.payload"):

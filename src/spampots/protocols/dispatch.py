@@ -10,6 +10,8 @@ Two sans-IO pieces:
   proxy to reach. We never dial it: SMTP ports get our SMTP server with a
   banner naming the requested host, and everything else is sniffed again,
   which is how proxy chains (a proxy request inside a tunnel) are followed.
+  587 gets a submission server (STARTTLS, then AUTH) and 465 one behind
+  implicit TLS, as our own ``submission`` and ``smtps`` listeners do.
 """
 
 from __future__ import annotations
@@ -20,12 +22,17 @@ from typing import Optional
 from .base import MAIL_PORTS, Action, Close, Context, Handler, Tunnel, limit_event
 from .http import HttpServer
 from .raw import RawCapture
-from .smtp import SmtpServer
+from .smtp import AuthPolicy, SmtpServer
 from .sniff import sniff
 from .socks4 import Socks4Server
 from .socks5 import Socks5Server
 from .tls_hello import TlsHelloReader
 
+SUBMISSION_PORT, SMTPS_PORT = 587, 465
+#: target ports whose far end takes an AuthPolicy (the glue makes one only for these)
+SUBMISSION_PORTS = frozenset({SUBMISSION_PORT, SMTPS_PORT})
+#: listener kinds that take an AuthPolicy
+SUBMISSION_KINDS = frozenset({"submission", "smtps"})
 
 
 def _handler_for(kind: str, ctx: Context, first: bytes) -> Handler:
@@ -115,15 +122,30 @@ class Sniffer:
         return self.greeter.eof() if self.greeter is not None else []
 
 
-def listener_handler(ctx: Context, *, kind: str) -> Sniffer:
-    """The handler for a new session on a listener of ``kind`` (socks, http, smtp).
+def _submission(ctx: Context, auth: Optional[AuthPolicy], *, implicit_tls: bool = False) -> SmtpServer:
+    """A submission server (RFC 6409): it always offers AUTH, and STARTTLS when it can,
+    whatever ``[smtp]`` says about port 25."""
+    persona = dataclasses.replace(ctx.persona, smtp_tls=True, smtp_auth=True)
+    ctx = dataclasses.replace(ctx, persona=persona)
+    return SmtpServer(ctx, banner_host=ctx.target_host, submission=True, implicit_tls=implicit_tls,
+                      auth=auth, now=ctx.now or None)
+
+
+def listener_handler(ctx: Context, *, kind: str, auth: Optional[AuthPolicy] = None) -> Handler:
+    """The handler for a new session on a listener of ``kind`` (socks, http, smtp,
+    submission, smtps); ``auth`` applies to the last two.
 
     Any port serves any protocol; the kind only says who speaks first and how
     unrecognised bytes are answered: an HTTP proxy says 400, a SOCKS server
-    just closes, an SMTP server keeps talking SMTP.
+    just closes, an SMTP server keeps talking SMTP. An ``smtps`` listener
+    (implicit TLS) is the exception: its first bytes must be a TLS handshake.
     """
     if kind == "smtp":
         return Sniffer(ctx, greeter=SmtpServer(ctx, now=ctx.now or None))
+    if kind == "submission":
+        return Sniffer(ctx, greeter=_submission(ctx, auth))
+    if kind == "smtps" and ctx.tls_available:
+        return _submission(ctx, auth, implicit_tls=True)
     return Sniffer(ctx, fallback="http" if kind == "http" else "unknown")
 
 
@@ -157,10 +179,19 @@ def tunnel_context(ctx: Context, tunnel: Tunnel) -> Context:
     )
 
 
-def far_end(inner: Context) -> Handler:
-    """The handler that plays ``inner.target_host:target_port`` (see tunnel_context)."""
+def far_end(inner: Context, *, auth: Optional[AuthPolicy] = None) -> Handler:
+    """The handler that plays ``inner.target_host:target_port`` (see tunnel_context).
+
+    ``auth`` is the AuthPolicy for 587/465 far ends. Without a TLS certificate
+    (no ``tls_available``) a tunnel to 465 is only read for its ClientHello, as
+    one to 443.
+    """
     if inner.depth > inner.limits.chain_depth:
         return _Refuse([limit_event("chain_depth", inner.limits.chain_depth, inner.depth), Close("limit")])
+    if inner.target_port == SMTPS_PORT and inner.tls_available:
+        return _submission(inner, auth, implicit_tls=True)
+    if inner.target_port == SUBMISSION_PORT:
+        return Sniffer(inner, greeter=_submission(inner, auth))
     if inner.target_port in MAIL_PORTS:
         return Sniffer(inner, greeter=SmtpServer(inner, banner_host=inner.target_host, now=inner.now or None))
     return Sniffer(inner, fallback="unknown")

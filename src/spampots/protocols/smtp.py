@@ -18,8 +18,20 @@ capture over pedantry where the two differ):
   "smuggled" second message is captured as a message of its own.
 * MAIL without HELO/EHLO is accepted (Postfix default, and many spam tools
   skip the greeting); HELO after EHLO, or a second EHLO, is fine and resets the
-  transaction. On ``submission=True`` with AUTH offered, MAIL needs AUTH first
-  (530), as on any real port 587.
+  transaction.
+* ``submission=True`` plays a message submission server (RFC 6409, a Postfix
+  ``submission`` service with ``smtpd_tls_security_level=encrypt`` and
+  ``smtpd_tls_auth_only=yes``): while STARTTLS is possible and not yet done,
+  EHLO hides AUTH and AUTH, MAIL, RCPT, DATA and VRFY get
+  ``530 5.7.0 Must issue a STARTTLS command first`` (RFC 3207 4); an AUTH
+  refused that way is still recorded, with any credentials its initial
+  response carried. After TLS, MAIL needs AUTH (530). ``implicit_tls=True``
+  (port 465, RFC 8314) asks the glue for the TLS handshake before the banner.
+* AUTH PLAIN and LOGIN are always served; CRAM-MD5 (RFC 2195) when the glue
+  hands us a nonce for its challenge (we have no clock or randomness), whether
+  or not EHLO advertises it: capture over pedantry. :class:`AuthPolicy` decides
+  whether credentials are accepted; it is plain data, and the count of earlier
+  failures from the same source is kept by the glue, across sessions.
 * Unknown MAIL/RCPT parameters are ignored rather than refused (555); only
   SIZE and BODY are checked. DATA with an argument is accepted.
 * Error replies use Postfix's texts for every persona; the persona table
@@ -40,7 +52,7 @@ from typing import Callable, Optional
 from ..events import SmtpAuth, SmtpMessage, SmtpTls
 from .base import Action, Close, Context, Durable, StartTLS, error_event, limit_event
 
-__all__ = ["SmtpServer", "STYLES"]
+__all__ = ["AUTH_MECHANISMS", "AUTH_POLICIES", "AuthPolicy", "SmtpServer", "STYLES"]
 
 LF, CR, DOT = 10, 13, 46
 MAX_BAD_COMMANDS = 10  # 421 after this many refused commands in a row
@@ -129,6 +141,8 @@ _COMMON: dict[str, str] = {
     "auth_ok": "235 2.7.0 Authentication successful",
     "auth_b64": "501 5.5.2 Cannot decode response",
     "auth_abort": "501 5.7.0 Authentication aborted",
+    "auth_failed": "535 5.7.8 Error: authentication failed: authentication failure",
+    "tls_required": "530 5.7.0 Must issue a STARTTLS command first",
 }
 
 STYLES: dict[str, Style] = {
@@ -205,6 +219,33 @@ STYLES: dict[str, Style] = {
 _NOT_IMPLEMENTED = frozenset(
     {"EXPN", "ETRN", "TURN", "ATRN", "BDAT", "SEND", "SOML", "SAML", "XCLIENT", "XFORWARD"}
 )
+
+
+# --- AUTH policy -------------------------------------------------------------------
+
+AUTH_POLICIES = ("accept_all", "reject_all", "accept_after_failures")
+AUTH_MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
+
+
+@dataclass(frozen=True, slots=True)
+class AuthPolicy:
+    """How AUTH attempts are answered. The glue fills in ``failures`` and ``nonce``."""
+
+    policy: str = "accept_all"  # one of AUTH_POLICIES
+    accept_after: int = 3  # accept_after_failures: accept once a source has failed this often
+    failures: int = 0  # attempts already rejected from this source (the glue's count, across sessions)
+    advertise: tuple[str, ...] = ("PLAIN", "LOGIN")  # in EHLO, in this order
+    nonce: str = ""  # "random.timestamp" for a CRAM-MD5 challenge; "" = no CRAM-MD5
+
+    def accepts(self, failures: int) -> bool:
+        if self.policy == "accept_all":
+            return True
+        if self.policy == "accept_after_failures":
+            return failures >= self.accept_after
+        return False
+
+    def mechanisms(self) -> tuple[str, ...]:
+        return ("PLAIN", "LOGIN", "CRAM-MD5") if self.nonce else ("PLAIN", "LOGIN")
 
 
 # --- small helpers -------------------------------------------------------------
@@ -290,6 +331,10 @@ def parse_headers(raw: bytes, cap: int) -> list[Optional[str]]:
 
 _CMD, _DATA, _AUTH, _CLOSED = range(4)
 
+# Refused with 530 on submission until STARTTLS (RFC 3207 4 lets NOOP, EHLO, STARTTLS, QUIT
+# through; like Postfix we also let HELO, RSET and HELP through).
+_NEED_TLS = frozenset({"AUTH", "MAIL", "RCPT", "DATA", "VRFY"})
+
 
 class SmtpServer:
     """Sans-IO SMTP server; see the module docstring for its behaviour."""
@@ -305,10 +350,15 @@ class SmtpServer:
         submission: bool = False,
         now: Optional[str] = None,
         tls: bool = False,
+        implicit_tls: bool = False,
+        auth: Optional[AuthPolicy] = None,
     ) -> None:
         """``now``: a date string for the banner (Exim, Sendmail, Exchange show
-        one; we have no clock). ``tls``: the connection is already TLS
-        (implicit TLS, port 465)."""
+        one; we have no clock). ``tls``: the connection is already TLS.
+        ``implicit_tls``: port 465 (RFC 8314): :meth:`start` asks the glue for
+        the handshake and the banner follows :meth:`tls_established`.
+        ``submission``: RFC 6409 rules, see the module docstring. ``auth``:
+        how AUTH is answered (default: any credentials accepted)."""
         self.ctx = ctx
         self._style = STYLES.get(ctx.persona.smtp_style, STYLES["postfix"])
         self._host = _hostname(banner_host) or _hostname(ctx.persona.hostname) or "localhost"
@@ -317,7 +367,12 @@ class SmtpServer:
         self._greet = greet
         self._submission = submission
         self._date = _printable(now) if now else ""
-        self._tls = tls
+        self.implicit_tls = implicit_tls  # read by the glue: start TLS at once, no greeting delay
+        self._handshake = implicit_tls  # the TLS handshake comes before the banner
+        self._tls = tls or implicit_tls
+        self._policy = auth or AuthPolicy()
+        self._failures = self._policy.failures  # this source's rejected attempts, ours included
+        self._challenge: Optional[str] = None  # CRAM-MD5 challenge of the exchange in progress
         self._buf = bytearray()
         self._scan = 0  # command mode: this much of _buf is known to hold no LF
         self._skip_line = False  # dropping the rest of an overlong line
@@ -340,6 +395,11 @@ class SmtpServer:
     # -- Handler interface
 
     def start(self) -> list[Action]:
+        if self._handshake:
+            return [StartTLS()]
+        return self._banner()
+
+    def _banner(self) -> list[Action]:
         if self._greet:
             text = self._style.replies["banner"]
             if self._date and self._style.dated:
@@ -381,10 +441,14 @@ class SmtpServer:
         self._buf.clear()
         return self._take()
 
-    def tls_established(self) -> list[Action]:
-        """The glue finished the server-side handshake after :class:`StartTLS`."""
+    def tls_established(self, sni: Optional[str] = None) -> list[Action]:
+        """The glue finished the server-side handshake after :class:`StartTLS`;
+        ``sni``: the server name from the client's ClientHello, if any."""
         self._emit(SmtpTls(outcome="established", target_host=self.ctx.target_host,
-                           target_port=self.ctx.target_port))
+                           target_port=self.ctx.target_port, sni=sni[:255] if sni else None))
+        if self._handshake:  # implicit TLS: now the banner
+            self._handshake = False
+            return self._take() + self._banner()
         return self._take()
 
     def tls_failed(self, detail: str) -> list[Action]:
@@ -486,6 +550,10 @@ class SmtpServer:
         verb, _, arg = text.partition(" ")
         verb = verb.upper()
         handler = _COMMANDS.get(verb)
+        if verb in _NEED_TLS and self._tls_first():
+            if verb == "AUTH":
+                self._auth_before_tls(arg.strip())
+            return self._refuse("smtp.tls_required", "tls_required", line, f"{verb} before STARTTLS on submission")
         if handler is not None:
             handler(self, arg.strip(), line)
         elif not verb:
@@ -506,14 +574,18 @@ class SmtpServer:
     def _tls_offered(self) -> bool:
         return self.ctx.persona.smtp_tls and self.ctx.tls_available and not self._tls
 
+    def _tls_first(self) -> bool:
+        """Submission that can do TLS wants it before AUTH and mail (RFC 6409 / 3207)."""
+        return self._submission and self._tls_offered()
+
     def _ehlo_lines(self) -> list[str]:
         out = []
         for kw in self._style.keywords:
             if kw == "SIZE":
                 out.append(f"SIZE {self.ctx.limits.message_size}")
             elif kw == "AUTH":
-                if self._auth_offered():
-                    out.append("AUTH PLAIN LOGIN")
+                if self._auth_offered() and self._policy.advertise and not self._tls_first():
+                    out.append("AUTH " + " ".join(self._policy.advertise))
             elif kw == "STARTTLS":
                 if self._tls_offered():
                     out.append("STARTTLS")
@@ -647,16 +719,71 @@ class SmtpServer:
         mech, initial = mech.upper(), initial.strip()
         if not mech:
             return self._refuse("smtp.bad_syntax", "auth_syntax", line)
-        if mech not in ("PLAIN", "LOGIN"):
-            self._emit(SmtpAuth(mechanism=mech[:64], outcome="rejected", target_host=self.ctx.target_host,
-                                target_port=self.ctx.target_port))
+        if mech not in self._policy.mechanisms():
+            self._emit(self._auth_event(mech[:64], outcome="rejected", judged=False))
             return self._say("auth_mech")
         self._auth = (mech, None)
         self._state = _AUTH
-        if initial:
+        if mech == "CRAM-MD5":
+            # RFC 2195: the challenge is <random.timestamp@hostname>; no initial response
+            self._challenge = f"<{self._policy.nonce}@{self._host}>"
+            if initial:
+                return self._auth_malformed(initial.encode(), "CRAM-MD5 takes no initial response")
+            self._reply("334 " + base64.b64encode(self._challenge.encode()).decode())
+        elif initial:
             self._auth_step(initial.encode())
         else:
             self._say("auth_plain" if mech == "PLAIN" else "auth_user")
+
+    def _auth_event(self, mech: str, user: Optional[str] = None, password: Optional[str] = None,
+                    outcome: str = "accepted", judged: bool = True) -> SmtpAuth:
+        return SmtpAuth(mechanism=mech, username=user, password=password, outcome=outcome,
+                        target_host=self.ctx.target_host, target_port=self.ctx.target_port,
+                        policy=self._policy.policy if judged else None,
+                        challenge=self._challenge if mech == "CRAM-MD5" else None)
+
+    def _auth_before_tls(self, arg: str) -> None:
+        """AUTH on submission before STARTTLS: refused (530), but its credentials are kept."""
+        mech, _, initial = arg.partition(" ")
+        mech = mech.upper()[:64]
+        if not mech:
+            return  # no attempt to record; the refusal is
+        user = password = None
+        decoded = _b64(initial.strip().encode()) if initial.strip() else None
+        if decoded is not None:
+            text = decoded.decode("utf-8", "replace")
+            if mech == "PLAIN" and text.count("\0") == 2:
+                _authzid, user, password = text.split("\0")
+            elif mech == "LOGIN":
+                user = text
+        self._emit(self._auth_event(mech, user, password, "needs_tls", judged=mech in AUTH_MECHANISMS))
+
+    def _auth_malformed(self, line: bytes, why: str) -> None:
+        mech, user = self._auth or ("PLAIN", None)
+        self._auth = None
+        self._state = _CMD
+        self._emit(self._auth_event(mech, user, outcome="malformed"))
+        self._challenge = None
+        self._refuse("smtp.auth_malformed", "auth_b64", line, f"AUTH {mech}: {why}")
+
+    def _auth_done(self, mech: str, user: str, password: str) -> None:
+        """Complete credentials: the policy decides."""
+        self._auth = None
+        self._state = _CMD
+        if self._policy.accepts(self._failures):
+            self._auth_user = user
+            self._emit(self._auth_event(mech, user, password, "accepted"))
+            self._say("auth_ok")
+        else:
+            self._failures += 1
+            self._emit(self._auth_event(mech, user, password, "rejected"))
+            self._say("auth_failed")
+            in_session = self._failures - self._policy.failures
+            if in_session >= MAX_BAD_COMMANDS:  # a brute force in one session: hang up as Postfix does
+                self._emit(error_event("smtp.too_many_errors", f"{in_session} failed AUTH attempts"))
+                self._say("too_many_errors")
+                self._close("protocol")
+        self._challenge = None
 
     def _auth_step(self, line: bytes) -> None:
         """One client response inside an AUTH exchange."""
@@ -665,29 +792,26 @@ class SmtpServer:
         if line == b"*":
             self._auth = None
             self._state = _CMD
+            self._challenge = None
             return self._say("auth_abort")
         decoded = _b64(line)
-        if decoded is None or (mech == "PLAIN" and decoded.count(b"\0") != 2):
-            self._auth = None
-            self._state = _CMD
-            self._emit(SmtpAuth(mechanism=mech, username=user, outcome="malformed",
-                                target_host=self.ctx.target_host, target_port=self.ctx.target_port))
-            why = "not base64" if decoded is None else "PLAIN response without two NULs"
-            return self._refuse("smtp.auth_malformed", "auth_b64", line, f"AUTH {mech}: {why}")
+        if decoded is None:
+            return self._auth_malformed(line, "not base64")
         text = decoded.decode("utf-8", "replace")
-        if mech == "LOGIN" and user is None:
+        if mech == "PLAIN":
+            if text.count("\0") != 2:
+                return self._auth_malformed(line, "PLAIN response without two NULs")
+            _authzid, user, password = text.split("\0")
+        elif mech == "CRAM-MD5":  # "user hexdigest"; the user name may hold spaces
+            user, space, password = text.rpartition(" ")
+            if not space:
+                return self._auth_malformed(line, "CRAM-MD5 response without a space")
+        elif user is None:  # LOGIN: the user name, then the password
             self._auth = (mech, text)
             return self._say("auth_pass")
-        if mech == "PLAIN":
-            _authzid, user, password = text.split("\0")
         else:
             password = text
-        self._auth = None
-        self._state = _CMD
-        self._auth_user = user
-        self._emit(SmtpAuth(mechanism=mech, username=user, password=password, outcome="accepted",
-                            target_host=self.ctx.target_host, target_port=self.ctx.target_port))
-        self._say("auth_ok")
+        self._auth_done(mech, user, password)
 
     # -- DATA
 
@@ -761,7 +885,7 @@ class SmtpServer:
                 size=len(raw), sha256=sha, subject=subject, header_from=header_from,
                 message_id=message_id, via=list(ctx.via), target_host=ctx.target_host,
                 target_port=ctx.target_port, tls=self._tls, auth_user=self._auth_user,
-                index=self._count,
+                index=self._count, submission=self._submission,
             )
             self._emit(Durable(event=event, body=raw))
             seed = int.from_bytes(hashlib.sha256(f"{sha}:{self._count}".encode()).digest(), "big")

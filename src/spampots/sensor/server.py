@@ -8,21 +8,23 @@ import errno
 import ipaddress
 import logging
 import os
+import secrets
 import signal
 import ssl
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from .. import __version__
-from ..config import Config, effective_limits
+from ..config import TLS_KINDS, Config, effective_limits
 from ..events import (
     Event, Listener, SensorHeartbeat, SensorStart, SensorStop, name_of, stamp,
 )
 from ..protocols import personas
 from ..protocols.base import Context, Persona
+from ..protocols.smtp import AuthPolicy
 from ..store.recorder import Recorder
 from . import privileges, tlscert
 from .limits import ConnectionGate
@@ -96,6 +98,11 @@ class Sensor:
             smtp_tls=cfg.smtp.starttls,
             smtp_auth=cfg.smtp.auth,
         )
+        self.auth_template: AuthPolicy = cfg.auth_policy()
+        # Rejected AUTH attempts per source address, for accept_after_failures: kept across
+        # sessions (and tunnels), least recently failed forgotten first.
+        self.auth_failures: OrderedDict[str, int] = OrderedDict()
+        self.auth_memory = cfg.submission.remember_sources
 
     # -- bookkeeping used by sessions ------------------------------------------------
     def new_session_id(self) -> str:
@@ -122,6 +129,21 @@ class Sensor:
     def count_event(self, ev: Event) -> None:
         self.counters[name_of(ev)] += 1
 
+    def auth_policy(self, src_ip: str) -> AuthPolicy:
+        """The submission AuthPolicy for one new handler: this source's failures so far,
+        and a fresh nonce for a CRAM-MD5 challenge (RFC 2195: random.timestamp)."""
+        return dataclasses.replace(
+            self.auth_template,
+            failures=self.auth_failures.get(src_ip, 0),
+            nonce=f"{secrets.randbelow(10**10)}.{int(time.time())}",
+        )
+
+    def auth_failed(self, src_ip: str) -> None:
+        failures = self.auth_failures
+        failures[src_ip] = failures.pop(src_ip, 0) + 1
+        while len(failures) > self.auth_memory:
+            failures.popitem(last=False)
+
     def _sensor_event(self, ev: Event) -> Event:
         return stamp(ev, sensor=self.sensor_id, session="", src_ip="", src_port=0,
                      listener_port=0, protocol="sensor", depth=0)
@@ -131,7 +153,7 @@ class Sensor:
         limits = self.cfg.protocol_limits()
         out = []
         for lst in self.cfg.listeners:
-            speaks_first = lst.kind == "smtp"
+            speaks_first = lst.kind in ("smtp", "submission", "smtps")  # smtps: the handshake, at once
             persona = self.persona
             if lst.persona:
                 persona = (dataclasses.replace(persona, smtp_style=lst.persona) if speaks_first
@@ -165,7 +187,7 @@ class Sensor:
             raise StartupError("no listener could be bound: see the lines above for the fixes")
 
     def _tls(self, data_dir: Path) -> None:
-        if not self.cfg.smtp.starttls:
+        if not self.cfg.smtp.starttls and not any(lst.kind in TLS_KINDS for lst in self.cfg.listeners):
             return
         if self.cfg.smtp.tls_cert:
             cert, key = Path(self.cfg.smtp.tls_cert), Path(self.cfg.smtp.tls_key)
@@ -175,6 +197,7 @@ class Sensor:
             self.ssl_context = tlscert.server_context(cert, key)
         except (OSError, ssl.SSLError) as exc:
             raise StartupError(f"TLS certificate {cert} / key {key} unusable: {exc}") from None
+        self.ssl_context.sni_callback = _keep_sni
 
     async def run(self, data_dir: Path) -> int:
         self.loop = asyncio.get_running_loop()
@@ -278,6 +301,12 @@ class Sensor:
                     counters=dict(self.counters),
                 )))
                 next_beat = now + beat_every
+
+
+def _keep_sni(ssl_object: ssl.SSLObject, name: Optional[str], context: ssl.SSLContext) -> None:
+    """Remember the ClientHello's server name on the connection (read back as ``sni``)."""
+    if name:
+        ssl_object.spampots_sni = name  # type: ignore[attr-defined]
 
 
 def install_uvloop() -> bool:

@@ -16,10 +16,12 @@ import logging
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Optional
 
-from ..events import Event, LimitHit, SessionClose, SessionOpen, name_of, stamp
+from ..events import Event, LimitHit, SessionClose, SessionOpen, SmtpAuth, name_of, stamp
 from ..store.recorder import RecorderError
 from ..protocols.base import Close, Context, Durable, Handler, StartTLS, Tunnel, error_event
-from ..protocols.dispatch import Sniffer, far_end, listener_handler, tunnel_context
+from ..protocols.dispatch import (
+    SUBMISSION_KINDS, SUBMISSION_PORTS, Sniffer, far_end, listener_handler, tunnel_context,
+)
 from ..protocols.proxy_header import ProxyHeaderParser
 
 if TYPE_CHECKING:
@@ -41,7 +43,7 @@ class Session(asyncio.Protocol):
         "sensor", "listener", "loop", "transport", "handler", "session_id", "src_ip", "src_port",
         "local_ip", "ctx", "admitted", "closed", "close_reason", "paused", "backlog", "bytes_in",
         "bytes_out", "started", "last_active", "timer", "header_parser", "proxied_by", "greet_timer",
-        "greet_on_data",
+        "greet_on_data", "tls_pending",
     )
 
     def __init__(self, sensor: "Sensor", listener: "ListenerRuntime") -> None:
@@ -69,6 +71,7 @@ class Session(asyncio.Protocol):
         self.proxied_by: Optional[str] = None
         self.greet_timer: Optional[asyncio.TimerHandle] = None
         self.greet_on_data = False  # a delayed tunnel greeting goes out before client bytes
+        self.tls_pending = False  # a TLS handshake is under way (see _start_tls)
 
     # -- asyncio callbacks ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -119,6 +122,10 @@ class Session(asyncio.Protocol):
         return False  # close our side too
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
+        if self.tls_pending:
+            # Lost mid-handshake (some loops tell the protocol before start_tls fails):
+            # _start_tls records why the handshake failed, then calls us again.
+            return
         if self.timer is not None:
             self.timer.cancel()
         if self.greet_timer is not None:
@@ -162,11 +169,12 @@ class Session(asyncio.Protocol):
             # Banners and HTTP Date headers show the time; a missing one would stand out.
             now=formatdate(localtime=True),
         )
-        self.handler = listener_handler(self.ctx, kind=lst.kind)
+        auth = self.sensor.auth_policy(self.src_ip) if lst.kind in SUBMISSION_KINDS else None
+        self.handler = listener_handler(self.ctx, kind=lst.kind, auth=auth)
         self._arm_timer()
         if lst.speaks_first:
             delay = self.sensor.greeting_delay
-            if delay > 0:
+            if delay > 0 and not getattr(self.handler, "implicit_tls", False):
                 self.greet_timer = self.loop.call_later(delay, self._greet)
             else:
                 self._greet()
@@ -235,11 +243,16 @@ class Session(asyncio.Protocol):
                 out = []
                 assert self.ctx is not None
                 self.ctx = tunnel_context(self.ctx, a)
-                self.handler = far_end(self.ctx)
+                auth = self.sensor.auth_policy(self.src_ip) if a.port in SUBMISSION_PORTS else None
+                self.handler = far_end(self.ctx, auth=auth)
                 delay = self.sensor.tunnel_greeting_delay
-                if a.rest or delay <= 0:
+                # implicit TLS (465): the client speaks first, so the handshake starts now
+                implicit_tls = getattr(self.handler, "implicit_tls", False)
+                if a.rest or delay <= 0 or implicit_tls:
                     more = self.handler.start()
-                    if a.rest:
+                    if a.rest and implicit_tls:
+                        self.backlog.insert(0, a.rest)  # a pipelined ClientHello: raw, for _start_tls
+                    elif a.rest:
                         more = more + self.handler.receive(a.rest)
                     actions = more + actions[i:]
                     i, n = 0, len(actions)
@@ -308,27 +321,65 @@ class Session(asyncio.Protocol):
         handler = self.handler
         assert self.transport is not None and handler is not None
         ssl_ctx = self.sensor.ssl_context
+        self.tls_pending = True
         try:
             if ssl_ctx is None:
                 raise RuntimeError("no TLS context")
-            new = await self.loop.start_tls(
+            upgrade = self.loop.create_task(self.loop.start_tls(
                 self.transport, self, ssl_ctx, server_side=True, ssl_handshake_timeout=30.0
-            )
-        except Exception as exc:  # garbage instead of a ClientHello, or a timeout
+            ))
+            # start_tls's first step installs the TLS protocol and schedules its
+            # connection_made and resume_reading; _feed_tls runs right after those
+            # (call_soon is FIFO), before the socket is read again.
+            self.loop.call_soon(self.loop.call_soon, self._feed_tls)
+            new = await upgrade
+        except Exception as exc:  # garbage instead of a ClientHello, a timeout, a client gone
+            self.tls_pending = False
             self.paused = False
             failed = getattr(handler, "tls_failed", None)
             self._run(failed(f"{type(exc).__name__}: {exc}") if failed else [], final=True)
             self.close_reason = "protocol"
             if self.transport is not None:
                 self.transport.abort()
+            self.connection_lost(None)  # the TLS layer may never pass the loss on to us
             return
+        self.tls_pending = False
         self.transport = new  # type: ignore[assignment]
         done = getattr(handler, "tls_established", None)
         self.paused = False
-        self._run((done() if done else []) + rest)
+        sni = getattr(new.get_extra_info("ssl_object"), "spampots_sni", None)  # see server._keep_sni
+        self._run((done(sni) if done else []) + rest)
         # Bytes that arrived during the handshake were decrypted into the backlog.
         while self.backlog and not self.paused:
             self._run(handler.receive(self.backlog.pop(0)))
+
+    def _feed_tls(self) -> None:
+        """Hand the TLS protocol that start_tls installed the bytes we read before it did.
+
+        They wait in the backlog as raw TLS records: a ClientHello that came with the
+        proxy request, or one read before we could pause (uvloop reads once more after
+        connection_made, so on an smtps listener it is often the whole ClientHello).
+        """
+        data = b"".join(self.backlog)
+        self.backlog.clear()
+        if not data or self.transport is None or self.transport.is_closing():
+            return
+        proto = self.transport.get_protocol()
+        if proto is self:  # start_tls did not get as far as installing it
+            return
+        try:
+            if hasattr(proto, "get_buffer"):  # asyncio's and uvloop's SSLProtocol are buffered
+                view = memoryview(data)
+                while view:
+                    buf = proto.get_buffer(len(view))
+                    n = min(len(buf), len(view))
+                    buf[:n] = view[:n]
+                    proto.buffer_updated(n)
+                    view = view[n:]
+            else:
+                proto.data_received(data)
+        except Exception:  # the handshake then fails or times out, and is recorded as such
+            log.exception("could not pass early TLS bytes in session %s", self.session_id)
 
     # -- events and timers --------------------------------------------------------
     def _stamp(self, ev: Event) -> Event:
@@ -345,6 +396,8 @@ class Session(asyncio.Protocol):
         )
 
     def _record(self, ev: Event) -> None:
+        if type(ev) is SmtpAuth and ev.outcome == "rejected" and ev.policy is not None:
+            self.sensor.auth_failed(self.src_ip)  # the handler judged and refused: count it
         ev = self._stamp(ev)
         self.sensor.count_event(ev)
         try:
