@@ -1,0 +1,196 @@
+"""Shared pieces of the benchmarks: start a sensor on loopback, read its CPU and
+memory from /proc, run Postfix's smtp-source, describe the machine.
+
+Loopback only: every server here listens on 127.0.0.1 and every client dials it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+TALK_PORTS = (1080, 3127, 8080, 80, 3128, 8000, 6588, 4480, 3382, 81, 25)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# Limits high enough that one benchmark client (one address) is never throttled.
+OPEN_LIMITS = """\
+[limits]
+max_sessions = 100000
+max_sessions_per_ip = 100000
+new_sessions_per_s_per_ip = 1000000
+"""
+
+
+def raise_nofile(n: int = 1 << 20) -> int:
+    """Raise RLIMIT_NOFILE (hard too, as root) so children inherit it; returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def pick_offset(ports: tuple[int, ...] = TALK_PORTS) -> int:
+    def free(p: int) -> bool:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", p))
+            except OSError:
+                return False
+        return True
+
+    for _ in range(500):
+        off = random.randrange(20000, 57000, 7)
+        if all(free(p + off) for p in ports):
+            return off
+    raise RuntimeError("no free port offset")
+
+
+def wait_port(port: int, timeout: float = 20.0, proc: Optional[subprocess.Popen] = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
+
+
+@dataclass
+class ProcStats:
+    cpu_s: float  # user + system seconds so far
+    rss_mib: float
+    hwm_mib: float  # peak RSS
+
+
+def proc_stats(pid: int) -> ProcStats:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    rss = hwm = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) / 1024
+        elif line.startswith("VmHWM:"):
+            hwm = int(line.split()[1]) / 1024
+    return ProcStats(cpu, rss, hwm)
+
+
+class Sensor:
+    """A `spampots run` child on 127.0.0.1 with a port offset and a temporary data dir."""
+
+    def __init__(self, config: str = OPEN_LIMITS, *, wait_talk_port: int = 25, keep: bool = False) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="spampots-bench-"))
+        self.keep = keep
+        self.offset = pick_offset()
+        cfg = self.dir / "sensor.toml"
+        cfg.write_text(config)
+        self.log = open(self.dir / "sensor.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "spampots.cli", "run", "--config", str(cfg), "--data-dir", str(self.dir / "var"),
+             "--port-offset", str(self.offset), "--address", "127.0.0.1", "--sensor-id", "bench",
+             "--log-level", "warning", "--user", ""],
+            stdout=subprocess.DEVNULL, stderr=self.log, cwd=self.dir)
+        wait_port(wait_talk_port + self.offset, proc=self.proc)
+
+    def port(self, talk_port: int) -> int:
+        return talk_port + self.offset
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stats(self) -> ProcStats:
+        return proc_stats(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if not self.log.closed:
+            self.log.close()
+
+    def __enter__(self) -> "Sensor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        if not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def supports(section: str, key: str) -> bool:
+    """Whether this version's config has ``[section] key`` (benchmarks run across versions)."""
+    from spampots import config
+    cls = {"sensor": config.SensorSection, "limits": config.LimitsSection, "store": config.StoreSection}[section]
+    return key in cls.__struct_fields__
+
+
+def ensure_postfix_tools() -> tuple[str, str]:
+    """smtp-source and smtp-sink, from the Debian package postfix (installing it if needed; the
+    Postfix daemon itself is never started)."""
+    found = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+    if not Path(found).exists():
+        if os.geteuid() != 0:
+            raise SystemExit("smtp-source missing: apt-get install postfix (as root)")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "postfix"], check=True, env=env)
+        subprocess.run(["postfix", "stop"], env=env, capture_output=True)  # never leave the daemon running
+    source = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+    sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+    return source, sink
+
+
+def smtp_source(port: int, messages: int, *, sessions: int = 20, rcpts: int = 10, length: int = 3000,
+                timeout: float = 600) -> float:
+    """Drive 127.0.0.1:port with Postfix's smtp-source (one message per session); wall seconds."""
+    source, _ = ensure_postfix_tools()
+    t = time.perf_counter()
+    subprocess.run([source, "-s", str(sessions), "-r", str(rcpts), "-l", str(length), "-m", str(messages),
+                    "-M", "bench.example", f"127.0.0.1:{port}"], check=True, timeout=timeout,
+                   stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def machine() -> str:
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024
+    return (f"{os.cpu_count()} CPU {cpu}, {mem:.0f} GiB RAM, Linux {platform.release()}, "
+            f"Python {platform.python_version()}")
+
+
+def loopback_sources(n: int) -> list[str]:
+    from spampots.loadgen.run import loopback_sources as sources
+    return sources(n)
