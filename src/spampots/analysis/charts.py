@@ -119,6 +119,8 @@ def _hours(plt, report: Report):
 
 CHARTS: dict[str, Callable] = {"daily": _daily, "ports": _ports, "outbound": _outbound,
                                "countries": _countries, "asns": _asns, "hours": _hours}
+SOURCES = {"daily": "daily", "ports": "ports", "outbound": "outbound_http", "countries": "top_countries",
+           "asns": "top_asns", "hours": "hours"}  # the table each chart draws
 
 
 def _svg(fig, name: str) -> str:
@@ -139,7 +141,10 @@ def render(report: Report, out_dir: Path | None = None, *, svg: bool = True) -> 
     inline: dict[str, str] = {}
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
+    present = {r.name for r in report.results}
     for name, draw in CHARTS.items():
+        if SOURCES[name] not in present:
+            continue  # e.g. --talk-only: no per-day table, no per-day chart
         fig = draw(plt, report)
         try:
             text = _svg(fig, name)

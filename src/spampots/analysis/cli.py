@@ -68,9 +68,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="number style: en 1,234.56 or pt 1.234,56 (as the talk)")
     p.add_argument("--no-compact", action="store_true",
                    help="do not compact closed segments first (they are read from JSON instead)")
+    p.add_argument("--talk-only", action="store_true",
+                   help="only the talk's tables: summary, ports (emails, sessions), outbound attempts")
     p.add_argument("--detail", action="store_true", help="terminal/markdown: also the per-day and per-hour tables")
-    p.add_argument("--exact-limit", type=_count, default=20_000_000, metavar="N",
-                   help="above this many emails the top-N tables on message fields use a sample (default 20M)")
+    p.add_argument("--exact-limit", type=_count, default=5_000_000, metavar="N",
+                   help="above this many emails the top-N tables on message fields use the session sample (default 5M)")
     p.add_argument("--threads", type=int, metavar="N", help="DuckDB threads (default: all cores)")
     p.add_argument("--memory-limit", metavar="SIZE", help="DuckDB memory limit, e.g. 3GB")
     p.set_defaults(func=cmd_report)
@@ -125,15 +127,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not args.no_compact:
         lake.compact(quiet=args.quiet)
     con = lake.connect(day_from=args.day_from, day_to=args.day_to, sensors=args.sensor,
-                       include_closed_uncompacted=args.no_compact, threads=args.threads,
-                       memory_limit=args.memory_limit)
+                       threads=args.threads, memory_limit=args.memory_limit)
     try:
         enricher = Enricher(args.asn_db, cache_dir=lake.root / "_cache", quiet=args.quiet)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RuntimeError) as e:  # maxminddb's InvalidDatabaseError is a RuntimeError
         print(f"spampots report: --asn-db {args.asn_db}: {e}", file=sys.stderr)
         return 2
-    opts = metrics.Options(first_per=args.first_per, top=args.top, exact_limit=args.exact_limit)
-    report = metrics.run(con, ports=port_table, enricher=enricher, opts=opts, sampler=lake.sample_view)
+    opts = metrics.Options(first_per=args.first_per, top=args.top, exact_limit=args.exact_limit,
+                           talk_only=args.talk_only)
+    report = metrics.run(con, ports=port_table, enricher=enricher, opts=opts)
     filters = []
     if args.day_from or args.day_to:
         filters.append(f"days {args.day_from or '…'} to {args.day_to or '…'}")

@@ -110,9 +110,9 @@ class Bundled:
 
     @staticmethod
     def _ranges(first: list, netlen: list, ids: list, labels: list[str]) -> Ranges:
-        f = np.fromiter((x for chunk in first for x in chunk), dtype=np.uint64)
-        n = np.fromiter((x for chunk in netlen for x in chunk), dtype=np.uint64)
-        i = np.fromiter((x for chunk in ids for x in chunk), dtype=np.int64)
+        f = np.concatenate([np.asarray(c, dtype=np.uint64) for c in first])
+        n = np.concatenate([np.asarray(c, dtype=np.uint64) for c in netlen])
+        i = np.concatenate([np.asarray(c, dtype=np.int64) for c in ids])
         last = f + (np.uint64(1) << (np.uint64(32) - n)) - np.uint64(1)
         return Ranges(f, last, i, labels)
 
@@ -264,7 +264,9 @@ class Enricher:
 
     @property
     def source(self) -> str:
-        s = f"geoip2fast ({bundled().info})"
+        # The data file's own name, without loading it when every IP came from the cache.
+        info = bundled().info if bundled.cache_info().currsize else "GeoLite2 country + AS names"
+        s = f"geoip2fast {metadata.version('geoip2fast')} ({info})"
         return s + (f" + {self.asn_db.path.name}" if self.asn_db else "")
 
     def _cache_path(self) -> Path | None:

@@ -10,6 +10,7 @@ tests/test_analysis_docs.py checks that each metric here is documented there.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -17,6 +18,7 @@ from typing import Any, Callable, Optional
 import duckdb
 import pyarrow as pa
 
+from . import schema
 from .enrich import Enricher
 from .ports import PortInfo
 
@@ -48,8 +50,8 @@ class Result:
 class Options:
     first_per: str = "connection"
     top: int = 10
-    exact_limit: int = 20_000_000  # above this many messages, the heavy top-N tables use a sample
-    sample_pct: float = 5.0
+    exact_limit: int = 5_000_000  # above this many messages, the heavy top-N tables use the sample
+    talk_only: bool = False  # only the talk's tables (and the base tables they need)
 
 
 @dataclass
@@ -262,7 +264,7 @@ METRICS: list[Metric] = [
     Metric(
         "per_sensor", "Per sensor",
         "For each sensor: days with sessions, sessions, depth-0 proxy requests, emails, recipients and "
-        "distinct source IPs.",
+        "distinct source IPs (sensor_ips).",
         """WITH s AS (SELECT sensor, count(DISTINCT day) AS days, sum(sessions) AS sessions FROM sess_cube GROUP BY 1),
                 m AS (SELECT sensor, sum(emails) AS emails, sum(rcpts) AS rcpts FROM msg_cube GROUP BY 1),
                 r AS (SELECT sensor, sum(requests) AS requests FROM req_cube WHERE depth = 0 GROUP BY 1),
@@ -418,15 +420,23 @@ def port_table(con: duckdb.DuckDBPyConnection, ports: dict[int, PortInfo]) -> No
     con.unregister("_ports")
 
 
-def build_bases(con: duckdb.DuckDBPyConnection, timings: dict[str, float], opts: Options) -> None:
-    # Separate GROUP BYs beat one GROUPING SETS pass here: the per-IP grouping is the costly one
-    # and carries no other aggregate; the cubes group few, cheap columns.
+def build_bases(con: duckdb.DuckDBPyConnection, timings: dict[str, float], opts: Options,
+                metrics: list["Metric"]) -> bool:
+    """Create the base tables the given metrics use; True if sensor_ips had to be estimated.
+
+    Separate GROUP BYs beat one GROUPING SETS pass here: the per-IP grouping is the costly one
+    and carries no other aggregate; the cubes group few, cheap columns.
+    """
     sessions = con.execute("SELECT count(*) FROM session_open").fetchone()[0]
     distinct = "count(DISTINCT ip_key)" if sessions <= opts.exact_limit else "approx_count_distinct(ip_key)"
+    always = {"msg_cube", "msg_by_ip", "src_by_ip", "req_cube"}  # enrichment, sampling and attempts
     for name, (_definition, sql) in BASES.items():
+        if name not in always and not any(re.search(rf"\b{name}\b", m.sql) for m in metrics):
+            continue
         t = time.perf_counter()
         con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql.format(distinct=distinct)}")
         timings[name] = time.perf_counter() - t
+    return sessions > opts.exact_limit
 
 
 def build_ip_info(con: duckdb.DuckDBPyConnection, enricher: Enricher) -> None:
@@ -444,52 +454,55 @@ def build_ip_info(con: duckdb.DuckDBPyConnection, enricher: Enricher) -> None:
     con.unregister("_ip_info")
 
 
-Sampler = Callable[[duckdb.DuckDBPyConnection, str, str, float], "tuple[int, int]"]
+def build_sample(con: duckdb.DuckDBPyConnection, opts: Options) -> tuple[str, float]:
+    """smtp_sample: every message, or above opts.exact_limit the lake's session sample.
 
-
-def build_sample(con: duckdb.DuckDBPyConnection, opts: Options, sampler: Optional[Sampler]) -> tuple[str, float]:
-    """smtp_sample: all messages, or a file sample above opts.exact_limit. Returns (note, scale)."""
+    Returns (note, scale): counts of the sampled tables are multiplied by `scale`.
+    """
     emails = con.execute("SELECT coalesce(sum(emails), 0) FROM msg_cube").fetchone()[0]
-    if emails <= opts.exact_limit or sampler is None:
-        con.execute("CREATE OR REPLACE TEMP VIEW smtp_sample AS SELECT * FROM smtp_message")
-        return "", 1.0
-    used, total = sampler(con, "smtp_message", "smtp_sample", opts.sample_pct / 100.0)
-    n = con.execute("SELECT count(*) FROM smtp_sample").fetchone()[0]
+    n = con.execute("SELECT count(*) FROM smtp_message_sample").fetchone()[0] if emails > opts.exact_limit else 0
     if not n:
         con.execute("CREATE OR REPLACE TEMP VIEW smtp_sample AS SELECT * FROM smtp_message")
         return "", 1.0
-    note = (f"Estimated from a sample: {used:,} of {total:,} lake files ({n:,} of {emails:,} emails); "
-            "email and recipient counts scaled up, IP counts are those seen in the sample.")
+    con.execute("CREATE OR REPLACE TEMP VIEW smtp_sample AS SELECT * FROM smtp_message_sample")
+    note = (f"Estimated from the lake's sample of 1 session in {schema.SAMPLED['smtp_message']} "
+            f"({n:,} of {emails:,} emails): email and recipient counts scaled up, IP counts as seen in the sample.")
     return note, emails / n
 
 
 def run(con: duckdb.DuckDBPyConnection, *, ports: dict[int, PortInfo], enricher: Enricher,
-        opts: Options = Options(), sampler: Optional[Sampler] = None) -> Report:
+        opts: Options = Options()) -> Report:
     """Build the base tables and run every metric."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     port_table(con, ports)
-    build_bases(con, timings, opts)
+    selected = [m for m in METRICS if m.section == "talk" or not opts.talk_only]
+    approx_ips = build_bases(con, timings, opts, selected)
     t = time.perf_counter()
     build_ip_info(con, enricher)
     timings["enrichment"] = time.perf_counter() - t
     t = time.perf_counter()
     con.execute(f"CREATE OR REPLACE TEMP TABLE attempts AS {attempts_sql(opts.first_per)}")
     timings["attempts"] = time.perf_counter() - t
-    t = time.perf_counter()
-    sample_note, scale = build_sample(con, opts, sampler)
-    timings["sample"] = time.perf_counter() - t
+    sample_note, scale = "", 1.0
+    if any(m.sampled for m in selected):
+        t = time.perf_counter()
+        sample_note, scale = build_sample(con, opts)
+        timings["sample"] = time.perf_counter() - t
 
     results: list[Result] = []
-    for m in METRICS:
+    for m in selected:
         t = time.perf_counter()
         rows = con.execute(m.sql.format(top=int(opts.top))).fetchall()
         if m.sampled and scale != 1.0:
             rows = [tuple(round(v * scale) if c.kind == "int" and c.key in ("emails", "rcpts") and v is not None
                           else v for v, c in zip(r, m.columns)) for r in rows]
         timings[m.name] = time.perf_counter() - t
+        note = sample_note if m.sampled else ""
+        if m.name == "per_sensor" and approx_ips:
+            note = "Source IPs per sensor are HyperLogLog estimates (about 2% error)."
         results.append(Result(m.name, m.title, m.definition, m.columns, rows, layout=m.layout,
-                              section=m.section, note=sample_note if m.sampled else ""))
+                              section=m.section, note=note))
         if m.name == "ports_sessions":
             results.extend(outbound_results(con, opts.first_per))
     timings["total"] = time.perf_counter() - t0

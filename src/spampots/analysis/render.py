@@ -121,7 +121,7 @@ def _md_table(header: list[str], rows: list[list[str]], align: list[str]) -> str
 
 
 def markdown(report: Report, *, locale: str = "en", detail: bool = False) -> str:
-    out = [f"# spampots report", ""]
+    out = ["# spampots report", ""]
     meta = report.meta
     out.append(f"Generated {meta.get('generated', '')}; enrichment: {html.escape(str(meta.get('enrichment', '')))}; "
                f"outbound counting: first per {meta.get('first_per', '')}.")
@@ -276,7 +276,7 @@ def to_html(report: Report, *, locale: str = "en", charts: dict[str, str] | None
     charts = charts or {}
     chart_after = chart_after or {}
     meta = report.meta
-    body = [f"<h1>spampots report</h1>",
+    body = ["<h1>spampots report</h1>",
             f'<p class="meta">Generated {_h(meta.get("generated", ""))} &middot; data: {_h(meta.get("data_dir", ""))}'
             f' &middot; enrichment: {_h(meta.get("enrichment", ""))} &middot; outbound counting: first per '
             f'{_h(meta.get("first_per", ""))}' + (f' &middot; filters: {_h(meta["filters"])}' if meta.get("filters")

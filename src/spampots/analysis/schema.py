@@ -120,6 +120,16 @@ DERIVED: dict[str, tuple[tuple[str, str, str], ...]] = {
     "protocol_error": (("session_key", "UBIGINT", "md5_number_lower(session)"),),
 }
 
+# Tables of which the lake also keeps a sample of sessions, as table "<name>_sample": the rows
+# of 1 session in N (by the md5 of the session id, so a session is all in or all out). The
+# report's heavy top-N tables read it above --exact-limit instead of every row.
+SAMPLED: dict[str, int] = {"smtp_message": 64}
+
+
+def sample_pred(table: str) -> str:
+    return f"md5_number_lower(session) % {SAMPLED[table]} = 0"
+
+
 # Computed per session when events are compacted (see lake.py), not per row.
 SESSION_FLAGS: dict[str, tuple[tuple[str, str], ...]] = {
     "proxy_request": (("first_in_session", "BOOLEAN"),),

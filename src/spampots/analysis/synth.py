@@ -34,7 +34,7 @@ from spampots import events
 
 from . import progress, schema
 from .enrich import bundled
-from .lake import new_connection
+from .lake import new_connection, write_parts
 
 TALK = {"emails": 524_585_779, "rcpts": 4_805_521_964, "ips": 216_888, "asns": 3_006, "countries": 165,
         "days": 466, "start": dt.date(2006, 6, 10)}
@@ -318,7 +318,7 @@ class _Sql:
         via = "[]::VARCHAR[]" if direct else "[proxy || ':' || mx || ':25']"
         rcpt = (f"'u' || (hash(j, i, {self.seed}) % 200000)::VARCHAR || '@' || "
                 f"{_pick(_RCPT_DOMAINS, f'(hash(j, i, {self.seed + 1}) / 18446744073709551616.0)', 2.0)}")
-        day_end = f"date_trunc('day', ts) + INTERVAL 86399999999 MICROSECOND"
+        day_end = "date_trunc('day', ts) + INTERVAL 86399999999 MICROSECOND"
         return [f"""
             SELECT {self.common('0' if direct else '1', "'smtp'").replace('ts,', f'least(ts + to_seconds(3 * (j - fj)), {day_end}) AS ts,')},
                    {_pick(self.helos, self.u('k', "'h'"), 1.5)} AS helo,
@@ -358,6 +358,8 @@ def _defaults(table: str) -> dict[str, str]:
     types = dict(schema.lake_columns(table))
     for f in mi.type_info(cls).fields:
         d = f.default
+        if d is mi.NODEFAULT and f.default_factory is not mi.NODEFAULT:
+            d = f.default_factory()  # msgspec keeps mutable defaults ([] / {}) as factories
         typ = types[f.name]
         if d is mi.NODEFAULT or d is None:
             out[f.name] = f"NULL::{typ}"
@@ -411,7 +413,7 @@ def generate(out: Path, spec: Spec, *, fmt: str = "lake", quiet: bool = True,
              threads: Optional[int] = None) -> dict[str, int]:
     """Write the data set under `out` (a data directory); returns counts per table."""
     out.mkdir(parents=True, exist_ok=True)
-    con = new_connection(threads)
+    con = new_connection(threads, ordered=True)
     ips, _n_as = ip_pool(spec.pool, spec.seed)
     con.register("_pool", pa.table({"idx": pa.array(range(len(ips)), pa.int32()), "ip": ips}))
     con.execute("CREATE TEMP TABLE ip_pool AS SELECT idx, ip, ip_key(ip) AS ip_key FROM _pool")
@@ -434,11 +436,12 @@ def generate(out: Path, spec: Spec, *, fmt: str = "lake", quiet: bool = True,
                 if writer:
                     counts[table] = counts.get(table, 0) + writer.add(con, table, union)
                 else:
-                    target = out / "lake" / table
-                    target.mkdir(parents=True, exist_ok=True)
-                    n = con.execute(f"""COPY ({_to_lake(con, table, union)}) TO '{target}'
-                        (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (day), APPEND,
-                         FILENAME_PATTERN 'synth-{{uuid}}')""").fetchone()[0]
+                    select = _to_lake(con, table, union)
+                    if table in schema.SAMPLED:  # written twice (all rows, the sample): generate once
+                        con.execute(f"CREATE OR REPLACE TEMP TABLE chunk AS {select}")
+                        select = "SELECT * FROM chunk"
+                    n = write_parts(con, select, out / "lake", table, "synth-{uuid}")
+                    con.execute("DROP TABLE IF EXISTS chunk")
                     counts[table] = counts.get(table, 0) + n
             tick(d1 - d0)
     if writer:

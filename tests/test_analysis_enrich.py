@@ -1,0 +1,161 @@
+"""Offline enrichment: bundled data, MMDB and iptoasn TSV, special addresses, the per-IP cache."""
+
+from __future__ import annotations
+
+import gzip
+import ipaddress
+import struct
+from pathlib import Path
+
+import pytest
+
+from spampots.analysis.enrich import Enricher, bundled
+
+
+def _by_ip(table) -> dict[str, dict]:
+    return {r["ip"]: r for r in table.to_pylist()}
+
+
+def test_bundled_data_gives_country_and_as_name() -> None:
+    got = _by_ip(Enricher().enrich(["8.8.8.8", "200.160.2.3", "2001:4860:4860::8888", "::ffff:1.1.1.1"]))
+    assert got["8.8.8.8"]["country"] == "US" and "GOOGLE" in got["8.8.8.8"]["as_name"]
+    assert got["200.160.2.3"]["country"] == "BR" and got["200.160.2.3"]["kind"] == "public"
+    assert got["2001:4860:4860::8888"]["country"] == "US"  # IPv6 through the bundled v6 file
+    assert got["::ffff:1.1.1.1"]["as_name"] == "CLOUDFLARENET"  # IPv4-mapped is IPv4
+    assert all(r["asn"] is None for r in got.values())  # the bundled data has AS names only
+
+
+def test_special_addresses_are_reported_not_dropped() -> None:
+    ips = ["10.0.0.1", "127.0.0.1", "192.168.1.1", "100.64.0.1", "203.0.113.9", "::1", "fe80::1",
+           "2001:db8::1", "not-an-ip", ""]
+    got = _by_ip(Enricher().enrich(ips))
+    assert set(got) == set(ips)
+    for ip in ips[:7]:
+        assert (got[ip]["kind"], got[ip]["country"], got[ip]["as_name"]) == ("private", "--", "private"), ip
+    assert got["not-an-ip"]["kind"] == got[""]["kind"] == "invalid"
+
+
+def test_vectorised_lookup_agrees_with_geoip2fast() -> None:
+    from geoip2fast import GeoIP2Fast
+
+    g = GeoIP2Fast(geoip2fast_data_file="geoip2fast-asn.dat.gz")
+    ips = [str(ipaddress.IPv4Address(x)) for x in range(16_777_216, 3_758_096_384, 9_999_991)]
+    mine = _by_ip(Enricher().enrich(ips))
+    for ip in ips:
+        r = g.lookup(ip)
+        if r.is_private or r.country_code == "--":
+            continue
+        assert mine[ip]["country"] == r.country_code, ip
+        assert mine[ip]["as_name"] == (r.asn_name or "unknown"), ip
+
+
+def test_public_ranges_for_synthetic_sources_are_public() -> None:
+    ranges, countries = bundled().public_as_ranges()
+    assert len(ranges.first) > 100_000 and len(set(countries)) > 150
+    assert "--" not in countries
+
+
+# -- a user's AS databases ----------------------------------------------------------------------
+def test_iptoasn_tsv(tmp_path: Path) -> None:
+    tsv = tmp_path / "ip2asn-combined.tsv.gz"
+    with gzip.open(tsv, "wt") as f:
+        f.write("1.0.0.0\t1.0.0.255\t13335\tUS\tCLOUDFLARENET\n")
+        f.write("200.160.0.0\t200.160.15.255\t22548\tBR\tNucleo de Inf. e Coord. do Ponto BR - NIC.br\n")
+        f.write("223.255.255.0\t223.255.255.255\t0\tNone\tNot routed\n")
+        f.write("2001:4860::\t2001:4860:ffff:ffff:ffff:ffff:ffff:ffff\t15169\tUS\tGOOGLE\n")
+    got = _by_ip(Enricher(asn_db=tsv).enrich(["1.0.0.1", "200.160.2.3", "223.255.255.1", "2001:4860::1", "8.8.8.8"]))
+    assert (got["1.0.0.1"]["asn"], got["1.0.0.1"]["as_name"]) == (13335, "CLOUDFLARENET")
+    assert got["200.160.2.3"]["asn"] == 22548 and got["200.160.2.3"]["country"] == "BR"
+    assert got["2001:4860::1"]["asn"] == 15169
+    assert got["223.255.255.1"]["asn"] is None  # "Not routed"
+    # not in the user's file: no AS, but the country still comes from the bundled data
+    assert got["8.8.8.8"]["asn"] is None and got["8.8.8.8"]["country"] == "US"
+
+
+def _mmdb(path: Path, networks: dict[str, dict]) -> None:
+    """A minimal MaxMind DB writer (IPv4 tree, 24-bit records), enough for maxminddb to read."""
+
+    def ctrl(t: int, size: int) -> bytes:
+        assert size < 285
+        head, extra = (size, b"") if size < 29 else (29, bytes([size - 29]))
+        return (bytes([(t << 5) | head]) if t <= 7 else bytes([head, t - 7])) + extra
+
+    def enc(v) -> bytes:
+        if isinstance(v, str):
+            b = v.encode()
+            return ctrl(2, len(b)) + b
+        if isinstance(v, tuple):  # (type, int): uint16 = 5, uint32 = 6, uint64 = 9
+            b = v[1].to_bytes((v[1].bit_length() + 7) // 8, "big")
+            return ctrl(v[0], len(b)) + b
+        if isinstance(v, int):
+            return enc((6, v))
+        if isinstance(v, dict):
+            return ctrl(7, len(v)) + b"".join(enc(k) + enc(x) for k, x in v.items())
+        if isinstance(v, list):
+            return ctrl(11, len(v)) + b"".join(enc(x) for x in v)
+        raise TypeError(v)
+
+    data, offsets = b"", []
+    for rec in networks.values():
+        offsets.append(len(data))
+        data += enc(rec)
+    nodes: list[list] = [[None, None]]
+    for (net, _), off in zip(networks.items(), offsets):
+        n = ipaddress.ip_network(net)
+        bits, node = int(n.network_address), 0
+        for depth in range(n.prefixlen):
+            bit = (bits >> (31 - depth)) & 1
+            if depth == n.prefixlen - 1:
+                nodes[node][bit] = ("data", off)
+            else:
+                if nodes[node][bit] is None:
+                    nodes.append([None, None])
+                    nodes[node][bit] = ("node", len(nodes) - 1)
+                node = nodes[node][bit][1]
+    count = len(nodes)
+
+    def val(r) -> int:
+        if r is None:
+            return count
+        return r[1] if r[0] == "node" else count + 16 + r[1]
+
+    tree = b"".join(struct.pack(">I", val(a))[1:] + struct.pack(">I", val(b))[1:] for a, b in nodes)
+    meta = enc({"node_count": count, "record_size": (5, 24), "ip_version": (5, 4), "database_type": "Test-ASN",
+                "languages": ["en"], "binary_format_major_version": (5, 2), "binary_format_minor_version": (5, 0),
+                "build_epoch": (9, 1), "description": {"en": "test"}})
+    path.write_bytes(tree + b"\0" * 16 + data + b"\xab\xcd\xefMaxMind.com" + meta)
+
+
+def test_mmdb_maxmind_and_ipinfo_shapes(tmp_path: Path) -> None:
+    db = tmp_path / "asn.mmdb"
+    _mmdb(db, {"200.160.0.0/20": {"autonomous_system_number": 22548, "autonomous_system_organization": "NIC.br"},
+               "8.8.8.0/24": {"asn": "AS15169", "as_name": "Google LLC", "country_code": "US"}})
+    got = _by_ip(Enricher(asn_db=db).enrich(["200.160.2.3", "8.8.8.8", "9.9.9.9"]))
+    assert (got["200.160.2.3"]["asn"], got["200.160.2.3"]["as_name"], got["200.160.2.3"]["country"]) == \
+        (22548, "NIC.br", "BR")
+    assert (got["8.8.8.8"]["asn"], got["8.8.8.8"]["as_name"]) == (15169, "Google LLC")
+    assert got["9.9.9.9"]["asn"] is None
+
+
+def test_cache_is_per_ip_and_per_database(tmp_path: Path) -> None:
+    e = Enricher(cache_dir=tmp_path)
+    first = e.enrich(["8.8.8.8", "1.1.1.1"])
+    assert e.lookups == 2
+    again = Enricher(cache_dir=tmp_path)
+    assert again.enrich(["1.1.1.1", "8.8.8.8", "1.1.1.1"]).num_rows == 2
+    assert again.lookups == 0
+    more = Enricher(cache_dir=tmp_path)
+    assert more.enrich(["8.8.8.8", "9.9.9.9"]).num_rows == 2 and more.lookups == 1
+    assert sorted(first.column("ip").to_pylist()) == ["1.1.1.1", "8.8.8.8"]
+    tsv = tmp_path / "x.tsv"
+    tsv.write_text("8.8.8.0\t8.8.8.255\t15169\tUS\tGOOGLE\n")
+    other = Enricher(asn_db=tsv, cache_dir=tmp_path)
+    assert other.fingerprint != e.fingerprint
+    assert _by_ip(other.enrich(["8.8.8.8"]))["8.8.8.8"]["asn"] == 15169 and other.lookups == 1
+
+
+def test_bad_asn_db_is_an_error(tmp_path: Path) -> None:
+    bad = tmp_path / "x.mmdb"
+    bad.write_bytes(b"nope")
+    with pytest.raises(Exception):
+        Enricher(asn_db=bad)
