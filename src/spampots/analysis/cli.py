@@ -46,7 +46,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from .metrics import FIRST_PER
+    from . import FIRST_PER
 
     p = subparsers.add_parser("report", help="the talk's tables and more, from the stored events",
                               description="Compact closed segments, then report on lake + open segments.")

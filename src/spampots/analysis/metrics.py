@@ -22,7 +22,7 @@ from . import schema
 from .enrich import Enricher
 from .ports import PortInfo
 
-FIRST_PER = ("connection", "source-ip", "none")
+from . import FIRST_PER  # noqa: F401  (re-exported)
 CATEGORIES = ("to 25/TCP", "to other ports", "GET", "errors")
 
 

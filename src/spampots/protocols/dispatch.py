@@ -116,7 +116,8 @@ class Sniffer:
         if self.delegate is not None:
             return self.delegate.eof()
         if self._buf:
-            self.delegate = _handler_for(self.fallback, self.ctx, self._buf)
+            # Undecided leftovers: the greeter (an SMTP server) reads them as its own.
+            self.delegate = self.greeter or _handler_for(self.fallback, self.ctx, self._buf)
             data, self._buf = self._buf, b""
             return self.delegate.receive(data) + self.delegate.eof()
         return self.greeter.eof() if self.greeter is not None else []

@@ -271,7 +271,8 @@ class Session(asyncio.Protocol):
                 return
             elif t is Close:
                 self._write(out)
-                self.close_reason = a.reason
+                if not final:  # at the end, the reason that ended the session stands (idle, lifetime...)
+                    self.close_reason = a.reason
                 if self.transport is not None and not final:
                     self.transport.close()
                 return

@@ -211,7 +211,7 @@ class SegmentWriter:
         self._dirs_to_sync.append(day)
         stamp = opened.strftime("%Y%m%dT%H%M%S")
         while True:
-            name = f"{self.sensor}-{stamp}Z-{os.getpid()}-{next(_seq)}.jsonl"
+            name = f"{self.sensor}-{stamp}Z-{os.getpid()}-{next(_seq):06d}.jsonl"
             final = day / name
             if final.exists():
                 continue
@@ -381,6 +381,14 @@ def _day_dirs(root: Path, since: Optional[str], until: Optional[str]) -> list[Pa
     return [root / d for d in days]
 
 
+def _segment_order(name: str) -> tuple:
+    """Write order: sensor, opening second, pid, then the sequence as a number (9 before 10)."""
+    m = SEGMENT_RE.match(name)
+    if m is None:
+        return (name, "", 0, 0)
+    return (m["sensor"], m["opened"], int(m["pid"]), int(m["seq"]))
+
+
 def iter_segment_files(
     data_dir: Union[str, Path],
     *,
@@ -400,7 +408,7 @@ def iter_segment_files(
             names = {e.name for e in os.scandir(day) if not e.name.startswith(".")}
         except FileNotFoundError:  # removed meanwhile (retention)
             continue
-        for name in sorted(names):
+        for name in sorted(names, key=_segment_order):
             m = SEGMENT_RE.match(name)
             if m is None or (sensor is not None and m["sensor"] != sensor):
                 continue
