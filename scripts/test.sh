@@ -10,6 +10,7 @@ command -v curl >/dev/null || need+=(curl)
 command -v nmap >/dev/null || need+=(nmap)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v chromium >/dev/null || need+=(chromium)
+command -v nats-server >/dev/null || need+=(nats-server)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing Debian packages: ${need[*]}"
