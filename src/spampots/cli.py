@@ -265,8 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Command groups that live with their subsystem register themselves.
     from .analysis import cli as analysis_cli
     from .loadgen import cli as loadgen_cli
+    from .transport import cli as transport_cli
 
-    for group in (analysis_cli, loadgen_cli):
+    for group in (analysis_cli, loadgen_cli, transport_cli):
         group.register(sub)
     return p
 

@@ -16,6 +16,7 @@ from typing import Any, Optional
 import msgspec
 
 from .protocols.base import Limits as ProtocolLimits
+from .transport.config import NatsSection, example_toml as _nats_example
 from .protocols.personas import HTTP_STYLES, JUDGE_STYLES, SMTP_STYLES
 from .protocols.smtp import AUTH_MECHANISMS, AUTH_POLICIES, AuthPolicy
 
@@ -105,6 +106,10 @@ class StoreSection(_Base):
     segment_max_age_s: float = 3600.0
 
 
+class TransportSection(_Base):
+    nats: Optional[NatsSection] = None  # ship to NATS JetStream (docs/network.md); None: local store only
+
+
 class Config(_Base):
     sensor: SensorSection = msgspec.field(default_factory=SensorSection)
     limits: LimitsSection = msgspec.field(default_factory=LimitsSection)
@@ -113,6 +118,7 @@ class Config(_Base):
     http: HttpSection = msgspec.field(default_factory=HttpSection)
     proxy_protocol: ProxyProtocolSection = msgspec.field(default_factory=ProxyProtocolSection)
     store: StoreSection = msgspec.field(default_factory=StoreSection)
+    transport: TransportSection = msgspec.field(default_factory=TransportSection)
     listener: list[ListenerConfig] = msgspec.field(default_factory=list)
 
     # -- derived views ------------------------------------------------------
@@ -247,6 +253,9 @@ def validate(cfg: Config) -> None:
     for name in LimitsSection.__struct_fields__:
         if getattr(cfg.limits, name) <= 0:
             errors.append(f"limits.{name} must be positive")
+    if cfg.transport.nats is not None:
+        errors += [f"transport.nats: {e}" if not e.startswith("transport.nats") else e
+                   for e in cfg.transport.nats.validate()]
     if errors:
         raise ConfigError("\n".join(errors))
 
@@ -275,8 +284,9 @@ def effective_limits(cfg: Config) -> dict[str, Any]:
 
 
 def example_toml() -> str:
-    """A commented config with every key at its default (``spampots config --example``)."""
-    return _EXAMPLE
+    """A commented config with every key at its default (``spampots example-config``)."""
+    nats = "\n".join("# " + line if line else "#" for line in _nats_example().rstrip("\n").splitlines())
+    return _EXAMPLE + "\n# Many sensors: ship everything to NATS JetStream (docs/network.md). Off without it.\n" + nats + "\n"
 
 
 _EXAMPLE = """\

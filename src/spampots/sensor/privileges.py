@@ -5,6 +5,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import stat
 from pathlib import Path
 
 
@@ -14,6 +15,26 @@ class PrivilegeError(RuntimeError):
 
 def running_as_root() -> bool:
     return os.geteuid() == 0
+
+
+def _preload() -> None:
+    """Import, while still root, what Python loads lazily at run time.
+
+    After the drop the interpreter's own files may be unreadable (a pyenv
+    under /root): strptime and the codecs abusers' charsets pull in would then
+    fail mid-session.
+    """
+    import encodings
+    import importlib
+    import pkgutil
+
+    for mod in ("_strptime", "email.header", "email.charset", "email.utils", "email._header_value_parser"):
+        importlib.import_module(mod)
+    for info in pkgutil.iter_modules(encodings.__path__):
+        try:
+            importlib.import_module(f"encodings.{info.name}")
+        except Exception:  # platform-specific codecs (mbcs, ...)
+            pass
 
 
 def drop_to(user: str, data_dir: Path) -> str:
@@ -31,6 +52,7 @@ def drop_to(user: str, data_dir: Path) -> str:
             "unprivileged account (\"\" keeps root, which is not recommended)"
         ) from None
     uid, gid = pw.pw_uid, pw.pw_gid
+    _preload()
     for root, dirs, files in os.walk(data_dir):
         os.chown(root, uid, gid)
         for name in files:
@@ -41,3 +63,26 @@ def drop_to(user: str, data_dir: Path) -> str:
     if os.getuid() == 0 or os.geteuid() == 0:
         raise PrivilegeError("could not drop root privileges")
     return f"{user} (uid {uid}, gid {gid} {grp.getgrgid(gid).gr_name})"
+
+
+def unreachable_parent(path: Path, user: str) -> Path | None:
+    """The first directory above ``path`` that ``user`` cannot search, if any.
+
+    The sensor itself works from inside its data dir, but code that reopens
+    files by absolute path (SQLite does) needs every parent searchable.
+    """
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return None
+    for parent in reversed(Path(path).absolute().parents):
+        st = parent.stat()
+        if st.st_uid == pw.pw_uid:
+            ok = st.st_mode & stat.S_IXUSR
+        elif st.st_gid == pw.pw_gid:
+            ok = st.st_mode & stat.S_IXGRP
+        else:
+            ok = st.st_mode & stat.S_IXOTH
+        if not ok:
+            return parent
+    return None

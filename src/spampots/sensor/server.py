@@ -217,6 +217,20 @@ class Sensor:
         self.recorder.start(self.loop)
         try:
             await self._bind()
+            shipping_as = self.cfg.sensor.user if privileges.running_as_root() else ""
+            if self.cfg.transport.nats is not None and shipping_as:
+                blocked = privileges.unreachable_parent(data_dir, shipping_as)
+                if blocked is not None:
+                    raise StartupError(
+                        f"shipping to NATS needs {data_dir} reachable by user {shipping_as!r}, but {blocked} "
+                        f"is not searchable by it: use a data dir such as /var/lib/spampots, "
+                        f"`chmod o+x {blocked}`, or set [sensor] user")
+            if self.cfg.transport.nats is not None:
+                # Import what shipping needs while still root: after the drop the
+                # interpreter's own files may be unreadable (e.g. a pyenv under /root).
+                import nats.js  # noqa: F401
+
+                from ..transport import shipper  # noqa: F401
             if privileges.running_as_root() and self.cfg.sensor.user:
                 who = privileges.drop_to(self.cfg.sensor.user, Path("."))
                 log.info("dropped root privileges: now %s", who)
@@ -246,10 +260,43 @@ class Sensor:
             except (NotImplementedError, RuntimeError):
                 pass
         ticker = self.loop.create_task(self._tick())
+        shipping = self._start_shipper()
         await self._stop.wait()
         ticker.cancel()
         await self._shutdown(limits)
+        if shipping is not None:
+            # Store and forward: everything is already on local disk; the shipper
+            # gets a moment to send the last of it, and resumes from its cursor next time.
+            stop_ship, task, shipper = shipping
+            deadline = self.loop.time() + 10.0
+            while (not task.done() and self.loop.time() < deadline
+                   and not (shipper.stats.caught_up and shipper.status().backlog_bytes == 0)):
+                await asyncio.sleep(0.1)
+            stop_ship.set()
+            try:
+                await asyncio.wait_for(task, 10.0)
+            except asyncio.TimeoutError:
+                log.warning("shipper still busy at stop; it resumes from its cursor on the next start")
         return 0
+
+    def _start_shipper(self) -> Optional[tuple[asyncio.Event, asyncio.Task, object]]:
+        nats = self.cfg.transport.nats
+        if nats is None:
+            return None
+        from ..transport.shipper import Shipper  # imported before the privilege drop (see run)
+
+        stop = asyncio.Event()
+        shipper = Shipper(Path("."), self.sensor_id, nats)
+        task = self.loop.create_task(self._ship(shipper, stop))
+        log.info("shipping to NATS JetStream %s, stream %s", ", ".join(nats.servers), nats.stream)
+        return stop, task, shipper
+
+    async def _ship(self, shipper, stop: asyncio.Event) -> None:
+        # Shipping trouble never stops capture: everything stays in the local store.
+        try:
+            await shipper.run(stop)
+        except Exception:
+            log.exception("shipper stopped; capture goes on locally and shipping resumes on restart")
 
     def stop(self) -> None:
         self._stop.set()

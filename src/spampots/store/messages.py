@@ -210,7 +210,7 @@ class MessageStore:
     def _open_db_readonly(self) -> sqlite3.Connection:
         path = self.dir / INDEX_NAME
         if path.exists():
-            db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, check_same_thread=False)
+            db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, check_same_thread=False)
             try:
                 db.execute("SELECT count(*) FROM blobs").fetchone()
                 return db

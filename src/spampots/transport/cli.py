@@ -1,0 +1,224 @@
+"""`spampots ship`, `spampots collect`, `spampots network init|status`.
+
+The lead's spampots/cli.py calls :func:`register`; ``python -m spampots.transport.cli``
+runs the same subcommands standalone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import tomllib
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .config import NatsSection, load_section
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _nats_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("NATS connection (overrides the config's [transport.nats])")
+    g.add_argument("--config", "-c", type=Path, help="TOML file with a [transport.nats] (or [nats]) table")
+    g.add_argument("--server", action="append", default=[], metavar="URL",
+                   help="NATS server URL, e.g. nats://127.0.0.1:4222 (repeatable)")
+    g.add_argument("--user", help="user name (with --password)")
+    g.add_argument("--password", help="password")
+    g.add_argument("--creds", help="NATS .creds file (JWT + nkey)")
+    g.add_argument("--stream", help="stream name (default SPAMPOTS)")
+    g.add_argument("--subject-prefix", help="subject prefix (default spampots)")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+
+
+def _data_dir_option(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help=help)
+
+
+def nats_config(args: argparse.Namespace) -> NatsSection:
+    """The section from --config, with the command-line overrides applied and validated."""
+    raw: dict = {}
+    if args.config:
+        try:
+            raw = tomllib.loads(Path(args.config).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ValueError(f"{args.config}: {e}") from None
+    table = dict((raw.get("transport") or {}).get("nats") or raw.get("nats") or {})
+    for key, val in (("servers", args.server or None), ("user", args.user), ("password", args.password),
+                     ("creds_file", args.creds), ("stream", args.stream),
+                     ("subject_prefix", args.subject_prefix)):
+        if val is not None:
+            table[key] = val
+    return load_section(table, str(args.config or "command line"))
+
+
+def _run(coro_fn) -> int:  # type: ignore[no-untyped-def]
+    """Run ``coro_fn(stop)`` until it returns or SIGINT/SIGTERM sets ``stop``."""
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover
+                pass
+        return int(await coro_fn(stop) or 0)
+    return asyncio.run(main())
+
+
+def _setup(args: argparse.Namespace) -> Optional[NatsSection]:
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return nats_config(args)
+    except ValueError as e:
+        print(f"spampots: bad NATS configuration: {e}", file=sys.stderr)
+        return None
+
+
+def cmd_ship(args: argparse.Namespace) -> int:
+    from .shipper import Shipper
+
+    cfg = _setup(args)
+    if cfg is None:
+        return 2
+    data_dir = Path(getattr(args, "data_dir", None) or "var")
+
+    async def go(stop: asyncio.Event) -> int:
+        sh = Shipper(data_dir, args.sensor_id, cfg)
+        task = asyncio.create_task(sh.run(stop))
+        if args.until_caught_up:
+            while not task.done() and not (sh.stats.caught_up and sh.status().backlog_bytes == 0):
+                await asyncio.sleep(0.1)
+            stop.set()
+        await task
+        print(f"shipped {sh.stats.events} events, {sh.stats.bodies} bodies "
+              f"({sh.stats.duplicates} duplicates dropped by the broker)", file=sys.stderr)
+        return 0
+
+    return _run(go)
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from .collector import Collector
+
+    cfg = _setup(args)
+    if cfg is None:
+        return 2
+    data_dir = Path(getattr(args, "data_dir", None) or "var")
+
+    async def go(stop: asyncio.Event) -> int:
+        col = Collector(data_dir, cfg, name=args.name, durable=args.durable)
+        try:
+            await col.run(stop)
+        except RuntimeError as e:
+            print(f"spampots collect: {e}", file=sys.stderr)
+            return 2
+        s = col.stats
+        print(f"collected {s.events} events, {s.bodies} new bodies, {s.duplicates} duplicates dropped",
+              file=sys.stderr)
+        return 0
+
+    return _run(go)
+
+
+def cmd_network_init(args: argparse.Namespace) -> int:
+    from .network import StreamSettings, init_network
+    from .wire import AuthFailed
+
+    cfg = _setup(args)
+    if cfg is None:
+        return 2
+    st = StreamSettings(
+        retention=args.retention, max_age_days=args.max_age_days, max_bytes=args.max_bytes,
+        duplicate_window_s=args.duplicate_window_s, replicas=args.replicas, ack_wait_s=args.ack_wait_s,
+        max_ack_pending=args.max_ack_pending, durable=args.durable,
+    )
+    try:
+        lines = asyncio.run(init_network(cfg, st))
+    except (AuthFailed, ConnectionError) as e:
+        print(f"spampots network init: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        print(f"spampots network init: the server refused: {e}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_network_status(args: argparse.Namespace) -> int:
+    from .network import network_status, render_status, status_json
+
+    cfg = _setup(args)
+    if cfg is None:
+        return 2
+    data_dir = getattr(args, "data_dir", None)
+    st = asyncio.run(network_status(cfg, durable=args.durable, data_dir=data_dir,
+                                    window_h=args.window_h, heartbeat_interval_s=args.heartbeat_interval_s))
+    if args.json:
+        sys.stdout.buffer.write(status_json(st) + b"\n")
+    else:
+        print(render_status(st))
+    return 1 if st.problems else 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from .collector import DEFAULT_DURABLE
+
+    s = subparsers.add_parser("ship", help="ship a data dir's events and bodies to NATS JetStream",
+                              description="Store and forward: publish a local store to JetStream from "
+                                          "a durable cursor (the sensor does this itself when its config "
+                                          "has [transport.nats]; this runs it as its own process).")
+    _nats_options(s)
+    _data_dir_option(s, "the sensor's data dir (default ./var)")
+    s.add_argument("--sensor-id", required=True, help="the sensor whose segments are shipped")
+    s.add_argument("--until-caught-up", action="store_true",
+                   help="exit once everything on disk is acked (default: follow forever)")
+    s.set_defaults(func=cmd_ship)
+
+    c = subparsers.add_parser("collect", help="collect every sensor's data from JetStream into a store",
+                              description="A durable pull consumer: writes events and bodies into a "
+                                          "central store of the sensor's format, acks after fsync. "
+                                          "Several collectors may run with the same --durable.")
+    _nats_options(c)
+    _data_dir_option(c, "the central store (default ./var)")
+    c.add_argument("--name", default="collector",
+                   help="this collector's name in the data dir (one per process sharing a data dir)")
+    c.add_argument("--durable", default=DEFAULT_DURABLE, help="the durable consumer (shared by collectors)")
+    c.set_defaults(func=cmd_collect)
+
+    n = subparsers.add_parser("network", help="set up and watch the sensor network's JetStream streams")
+    nsub = n.add_subparsers(dest="network_command", metavar="ACTION", required=True)
+    i = nsub.add_parser("init", help="create or update streams, bucket and consumer (idempotent)")
+    _nats_options(i)
+    i.add_argument("--retention", choices=("workqueue", "limits"), default="workqueue",
+                   help="workqueue: collected messages leave the stream (default)")
+    i.add_argument("--max-age-days", type=float, default=30.0, help="drop uncollected data after this")
+    i.add_argument("--max-bytes", type=int, default=-1, help="stream size cap in bytes (-1: none)")
+    i.add_argument("--duplicate-window-s", type=float, default=120.0)
+    i.add_argument("--replicas", type=int, default=1, help="3 on a NATS cluster")
+    i.add_argument("--ack-wait-s", type=float, default=60.0)
+    i.add_argument("--max-ack-pending", type=int, default=20000)
+    i.add_argument("--durable", default=DEFAULT_DURABLE)
+    i.set_defaults(func=cmd_network_init)
+    t = nsub.add_parser("status", help="per sensor: last heartbeat, lag, backlog, availability")
+    _nats_options(t)
+    _data_dir_option(t, "also read heartbeats from this central store (availability)")
+    t.add_argument("--durable", default=DEFAULT_DURABLE)
+    t.add_argument("--window-h", type=float, default=24.0, help="availability window in hours")
+    t.add_argument("--heartbeat-interval-s", type=float, default=60.0)
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_network_status)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="spampots")
+    register(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
