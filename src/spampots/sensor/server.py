@@ -230,7 +230,7 @@ class Sensor:
                 # interpreter's own files may be unreadable (e.g. a pyenv under /root).
                 import nats.js  # noqa: F401
 
-                from ..transport import shipper  # noqa: F401
+                from ..transport import shipper as _preloaded  # noqa: F401
             if privileges.running_as_root() and self.cfg.sensor.user:
                 who = privileges.drop_to(self.cfg.sensor.user, Path("."))
                 log.info("dropped root privileges: now %s", who)

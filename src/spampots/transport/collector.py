@@ -45,7 +45,7 @@ from ..store.messages import MessageStore
 from ..store.segments import EVENTS_DIR, SegmentWriter, check_sensor, recover, try_lock
 from .config import NatsSection
 from .wire import (
-    H_OBJECT, H_SHA, MSG_ID, AuthFailed, Backoff, connect, decode_body, headers_of, sleep_or_stop,
+    H_OBJECT, H_SHA, MSG_ID, AuthFailed, Backoff, connect, decode_body, headers_of, reconnect_loop,
 )
 
 log = logging.getLogger("spampots.transport")
@@ -211,12 +211,8 @@ class Collector:
     async def run(self, stop: asyncio.Event) -> None:
         """Collect until ``stop`` is set, reconnecting with backoff."""
         self.open()
-        backoff = Backoff(0.2, self.cfg.retry_max_s)
         try:
-            while not stop.is_set():
-                wait = await self._round(stop, backoff)
-                if wait and await sleep_or_stop(stop, wait):
-                    break
+            await reconnect_loop(self._round, stop, self.cfg.retry_max_s)
         finally:
             self.stats.state = "stopped"
             self.close()

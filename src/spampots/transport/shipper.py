@@ -38,7 +38,7 @@ from .config import NatsSection
 from .cursor import Cursor, SegmentTail, load_cursor, mark_done, pending_segments, save_cursor
 from .wire import (
     H_ENCODING, H_OBJECT, H_SHA, H_SIZE, MSG_ID, PAYLOAD_HEADROOM, AuthFailed, Backoff, Heartbeat,
-    ShipStatus, TlsFailed, body_msg_id, connect, encode_body, event_msg_id, is_auth_error, sleep_or_stop,
+    ShipStatus, TlsFailed, body_msg_id, connect, encode_body, event_msg_id, is_auth_error, reconnect_loop, sleep_or_stop,
 )
 
 log = logging.getLogger("spampots.transport")
@@ -112,12 +112,8 @@ class Shipper:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=OFF")  # a lost row re-ships one body: harmless
         self._db.execute("CREATE TABLE IF NOT EXISTS shipped (sha256 TEXT PRIMARY KEY) WITHOUT ROWID")
-        backoff = Backoff(0.2, self.cfg.retry_max_s)
         try:
-            while not stop.is_set():
-                wait = await self._round(stop, backoff)
-                if wait and await sleep_or_stop(stop, wait):
-                    break
+            await reconnect_loop(self._round, stop, self.cfg.retry_max_s)
         finally:
             self.stats.state, self.stats.connected = "stopped", False
             if self._store is not None:

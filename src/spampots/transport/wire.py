@@ -17,7 +17,7 @@ import asyncio
 import hashlib
 import logging
 import ssl
-from typing import Any, Optional
+from typing import Awaitable, Callable, Any, Optional
 
 import msgspec
 import zstandard
@@ -185,3 +185,14 @@ async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
         return True
     except asyncio.TimeoutError:
         return stop.is_set()
+
+
+async def reconnect_loop(
+    one_round: "Callable[[asyncio.Event, Backoff], Awaitable[float]]", stop: asyncio.Event, retry_max_s: float
+) -> None:
+    """Run connection rounds until ``stop``; each round says how long to wait before the next."""
+    backoff = Backoff(0.2, retry_max_s)
+    while not stop.is_set():
+        wait = await one_round(stop, backoff)
+        if wait and await sleep_or_stop(stop, wait):
+            break
