@@ -265,9 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     # Command groups that live with their subsystem register themselves.
     from .analysis import cli as analysis_cli
     from .loadgen import cli as loadgen_cli
+    from .policy import cli as policy_cli
     from .transport import cli as transport_cli
 
-    for group in (analysis_cli, loadgen_cli, transport_cli):
+    for group in (analysis_cli, policy_cli, loadgen_cli, transport_cli):
         group.register(sub)
     return p
 

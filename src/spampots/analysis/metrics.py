@@ -151,6 +151,53 @@ def attempts_sql(first_per: str) -> str:
                                 req_filter="AND first_in_session" if first_per == "connection" else "")
 
 
+# Sensor availability: the one SQL form of the rule in spampots.transport.availability (which
+# docs/network.md describes). Beats of a sensor in time order (ties: heartbeat < start < stop, as
+# there); each pair of consecutive beats is a span, up or not; zero-length spans are dropped and
+# consecutive non-up spans merge into one gap (the island of up spans before it gives its id).
+AVAILABILITY_TOLERANCE = 2.5
+AVAILABILITY_DEFAULT_INTERVAL_S = 60.0
+AVAILABILITY_DEFINITION = (
+    "Per sensor, from its spampots.sensor.start, spampots.sensor.heartbeat and spampots.sensor.stop events "
+    "(beats) in the range: first and last beat seen; hours covered = last - first; the heartbeat interval = "
+    "the median spacing of its consecutive heartbeats (60 s if it has fewer than two). Between two consecutive "
+    "beats the sensor is up when they are at most 2.5 x the interval apart, the earlier is not a stop and the "
+    "later is not a start (a start after a gap means it was down until then); any other stretch is a gap, "
+    "and adjacent gap stretches count as one. Hours up: the up stretches; % up: hours up / hours covered; "
+    "gaps: their number; longest gap in minutes. The same rule as spampots.transport.availability.")
+AVAILABILITY_SQL = f"""
+WITH beats AS (
+  SELECT sensor, ts, 'start' AS kind FROM sensor_start
+  UNION ALL SELECT sensor, ts, 'heartbeat' FROM sensor_heartbeat
+  UNION ALL SELECT sensor, ts, 'stop' FROM sensor_stop),
+pairs AS (
+  SELECT sensor, ts, kind, lead(kind) OVER w AS next_kind, epoch(lead(ts) OVER w) - epoch(ts) AS dur
+  FROM beats WINDOW w AS (PARTITION BY sensor ORDER BY ts, kind)),
+rule AS (
+  SELECT sensor, coalesce(median(dur) FILTER (WHERE kind = 'heartbeat' AND next_kind = 'heartbeat' AND dur > 0),
+                          {AVAILABILITY_DEFAULT_INTERVAL_S}) AS interval_s
+  FROM pairs GROUP BY sensor),
+spans AS (
+  SELECT sensor, ts, kind, dur,
+         kind <> 'stop' AND next_kind <> 'start' AND dur <= {AVAILABILITY_TOLERANCE} * interval_s AS up
+  FROM pairs JOIN rule USING (sensor) WHERE dur > 0),
+gaps AS (
+  SELECT sensor, sum(dur) AS gap_s
+  FROM (SELECT *, sum(up::INTEGER) OVER (PARTITION BY sensor ORDER BY ts, kind ROWS UNBOUNDED PRECEDING) AS island
+        FROM spans)
+  WHERE NOT up GROUP BY sensor, island),
+seen AS (SELECT sensor, min(ts) AS first_seen, max(ts) AS last_seen FROM beats GROUP BY sensor)
+SELECT sensor, first_seen, last_seen, (epoch(last_seen) - epoch(first_seen)) / 3600.0 AS hours_covered,
+       coalesce((SELECT sum(dur) FROM spans s WHERE s.sensor = seen.sensor AND up), 0) / 3600.0 AS hours_up,
+       100.0 * coalesce((SELECT sum(dur) FROM spans s WHERE s.sensor = seen.sensor AND up), 0)
+             / nullif(epoch(last_seen) - epoch(first_seen), 0) AS up_pct,
+       (SELECT count(*) FROM gaps g WHERE g.sensor = seen.sensor) AS gaps,
+       coalesce((SELECT max(gap_s) FROM gaps g WHERE g.sensor = seen.sensor), 0) / 60.0 AS longest_gap_min,
+       interval_s
+FROM seen JOIN rule USING (sensor) ORDER BY sensor
+"""
+
+
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class Metric:
@@ -277,6 +324,13 @@ METRICS: list[Metric] = [
         [C("sensor", "Sensor"), C("days", "Days", "int"), C("sessions", "Sessions", "int"),
          C("requests", "Proxy requests", "int"), C("emails", "Emails", "int"),
          C("rcpts", "Recipients", "int"), C("ips", "Source IPs", "int")]),
+    Metric(
+        "availability", "Sensor availability",
+        AVAILABILITY_DEFINITION, AVAILABILITY_SQL,
+        [C("sensor", "Sensor"), C("first_seen", "First seen"), C("last_seen", "Last seen"),
+         C("hours_covered", "Hours covered", "num"), C("hours_up", "Hours up", "num"), C("up_pct", "% up", "pct"),
+         C("gaps", "Gaps", "int"), C("longest_gap_min", "Longest gap (min)", "num"),
+         C("interval_s", "Heartbeat interval (s)", "num")]),
     Metric(
         "target_mx", "Target mail servers",
         "Emails by the mail server the abuser asked the proxy for (target_host of the message's tunnel); "

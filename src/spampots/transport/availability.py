@@ -4,8 +4,9 @@ A sensor emits ``spampots.sensor.start``, then ``spampots.sensor.heartbeat`` eve
 ``heartbeat_interval_s``, and ``spampots.sensor.stop`` on a clean exit. It counts as
 up between two consecutive beats when they are at most ``tolerance * interval``
 apart and no stop/start lies between them; any other stretch is a gap. The same
-rule, in SQL over the lake's ``sensor_heartbeat``/``sensor_start``/``sensor_stop``
-tables, is written out in ``docs/network.md``.
+rule in SQL over the lake's ``sensor_heartbeat``/``sensor_start``/``sensor_stop``
+tables is ``spampots.analysis.metrics.AVAILABILITY_SQL`` (the report's ``availability``
+table; tests/test_analysis_availability.py checks the two agree). Change both together.
 """
 
 from __future__ import annotations
