@@ -101,7 +101,6 @@ class ProxyProtocolSection(_Base):
 
 class StoreSection(_Base):
     fsync: bool = True
-    group_commit_ms: float = 2.0
     segment_max_mb: float = 64.0
     segment_max_age_s: float = 3600.0
 
@@ -344,7 +343,6 @@ trusted = []                # e.g. ["127.0.0.1", "10.0.0.0/8"]: front ends allow
 
 [store]
 fsync = true                # a 250 after DATA is sent only once message and event are fsynced
-group_commit_ms = 2.0
 segment_max_mb = 64
 segment_max_age_s = 3600
 

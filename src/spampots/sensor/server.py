@@ -209,7 +209,6 @@ class Sensor:
         self.recorder = Recorder(
             Path("."),
             self.sensor_id,
-            group_commit_ms=self.cfg.store.group_commit_ms,
             fsync=self.cfg.store.fsync,
             segment_max_bytes=int(self.cfg.store.segment_max_mb * 1024 * 1024),
             segment_max_age_s=self.cfg.store.segment_max_age_s,

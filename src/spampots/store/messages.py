@@ -39,7 +39,7 @@ from typing import Iterator, NamedTuple, Optional, Union
 
 import zstandard
 
-from .segments import check_sensor, fsync_dir, try_lock, write_all
+from .segments import check_sensor, fdatasync, fsync_dir, try_lock, write_all
 
 log = logging.getLogger("spampots.store")
 
@@ -408,7 +408,7 @@ class MessageStore:
             err, self._sync_error = self._sync_error, None
             raise err
         if self._fd is not None and self._dirty:
-            os.fsync(self._fd)
+            fdatasync(self._fd)  # appends only: the size change is flushed too
             self.fsyncs += 1
             self._dirty = False
         while self._dirs_to_sync:

@@ -1,12 +1,15 @@
 """The group-commit writer between the asyncio sensor and the store.
 
 One thread owns the :class:`SegmentWriter` and the :class:`MessageStore`. The
-event loop only appends to a queue (``emit`` never blocks it). The thread takes
-everything queued, lingers up to ``group_commit_ms`` after the oldest item for
-more, then commits the batch:
+event loop only appends to a list under a lock (``emit`` never blocks it).
+Natural group commit: an idle writer takes what is queued at once (no linger);
+whatever queues while it commits forms the next batch. A batch:
 
-1. message bodies into the pack, then one pack fsync;
-2. all event lines (in queue order) in one write, then one segment fsync;
+1. message bodies into the pack, then one pack fdatasync;
+2. all event lines (in queue order) in one write, then one segment fdatasync,
+   but only when the batch holds a message, a flush or a close, or the last
+   segment sync is ``_PLAIN_SYNC_S`` old (plain events need no sync of their
+   own; this bounds their loss in a machine crash);
 3. the futures of the batch are resolved in one ``call_soon_threadsafe``.
 
 Bodies are durable before the event lines that name them are written, so after
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -34,7 +36,9 @@ from .segments import SegmentWriter, recover
 log = logging.getLogger("spampots.store")
 
 _IDLE_TICK_S = 0.5  # how often an idle writer checks segment age
-_EVENT, _DURABLE, _BARRIER, _CLOSE = range(4)  # kinds >= _BARRIER end the linger at once
+_PLAIN_SYNC_S = 0.05  # the longest plain events stay queued, or written but not synced
+_PLAIN_MAX_QUEUED = 1024  # plain events that wake the writer before the tick
+_EVENT, _DURABLE, _BARRIER, _CLOSE = range(4)  # kinds >= _DURABLE need a sync before they resolve
 
 
 class RecorderError(RuntimeError):
@@ -74,7 +78,7 @@ class _SyncWaiter:
 
 
 class _Item:
-    __slots__ = ("kind", "line", "event", "body", "fut", "loop", "waiter", "t", "result", "exc")
+    __slots__ = ("kind", "line", "event", "body", "fut", "loop", "waiter", "result", "exc")
 
     def __init__(
         self,
@@ -89,7 +93,6 @@ class _Item:
     ) -> None:
         self.kind, self.line, self.event, self.body = kind, line, event, body
         self.fut, self.loop, self.waiter = fut, loop, waiter
-        self.t = time.monotonic()
         self.result: Any = None
         self.exc: Optional[BaseException] = None
 
@@ -120,11 +123,16 @@ class Recorder:
     ) -> None:
         self.data_dir = Path(data_dir)
         self.sensor = sensor
-        self._linger = max(0.0, group_commit_ms / 1000.0)
+        # group_commit_ms is accepted for compatibility: natural group commit needs no linger.
         self._fsync = fsync
         self._seg_args = dict(max_bytes=segment_max_bytes, max_age_s=segment_max_age_s)
         self._pack_max = pack_max_bytes
-        self._q: "queue.SimpleQueue[_Item]" = queue.SimpleQueue()
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: list[_Item] = []  # swapped out whole by the writer, under _cond
+        self._urgent = False  # a waited-on item is queued: commit without waiting
+        self._idle = False  # the writer is in a long wait with nothing to write or sync
+        self._accepting = True  # False once the writer has failed what was left queued
+        self._synced_at = 0.0  # monotonic time of the last segment sync (or clean state)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
         self._seg: Optional[SegmentWriter] = None
@@ -190,8 +198,8 @@ class Recorder:
         self._closing = True
         if self._fatal is not None or not self._thread.is_alive():  # type: ignore[union-attr]
             self._resolve([item], self._fatal or RecorderError("writer thread is gone"))
-        else:
-            self._q.put(item)
+        elif not self._enqueue(item):
+            self._resolve([item], RecorderError("recorder closed"))
 
     def __enter__(self) -> "Recorder":
         self.start()
@@ -205,9 +213,23 @@ class Recorder:
     def _put(self, item: _Item) -> None:
         if self._fatal is not None:
             raise RecorderError("recorder writer thread failed") from self._fatal
-        if self._thread is None or self._closing:
+        if self._thread is None or self._closing or not self._enqueue(item):
             raise RecorderError("recorder is not running")
-        self._q.put(item)
+
+    def _enqueue(self, item: _Item) -> bool:
+        with self._cond:
+            if not self._accepting:
+                return False
+            self._pending.append(item)
+            # Wake the writer only for what someone waits on (or a pile-up): plain events
+            # ride with the next message or the periodic tick, saving thread hand-offs.
+            if item.kind >= _DURABLE or len(self._pending) >= _PLAIN_MAX_QUEUED:
+                self._urgent = True
+                self._cond.notify()
+            elif self._idle:  # in its long idle wait: let it shorten the wait
+                self._idle = False
+                self._cond.notify()
+        return True
 
     def emit(self, event: Event) -> None:
         """Queue one event (encoded now, so later changes to the object do not leak in)."""
@@ -249,7 +271,7 @@ class Recorder:
             if part is not None:
                 s.fsyncs += part.fsyncs
                 s.bytes += part.bytes_written
-        s.queued = self._q.qsize()
+        s.queued = len(self._pending)
         return s
 
     # -- the writer thread -----------------------------------------------------------------------
@@ -260,6 +282,7 @@ class Recorder:
             while True:
                 batch = self._take()
                 if not batch:
+                    self._sync_plain()
                     self._rotate()
                     continue
                 self._commit(batch)
@@ -275,35 +298,44 @@ class Recorder:
             self._fail_queued(e)
 
     def _take(self) -> list[_Item]:
+        """Everything queued; waits while nothing urgent is, at most until a plain sync is due."""
+        with self._cond:
+            if not self._urgent:
+                timeout = _IDLE_TICK_S
+                if self._pending or (self._fsync and self._seg is not None and self._seg.dirty):
+                    timeout = max(0.0, min(timeout, self._synced_at + _PLAIN_SYNC_S - time.monotonic()))
+                else:
+                    self._idle = True
+                self._cond.wait(timeout)
+            batch, self._pending, self._urgent, self._idle = self._pending, [], False, False
+        return batch
+
+    def _sync_plain(self) -> None:
+        """Sync plain events written without a sync once they have waited long enough."""
+        seg = self._seg
+        if not self._fsync or seg is None or not seg.dirty:
+            return
+        if time.monotonic() - self._synced_at >= _PLAIN_SYNC_S:
+            self._sync_segment()
+
+    def _sync_segment(self) -> Optional[BaseException]:
         try:
-            batch = [self._q.get(timeout=_IDLE_TICK_S)]
-        except queue.Empty:
-            return []
-        deadline = batch[0].t + self._linger
-        # A flush or close is waited on: do not linger for company.
-        urgent = batch[0].kind >= _BARRIER
-        while True:
-            try:
-                while True:
-                    it = self._q.get_nowait()
-                    batch.append(it)
-                    urgent = urgent or it.kind >= _BARRIER
-            except queue.Empty:
-                pass
-            remaining = deadline - time.monotonic()
-            if urgent or remaining <= 0:
-                return batch
-            try:
-                it = self._q.get(timeout=remaining)
-            except queue.Empty:
-                return batch
-            batch.append(it)
-            urgent = it.kind >= _BARRIER
+            self._seg.sync()  # type: ignore[union-attr]
+        except Exception as e:
+            self._stats.errors += 1
+            log.error("fsync of the event segment failed: %r", e)
+            self._seg.abandon()  # type: ignore[union-attr]  # recover() fixes what it left
+            return e
+        finally:
+            self._synced_at = time.monotonic()
+        return None
 
     def _commit(self, batch: list[_Item]) -> None:
         store, seg, st = self._store, self._seg, self._stats
         assert store is not None and seg is not None
         durable = [it for it in batch if it.kind == _DURABLE]
+        # Only messages, flushes and closes are waited on; plain events ride along.
+        must_sync = self._fsync and any(it.kind >= _DURABLE for it in batch)
         for it in durable:
             try:
                 ev = it.event
@@ -329,8 +361,10 @@ class Recorder:
         if lines:
             try:
                 seg.write(b"".join(lines))
-                if self._fsync:
-                    seg.sync()
+                if must_sync or time.monotonic() - self._synced_at >= _PLAIN_SYNC_S:
+                    if self._fsync:
+                        seg.sync()
+                    self._synced_at = time.monotonic()
             except Exception as e:
                 batch_exc = e
                 st.errors += 1
@@ -340,6 +374,8 @@ class Recorder:
             else:
                 st.events += len(lines)
                 st.messages += sum(1 for it in durable if it.exc is None)
+        if must_sync and not lines and batch_exc is None:
+            batch_exc = self._sync_segment()  # a flush: earlier plain events may be unsynced
         st.batches += 1
         self._resolve([it for it in batch if it.kind != _CLOSE], batch_exc)
 
@@ -377,11 +413,8 @@ class Recorder:
         self._resolve([close], exc)
 
     def _fail_queued(self, exc: BaseException) -> None:
-        left: list[_Item] = []
-        try:
-            while True:
-                left.append(self._q.get_nowait())
-        except queue.Empty:
-            pass
+        with self._cond:
+            self._accepting = False
+            left, self._pending = self._pending, []
         if left:
             self._resolve(left, exc)

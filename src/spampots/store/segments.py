@@ -83,6 +83,10 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
+# Appends change the file size, which fdatasync flushes too; it skips the mtime update.
+fdatasync = getattr(os, "fdatasync", os.fsync)
+
+
 def fsync_dir(path: Path) -> None:
     """Make a create/rename in ``path`` durable (no-op where dirs cannot be opened)."""
     try:
@@ -132,6 +136,11 @@ class SegmentWriter:
         self._dirs_to_sync: list[Path] = []
 
     @property
+    def dirty(self) -> bool:
+        """Lines written since the last sync."""
+        return self._dirty
+
+    @property
     def current(self) -> Optional[Path]:
         """The open segment, or None until the next write opens one."""
         return self._path
@@ -153,7 +162,7 @@ class SegmentWriter:
         if self._fd is None:
             return
         if self._dirty:
-            os.fsync(self._fd)
+            fdatasync(self._fd)
             self.fsyncs += 1
             self._dirty = False
         while self._dirs_to_sync:
