@@ -45,17 +45,32 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
+def add_selection(p: argparse.ArgumentParser) -> None:
+    """Period, sensors and output: the same options for every report-like command."""
+    p.add_argument("--from", dest="day_from", type=_date, metavar="DAY", help="first UTC day (YYYY-MM-DD), inclusive")
+    p.add_argument("--to", dest="day_to", type=_date, metavar="DAY", help="last UTC day (YYYY-MM-DD), inclusive")
+    p.add_argument("--sensor", action="append", default=[], metavar="ID", help="only this sensor (repeatable)")
+    p.add_argument("--format", choices=FORMATS, help="output format (default: from --out's suffix, else terminal)")
+    p.add_argument("--out", type=Path, metavar="PATH", help="write here instead of stdout (csv: a directory gets one file per table)")
+
+
+def output_format(args: argparse.Namespace, prog: str) -> Optional[str]:
+    """The format asked for (or implied by --out); None after telling the user why not."""
+    fmt = args.format or (_SUFFIX.get(args.out.suffix.lower()) if args.out else None) or \
+        ("csv" if args.out and args.out.is_dir() else "terminal")
+    if fmt == "html" and not args.out:
+        print(f"{prog}: --format html needs --out FILE", file=sys.stderr)
+        return None
+    return fmt
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from . import FIRST_PER
 
     p = subparsers.add_parser("report", help="the talk's tables and more, from the stored events",
                               description="Compact closed segments, then report on lake + open segments.")
     _common(p)
-    p.add_argument("--from", dest="day_from", type=_date, metavar="DAY", help="first UTC day (YYYY-MM-DD), inclusive")
-    p.add_argument("--to", dest="day_to", type=_date, metavar="DAY", help="last UTC day (YYYY-MM-DD), inclusive")
-    p.add_argument("--sensor", action="append", default=[], metavar="ID", help="only this sensor (repeatable)")
-    p.add_argument("--format", choices=FORMATS, help="output format (default: from --out's suffix, else terminal)")
-    p.add_argument("--out", type=Path, metavar="PATH", help="write here instead of stdout (csv: a directory gets one file per table)")
+    add_selection(p)
     p.add_argument("--charts", type=Path, metavar="DIR", help="also write every chart as SVG and PNG into DIR")
     p.add_argument("--first-per", choices=FIRST_PER, default="connection",
                    help="outbound attempts: count the first request per connection (default), per source IP, "
@@ -112,10 +127,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not data_dir.is_dir():
         print(f"spampots report: no data directory {data_dir}", file=sys.stderr)
         return 2
-    fmt = args.format or (_SUFFIX.get(args.out.suffix.lower()) if args.out else None) or \
-        ("csv" if args.out and args.out.is_dir() else "terminal")
-    if fmt == "html" and not args.out:
-        print("spampots report: --format html needs --out FILE", file=sys.stderr)
+    fmt = output_format(args, "spampots report")
+    if fmt is None:
         return 2
     try:
         extra = [p for p in [data_dir / "ports.toml"] if p.exists()] + list(args.ports)

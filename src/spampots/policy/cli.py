@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 # Shared with `spampots report`: the same options mean the same thing.
-from spampots.analysis.cli import _SUFFIX, FORMATS, _common, _data_dir, _date
+from spampots.analysis.cli import _common, _data_dir, add_selection, output_format
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,12 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        description="Prevented: tunnels to 25/TCP and open-relay use of our port 25. Not prevented: "
                                    "tunnels to 587/465/other ports, web GETs, authenticated submission.")
     _common(q)
-    q.add_argument("--from", dest="day_from", type=_date, metavar="DAY", help="first UTC day (YYYY-MM-DD), inclusive")
-    q.add_argument("--to", dest="day_to", type=_date, metavar="DAY", help="last UTC day (YYYY-MM-DD), inclusive")
-    q.add_argument("--sensor", action="append", default=[], metavar="ID", help="only this sensor (repeatable)")
-    q.add_argument("--format", choices=FORMATS, help="output format (default: from --out's suffix, else terminal)")
-    q.add_argument("--out", type=Path, metavar="PATH",
-                   help="write here instead of stdout (csv: a directory gets one file per table)")
+    add_selection(q)
     q.add_argument("--top", type=int, default=20, metavar="N", help="rows of the per-country/AS tables (default 20)")
     q.add_argument("--asn-db", type=Path, metavar="FILE", help="AS database: MaxMind/IPinfo .mmdb or iptoasn .tsv[.gz]")
     q.add_argument("--locale", choices=("en", "pt"), default="en", help="number style: 1,234.56 or 1.234,56")
@@ -43,10 +38,8 @@ def cmd_port25(args: argparse.Namespace) -> int:
     if not data_dir.is_dir():
         print(f"spampots policy port25: no data directory {data_dir}", file=sys.stderr)
         return 2
-    fmt = args.format or (_SUFFIX.get(args.out.suffix.lower()) if args.out else None) or \
-        ("csv" if args.out and args.out.is_dir() else "terminal")
-    if fmt == "html" and not args.out:
-        print("spampots policy port25: --format html needs --out FILE", file=sys.stderr)
+    fmt = output_format(args, "spampots policy port25")
+    if fmt is None:
         return 2
     lake = Lake(data_dir)
     if not args.no_compact:
