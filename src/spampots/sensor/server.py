@@ -14,6 +14,7 @@ import ssl
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
+from email.utils import formatdate
 from pathlib import Path
 from typing import Optional
 
@@ -88,6 +89,7 @@ class Sensor:
         self.started_at = time.time()
         self._session_prefix = os.urandom(4).hex()
         self._session_seq = 0
+        self._date_second, self._date_text = -1, ""
         self._stop = asyncio.Event()
         self.persona: Persona = personas.choose(
             self.sensor_id,
@@ -125,6 +127,13 @@ class Sensor:
         if s in self.sessions:
             self.sessions.discard(s)
             self.gate.release(s.src_ip)
+
+    def date_header(self) -> str:
+        """RFC 5322 local date for banners, formatted once per second (hot path: every session)."""
+        second = int(time.time())
+        if second != self._date_second:
+            self._date_second, self._date_text = second, formatdate(second, localtime=True)
+        return self._date_text
 
     def count_event(self, ev: Event) -> None:
         self.counters[name_of(ev)] += 1

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from email.utils import formatdate
 from typing import TYPE_CHECKING, Optional
 
 from ..events import Event, LimitHit, SessionClose, SessionOpen, SmtpAuth, name_of, stamp
@@ -167,7 +166,7 @@ class Session(asyncio.Protocol):
         self.ctx = dataclasses.replace(
             lst.context, src_ip=self.src_ip, src_port=self.src_port, local_ip=self.local_ip,
             # Banners and HTTP Date headers show the time; a missing one would stand out.
-            now=formatdate(localtime=True),
+            now=self.sensor.date_header(),
         )
         auth = self.sensor.auth_policy(self.src_ip) if lst.kind in SUBMISSION_KINDS else None
         self.handler = listener_handler(self.ctx, kind=lst.kind, auth=auth)
