@@ -281,6 +281,44 @@ def test_show_and_export_round_trip(sensor, tmp_path):
     assert r.returncode == 1 and b"no message" in r.stderr
 
 
+def test_report_campaigns_and_export_by_campaign(sensor, tmp_path):
+    """Subjects that differ only in digits, spacing and case are one campaign; the report's hash
+    exports exactly its messages, through SOCKS5 as well as direct."""
+    import json
+    same = [make_message(700, subject="Win 100 USD today, Zq"), make_message(701, subject="win  2500 usd TODAY, zq"),
+            make_message(702, subject="WIN 7 usd today,\tZQ")]
+    other = [make_message(703, subject="Win a car today, zq")]
+    with smtplib.SMTP("127.0.0.1", sensor.port(25), timeout=10) as s:
+        send_messages(s, same[:2] + other, ["a@victim.example", "b@victim.example"])
+    with ProxySMTP(f"socks5://127.0.0.1:{sensor.port(1080)}", "mx.campaign.example", 25, timeout=10) as s:
+        send_messages(s, same[2:], ["c@victim.example"])
+    shas = {hashlib.sha256(m).hexdigest(): m for m in same + other}
+    _wait(sensor, "spampots.smtp.message", lambda e: e.sha256 in shas and len(
+        [x for x in _messages(sensor) if x.sha256 in shas]) == 4)
+    cli = [sys.executable, "-m", "spampots.cli"]
+    dd = ["--data-dir", str(sensor.data_dir)]
+    r = subprocess.run([*cli, "report", "--format", "json", "--no-compact", "--top", "1000", *dd],
+                       capture_output=True, check=True)
+    table = json.loads(r.stdout)["tables"]["campaigns"]
+    rows = {row["subject"]: row for row in table["rows"]}
+    row = rows["WIN 7 usd today,\tZQ"]  # the smallest subject of the three is the example
+    assert (row["emails"], row["rcpts"], row["bodies"], row["ips"]) == (3, 5, 3, 1)
+    assert rows["Win a car today, zq"]["emails"] == 1
+    key = row["campaign"]
+    assert len(key) == 16 and key != rows["Win a car today, zq"]["campaign"]
+    r = subprocess.run([*cli, "export", "--format", "eml", "--out", str(tmp_path / "c"), "--campaign", key[:8], *dd],
+                       capture_output=True)
+    assert r.returncode == 0, r.stderr
+    got = {p.name: p.read_bytes() for p in (tmp_path / "c").iterdir()}
+    assert got == {f"{hashlib.sha256(m).hexdigest()}.eml": m for m in same}
+    # filters combine; bad and unknown keys are clear errors
+    r = subprocess.run([*cli, "export", "--out", str(tmp_path / "d"), "--campaign", key, "--src-ip", "127.9.9.9", *dd],
+                       capture_output=True)
+    assert r.returncode == 1 and b"no stored message matches" in r.stderr
+    r = subprocess.run([*cli, "export", "--out", str(tmp_path / "e"), "--campaign", "xyz", *dd], capture_output=True)
+    assert r.returncode == 2 and b"4 to 16 hex digits" in r.stderr
+
+
 def test_personas_differ_between_sensors_and_are_stable():
     from spampots.protocols.personas import choose
     ids = [f"sensor-{i}" for i in range(12)]

@@ -122,9 +122,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _select(events: dict[str, object], args: argparse.Namespace) -> list[str]:
+def _select(events: dict[str, object], args: argparse.Namespace,
+            only: Optional[set[str]] = None) -> list[str]:
     shas = []
     for sha, ev in events.items():
+        if only is not None and sha not in only:
+            continue
         if args.sensor and getattr(ev, "sensor") != args.sensor:
             continue
         if args.day and not getattr(ev, "ts").startswith(args.day):
@@ -161,9 +164,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .store.messages import MessageStore
 
     data_dir = _data_dir(args)
+    if not data_dir.is_dir():
+        print(f"spampots export: no data directory {data_dir}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    selectors = args.sha256 or args.sensor or args.day or args.src_ip or args.all
+    selectors = args.sha256 or args.sensor or args.day or args.src_ip or args.campaign or args.all
     if not selectors and not sys.stdin.isatty():
         data = sys.stdin.buffer.read()
         shas = _shas_from_text(data)
@@ -174,21 +180,35 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(f"exported 1 message to {out}", file=sys.stderr)
             return 0
     elif not selectors:
-        print("spampots export: say what to export: --sha256, --sensor, --day, --src-ip, --all, "
+        print("spampots export: say what to export: --sha256, --sensor, --day, --src-ip, --campaign, --all, "
               "or pipe sha256 lines / events / a message on stdin", file=sys.stderr)
         return 2
-    else:
-        events = _message_events(data_dir)
-        shas = list(args.sha256) if args.sha256 else _select(events, args)
     events = _message_events(data_dir)
+    if selectors and args.sha256:
+        shas = list(args.sha256)
+    elif selectors:
+        only = None
+        if args.campaign:
+            from .analysis.campaign import campaign_shas, check_key
+            try:
+                keys = [check_key(k) for k in args.campaign]
+            except ValueError as e:
+                print(f"spampots export: {e}", file=sys.stderr)
+                return 2
+            only = campaign_shas(data_dir, keys)
+        shas = _select(events, args, only)
+        if not shas:
+            print("spampots export: no stored message matches the selection", file=sys.stderr)
+            return 1
     store = MessageStore(data_dir, readonly=True)
     try:
         missing = [s for s in shas if s not in store]
         if missing:
             print(f"spampots export: {len(missing)} message(s) not in the store, e.g. {missing[0]}",
                   file=sys.stderr)
+        wanted = set(shas)
         n = export_messages(store, [s for s in shas if s in store], args.format, out,
-                            events={s: e for s, e in events.items() if s in set(shas)})  # type: ignore[misc]
+                            events={s: e for s, e in events.items() if s in wanted})  # type: ignore[misc]
     finally:
         store.close()
     print(f"exported {n} message(s) to {out}", file=sys.stderr)
@@ -256,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--sensor", help="only messages captured by this sensor")
     x.add_argument("--day", help="only messages of this UTC day (YYYY-MM-DD)")
     x.add_argument("--src-ip", help="only messages from this source address")
+    x.add_argument("--campaign", action="append", default=[], metavar="HASH",
+                   help="only messages of this campaign: its hash (or a prefix of 4+ hex digits) from the "
+                        "report's Campaigns table; repeatable")
     x.add_argument("--all", action="store_true", help="every message in the store")
     _add_data_dir(x)
     x.set_defaults(func=cmd_export)

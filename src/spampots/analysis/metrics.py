@@ -371,6 +371,25 @@ METRICS: list[Metric] = [
         [C("subject", "Subject"), C("emails", "Emails", "int"), C("pct", "%", "pct"),
          C("first_day", "First", "date"), C("last_day", "Last", "date")], sampled=True),
     Metric(
+        "campaigns", "Campaigns",
+        "A campaign is the emails whose Subject has the same template: whitespace runs collapsed and "
+        "trimmed, digit runs replaced by #, ASCII letters lower-cased (macro subject_template); its hash is "
+        "the first 16 hex digits of the template's md5 (macro campaign_key). Emails without a subject belong "
+        "to no campaign. For each: an example subject (the smallest), emails, recipients, source IPs, "
+        "distinct message bodies (sha256), sensors, first and last day. "
+        "`spampots export --campaign HASH` writes a campaign's messages.",
+        """WITH c AS (SELECT campaign_key(subject) AS campaign, subject, n_rcpts, ip_key, sha256, sensor, day
+                      FROM smtp_sample)
+           SELECT campaign, min(subject) AS subject, count(*) AS emails, sum(n_rcpts) AS rcpts,
+                  count(DISTINCT ip_key) AS ips, count(DISTINCT sha256) AS bodies,
+                  count(DISTINCT sensor) AS sensors, min(day) AS first_day, max(day) AS last_day
+           FROM c WHERE campaign IS NOT NULL
+           GROUP BY campaign ORDER BY emails DESC, campaign LIMIT {top}""",
+        [C("campaign", "Campaign"), C("subject", "Example subject"), C("emails", "Emails", "int"),
+         C("rcpts", "Recipients", "int"), C("ips", "Source IPs", "int"), C("bodies", "Bodies", "int"),
+         C("sensors", "Sensors", "int"), C("first_day", "First", "date"), C("last_day", "Last", "date")],
+        sampled=True),
+    Metric(
         "credentials", "Credentials tried",
         "Username/password pairs offered to the SOCKS5 (RFC 1929) and HTTP proxy authentication "
         "(proxy.request) and to SMTP AUTH (smtp.auth), with attempts and distinct source IPs.",

@@ -81,6 +81,10 @@ def json_columns() -> dict[str, str]:
 
 # SQL macros shared by compaction, open-segment views and queries.
 #  norm_ip: IPv4-mapped IPv6 (::ffff:a.b.c.d, as a dual-stack socket reports) becomes a.b.c.d.
+#  campaign_key: a campaign is the messages whose Subject has the same template: whitespace runs
+#           collapsed and trimmed, digit runs -> '#', ASCII letters lower-cased; the key is the first 16
+#           hex digits of the template's md5. No subject (or a blank one): no campaign. Computed at query
+#           time, never stored, so the definition can change without rebuilding the lake.
 #  ip_key:  IPv4 -> its 32-bit value (reversible, see ip_str); anything else -> a stable
 #           64-bit md5 prefix with the top bit set, so it never collides with IPv4.
 #           Grouping by this integer is ~3x cheaper than by the string.
@@ -100,6 +104,11 @@ CREATE OR REPLACE MACRO ip_str(k) AS
 CREATE OR REPLACE MACRO proto_class(p) AS
   CASE WHEN p IN ('socks4', 'socks4a', 'socks5') THEN 'SOCKS' WHEN p = 'http' THEN 'HTTP'
        WHEN p IS NULL OR p = '' THEN 'SMTP' ELSE upper(p) END;
+CREATE OR REPLACE MACRO subject_template(s) AS
+  translate(regexp_replace(trim(regexp_replace(s, '[ \t\r\n\f\v]+', ' ', 'g')), '[0-9]+', '#', 'g'),
+            'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz');
+CREATE OR REPLACE MACRO campaign_key(s) AS
+  CASE WHEN subject_template(s) <> '' THEN substr(md5(subject_template(s)), 1, 16) END;
 CREATE OR REPLACE MACRO email_domain(a) AS
   lower(CASE WHEN a LIKE '%@%' THEN rtrim(split_part(a, '@', -1), '> ') ELSE '' END);
 """
