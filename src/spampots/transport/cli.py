@@ -27,7 +27,8 @@ def _nats_options(p: argparse.ArgumentParser) -> None:
                    help="NATS server URL, e.g. nats://127.0.0.1:4222 (repeatable)")
     g.add_argument("--user", help="user name (with --password)")
     g.add_argument("--password", help="password")
-    g.add_argument("--creds", help="NATS .creds file (JWT + nkey)")
+    g.add_argument("--creds", help="NATS .creds file (user JWT + nkey seed, decentralised auth)")
+    g.add_argument("--nkey", help="nkey seed file (a user seed, 'SU...')")
     g.add_argument("--stream", help="stream name (default SPAMPOTS)")
     g.add_argument("--subject-prefix", help="subject prefix (default spampots)")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
@@ -47,7 +48,7 @@ def nats_config(args: argparse.Namespace) -> NatsSection:
             raise ValueError(f"{args.config}: {e}") from None
     table = dict((raw.get("transport") or {}).get("nats") or raw.get("nats") or {})
     for key, val in (("servers", args.server or None), ("user", args.user), ("password", args.password),
-                     ("creds_file", args.creds), ("stream", args.stream),
+                     ("creds_file", args.creds), ("nkey_seed_file", args.nkey), ("stream", args.stream),
                      ("subject_prefix", args.subject_prefix)):
         if val is not None:
             table[key] = val

@@ -151,6 +151,8 @@ class Collector:
         self._stale = False
         self._prefix_len = len(cfg.subject_prefix.split("."))
         self._problem = ""
+        self._ack_wait = 0.0  # the consumer's, read at every connection
+        self._warned_ack_wait = False
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -235,7 +237,7 @@ class Collector:
             js = nc.jetstream(timeout=self.cfg.ack_timeout_s)
             try:
                 psub = await js.pull_subscribe_bind(self.durable, stream=self.cfg.stream)
-                await psub.consumer_info()
+                info = await psub.consumer_info()
             except Exception as e:
                 self.stats.failures += 1
                 self._say("no-consumer", logging.ERROR, "consumer %s on stream %s is not usable (%s): "
@@ -244,6 +246,7 @@ class Collector:
             log.info("collecting stream %s as %s into %s", self.cfg.stream, self.durable, self.data_dir)
             self.stats.state = "collecting"
             self._obs = {}
+            self._ack_wait = float(getattr(info.config, "ack_wait", None) or 0.0)
             await self._consume(nc, js, psub, stop, backoff)
             return 0.0
         except Exception as e:
@@ -274,9 +277,21 @@ class Collector:
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
                 self._rotate()
                 continue
+            t0 = time.monotonic()
             await self.handle(js, msgs)
+            self._check_ack_wait(time.monotonic() - t0, len(msgs))
             backoff.reset()
             self._rotate()
+
+    def _check_ack_wait(self, took: float, n: int) -> None:
+        """A batch that outlasts the consumer's ack_wait is redelivered while being stored:
+        harmless (the seen table drops the copies) but wasteful; say so once."""
+        if self._ack_wait and took > 0.8 * self._ack_wait and not self._warned_ack_wait:
+            self._warned_ack_wait = True
+            log.warning("a batch of %d messages took %.1f s to store, close to the consumer's ack_wait "
+                        "of %g s: messages are redelivered meanwhile (deduplicated, but wasted work); "
+                        "lower batch_size or raise `spampots network init --ack-wait-s`",
+                        n, took, self._ack_wait)
 
     def _rotate(self) -> None:
         for w in self._writers.values():

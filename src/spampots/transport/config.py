@@ -12,6 +12,8 @@ import os
 import re
 import msgspec
 
+from . import credentials
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # JetStream stream / consumer / bucket names
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+$")  # one subject token, no wildcards or dots
 _SCHEMES = ("nats", "tls", "ws", "wss")
@@ -22,8 +24,8 @@ class NatsSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Credentials: at most one of user/password, an nkey seed file, a creds (JWT) file.
     user: str = ""
     password: str = ""
-    nkey_seed_file: str = ""  # needs the `nkeys` package
-    creds_file: str = ""  # needs the `nkeys` package
+    nkey_seed_file: str = ""  # a user nkey seed ("SU..."); the server lists the public key
+    creds_file: str = ""  # decentralised auth: user JWT + nkey seed, as `nsc` writes it
     # TLS: a tls:// server, or any of these, turns it on; cert and key go together (mutual TLS).
     tls_ca: str = ""
     tls_cert: str = ""
@@ -70,10 +72,17 @@ class NatsSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             err.append(f"{k}: use one kind of credentials, not {' and '.join(kinds)}")
         if bool(self.tls_cert) != bool(self.tls_key):
             err.append(f"{k}.tls_cert and {k}.tls_key go together")
-        for key in ("nkey_seed_file", "creds_file", "tls_ca", "tls_cert", "tls_key"):
+        # Read (and kept in memory) now: a sensor may not be able to read them after dropping root.
+        for key in ("nkey_seed_file", "creds_file"):
             path = getattr(self, key)
-            if path and not os.path.isfile(path):
-                err.append(f"{k}.{key}: no such file {path!r}")
+            problem = credentials.check_file(key, path) if path else None
+            if problem:
+                err.append(f"{k}.{key}: {problem}")
+        missing = [key for key in ("tls_ca", "tls_cert", "tls_key")
+                   if getattr(self, key) and not os.path.isfile(getattr(self, key))]
+        err += [f"{k}.{key}: no such file {getattr(self, key)!r}" for key in missing]
+        if not missing and bool(self.tls_cert) == bool(self.tls_key) and (self.tls_ca or self.tls_cert):
+            err += credentials.check_tls(self.tls_ca, self.tls_cert, self.tls_key)
         if not _NAME_RE.match(self.stream):
             err.append(f"{k}.stream: use 1-64 letters, digits, '_' or '-', not {self.stream!r}")
         tokens = self.subject_prefix.split(".")

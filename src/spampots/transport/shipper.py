@@ -97,7 +97,7 @@ class Shipper:
         self._tail: Optional[SegmentTail] = None
         self._last_hb: Optional[Heartbeat] = None
         self._last_ts = ""
-        self._problem: tuple[str, float] = ("", 0.0)
+        self._logged: dict[str, float] = {}  # problem state -> when it was last logged
         self._async_error: Optional[Exception] = None
         self._subj_events = cfg.subject(self.sensor, "events")
         self._subj_msgs = cfg.subject(self.sensor, "messages")
@@ -143,7 +143,7 @@ class Shipper:
         log.info("connected to NATS %s: shipping sensor %s from %s+%d",
                  nc.connected_url.netloc if nc.connected_url else "?", self.sensor,
                  self._cursor.segment or "the start", self._cursor.offset)
-        self._problem = ("", 0.0)
+        self._logged.clear()
         self.stats.state = "shipping"
         try:
             await self._ship(nc, stop, backoff)
@@ -176,12 +176,14 @@ class Shipper:
         self._async_error = e
 
     def _report(self, state: str, level: int, fmt: str, *args: Any) -> None:
-        """Log a problem once when it starts, then every few minutes while it lasts."""
+        """Log a problem once when it starts, then every few minutes while it lasts. Each kind
+        on its own clock: a broker that refuses a client certificate fails some attempts in
+        the handshake and resets others, which is one problem, not a new one each time."""
         self.stats.state = state
         now = time.monotonic()
-        if self._problem[0] != state or now - self._problem[1] >= _REPEAT_LOG_S:
+        if now - self._logged.get(state, -_REPEAT_LOG_S) >= _REPEAT_LOG_S:
             log.log(level, fmt, *args)
-            self._problem = (state, now)
+            self._logged[state] = now
 
     # -- shipping --------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from typing import Awaitable, Callable, Any, Optional
 import msgspec
 import zstandard
 
+from . import credentials
 from .config import NatsSection
 
 log = logging.getLogger("spampots.transport")
@@ -99,15 +100,13 @@ def _tls_context(cfg: NatsSection) -> Optional[ssl.SSLContext]:
     wants = cfg.tls_ca or cfg.tls_cert or any(s.startswith(("tls://", "wss://")) for s in cfg.servers)
     if not wants:
         return None
-    ctx = ssl.create_default_context(cafile=cfg.tls_ca or None)
-    if cfg.tls_cert:
-        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-    return ctx
+    return credentials.tls_context(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
 
 
-def connect_options(cfg: NatsSection, name: str) -> dict[str, Any]:
+def connect_options(cfg: NatsSection, name: str, notes: Optional[list[str]] = None) -> dict[str, Any]:
     """nats.connect keyword arguments. We own reconnection (allow_reconnect=False): a lost
-    connection ends the shipping/collecting round, which restarts from durable state."""
+    connection ends the shipping/collecting round, which restarts from durable state.
+    ``notes`` receives a line per credential file used from the copy read at start."""
     opts: dict[str, Any] = dict(
         servers=list(cfg.servers), name=name, allow_reconnect=False, max_reconnect_attempts=1,
         reconnect_time_wait=0.2, connect_timeout=cfg.connect_timeout_s, ping_interval=10,
@@ -115,10 +114,21 @@ def connect_options(cfg: NatsSection, name: str) -> dict[str, Any]:
     )
     if cfg.user:
         opts.update(user=cfg.user, password=cfg.password)
-    if cfg.nkey_seed_file:
-        opts["nkeys_seed"] = cfg.nkey_seed_file
-    if cfg.creds_file:
-        opts["user_credentials"] = cfg.creds_file
+    # In memory, not file paths: nats-py would re-read the files on every connection,
+    # which a sensor that dropped root may no longer do (see credentials.py).
+    for key in ("nkey_seed_file", "creds_file"):
+        path = getattr(cfg, key)
+        if not path:
+            continue
+        secret = credentials.load_secret(path, key)
+        if secret.note and notes is not None:
+            notes.append(secret.note)
+        if key == "nkey_seed_file":
+            opts["nkeys_seed_str"] = secret.value
+        else:
+            from nats.aio.client import RawCredentials  # nats-py >= 2.7
+
+            opts["user_credentials"] = RawCredentials(secret.value)
     tls = _tls_context(cfg)
     if tls is not None:
         opts["tls"] = tls
@@ -141,8 +151,13 @@ async def connect(cfg: NatsSection, name: str, on_error: Optional[Any] = None) -
         if on_error is not None:
             on_error(e)
 
+    notes: list[str] = []
     try:
-        opts = connect_options(cfg, name)
+        opts = connect_options(cfg, name, notes)
+    except credentials.CredentialError as e:
+        raise AuthFailed(str(e)) from None
+    except ImportError as e:
+        raise AuthFailed(f"nkey and .creds authentication need nats-py >= 2.7 ({e})") from None
     except (OSError, ssl.SSLError) as e:
         raise TlsFailed(f"cannot load TLS files: {e}") from None
     budget = (cfg.connect_timeout_s + 0.5) * 2 * len(cfg.servers) + 2
@@ -155,7 +170,7 @@ async def connect(cfg: NatsSection, name: str, on_error: Optional[Any] = None) -
             if isinstance(err, ssl.SSLError):
                 raise TlsFailed(f"TLS: {getattr(err, 'verify_message', '') or err}") from None
             if is_auth_error(err):
-                raise AuthFailed(str(err) or type(err).__name__) from None
+                raise AuthFailed("; ".join([str(err) or type(err).__name__, *notes])) from None
         cause = seen[-1] if seen else e
         raise ConnectionError(f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__) from None
 
