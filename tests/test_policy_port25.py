@@ -160,8 +160,16 @@ def test_cli_formats(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[s
                         "--out", str(out / "p.md")]) == 0
     md = (out / "p.md").read_text()
     assert "100.00" in md and "relied on outbound 25/TCP" in md
+    assert md.startswith("# spampots policy port25\n")
     assert policy_main(["policy", "port25", "--data-dir", str(data), "--out", str(out / "p.html")]) == 0
-    assert "Per month (trend)" in (out / "p.html").read_text()
+    page = (out / "p.html").read_text()
+    assert "Per month (trend)" in page and "<title>spampots policy port25</title>" in page
+    assert "<h1>spampots policy port25</h1>" in page and "<h1>spampots report" not in page
+    # the stacked chart, inline SVG placed after the per-month table: months as text, both series
+    chart = page[page.index('<figure id="chart-port25_month"><svg'):]
+    assert page.index('id="port25_by_month"') < page.index("chart-port25_month")
+    chart = chart[: chart.index("</figure>")]
+    assert "2026-01" in chart and "2026-02" in chart and "not prevented" in chart and "<script" not in chart
     assert policy_main(["policy", "port25", "--data-dir", str(data), "--format", "csv",
                         "--out", str(out / "csv")]) == 0
     assert (out / "csv" / "port25_by_protocol.csv").read_text().splitlines()[1].startswith("HTTP,1,1,50.0")

@@ -120,11 +120,17 @@ def _md_table(header: list[str], rows: list[list[str]], align: list[str]) -> str
     return "\n".join(lines)
 
 
+def title(report: Report) -> str:
+    """The page title: report.meta["title"] (e.g. "spampots policy port25"), else "spampots report"."""
+    return str(report.meta.get("title") or "spampots report")
+
+
 def markdown(report: Report, *, locale: str = "en", detail: bool = False) -> str:
-    out = ["# spampots report", ""]
+    out = [f"# {md_escape(title(report))}", ""]
     meta = report.meta
-    out.append(f"Generated {meta.get('generated', '')}; enrichment: {html.escape(str(meta.get('enrichment', '')))}; "
-               f"outbound counting: first per {meta.get('first_per', '')}.")
+    counting = f"; outbound counting: first per {meta['first_per']}" if meta.get("first_per") else ""
+    out.append(f"Generated {meta.get('generated', '')}; enrichment: {html.escape(str(meta.get('enrichment', '')))}"
+               f"{counting}.")
     if meta.get("filters"):
         out.append(f"Filters: {md_escape(meta['filters'])}.")
     out.append("")
@@ -276,11 +282,11 @@ def to_html(report: Report, *, locale: str = "en", charts: dict[str, str] | None
     charts = charts or {}
     chart_after = chart_after or {}
     meta = report.meta
-    body = ["<h1>spampots report</h1>",
+    body = [f"<h1>{_h(title(report))}</h1>",
             f'<p class="meta">Generated {_h(meta.get("generated", ""))} &middot; data: {_h(meta.get("data_dir", ""))}'
-            f' &middot; enrichment: {_h(meta.get("enrichment", ""))} &middot; outbound counting: first per '
-            f'{_h(meta.get("first_per", ""))}' + (f' &middot; filters: {_h(meta["filters"])}' if meta.get("filters")
-                                                 else "") + "</p>"]
+            f' &middot; enrichment: {_h(meta.get("enrichment", ""))}'
+            + (f' &middot; outbound counting: first per {_h(meta["first_per"])}' if meta.get("first_per") else "")
+            + (f' &middot; filters: {_h(meta["filters"])}' if meta.get("filters") else "") + "</p>"]
     body.append("<nav><ul>" + "".join(f'<li><a href="#{_h(r.name)}">{_h(r.title)}</a></li>'
                                       for r in report.results) + "</ul></nav>")
     for r in report.results:
@@ -296,7 +302,7 @@ def to_html(report: Report, *, locale: str = "en", charts: dict[str, str] | None
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            "<title>spampots report</title><style>" + _CSS + "</style></head><body>\n"
+            f"<title>{_h(title(report))}</title><style>" + _CSS + "</style></head><body>\n"
             + "\n".join(body) + "\n</body></html>\n")
 
 

@@ -219,5 +219,5 @@ def run(con: duckdb.DuckDBPyConnection, *, enricher: Enricher | None = None, top
     results.insert(0, Result("port25_statement", "In one sentence", STATEMENT_DEF,
                              [Column("statement", "Summary")], [(text,)], layout="vertical"))
     meta = {"generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "enrichment": enricher.source if enricher else "none", "first_per": "n/a", "statement": text}
+            "enrichment": enricher.source if enricher else "none", "statement": text}
     return Report(results, meta)
