@@ -307,6 +307,32 @@ def test_ip_echo_services_show_the_proxy_address():
     assert (s3, b3) == (204, b"")
 
 
+def test_httpbin_echo_endpoints_answer_as_httpbin_does():
+    """Proxy checkers judge a proxy by httpbin's JSON echo: origin = the proxy, headers as
+    forwarded (Proxy-* dropped, names canonical), args from the query string."""
+    import json
+    req = (b"GET http://httpbin.org/get?a=1&b=2&b=3&empty= HTTP/1.1\r\nHost: httpbin.org\r\n"
+           b"user-agent: checker/2\r\nAccept: */*\r\nProxy-Authorization: Basic dTpw\r\n\r\n"
+           b"GET http://httpbin.org/headers HTTP/1.1\r\nHost: httpbin.org\r\nX-Test: a\r\nX-Test: b\r\n\r\n"
+           b"POST http://httpbin.org/anything/x HTTP/1.1\r\nHost: httpbin.org\r\nContent-Length: 3\r\n\r\nabc"
+           b"POST http://httpbin.org/get HTTP/1.1\r\nHost: httpbin.org\r\nContent-Length: 0\r\n\r\n"
+           b"GET http://httpbin.org/ip HTTP/1.1\r\nHost: httpbin.org\r\n\r\n")
+    (s1, h1, b1), (s2, _, b2), (s3, _, b3), (s4, _, _), (s5, _, b5) = responses(wire(server().receive(req)))
+    assert (s1, s2, s3, s4, s5) == (200, 200, 200, 405, 200)
+    assert h1["content-type"] == "application/json" and h1["server"] == "gunicorn/19.9.0"
+    got = json.loads(b1)
+    assert got["args"] == {"a": "1", "b": ["2", "3"], "empty": ""}
+    assert got["origin"] == "192.0.2.1" and got["url"] == "http://httpbin.org/get?a=1&b=2&b=3&empty="
+    assert {k: v for k, v in got["headers"].items() if k != "X-Amzn-Trace-Id"} == {
+        "Host": "httpbin.org", "User-Agent": "checker/2", "Accept": "*/*"}
+    assert got["headers"]["X-Amzn-Trace-Id"].startswith("Root=1-")
+    assert b1.startswith(b'{\n  "args": {\n')  # httpbin's own layout
+    assert json.loads(b2)["headers"]["X-Test"] == "a,b"
+    third = json.loads(b3)
+    assert third["method"] == "POST" and third["url"] == "http://httpbin.org/anything/x"
+    assert json.loads(b5) == {"origin": "192.0.2.1"}
+
+
 @pytest.mark.parametrize("judge", ["azenv", "plain", "table"])
 def test_judge_page_echoes_headers_and_proxy_address(judge):
     req = (b"GET http://judge.example.net/azenv.php HTTP/1.1\r\nHost: judge.example.net\r\n"

@@ -70,6 +70,20 @@ def test_curl_http_proxy_absolute_get(sensor):
         assert hits[0].proxy == "http" and hits[0].command == "get"
 
 
+@pytest.mark.parametrize("via", ["--proxy", "--socks5-hostname"])
+def test_curl_httpbin_judge_sees_the_proxy_as_origin(sensor, via):
+    """A proxy checker's httpbin judge through each proxy kind: the JSON names the proxy as the
+    origin and shows no client address or proxy header, as an elite proxy would."""
+    import json
+    proxy = f"http://127.0.0.1:{sensor.port(8080)}" if via == "--proxy" else f"127.0.0.1:{sensor.port(1080)}"
+    r = curl(via, proxy, "-H", "X-Check: 42", "http://httpbin.org/get?check=1")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["origin"] == "127.0.0.1" and got["args"] == {"check": "1"}
+    assert got["headers"]["X-Check"] == "42" and got["headers"]["Host"] == "httpbin.org"
+    assert not [k for k in got["headers"] if k.lower().startswith(("proxy-", "x-forwarded", "via"))]
+
+
 def test_curl_http_proxytunnel_and_auth(sensor):
     r = curl("-p", "--proxy", f"http://127.0.0.1:{sensor.port(3128)}", "--proxy-user", "bob:s3cret",
              "-D", "-", "http://tunnel.example.com/index.html")

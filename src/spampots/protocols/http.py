@@ -31,17 +31,19 @@ import datetime as _dt
 import hashlib
 import html
 import ipaddress
+import json
 import re
 import zlib
 from dataclasses import dataclass, field
 from email.utils import format_datetime, parsedate_to_datetime
 from http import HTTPStatus
 from typing import Optional
+from urllib.parse import parse_qs
 
 from ..events import Event, HttpRequest, ProxyRequest
 from .base import MAIL_PORTS, Action, Close, Context, Durable, Tunnel, error_event, limit_event
 from .http_persona import (
-    GENERIC_SITES, JUDGE_HEADERS, JUDGE_LAYOUTS, JUDGE_MARKERS, NOT_FOUND, SITES, STYLES,
+    GENERIC_SITES, HTTPBIN_HEADERS, HTTPBIN_HOSTS, JUDGE_HEADERS, JUDGE_LAYOUTS, JUDGE_MARKERS, NOT_FOUND, SITES, STYLES,
     Headers, JudgeLayout, Page, ProxyStyle, Site,
 )
 from .smtp import SmtpServer
@@ -568,6 +570,10 @@ class HttpServer:
         if method in ("GET", "HEAD", "POST") and self._is_judge(req.host, path):
             return self._judge_page(req)
         role = "proxy" if req.proxied else "origin"
+        if method in ("GET", "HEAD", "POST") and req.host.lower().rstrip(".") in HTTPBIN_HOSTS:
+            echo = self._httpbin(req, method, path)
+            if echo is not None:
+                return echo
         site = self._site(req.host)
         headers = tuple((k, v) for k, v in site.headers if v)
         if method == "OPTIONS":
@@ -599,12 +605,7 @@ class HttpServer:
         """What a judge script shows when reached through an elite proxy: the
         proxy's address, no forwarding headers, the client's own headers."""
         assert req.host is not None
-        variables: list[tuple[str, str]] = []
-        if req.header("host") is None:  # a proxy adds Host on the way to the origin
-            variables.append(("HTTP_HOST", req.host if req.port == 80 else f"{req.host}:{req.port}"))
-        for name, value in req.headers:
-            if not name.lower().startswith("proxy-"):  # hop-by-hop to the proxy, never forwarded
-                variables.append(("HTTP_" + name.upper().replace("-", "_"), value))
+        variables = [("HTTP_" + name.upper().replace("-", "_"), value) for name, value in self._forwarded_headers(req)]
         key = f"{self.ctx.src_ip}|{self.ctx.src_port}|{req.host}|{req.port}".encode("utf-8", "replace")
         variables += [
             ("REMOTE_ADDR", self.ctx.local_ip),
@@ -620,6 +621,47 @@ class HttpServer:
         body = layout.head + "".join(
             fill(layout.line, name=name, value=escape(value)) for name, value in variables) + layout.tail
         return _Answer(200, layout.content_type, body.encode("utf-8", "replace"), JUDGE_HEADERS, "judge")
+
+    def _forwarded_headers(self, req: _Request) -> list[tuple[str, str]]:
+        """The request headers as the origin sees them through an elite proxy: Host added if
+        missing, the client's Proxy-* headers (hop-by-hop to the proxy) dropped."""
+        out = [(name, value) for name, value in req.headers if not name.lower().startswith("proxy-")]
+        if req.header("host") is None:
+            out.insert(0, ("Host", req.host if req.port == 80 else f"{req.host}:{req.port}"))
+        return out
+
+    def _httpbin(self, req: _Request, method: str, path: str) -> Optional[_Answer]:
+        """httpbin.org's echo endpoints, which many proxy checkers use as their judge: a JSON
+        echo of what arrived, with the proxy's address as origin. None: not an echo path."""
+        assert req.host is not None
+        if path not in ("/get", "/headers", "/user-agent", "/post") and not path.startswith("/anything"):
+            return None
+        if (path == "/get" and method == "POST") or (path == "/post" and method != "POST"):
+            return _Answer(405, NOT_FOUND.content_type, self._status_page(405), HTTPBIN_HEADERS, "judge")
+        headers: dict[str, str] = {}
+        for name, value in self._forwarded_headers(req):
+            key = "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
+            headers[key] = f"{headers[key]},{value}" if key in headers else value
+        key = f"{self.ctx.src_ip}|{self.ctx.src_port}|{req.path}".encode("utf-8", "replace")
+        headers["X-Amzn-Trace-Id"] = (f"Root=1-{(self._epoch or 0):08x}-"
+                                      f"{hashlib.sha256(key).hexdigest()[:24]}")
+        query = req.path.split("?", 1)[1].split("#", 1)[0] if "?" in req.path else ""
+        args = {k: v[0] if len(v) == 1 else v for k, v in parse_qs(query, keep_blank_values=True).items()}
+        url = f"http://{req.host}{'' if req.port == 80 else f':{req.port}'}{req.path.split('#', 1)[0]}"
+        doc: dict[str, object]
+        if path == "/headers":
+            doc = {"headers": headers}
+        elif path == "/user-agent":
+            doc = {"user-agent": headers.get("User-Agent")}
+        elif path in ("/get",):
+            doc = {"args": args, "headers": headers, "origin": self.ctx.local_ip, "url": url}
+        else:  # /post and /anything: the body is not kept, so it echoes as empty
+            doc = {"args": args, "data": "", "files": {}, "form": {}, "headers": headers, "json": None,
+                   "origin": self.ctx.local_ip, "url": url}
+            if path.startswith("/anything"):
+                doc["method"] = method
+        body = json.dumps(doc, indent=2, sort_keys=True, separators=(", ", ": "), ensure_ascii=False) + "\n"
+        return _Answer(200, "application/json", body.encode("utf-8", "replace"), HTTPBIN_HEADERS, "judge")
 
     def _self_page(self) -> _Answer:
         style = self._style

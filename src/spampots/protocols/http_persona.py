@@ -353,6 +353,12 @@ def _ip_echo(server: str, body: str, content_type: str = TEXT, path: str = "*") 
     return Site(headers=(("Server", server),) if server else (), pages={path: Page(200, content_type, body)})
 
 
+#: httpbin.org: /ip here; its echo endpoints (/get, /headers, /anything...) are built per request in http.py.
+HTTPBIN_HEADERS: Headers = (("Server", "gunicorn/19.9.0"), ("Access-Control-Allow-Origin", "*"),
+                            ("Access-Control-Allow-Credentials", "true"))
+HTTPBIN_HOSTS = frozenset({"httpbin.org", "www.httpbin.org"})
+_HTTPBIN = Site(headers=HTTPBIN_HEADERS, pages={"/ip": Page(200, "application/json", '{\n  "origin": "{ip}"\n}\n')})
+
 SITES: dict[str, Site] = {
     "www.google.com": _GOOGLE,
     "google.com": _GOOGLE,
@@ -385,10 +391,8 @@ SITES: dict[str, Site] = {
         "/ip": Page(200, TEXT, "{ip}"),
         "*": Page(200, "application/json; charset=utf-8", '{\n  "ip": "{ip}"\n}'),
     }),
-    "httpbin.org": Site(headers=(("Server", "gunicorn/19.9.0"), ("Access-Control-Allow-Origin", "*"),
-                                 ("Access-Control-Allow-Credentials", "true")), pages={
-        "/ip": Page(200, "application/json", '{\n  "origin": "{ip}"\n}\n'),
-    }),
+    "httpbin.org": _HTTPBIN,
+    "www.httpbin.org": _HTTPBIN,
     "checkip.dyndns.org": _ip_echo("", "<html><head><title>Current IP Check</title></head>"
                                    "<body>Current IP Address: {ip}</body></html>\r\n", "text/html"),
     "checkip.dyndns.com": _ip_echo("", "<html><head><title>Current IP Check</title></head>"
