@@ -11,6 +11,7 @@ command -v nmap >/dev/null || need+=(nmap)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v chromium >/dev/null || need+=(chromium)
 command -v nats-server >/dev/null || need+=(nats-server)
+command -v java >/dev/null || need+=(openjdk-17-jre-headless)  # Spark's engine (tests/test_spark.py)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing Debian packages: ${need[*]}"
@@ -21,5 +22,5 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
-python3 -m pip install -q -e '.[test]'
+python3 -m pip install -q -e '.[test,spark]'
 exec python3 -m pytest -q -p no:cacheprovider "$@"

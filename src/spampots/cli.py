@@ -164,9 +164,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .store.messages import MessageStore
 
     data_dir = _data_dir(args)
-    if not data_dir.is_dir():
-        print(f"spampots export: no data directory {data_dir}", file=sys.stderr)
-        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     selectors = args.sha256 or args.sensor or args.day or args.src_ip or args.campaign or args.all
@@ -182,6 +179,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     elif not selectors:
         print("spampots export: say what to export: --sha256, --sensor, --day, --src-ip, --campaign, --all, "
               "or pipe sha256 lines / events / a message on stdin", file=sys.stderr)
+        return 2
+    if not data_dir.is_dir():  # a raw message on stdin (above) needs no store
+        print(f"spampots export: no data directory {data_dir}", file=sys.stderr)
         return 2
     events = _message_events(data_dir)
     if selectors and args.sha256:

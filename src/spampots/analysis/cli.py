@@ -34,6 +34,13 @@ def _count(s: str) -> int:
     return n
 
 
+def _key_value(s: str) -> tuple[str, str]:
+    key, eq, value = s.partition("=")
+    if not eq or not key.strip():
+        raise argparse.ArgumentTypeError(f"not KEY=VALUE: {s!r}")
+    return key.strip(), value
+
+
 def _data_dir(args: argparse.Namespace) -> Path:
     return Path(getattr(args, "data_dir", None) or "var")
 
@@ -90,6 +97,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="above this many emails the top-N tables on message fields use the session sample (default 5M)")
     p.add_argument("--threads", type=int, metavar="N", help="DuckDB threads (default: all cores)")
     p.add_argument("--memory-limit", metavar="SIZE", help="DuckDB memory limit, e.g. 3GB")
+    p.add_argument("--engine", choices=("duckdb", "spark"), default="duckdb",
+                   help="run the metric SQL on DuckDB (default) or on Apache Spark (pip install 'spampots[spark]')")
+    p.add_argument("--lake", metavar="URI",
+                   help="--engine spark: the lake to read (a directory, file://, hdfs://, s3a://...; default "
+                        "<data-dir>/lake, compacted first); nothing but the lake is read")
+    p.add_argument("--spark-master", metavar="URL",
+                   help="--engine spark: e.g. spark://host:7077 (default local[*], or spark-submit's --master)")
+    p.add_argument("--spark-conf", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                   help="--engine spark: a Spark setting (repeatable)")
     p.set_defaults(func=cmd_report)
 
     p = subparsers.add_parser("compact", help="compact closed event segments into the Parquet lake")
@@ -124,7 +140,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .ports import PortTableError
 
     data_dir = _data_dir(args)
-    if not data_dir.is_dir():
+    if args.lake and args.engine != "spark":
+        print("spampots report: --lake is for --engine spark (DuckDB reads <data-dir>/lake and the open segments)",
+              file=sys.stderr)
+        return 2
+    if not data_dir.is_dir() and not args.lake:
         print(f"spampots report: no data directory {data_dir}", file=sys.stderr)
         return 2
     fmt = output_format(args, "spampots report")
@@ -137,24 +157,46 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"spampots report: port table: {e}", file=sys.stderr)
         return 2
     lake = Lake(data_dir)
-    if not args.no_compact:
+    if not args.no_compact and not args.lake:
         lake.compact(quiet=args.quiet)
-    con = lake.connect(day_from=args.day_from, day_to=args.day_to, sensors=args.sensor,
-                       threads=args.threads, memory_limit=args.memory_limit)
+    cache_dir = lake.root / "_cache" if data_dir.is_dir() else None
+    if args.engine == "spark":
+        from . import spark
+
+        try:
+            con = spark.connect(args.lake or lake.root, day_from=args.day_from, day_to=args.day_to,
+                                sensors=args.sensor, master=args.spark_master, conf=args.spark_conf,
+                                quiet=args.quiet)
+        except spark.SparkUnavailable as e:
+            print(f"spampots report: {e}", file=sys.stderr)
+            return 2
+        local = spark.local_path(args.lake) if args.lake else lake.root
+        cache_dir = local / "_cache" if local else cache_dir
+        pending = lake.segments() if not args.lake else None
+        if pending and (pending.open or pending.closed) and not args.quiet:
+            print(f"spampots report: Spark reads the lake only: {len(pending.open) + len(pending.closed)} "
+                  "segments not compacted yet are left out", file=sys.stderr)
+    else:
+        con = lake.connect(day_from=args.day_from, day_to=args.day_to, sensors=args.sensor,
+                           threads=args.threads, memory_limit=args.memory_limit)
     try:
-        enricher = Enricher(args.asn_db, cache_dir=lake.root / "_cache", quiet=args.quiet)
+        enricher = Enricher(args.asn_db, cache_dir=cache_dir, quiet=args.quiet)
     except (OSError, ValueError, RuntimeError) as e:  # maxminddb's InvalidDatabaseError is a RuntimeError
         print(f"spampots report: --asn-db {args.asn_db}: {e}", file=sys.stderr)
         return 2
     opts = metrics.Options(first_per=args.first_per, top=args.top, exact_limit=args.exact_limit,
                            talk_only=args.talk_only)
-    report = metrics.run(con, ports=port_table, enricher=enricher, opts=opts)
+    try:
+        report = metrics.run(con, ports=port_table, enricher=enricher, opts=opts)
+    finally:
+        if args.engine == "spark":
+            con.close()
     filters = []
     if args.day_from or args.day_to:
         filters.append(f"days {args.day_from or '…'} to {args.day_to or '…'}")
     if args.sensor:
         filters.append("sensors " + ", ".join(args.sensor))
-    report.meta.update(data_dir=str(data_dir), filters="; ".join(filters))
+    report.meta.update(data_dir=str(args.lake or data_dir), filters="; ".join(filters), engine=args.engine)
 
     inline = {}
     if args.charts or fmt == "html":

@@ -82,7 +82,7 @@ BASES: dict[str, tuple[str, str]] = {
         "SELECT day, listener_port, sensor, count(*) AS sessions FROM session_open GROUP BY ALL"),
     "sess_hours": (
         "Sessions per UTC hour of day.",
-        "SELECT (epoch_us(ts) // 3600000000) % 24 AS hour, count(*) AS sessions FROM session_open GROUP BY 1"),
+        "SELECT hour(ts) AS hour, count(*) AS sessions FROM session_open GROUP BY 1"),
     "src_by_ip": (
         "Sessions per source IP: every source that connected, mail or not.",
         "SELECT ip_key, count(*) AS sessions FROM session_open GROUP BY ip_key"),
@@ -263,7 +263,7 @@ METRICS: list[Metric] = [
                    coalesce(p.service, '?') AS service, sum(c.emails) AS emails,
                    100.0 * sum(c.emails) / {TOTAL_EMAILS} AS pct
             FROM msg_cube c LEFT JOIN port_names p ON p.port = c.listener_port
-            GROUP BY ALL ORDER BY emails DESC, port""",
+            GROUP BY ALL ORDER BY emails DESC, port, protocol""",
         [C("port", "Port", "text"), C("protocol", "Protocol"), C("service", "Service"),
          C("emails", "Emails", "int"), C("pct", "%", "pct")], section="talk"),
     Metric(
@@ -297,15 +297,15 @@ METRICS: list[Metric] = [
         "data an AS is known by its name only.",
         f"""WITH m AS (SELECT i.as_id, sum(m.emails) AS emails, count(*) AS ips
                        FROM msg_by_ip m JOIN ip_info i USING (ip_key) GROUP BY 1),
-                 a AS (SELECT as_id, any_value(asn) AS asn, any_value(as_name) AS as_name,
-                              mode(country) AS country, count(*) AS sources FROM ip_info
+                 a AS (SELECT as_id, min(asn) AS asn, min(as_name) AS as_name,
+                              mode() WITHIN GROUP (ORDER BY country) AS country, count(*) AS sources FROM ip_info
                        WHERE ip_key IN (SELECT ip_key FROM src_by_ip) OR ip_key IN (SELECT ip_key FROM msg_by_ip)
                        GROUP BY 1)
             SELECT coalesce('AS' || a.asn::VARCHAR, '') AS asn, a.as_name, a.country,
                    coalesce(m.emails, 0) AS emails, 100.0 * coalesce(m.emails, 0) / {TOTAL_EMAILS} AS pct,
                    coalesce(m.ips, 0) AS ips, a.sources
             FROM a LEFT JOIN m USING (as_id)
-            ORDER BY emails DESC, sources DESC, as_name LIMIT {{top}}""",
+            ORDER BY emails DESC, sources DESC, as_name, as_id LIMIT {{top}}""",
         [C("asn", "ASN"), C("as_name", "AS name"), C("country", "Country"), C("emails", "Emails", "int"),
          C("pct", "% emails", "pct"), C("ips", "IPs (sent email)", "int"), C("sources", "IPs (all sources)", "int")]),
     Metric(
@@ -467,9 +467,9 @@ OUTBOUND_LABELS = {"to 25/TCP": "Out to 25/TCP", "to other ports": "Out to other
 # ---------------------------------------------------------------------------------------------
 LISTENERS = """
 SELECT l.port::INTEGER AS port,
-       mode(CASE lower(l.kind) WHEN 'socks' THEN 'SOCKS' WHEN 'http' THEN 'HTTP'
+       mode() WITHIN GROUP (ORDER BY CASE lower(l.kind) WHEN 'socks' THEN 'SOCKS' WHEN 'http' THEN 'HTTP'
                  WHEN 'smtp' THEN 'SMTP' WHEN 'submission' THEN 'SMTP' WHEN 'smtps' THEN 'SMTP' END) AS protocol,
-       mode(lower(l.kind)) AS kind
+       mode() WITHIN GROUP (ORDER BY lower(l.kind)) AS kind
 FROM (SELECT unnest(from_json(listeners, '[{"port": "INTEGER", "kind": "VARCHAR"}]')) AS l FROM sensor_start_all)
 WHERE l.port IS NOT NULL GROUP BY 1
 """
@@ -520,10 +520,13 @@ def build_ip_info(con: duckdb.DuckDBPyConnection, enricher: Enricher) -> None:
            if r[0] is not None]
     info = enricher.enrich(ips)
     con.register("_ip_info", info)
+    # One row per key (two spellings of an IPv6 address share one): the smallest spelling.
     con.execute("""CREATE OR REPLACE TEMP TABLE ip_info AS
-        SELECT DISTINCT ON (ip_key(norm_ip(ip))) ip_key(norm_ip(ip)) AS ip_key, ip, asn, as_name, country, kind,
-               CASE WHEN asn IS NOT NULL THEN 'AS' || asn::VARCHAR ELSE as_name END AS as_id
-        FROM _ip_info""")
+        SELECT ip_key, ip, asn, as_name, country, kind, as_id FROM (
+          SELECT ip_key(norm_ip(ip)) AS ip_key, ip, asn, as_name, country, kind,
+                 CASE WHEN asn IS NOT NULL THEN 'AS' || asn::VARCHAR ELSE as_name END AS as_id,
+                 row_number() OVER (PARTITION BY ip_key(norm_ip(ip)) ORDER BY ip) AS n
+          FROM _ip_info) WHERE n = 1""")
     con.unregister("_ip_info")
 
 
@@ -545,7 +548,11 @@ def build_sample(con: duckdb.DuckDBPyConnection, opts: Options) -> tuple[str, fl
 
 def run(con: duckdb.DuckDBPyConnection, *, ports: dict[int, PortInfo], enricher: Enricher,
         opts: Options = Options()) -> Report:
-    """Build the base tables and run every metric."""
+    """Build the base tables and run every metric.
+
+    `con`: a DuckDB connection (lake.Lake.connect), or a spark.SparkConnection, which offers the
+    same execute/register/unregister and translates the SQL (dialect.py).
+    """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     port_table(con, ports)
