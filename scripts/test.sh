@@ -11,6 +11,9 @@ command -v nmap >/dev/null || need+=(nmap)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v chromium >/dev/null || need+=(chromium)
 command -v nats-server >/dev/null || need+=(nats-server)
+for tool in swaks ncat proxychains4 wget msmtp hydra strace; do  # tests/test_third_party_clients.py
+  command -v "$tool" >/dev/null || need+=("$tool")
+done
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)  # Spark's engine (tests/test_spark.py)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
