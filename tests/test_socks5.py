@@ -64,15 +64,15 @@ def no_dns(monkeypatch):
 @pytest.mark.parametrize("greeting", [
     b"\x05\x01\x00",          # curl (newer) and python-socks without credentials
     b"\x05\x02\x00\x01",      # curl (older): no auth + GSSAPI
-    b"\x05\x02\x00\x02",      # python-socks / curl with credentials: we still take no auth
-    b"\x05\x03\x02\x01\x00",
 ])
 def test_no_auth_chosen_when_offered(greeting):
     assert server().receive(greeting) == [b"\x05\x00"]
 
 
-@pytest.mark.parametrize("greeting", [b"\x05\x01\x02", b"\x05\x02\x01\x02"])
-def test_userpass_chosen_otherwise(greeting):
+@pytest.mark.parametrize("greeting", [b"\x05\x01\x02", b"\x05\x02\x01\x02",
+                                      b"\x05\x02\x00\x02",  # python-socks/curl/hydra with credentials
+                                      b"\x05\x03\x02\x01\x00"])
+def test_userpass_chosen_whenever_offered(greeting):
     assert server().receive(greeting) == [b"\x05\x02"]
 
 
@@ -306,7 +306,9 @@ def test_python_socks_connector(host, user, password):
     assert reply.reply == ps5.ReplyCode.SUCCEEDED and reply.bound_host == "127.0.0.1"
     assert stream.inbox == b""  # the reply was exactly as long as announced
     event = next(a for a in stream.actions if isinstance(a, ProxyRequest))
-    assert (event.target_host, event.target_port, event.auth_method) == (host, 25, "none")
+    # a client with credentials offers both methods: we ask for them, and record them
+    want = (host, 25, "userpass", user, password) if user else (host, 25, "none", None, None)
+    assert (event.target_host, event.target_port, event.auth_method, event.username, event.password) == want
     assert stream.actions[-1] == Tunnel("socks5", host, 25)
 
 

@@ -109,14 +109,15 @@ class Socks5Server:
             return None
         methods = bytes(buf[2 : 2 + buf[1]])
         del buf[: 2 + len(methods)]
-        # Most open proxies take "no auth" when offered; credentials come from
-        # clients that offer nothing else.
-        if NO_AUTH in methods:
-            self._state = _State.REQUEST
-            return [bytes((VERSION, NO_AUTH))]
+        # A client that offers username/password has credentials to send: ask for them (as a
+        # Dante configured "socksmethod: username none" does) and record them; any pair is
+        # accepted. Clients that offer only "no auth" (scanners, most tools) get it.
         if USERPASS in methods:
             self._state = _State.AUTH
             return [bytes((VERSION, USERPASS))]
+        if NO_AUTH in methods:
+            self._state = _State.REQUEST
+            return [bytes((VERSION, NO_AUTH))]
         return self._fail("socks5.no_acceptable_method", f"methods offered: {methods.hex() or 'none'}",
                           answer=bytes((VERSION, NO_ACCEPTABLE)), data=methods)
 
