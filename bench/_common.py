@@ -99,21 +99,44 @@ def proc_stats(pid: int) -> ProcStats:
     return ProcStats(cpu, rss, hwm)
 
 
+def thread_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) so far of the main thread (the sensor's event loop) and of
+    all other threads together (the store's writer, libuv's workers)."""
+    main = other = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        if task.name == str(pid):
+            main += cpu
+        else:
+            other += cpu
+    return main, other
+
+
 class Sensor:
     """A `spampots run` child on 127.0.0.1 with a port offset and a temporary data dir."""
 
-    def __init__(self, config: str = OPEN_LIMITS, *, wait_talk_port: int = 25, keep: bool = False) -> None:
+    def __init__(self, config: str = OPEN_LIMITS, *, wait_talk_port: int = 25, keep: bool = False,
+                 src: Optional[str] = None) -> None:
+        """``src``: run the spampots of another source tree (its ``src`` dir, e.g. an older
+        build from ``git archive``) instead of the installed one, for side-by-side runs."""
         self.dir = Path(tempfile.mkdtemp(prefix="spampots-bench-"))
         self.keep = keep
         self.offset = pick_offset()
         cfg = self.dir / "sensor.toml"
         cfg.write_text(config)
         self.log = open(self.dir / "sensor.log", "wb")
+        env = dict(os.environ)
+        if src:
+            env["PYTHONPATH"] = os.pathsep.join([str(Path(src).resolve())] + [p for p in [env.get("PYTHONPATH")] if p])
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "spampots.cli", "run", "--config", str(cfg), "--data-dir", str(self.dir / "var"),
              "--port-offset", str(self.offset), "--address", "127.0.0.1", "--sensor-id", "bench",
              "--log-level", "warning", "--user", ""],
-            stdout=subprocess.DEVNULL, stderr=self.log, cwd=self.dir)
+            stdout=subprocess.DEVNULL, stderr=self.log, cwd=self.dir, env=env)
         wait_port(wait_talk_port + self.offset, proc=self.proc)
 
     def port(self, talk_port: int) -> int:
@@ -172,12 +195,21 @@ def ensure_postfix_tools() -> tuple[str, str]:
 def smtp_source(port: int, messages: int, *, sessions: int = 20, rcpts: int = 10, length: int = 3000,
                 timeout: float = 600) -> float:
     """Drive 127.0.0.1:port with Postfix's smtp-source (one message per session); wall seconds."""
+    return smtp_source_cpu(port, messages, sessions=sessions, rcpts=rcpts, length=length, timeout=timeout)[0]
+
+
+def smtp_source_cpu(port: int, messages: int, *, sessions: int = 20, rcpts: int = 10, length: int = 3000,
+                    timeout: float = 600) -> tuple[float, float]:
+    """As :func:`smtp_source`; returns (wall seconds, smtp-source's own CPU seconds)."""
     source, _ = ensure_postfix_tools()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     subprocess.run([source, "-s", str(sessions), "-r", str(rcpts), "-l", str(length), "-m", str(messages),
                     "-M", "bench.example", f"127.0.0.1:{port}"], check=True, timeout=timeout,
                    stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def machine() -> str:

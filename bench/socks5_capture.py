@@ -1,6 +1,6 @@
 """(b) SOCKS5 -> SMTP tunnelled capture vs (a) direct SMTP capture, same sensor, same client.
 
-    python bench/socks5_capture.py [--seconds 15] [--concurrency 20]
+    python bench/socks5_capture.py [--seconds 15] [--concurrency 20] [--baseline-src DIR]
 
 smtp-source cannot speak SOCKS, so both legs are driven by `spampots loadgen`'s
 client (raw bytes on uvloop) with smtp-source's settings: 20 sessions at once,
@@ -10,13 +10,16 @@ ratio is leg 2 / leg 1 (goal >= 0.8x). The far end's simulated connect time
 (``[sensor] tunnel_greeting_delay_s``, 20 ms by default) is part of a tunnel's
 cost; a second SOCKS5 leg with it at 0 shows the sensor's own cost. Each leg's
 sensor CPU share is printed: near 100% the sensor is the bottleneck, well below
-it the client or the fsync wait is. Loopback only.
+it the client or the fsync wait is. ``--baseline-src DIR`` runs the same legs
+against the spampots of another source tree too (see bench/smtp_capture.py).
+Loopback only.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from typing import Optional
 
 from _common import OPEN_LIMITS, Sensor, machine, supports
 
@@ -24,9 +27,10 @@ from spampots.loadgen.mix import load
 from spampots.loadgen.run import Options, run
 
 
-def leg(mix: str, seconds: float, concurrency: int, config: str = OPEN_LIMITS) -> tuple[float, float, float, int]:
+def leg(mix: str, seconds: float, concurrency: int, config: str = OPEN_LIMITS,
+        src: Optional[str] = None) -> tuple[float, float, float, int]:
     """sessions/s, messages/s, sensor CPU share, client failures."""
-    with Sensor(config) as s:
+    with Sensor(config, src=src) as s:
         cpu0 = s.stats().cpu_s
         runner = run(Options(mix=load(mix), port_offset=s.offset, concurrency=concurrency, duration=seconds,
                              sources=250, timeout=30, seed=1))
@@ -39,19 +43,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--concurrency", type=int, default=20)
+    ap.add_argument("--baseline-src", help="also run the spampots of this source tree (its src/ dir)")
     args = ap.parse_args()
-    d_sess, d_msg, d_cpu, d_fail = leg("smtp", args.seconds, args.concurrency)
-    s_sess, s_msg, s_cpu, s_fail = leg("socks5-smtp", args.seconds, args.concurrency)
-    extra = ""
-    if supports("sensor", "tunnel_greeting_delay_s"):
-        z_sess, z_msg, z_cpu, _ = leg("socks5-smtp", args.seconds, args.concurrency,
-                                      OPEN_LIMITS + "[sensor]\ntunnel_greeting_delay_s = 0\n")
-        extra = f" | with tunnel_greeting_delay_s = 0: {z_msg:,.0f} msg/s ({z_msg / d_msg:.2f}x, sensor CPU {z_cpu:.0%})"
-    fails = f" [client failures: direct {d_fail}, socks5 {s_fail}]" if d_fail or s_fail else ""
-    print(f"(b) SOCKS5->SMTP tunnelled capture, loadgen client, {args.concurrency} sessions, 1 msg x 10 rcpt x "
-          f"3000 B, fsync on: {s_sess:,.0f} sessions/s = {s_msg:,.0f} msg/s (sensor CPU {s_cpu:.0%}) | "
-          f"(a) direct SMTP, same client: {d_msg:,.0f} msg/s (sensor CPU {d_cpu:.0%}) | ratio {s_msg / d_msg:.2f}x "
-          f"(goal >= 0.8x){extra}{fails} | {machine()} | {time.strftime('%Y-%m-%d')}")
+    builds = [("", None)] + ([(f" [baseline {args.baseline_src}]", args.baseline_src)] if args.baseline_src else [])
+    for label, src in builds:
+        d_sess, d_msg, d_cpu, d_fail = leg("smtp", args.seconds, args.concurrency, src=src)
+        s_sess, s_msg, s_cpu, s_fail = leg("socks5-smtp", args.seconds, args.concurrency, src=src)
+        extra = ""
+        if supports("sensor", "tunnel_greeting_delay_s"):
+            z_sess, z_msg, z_cpu, _ = leg("socks5-smtp", args.seconds, args.concurrency,
+                                          OPEN_LIMITS + "[sensor]\ntunnel_greeting_delay_s = 0\n", src=src)
+            extra = (f" | with tunnel_greeting_delay_s = 0: {z_msg:,.0f} msg/s ({z_msg / d_msg:.2f}x, "
+                     f"sensor CPU {z_cpu:.0%})")
+        fails = f" [client failures: direct {d_fail}, socks5 {s_fail}]" if d_fail or s_fail else ""
+        print(f"(b){label} SOCKS5->SMTP tunnelled capture, loadgen client, {args.concurrency} sessions, 1 msg x "
+              f"10 rcpt x 3000 B, fsync on: {s_sess:,.0f} sessions/s = {s_msg:,.0f} msg/s (sensor CPU {s_cpu:.0%}) | "
+              f"(a) direct SMTP, same client: {d_msg:,.0f} msg/s (sensor CPU {d_cpu:.0%}) | ratio "
+              f"{s_msg / d_msg:.2f}x (goal >= 0.8x){extra}{fails} | {machine()} | {time.strftime('%Y-%m-%d')}",
+              flush=True)
 
 
 if __name__ == "__main__":

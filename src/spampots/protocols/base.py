@@ -74,6 +74,12 @@ class Context:
     tls_available: bool = False  # the glue can do StartTLS
     now: str = ""  # RFC 5322 date at session start, for banners that show one
 
+    def for_session(self, src_ip: str, src_port: int, local_ip: str, now: str) -> "Context":
+        """This (listener's) context for one new session: ``dataclasses.replace`` with these
+        four fields, at a third of its cost (it runs for every connection)."""
+        return Context(src_ip, src_port, self.listener_port, local_ip, self.persona, self.limits, self.depth,
+                       self.via, self.target_host, self.target_port, self.tls_available, now)
+
 
 @dataclass(frozen=True, slots=True)
 class Durable:

@@ -23,7 +23,7 @@ from .base import MAIL_PORTS, Action, Close, Context, Handler, Tunnel, limit_eve
 from .http import HttpServer
 from .raw import RawCapture
 from .smtp import AuthPolicy, SmtpServer
-from .sniff import sniff
+from .sniff import SMTP_VERBS, sniff
 from .socks4 import Socks4Server
 from .socks5 import Socks5Server
 from .tls_hello import TlsHelloReader
@@ -33,6 +33,10 @@ SUBMISSION_PORT, SMTPS_PORT = 587, 465
 SUBMISSION_PORTS = frozenset({SUBMISSION_PORT, SMTPS_PORT})
 #: listener kinds that take an AuthPolicy
 SUBMISSION_KINDS = frozenset({"submission", "smtps"})
+
+# First five bytes (upper-cased) that sniff() can only call "smtp": a four-letter verb and
+# its separator. A greeter takes them without sniffing (the hot path of every SMTP session).
+_SMTP_STARTS = frozenset(v.encode() + end for v in SMTP_VERBS if len(v) == 4 for end in (b" ", b"\r", b"\n"))
 
 
 def _handler_for(kind: str, ctx: Context, first: bytes) -> Handler:
@@ -92,6 +96,9 @@ class Sniffer:
     def receive(self, data: bytes) -> list[Action]:
         if self.delegate is not None:
             return self.delegate.receive(data)
+        if self.greeter is not None and not self._buf and data[:5].upper() in _SMTP_STARTS:
+            self.delegate = self.greeter
+            return self.greeter.receive(data)
         self._buf += data
         kind = sniff(self._buf)
         if kind is None and len(self._buf) < 16:

@@ -216,6 +216,20 @@ STYLES: dict[str, Style] = {
     ),
 }
 
+
+def _wire(text: str) -> bytes:
+    """A reply as sent: CRLF line ends, "-" after the code on all but the last line."""
+    lines = text.split("\n")
+    out = b"".join(line[:3].encode() + b"-" + line[4:].encode("utf-8", "replace") + b"\r\n" for line in lines[:-1])
+    return out + lines[-1].encode("utf-8", "replace") + b"\r\n"
+
+
+# Replies without placeholders, encoded once per style (the hot path: 250 to RCPT, MAIL...).
+_FIXED: dict[str, dict[str, bytes]] = {
+    name: {key: _wire(text) for key, text in {**_COMMON, **style.replies}.items() if "{" not in text}
+    for name, style in STYLES.items()
+}
+
 _NOT_IMPLEMENTED = frozenset(
     {"EXPN", "ETRN", "TURN", "ATRN", "BDAT", "SEND", "SOML", "SAML", "XCLIENT", "XFORWARD"}
 )
@@ -269,11 +283,12 @@ def _path(arg: str, prefix: str) -> Optional[tuple[str, list[str]]]:
     if arg[: len(prefix)].upper() != prefix:
         return None
     rest = arg[len(prefix):].lstrip()
-    if rest.startswith("<"):
+    if rest[:1] == "<":
         end = rest.find(">")
         if end < 0:
             return None
-        return rest[1:end], rest[end + 1:].split()
+        params = rest[end + 1:]
+        return rest[1:end], params.split() if params else []
     parts = rest.split()
     if not parts:
         return None
@@ -360,7 +375,9 @@ class SmtpServer:
         ``submission``: RFC 6409 rules, see the module docstring. ``auth``:
         how AUTH is answered (default: any credentials accepted)."""
         self.ctx = ctx
-        self._style = STYLES.get(ctx.persona.smtp_style, STYLES["postfix"])
+        style = ctx.persona.smtp_style if ctx.persona.smtp_style in STYLES else "postfix"
+        self._style = STYLES[style]
+        self._fixed = _FIXED[style]
         self._host = _hostname(banner_host) or _hostname(ctx.persona.hostname) or "localhost"
         # in a tunnel the far end would see our proxy's address, not the abuser's
         self._ip = ctx.local_ip if ctx.target_host is not None else ctx.src_ip
@@ -378,7 +395,7 @@ class SmtpServer:
         self._skip_line = False  # dropping the rest of an overlong line
         self._state = _CMD
         self._bad = 0  # refused commands in a row
-        self._pending = bytearray()  # replies not yet turned into an action
+        self._pending: list[bytes] = []  # replies not yet turned into an action
         self._out: list[Action] = []
         self._helo: Optional[str] = None
         self._auth_user: Optional[str] = None
@@ -408,7 +425,22 @@ class SmtpServer:
         return self._take()
 
     def receive(self, data: bytes) -> list[Action]:
-        if self._state == _CLOSED:
+        state = self._state
+        if not self._buf:
+            # Fast paths for what non-pipelining clients send: one whole command line per
+            # read, or a whole message body with its end marker in one read. Each does
+            # exactly what the general loop below would do with the same bytes.
+            if state == _CMD and not self._skip_line:
+                j = data.find(b"\n")
+                if j == len(data) - 1 and j <= self.ctx.limits.line_length:
+                    self._command(data[:-2] if data[-2:-1] == b"\r" else data[:-1])
+                    return self._take()
+            elif state == _DATA and self._bol and not self._size and data[:1] != b"." \
+                    and data.find(b"\n.") == len(data) - 4 and data.endswith(b"\n.\r\n") \
+                    and len(data) - 3 <= self.ctx.limits.message_size:
+                self._end_data(data[:-3])  # no dot-stuffing inside: the body is the bytes as sent
+                return self._take()
+        if state == _CLOSED:
             return []
         self._buf += data
         while self._state != _CLOSED:
@@ -461,30 +493,39 @@ class SmtpServer:
     # -- output
 
     def _reply(self, text: str, **fields: str) -> None:
-        """Queue one (possibly multi-line) reply; replies in a row join into one write."""
+        """Queue one (possibly multi-line) reply; replies in a row join into one write.
+        ``helo`` and ``addr`` are attacker text, made printable here when a reply shows them."""
         if "{" in text:
+            for key in ("helo", "addr"):
+                if key in fields:
+                    fields[key] = _printable(fields[key])
             text = text.format(host=self._host, ip=self._ip, date=self._date, **fields)
         if text[0] in "23":
             self._bad = 0
-        lines = text.split("\n")
-        for line in lines[:-1]:
-            self._pending += line[:3].encode() + b"-" + line[4:].encode("utf-8", "replace") + b"\r\n"
-        self._pending += lines[-1].encode("utf-8", "replace") + b"\r\n"
+        self._pending.append(_wire(text))
 
     def _say(self, key: str, **fields: str) -> None:
-        text = self._style.replies.get(key) or _COMMON[key]
-        self._reply(text, **fields)
+        fixed = self._fixed.get(key)
+        if fixed is not None:
+            if fixed[0] in b"23":
+                self._bad = 0
+            self._pending.append(fixed)
+            return
+        self._reply(self._style.replies.get(key) or _COMMON[key], **fields)
+
+    def _flush_replies(self) -> None:
+        pending = self._pending
+        self._out.append(pending[0] if len(pending) == 1 else b"".join(pending))
+        pending.clear()
 
     def _emit(self, action: Action) -> None:
         if self._pending:
-            self._out.append(bytes(self._pending))
-            self._pending.clear()
+            self._flush_replies()
         self._out.append(action)
 
     def _take(self) -> list[Action]:
         if self._pending:
-            self._out.append(bytes(self._pending))
-            self._pending.clear()
+            self._flush_replies()
         out, self._out = self._out, []
         return out
 
@@ -550,7 +591,7 @@ class SmtpServer:
         verb, _, arg = text.partition(" ")
         verb = verb.upper()
         handler = _COMMANDS.get(verb)
-        if verb in _NEED_TLS and self._tls_first():
+        if self._submission and verb in _NEED_TLS and self._tls_offered():  # _tls_first(), inlined
             if verb == "AUTH":
                 self._auth_before_tls(arg.strip())
             return self._refuse("smtp.tls_required", "tls_required", line, f"{verb} before STARTTLS on submission")
@@ -599,13 +640,13 @@ class SmtpServer:
         self._greeted(arg)
         # one reply, so one write: clients break on an EHLO answer in pieces
         text = self._style.replies["ehlo"] + "".join(f"\n250 {kw}" for kw in self._ehlo_lines())
-        self._reply(text, helo=_printable(arg))
+        self._reply(text, helo=arg)
 
     def _cmd_helo(self, arg: str, line: bytes) -> None:
         if not arg:
             return self._refuse("smtp.bad_syntax", "helo_syntax", line)
         self._greeted(arg)
-        self._say("helo", helo=_printable(arg))
+        self._say("helo", helo=arg)
 
     def _greeted(self, arg: str) -> None:
         self._helo = arg[:ECHO_CAP]
@@ -640,7 +681,7 @@ class SmtpServer:
         self._mail_from = addr[:ECHO_CAP]
         self._rcpts = []
         self._rcpt_limit_hit = False
-        self._say("mail", addr=_printable(addr))
+        self._say("mail", addr=addr)
 
     def _cmd_rcpt(self, arg: str, line: bytes) -> None:
         if self._mail_from is None:
@@ -656,7 +697,7 @@ class SmtpServer:
             return self._say("too_many_rcpts")
         addr = parsed[0][:ECHO_CAP]
         self._rcpts.append(addr)
-        self._say("rcpt", addr=_printable(addr))
+        self._say("rcpt", addr=addr)
 
     def _cmd_data(self, arg: str, line: bytes) -> None:
         if self._mail_from is None:
@@ -868,20 +909,22 @@ class SmtpServer:
         with memoryview(buf) as view:
             self._body += view[start:stop]
 
-    def _end_data(self) -> None:
+    def _end_data(self, raw: Optional[bytes] = None) -> None:
+        """The end marker was read; ``raw``: the whole body, if not collected in ``_body``."""
         self._state = _CMD
         limits = self.ctx.limits
         if self._oversized:
             self._emit(limit_event("message_size", limits.message_size, self._size))
             self._say("too_big")
         else:
-            raw = bytes(self._body)
+            if raw is None:
+                raw = bytes(self._body)
             self._count += 1
             sha = hashlib.sha256(raw).hexdigest()
             subject, header_from, message_id = parse_headers(raw, limits.header_bytes)
             ctx = self.ctx
             event = SmtpMessage(
-                helo=self._helo, mail_from=self._mail_from or "", rcpts=list(self._rcpts),
+                helo=self._helo, mail_from=self._mail_from or "", rcpts=self._rcpts,  # _reset: a new list
                 size=len(raw), sha256=sha, subject=subject, header_from=header_from,
                 message_id=message_id, via=list(ctx.via), target_host=ctx.target_host,
                 target_port=ctx.target_port, tls=self._tls, auth_user=self._auth_user,
@@ -890,7 +933,8 @@ class SmtpServer:
             self._emit(Durable(event=event, body=raw))
             seed = int.from_bytes(hashlib.sha256(f"{sha}:{self._count}".encode()).digest(), "big")
             self._say("queued", qid=self._style.qid(seed, self._host))
-        self._body = bytearray()
+        if self._body:
+            self._body = bytearray()
         self._reset()
 
 

@@ -11,7 +11,6 @@ are the only logic here.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from typing import TYPE_CHECKING, Optional
 
@@ -40,9 +39,9 @@ class Session(asyncio.Protocol):
     # Slots: tens of thousands of idle sessions must stay cheap.
     __slots__ = (
         "sensor", "listener", "loop", "transport", "handler", "session_id", "src_ip", "src_port",
-        "local_ip", "ctx", "admitted", "closed", "close_reason", "paused", "backlog", "bytes_in",
-        "bytes_out", "started", "last_active", "timer", "header_parser", "proxied_by", "greet_timer",
-        "greet_on_data", "tls_pending",
+        "local_ip", "ctx", "admitted", "closed", "close_reason", "paused", "reading_paused", "eof_pending", "backlog",
+        "bytes_in", "bytes_out", "started", "last_active", "timer", "header_parser", "proxied_by",
+        "greet_timer", "greet_on_data", "tls_pending",
     )
 
     def __init__(self, sensor: "Sensor", listener: "ListenerRuntime") -> None:
@@ -60,6 +59,8 @@ class Session(asyncio.Protocol):
         self.closed = False
         self.close_reason = "client_eof"
         self.paused = False  # waiting for durability or a TLS handshake
+        self.reading_paused = False  # the transport's reading is paused (see _pause)
+        self.eof_pending = False  # the client half-closed while a message was being synced
         self.backlog: list[bytes] = []
         self.bytes_in = 0
         self.bytes_out = 0
@@ -94,6 +95,8 @@ class Session(asyncio.Protocol):
         self.last_active = self.loop.time()
         if self.paused:
             self.backlog.append(data)
+            if not self.reading_paused:  # waiting on the disk and the client keeps sending
+                self._pause_reading()
             return
         if self.header_parser is not None:
             data = self._proxy_header(data)
@@ -118,6 +121,11 @@ class Session(asyncio.Protocol):
 
     def eof_received(self) -> Optional[bool]:
         self.close_reason = "client_eof"
+        if self.paused and not self.tls_pending:
+            # A half-close right after DATA's end: its 250 (and replies to what it sent
+            # before the FIN) still go out once the message is on disk; _resume closes.
+            self.eof_pending = True
+            return True
         return False  # close our side too
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
@@ -163,11 +171,8 @@ class Session(asyncio.Protocol):
         self.sensor.session_opened(self)
         self._record(SessionOpen(listener_addr=self.local_ip, proxied_by=self.proxied_by))
         lst = self.listener
-        self.ctx = dataclasses.replace(
-            lst.context, src_ip=self.src_ip, src_port=self.src_port, local_ip=self.local_ip,
-            # Banners and HTTP Date headers show the time; a missing one would stand out.
-            now=self.sensor.date_header(),
-        )
+        # Banners and HTTP Date headers show the time; a missing one would stand out.
+        self.ctx = lst.context.for_session(self.src_ip, self.src_port, self.local_ip, self.sensor.date_header())
         auth = self.sensor.auth_policy(self.src_ip) if lst.kind in SUBMISSION_KINDS else None
         self.handler = listener_handler(self.ctx, kind=lst.kind, auth=auth)
         self._arm_timer()
@@ -211,6 +216,9 @@ class Session(asyncio.Protocol):
 
     # -- carrying out actions ---------------------------------------------------
     def _run(self, actions: list, final: bool = False) -> None:
+        if len(actions) == 1 and type(actions[0]) is bytes:  # most replies: one write, nothing else
+            self._write(actions)
+            return
         out: list[bytes] = []
         i = 0
         n = len(actions)
@@ -233,7 +241,9 @@ class Session(asyncio.Protocol):
                     fut = self.loop.create_future()
                     fut.set_exception(exc)
                 self.sensor.count_event(ev)
-                self._pause()
+                # Hold the client's next bytes until the message is on disk; reading itself
+                # is paused only if it sends any meanwhile (most wait for the 250).
+                self.paused = True
                 rest = actions[i:]
                 fut.add_done_callback(lambda f, rest=rest: self._durable_done(f, rest))
                 return
@@ -288,8 +298,12 @@ class Session(asyncio.Protocol):
 
     def _pause(self) -> None:
         self.paused = True
+        self._pause_reading()
+
+    def _pause_reading(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.pause_reading()
+            self.reading_paused = True
 
     def _resume(self, rest: list) -> None:
         self.paused = False
@@ -298,11 +312,15 @@ class Session(asyncio.Protocol):
         self._run(rest)
         if self.paused or self.transport.is_closing():
             return
-        self.transport.resume_reading()
+        if self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
         while self.backlog and not self.paused:
             data = self.backlog.pop(0)
             assert self.handler is not None
             self._run(self.handler.receive(data))
+        if self.eof_pending and not self.paused and not self.transport.is_closing():
+            self.transport.close()  # connection_lost then gives the handler its eof()
 
     def _durable_done(self, fut: asyncio.Future, rest: list) -> None:
         if fut.cancelled() or fut.exception() is not None:
@@ -345,6 +363,7 @@ class Session(asyncio.Protocol):
             return
         self.tls_pending = False
         self.transport = new  # type: ignore[assignment]
+        self.reading_paused = False  # the TLS transport reads on its own
         done = getattr(handler, "tls_established", None)
         self.paused = False
         sni = getattr(new.get_extra_info("ssl_object"), "spampots_sni", None)  # see server._keep_sni
@@ -393,6 +412,7 @@ class Session(asyncio.Protocol):
             listener_port=self.listener.port,
             protocol=h.protocol if h is not None else "unknown",
             depth=max(ev.depth, self.ctx.depth if self.ctx is not None else 0),
+            ts=self.sensor.now_iso(),
         )
 
     def _record(self, ev: Event) -> None:

@@ -1,11 +1,15 @@
 """The group-commit writer between the asyncio sensor and the store.
 
 One thread owns the :class:`SegmentWriter` and the :class:`MessageStore`. The
-event loop only appends to a list under a lock (``emit`` never blocks it).
-Natural group commit: an idle writer takes what is queued at once (no linger);
-whatever queues while it commits forms the next batch. A batch:
+event loop never blocks on it: what the loop emits during one pass of the loop
+goes into a plain list, handed to the writer once at the end of the pass (one
+lock, at most one wake-up, however many sessions emitted). Other threads hand
+over each item at once. Natural group commit: an idle writer takes what is
+queued at once (no linger); whatever queues while it commits forms the next
+batch. A batch:
 
-1. message bodies into the pack, then one pack fdatasync;
+1. message bodies into the pack, then one pack fdatasync (their index rows in
+   one SQLite transaction, committed after it);
 2. all event lines (in queue order) in one write, then one segment fdatasync,
    but only when the batch holds a message, a flush or a close, or the last
    segment sync is ``_PLAIN_SYNC_S`` old (plain events need no sync of their
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -134,6 +139,9 @@ class Recorder:
         self._accepting = True  # False once the writer has failed what was left queued
         self._synced_at = 0.0  # monotonic time of the last segment sync (or clean state)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._loop_tid: Optional[int] = None  # the thread running _loop, when start() ran in it
+        self._local: list[_Item] = []  # queued on the loop's thread, not yet handed off
+        self._handoff_due = False  # a _hand_off is scheduled on the loop
         self._thread: Optional[threading.Thread] = None
         self._seg: Optional[SegmentWriter] = None
         self._store: Optional[MessageStore] = None
@@ -155,6 +163,12 @@ class Recorder:
         if self._thread is not None:
             raise RecorderError("recorder already started")
         self._loop = loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is not None and running is loop:
+            self._loop_tid = threading.get_ident()
         recovered = recover(self.data_dir)
         if recovered:
             log.info("recovered %d segments left by dead writers", len(recovered))
@@ -195,10 +209,12 @@ class Recorder:
             self._thread.join(timeout)
 
     def _request_close(self, item: _Item) -> None:
+        if self._loop_tid == threading.get_ident():
+            self._hand_off()  # what the loop queued goes before the close
         self._closing = True
         if self._fatal is not None or not self._thread.is_alive():  # type: ignore[union-attr]
             self._resolve([item], self._fatal or RecorderError("writer thread is gone"))
-        elif not self._enqueue(item):
+        elif not self._enqueue([item]):
             self._resolve([item], RecorderError("recorder closed"))
 
     def __enter__(self) -> "Recorder":
@@ -210,20 +226,44 @@ class Recorder:
 
     # -- producers (event loop thread, or any thread for the *_sync ones) ------------------------
 
-    def _put(self, item: _Item) -> None:
+    def _put(self, item: _Item, *, blocking: bool = False) -> None:
+        """Queue an item. On the loop's thread it joins this loop pass's hand-off (one lock
+        and at most one wake-up of the writer per pass, however many sessions emitted);
+        ``blocking``: the caller waits for it right here, so it must reach the writer now."""
         if self._fatal is not None:
             raise RecorderError("recorder writer thread failed") from self._fatal
-        if self._thread is None or self._closing or not self._enqueue(item):
+        if self._thread is None or self._closing:
+            raise RecorderError("recorder is not running")
+        if self._loop_tid == threading.get_ident():
+            if not blocking:
+                self._local.append(item)
+                if not self._handoff_due:
+                    self._handoff_due = True
+                    self._loop.call_soon(self._hand_off)  # type: ignore[union-attr]
+                return
+            self._hand_off()  # what this thread queued before goes first
+        if not self._enqueue([item]):
             raise RecorderError("recorder is not running")
 
-    def _enqueue(self, item: _Item) -> bool:
+    def _hand_off(self) -> None:
+        """Give the writer what the loop queued in this pass (runs on the loop's thread)."""
+        self._handoff_due = False
+        items, self._local = self._local, []
+        if items and not self._enqueue(items):  # the writer failed or closed meanwhile
+            lost = sum(it.kind == _EVENT for it in items)
+            if lost:
+                self._stats.errors += 1
+                log.error("%d events not recorded: the recorder stopped", lost)
+            self._resolve(items, self._fatal or RecorderError("recorder is not running"))
+
+    def _enqueue(self, items: list[_Item]) -> bool:
         with self._cond:
             if not self._accepting:
                 return False
-            self._pending.append(item)
+            self._pending += items
             # Wake the writer only for what someone waits on (or a pile-up): plain events
             # ride with the next message or the periodic tick, saving thread hand-offs.
-            if item.kind >= _DURABLE or len(self._pending) >= _PLAIN_MAX_QUEUED:
+            if len(self._pending) >= _PLAIN_MAX_QUEUED or any(it.kind >= _DURABLE for it in items):
                 self._urgent = True
                 self._cond.notify()
             elif self._idle:  # in its long idle wait: let it shorten the wait
@@ -255,12 +295,12 @@ class Recorder:
 
     def flush_sync(self, timeout: Optional[float] = None) -> None:
         waiter = _SyncWaiter()
-        self._put(_Item(_BARRIER, waiter=waiter))
+        self._put(_Item(_BARRIER, waiter=waiter), blocking=True)
         waiter.wait(timeout)
 
     def emit_durable_sync(self, event: SmtpMessage, body: bytes, timeout: Optional[float] = None) -> str:
         waiter = _SyncWaiter()
-        self._put(_Item(_DURABLE, event=event, body=bytes(body), waiter=waiter))
+        self._put(_Item(_DURABLE, event=event, body=bytes(body), waiter=waiter), blocking=True)
         return waiter.wait(timeout)
 
     @property
@@ -271,7 +311,7 @@ class Recorder:
             if part is not None:
                 s.fsyncs += part.fsyncs
                 s.bytes += part.bytes_written
-        s.queued = len(self._pending)
+        s.queued = len(self._pending) + len(self._local)
         return s
 
     # -- the writer thread -----------------------------------------------------------------------
@@ -336,6 +376,7 @@ class Recorder:
         durable = [it for it in batch if it.kind == _DURABLE]
         # Only messages, flushes and closes are waited on; plain events ride along.
         must_sync = self._fsync and any(it.kind >= _DURABLE for it in batch)
+        index = self._index_batch(store) if len(durable) > 1 else None
         for it in durable:
             try:
                 ev = it.event
@@ -356,6 +397,12 @@ class Recorder:
                 log.error("fsync of the message pack failed: %r", e)
                 for it in durable:
                     it.exc = it.exc or e
+        if index is not None:
+            failed = self._index_commit(index)
+            if failed is not None:  # as a failed INSERT in put() would: not acknowledged
+                st.errors += 1
+                for it in durable:
+                    it.exc = it.exc or failed
         batch_exc: Optional[BaseException] = None
         lines = [it.line for it in batch if it.line is not None and it.exc is None]
         if lines:
@@ -378,6 +425,38 @@ class Recorder:
             batch_exc = self._sync_segment()  # a flush: earlier plain events may be unsynced
         st.batches += 1
         self._resolve([it for it in batch if it.kind != _CLOSE], batch_exc)
+
+    @staticmethod
+    def _index_batch(store: MessageStore) -> Optional[sqlite3.Connection]:
+        """Open one transaction on the store's index for a batch of bodies.
+
+        The index is a cache of the packs (rebuilt from them on open), written with
+        synchronous=OFF; one commit per message cost a WAL append and eight file-lock
+        calls each. MessageStore has no batch API yet, so this reaches for its connection.
+        """
+        db = getattr(store, "_db", None)
+        if not isinstance(db, sqlite3.Connection) or db.in_transaction:
+            return None
+        try:
+            db.execute("BEGIN")
+        except sqlite3.Error as e:
+            log.warning("index transaction not started: %r", e)
+            return None
+        return db
+
+    @staticmethod
+    def _index_commit(db: sqlite3.Connection) -> Optional[BaseException]:
+        # After the pack's fdatasync: a row never names bytes that are not on disk.
+        try:
+            db.execute("COMMIT")
+        except sqlite3.Error as e:
+            log.error("index commit failed: %r", e)
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            return e
+        return None
 
     def _resolve(self, items: list[_Item], batch_exc: Optional[BaseException]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
