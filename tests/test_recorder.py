@@ -163,3 +163,30 @@ def test_fsync_off_still_writes(tmp_path: Path) -> None:
         sha = rec.emit_durable_sync(SmtpMessage(), b"x")
         assert rec.stats.fsyncs == 0
     assert sha in messages_on_disk(tmp_path)
+
+
+def test_failed_pack_fsync_fails_the_whole_batch_and_rolls_back_its_index_rows(tmp_path: Path) -> None:
+    """Bodies committed together share one index transaction: when the pack's fsync fails, no
+    message of the batch is acknowledged, no event line is written, and no index row names them."""
+
+    async def main() -> None:
+        rec = Recorder(tmp_path, "t1")
+        rec.start(asyncio.get_running_loop())
+        store = rec._store
+
+        def broken_sync() -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+        store.sync = broken_sync  # type: ignore[method-assign]
+        results = await asyncio.gather(*(rec.emit_durable(SmtpMessage(index=i), body(i)) for i in range(8)),
+                                       return_exceptions=True)
+        assert all(isinstance(r, OSError) for r in results)
+        assert not any(hashlib.sha256(body(i)).hexdigest() in store for i in range(8))
+        del store.sync
+        sha = await rec.emit_durable(SmtpMessage(index=99), body(99))  # recovered once the disk behaves
+        await rec.close()
+        with MessageStore(tmp_path, readonly=True) as r:
+            assert r.get(sha) == body(99)
+
+    asyncio.run(main())
+    assert [e.index for e in iter_events(tmp_path) if isinstance(e, SmtpMessage)] == [99]

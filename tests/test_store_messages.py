@@ -238,3 +238,20 @@ def test_readonly_without_index_scans_packs(tmp_path: Path) -> None:
     with MessageStore(tmp_path, readonly=True) as r:
         assert [r.get(h) for h in shas] == data
     assert not (tmp_path / "messages" / "index.sqlite").exists()
+
+
+def test_batch_commits_once_and_rolls_back_on_error(tmp_path: Path) -> None:
+    store = MessageStore(tmp_path, "b1")
+    a, b, c = bodies(3)
+    with store.batch():
+        sha_a, _ = store.put(a)
+        sha_b, _ = store.put(b)
+        store.sync()
+    assert sha_a in store and sha_b in store
+    with pytest.raises(RuntimeError):
+        with store.batch():
+            sha_c, _ = store.put(c)
+            raise RuntimeError("the caller's fsync failed")
+    assert sha_c not in store  # its row rolled back: the index never names bytes not known durable
+    assert store.put(c) == (sha_c, True)  # and it can be stored again
+    store.close()

@@ -34,6 +34,7 @@ import re
 import sqlite3
 import struct
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, NamedTuple, Optional, Union
 
@@ -400,6 +401,35 @@ class MessageStore:
             finally:
                 self._dirty = False
                 os.close(fd)  # type: ignore[arg-type]
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Puts inside share one index transaction, committed when the block ends.
+
+        Call :meth:`sync` inside the block: the index rows then commit only after the bytes
+        they name are on disk. One commit per put cost a WAL append and eight file locks.
+        A failed commit is rolled back and raised (sqlite3.Error): treat the batch's puts as
+        not stored. Nested or concurrent use degrades to the plain per-put commits.
+        """
+        self._check_writable()
+        db = self._db
+        if db.in_transaction:
+            yield
+            return
+        db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        try:
+            db.execute("COMMIT")
+        except sqlite3.Error:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
 
     def sync(self) -> None:
         """fsync what we wrote, new directory entries, and packs we deduplicated against."""

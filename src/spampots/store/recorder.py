@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -376,33 +375,15 @@ class Recorder:
         durable = [it for it in batch if it.kind == _DURABLE]
         # Only messages, flushes and closes are waited on; plain events ride along.
         must_sync = self._fsync and any(it.kind >= _DURABLE for it in batch)
-        index = self._index_batch(store) if len(durable) > 1 else None
-        for it in durable:
+        if durable:
             try:
-                ev = it.event
-                sha, new = store.put(it.body, getattr(ev, "sha256", "") or None)  # type: ignore[arg-type]
-                if not getattr(ev, "sha256", ""):
-                    ev.sha256 = sha  # type: ignore[union-attr]
-                it.line, it.result = encode(ev), sha  # type: ignore[arg-type]
-                st.bodies_new += new
-            except Exception as e:
-                it.exc = e
+                with store.batch():
+                    self._store_bodies(store, durable)
+            except Exception as e:  # the pack's fsync or the index commit: none of them acknowledged
                 st.errors += 1
-                log.error("storing a message body failed: %r", e)
-        if self._fsync and any(it.exc is None for it in durable):
-            try:
-                store.sync()
-            except Exception as e:
-                st.errors += 1
-                log.error("fsync of the message pack failed: %r", e)
+                log.error("storing %d message bodies failed: %r", len(durable), e)
                 for it in durable:
                     it.exc = it.exc or e
-        if index is not None:
-            failed = self._index_commit(index)
-            if failed is not None:  # as a failed INSERT in put() would: not acknowledged
-                st.errors += 1
-                for it in durable:
-                    it.exc = it.exc or failed
         batch_exc: Optional[BaseException] = None
         lines = [it.line for it in batch if it.line is not None and it.exc is None]
         if lines:
@@ -426,37 +407,23 @@ class Recorder:
         st.batches += 1
         self._resolve([it for it in batch if it.kind != _CLOSE], batch_exc)
 
-    @staticmethod
-    def _index_batch(store: MessageStore) -> Optional[sqlite3.Connection]:
-        """Open one transaction on the store's index for a batch of bodies.
-
-        The index is a cache of the packs (rebuilt from them on open), written with
-        synchronous=OFF; one commit per message cost a WAL append and eight file-lock
-        calls each. MessageStore has no batch API yet, so this reaches for its connection.
-        """
-        db = getattr(store, "_db", None)
-        if not isinstance(db, sqlite3.Connection) or db.in_transaction:
-            return None
-        try:
-            db.execute("BEGIN")
-        except sqlite3.Error as e:
-            log.warning("index transaction not started: %r", e)
-            return None
-        return db
-
-    @staticmethod
-    def _index_commit(db: sqlite3.Connection) -> Optional[BaseException]:
-        # After the pack's fdatasync: a row never names bytes that are not on disk.
-        try:
-            db.execute("COMMIT")
-        except sqlite3.Error as e:
-            log.error("index commit failed: %r", e)
+    def _store_bodies(self, store: MessageStore, durable: list[_Item]) -> None:
+        """Put each body (its failure is its own), then fsync the pack once for all of them."""
+        st = self._stats
+        for it in durable:
             try:
-                db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            return e
-        return None
+                ev = it.event
+                sha, new = store.put(it.body, getattr(ev, "sha256", "") or None)  # type: ignore[arg-type]
+                if not getattr(ev, "sha256", ""):
+                    ev.sha256 = sha  # type: ignore[union-attr]
+                it.line, it.result = encode(ev), sha  # type: ignore[arg-type]
+                st.bodies_new += new
+            except Exception as e:
+                it.exc = e
+                st.errors += 1
+                log.error("storing a message body failed: %r", e)
+        if self._fsync and any(it.exc is None for it in durable):
+            store.sync()  # raises: the caller fails the batch and the index rows roll back
 
     def _resolve(self, items: list[_Item], batch_exc: Optional[BaseException]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
