@@ -856,3 +856,22 @@ def test_sendmail_echo_cannot_break_lines():
     s = Session(ctx(smtp_style="sendmail"))
     s.send(b"MAIL FROM:<a\rb\x00@c>\r\n")
     assert s.wire.split(CRLF)[1] == b"250 2.1.0 <a?b?@c>... Sender ok"
+
+
+def test_queue_ids_differ_between_connections_for_the_same_message():
+    """The same spam from two connections gets two queue ids (a repeated id would give us away),
+    and one connection's id is stable (deterministic from the session)."""
+    from spampots.protocols.smtp import SmtpServer
+    from spampots.protocols.base import Context
+    dialogue = (b"EHLO x\r\nMAIL FROM:<a@spam.example>\r\nRCPT TO:<v@victim.example>\r\nDATA\r\n"
+                b"Subject: same\r\n\r\nsame body\r\n.\r\n")
+
+    def qid(port: int) -> bytes:
+        h = SmtpServer(Context(src_ip="198.51.100.9", src_port=port, now="Sun, 29 Nov 2026 10:00:00 +0000"))
+        h.start()
+        last = [a for a in h.receive(dialogue) if isinstance(a, bytes)][-1]  # the reply to DATA's end
+        assert last.startswith(b"250 ")
+        return last
+
+    assert qid(40001) != qid(40002)
+    assert qid(40001) == qid(40001)

@@ -931,7 +931,10 @@ class SmtpServer:
                 index=self._count, submission=self._submission,
             )
             self._emit(Durable(event=event, body=raw))
-            seed = int.from_bytes(hashlib.sha256(f"{sha}:{self._count}".encode()).digest(), "big")
+            # Distinct per connection and time, like a real queue id: the same spam sent twice
+            # must not get the same id (a tell). Still deterministic for a given session.
+            key = f"{sha}:{self._count}:{ctx.src_ip}:{ctx.src_port}:{ctx.now}:{ctx.depth}"
+            seed = int.from_bytes(hashlib.sha256(key.encode()).digest(), "big")
             self._say("queued", qid=self._style.qid(seed, self._host))
         if self._body:
             self._body = bytearray()
