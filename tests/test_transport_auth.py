@@ -52,7 +52,9 @@ def test_nkey_seed_file_is_checked_at_start_with_the_key_named(tmp_path):
         "public.nk": (pub, "public key, not the seed"),
         "two.nk": (f"{seed}\n{seed}\n", "want one line"),
         "empty.nk": ("", "want one line"),
-        "typo.nk": (seed[:-1] + ("A" if seed[-1] != "A" else "B"), "damaged"),
+        # a typo in the middle (the last base32 digit carries 2 padding bits: changing it may
+        # leave the decoded bytes, and their checksum, intact)
+        "typo.nk": (seed[:20] + ("A" if seed[20] != "A" else "B") + seed[21:], "damaged"),
         "account.nk": (Operator().acc.seed.decode(), "want a user seed"),
     }
     for name, (text, words) in cases.items():
