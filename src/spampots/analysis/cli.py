@@ -52,13 +52,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
-def add_selection(p: argparse.ArgumentParser) -> None:
-    """Period, sensors and output: the same options for every report-like command."""
+def add_selection(p: argparse.ArgumentParser, *, output: bool = True) -> None:
+    """Period, sensors and (unless `output` is False) output: the same options for every
+    report-like command."""
     p.add_argument("--from", dest="day_from", type=_date, metavar="DAY", help="first UTC day (YYYY-MM-DD), inclusive")
     p.add_argument("--to", dest="day_to", type=_date, metavar="DAY", help="last UTC day (YYYY-MM-DD), inclusive")
     p.add_argument("--sensor", action="append", default=[], metavar="ID", help="only this sensor (repeatable)")
-    p.add_argument("--format", choices=FORMATS, help="output format (default: from --out's suffix, else terminal)")
-    p.add_argument("--out", type=Path, metavar="PATH", help="write here instead of stdout (csv: a directory gets one file per table)")
+    if output:
+        p.add_argument("--format", choices=FORMATS, help="output format (default: from --out's suffix, else terminal)")
+        p.add_argument("--out", type=Path, metavar="PATH",
+                       help="write here instead of stdout (csv: a directory gets one file per table)")
 
 
 def output_format(args: argparse.Namespace, prog: str) -> Optional[str]:

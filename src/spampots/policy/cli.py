@@ -45,14 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "write, per network, a CSV, a JSON and a plain-text notification from a template, plus "
                     "index.csv/index.json, into --out DIR. Without --out, only the summary is printed.")
     _common(n)
-    add_selection(n)
-    # add_selection's --out/--format speak of one report file; here they mean the directory and the summary.
-    for a in n._actions:
-        if a.dest == "out":
-            a.metavar, a.help = "DIR", "write the reports into DIR (new or empty); without it, only print the summary"
-        elif a.dest == "format":
-            a.choices = ("terminal", "markdown", "json", "csv")
-            a.help = "format of the summary printed on stdout: terminal (default), markdown, json, csv"
+    add_selection(n, output=False)  # here --out is a directory of reports and --format the summary's
+    n.add_argument("--format", choices=("terminal", "markdown", "json", "csv"),
+                   help="format of the summary printed on stdout: terminal (default), markdown, json, csv")
+    n.add_argument("--out", type=Path, metavar="DIR",
+                   help="write the reports into DIR (new or empty); without it, only print the summary")
     n.add_argument("--by", choices=("asn", "country"), default="asn",
                    help="group by AS (default; the AS name when --asn-db gives no number) or by country")
     n.add_argument("--asn-db", type=Path, metavar="FILE", help="AS database: MaxMind/IPinfo .mmdb or iptoasn .tsv[.gz]")
