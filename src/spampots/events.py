@@ -14,6 +14,7 @@ field changes meaning or is removed (adding an optional field does not).
 from __future__ import annotations
 
 import datetime as _dt
+import time
 from typing import Any, Optional, Union
 
 import msgspec
@@ -189,9 +190,22 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(AnyEvent)
 
 
+_iso_second: tuple[int, str] = (-1, "")  # (second, its text up to the dot): one tuple, so threads never see half
+
+
 def now_iso() -> str:
-    """UTC now as ISO 8601 with microseconds and a trailing Z."""
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """UTC now as ISO 8601 with microseconds and a trailing Z.
+
+    Every event's ts comes from here (the sensor's hot path): the part up to the second is
+    formatted once per second, the microseconds each call.
+    """
+    global _iso_second
+    second, ns = divmod(time.time_ns(), 1_000_000_000)
+    cached, prefix = _iso_second
+    if second != cached:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+        _iso_second = (second, prefix)
+    return f"{prefix}{ns // 1000:06d}Z"
 
 
 def encode(event: Event) -> bytes:

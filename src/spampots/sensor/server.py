@@ -90,7 +90,6 @@ class Sensor:
         self._session_prefix = os.urandom(4).hex()
         self._session_seq = 0
         self._date_second, self._date_text = -1, ""
-        self._iso_second, self._iso_prefix = -1, ""
         self._stop = asyncio.Event()
         self.persona: Persona = personas.choose(
             self.sensor_id,
@@ -135,15 +134,6 @@ class Sensor:
         if second != self._date_second:
             self._date_second, self._date_text = second, formatdate(second, localtime=True)
         return self._date_text
-
-    def now_iso(self) -> str:
-        """UTC now as events.now_iso() gives it (ISO 8601, microseconds, Z), with the part up
-        to the second formatted once per second (hot path: every event's ts)."""
-        second, ns = divmod(time.time_ns(), 1_000_000_000)
-        if second != self._iso_second:
-            self._iso_second = second
-            self._iso_prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
-        return f"{self._iso_prefix}{ns // 1000:06d}Z"
 
     def count_event(self, ev: Event) -> None:
         self.counters[name_of(ev)] += 1

@@ -412,7 +412,6 @@ class Session(asyncio.Protocol):
             listener_port=self.listener.port,
             protocol=h.protocol if h is not None else "unknown",
             depth=max(ev.depth, self.ctx.depth if self.ctx is not None else 0),
-            ts=self.sensor.now_iso(),
         )
 
     def _record(self, ev: Event) -> None:
