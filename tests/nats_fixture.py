@@ -130,15 +130,7 @@ def self_signed(dir: Path) -> tuple[Path, Path]:
 @pytest.fixture
 def nats_server_tls(tmp_path_factory) -> Iterator[NatsServer]:
     """A JetStream server that speaks TLS only, with a self-signed certificate (``.tls[0]``)."""
-    base = tmp_path_factory.mktemp("nats-tls")
-    if NATS_SERVER is None:
-        pytest.skip("nats-server is not installed (apt-get install nats-server)")
-    srv = NatsServer(base / "store", tls=self_signed(base))
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+    yield from _make(tmp_path_factory, tls=self_signed(tmp_path_factory.mktemp("nats-tls")))
 
 
 @pytest.fixture
