@@ -13,7 +13,6 @@ field changes meaning or is removed (adding an optional field does not).
 
 from __future__ import annotations
 
-import datetime as _dt
 import time
 from typing import Any, Optional, Union
 

@@ -10,7 +10,10 @@ import argparse
 import datetime as dt
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
+
+if TYPE_CHECKING:
+    from .metrics import Report
 
 FORMATS = ("terminal", "markdown", "json", "csv", "html")
 _SUFFIX = {".md": "markdown", ".markdown": "markdown", ".json": "json", ".csv": "csv", ".html": "html",
@@ -62,6 +65,43 @@ def add_selection(p: argparse.ArgumentParser, *, output: bool = True) -> None:
         p.add_argument("--format", choices=FORMATS, help="output format (default: from --out's suffix, else terminal)")
         p.add_argument("--out", type=Path, metavar="PATH",
                        help="write here instead of stdout (csv: a directory gets one file per table)")
+
+
+def describe_filters(args: argparse.Namespace) -> str:
+    """The selection options in words, for a report's header ("" when none)."""
+    filters = []
+    if args.day_from or args.day_to:
+        filters.append(f"days {args.day_from or '…'} to {args.day_to or '…'}")
+    if args.sensor:
+        filters.append("sensors " + ", ".join(args.sensor))
+    return "; ".join(filters)
+
+
+def write_report(report: "Report", args: argparse.Namespace, fmt: str, *, charts: Optional[dict[str, str]] = None,
+                 chart_after: Optional[dict[str, str]] = None, detail: bool = False) -> None:
+    """Render `report` in `fmt` to --out (csv: a directory gets one file per table) or stdout."""
+    from . import render
+
+    if fmt == "terminal":
+        if args.out:
+            with open(args.out, "w") as f:
+                render.terminal(report, locale=args.locale, file=f, detail=detail)
+        else:
+            render.terminal(report, locale=args.locale, detail=detail)
+        return
+    if fmt == "csv" and args.out and (args.out.is_dir() or not args.out.suffix):
+        render.csv_dir(report, args.out)
+        return
+    if fmt == "html":
+        text = render.to_html(report, locale=args.locale, charts=charts or {}, chart_after=chart_after or {})
+    elif fmt == "markdown":
+        text = render.markdown(report, locale=args.locale, detail=detail)
+    else:
+        text = render.RENDERERS[fmt](report)
+    if args.out:
+        args.out.write_text(text)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
 def output_format(args: argparse.Namespace, prog: str) -> Optional[str]:
@@ -137,7 +177,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from . import charts as charts_mod
-    from . import metrics, ports, render
+    from . import metrics, ports
     from .enrich import Enricher
     from .lake import Lake
     from .ports import PortTableError
@@ -194,36 +234,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     finally:
         if args.engine == "spark":
             con.close()
-    filters = []
-    if args.day_from or args.day_to:
-        filters.append(f"days {args.day_from or '…'} to {args.day_to or '…'}")
-    if args.sensor:
-        filters.append("sensors " + ", ".join(args.sensor))
-    report.meta.update(data_dir=str(args.lake or data_dir), filters="; ".join(filters), engine=args.engine)
+    report.meta.update(data_dir=str(args.lake or data_dir), filters=describe_filters(args), engine=args.engine)
 
     inline = {}
     if args.charts or fmt == "html":
         inline = charts_mod.render(report, args.charts, svg=fmt == "html")
-    if fmt == "terminal":
-        if args.out:
-            with open(args.out, "w") as f:
-                render.terminal(report, locale=args.locale, file=f, detail=args.detail)
-        else:
-            render.terminal(report, locale=args.locale, detail=args.detail)
-        return 0
-    if fmt == "csv" and args.out and (args.out.is_dir() or not args.out.suffix):
-        render.csv_dir(report, args.out)
-        return 0
-    if fmt == "html":
-        text = render.to_html(report, locale=args.locale, charts=inline, chart_after=charts_mod.CHART_AFTER)
-    elif fmt == "markdown":
-        text = render.markdown(report, locale=args.locale, detail=args.detail)
-    else:
-        text = render.RENDERERS[fmt](report)
-    if args.out:
-        args.out.write_text(text)
-    else:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    write_report(report, args, fmt, charts=inline, chart_after=charts_mod.CHART_AFTER, detail=args.detail)
     return 0
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
 # Shared with `spampots report`: the same options mean the same thing.
-from spampots.analysis.cli import _common, _count, _data_dir, add_selection, output_format
+from spampots.analysis.cli import (_common, _count, _data_dir, add_selection, describe_filters, output_format,
+                                   write_report)
 
 
 if TYPE_CHECKING:
@@ -65,15 +66,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     n.set_defaults(func=cmd_notify)
 
 
-def _filters(args: argparse.Namespace) -> str:
-    filters = []
-    if args.day_from or args.day_to:
-        filters.append(f"days {args.day_from or '…'} to {args.day_to or '…'}")
-    if args.sensor:
-        filters.append("sensors " + ", ".join(args.sensor))
-    return "; ".join(filters)
-
-
 def _open(args: argparse.Namespace, prog: str) -> Optional[tuple["duckdb.DuckDBPyConnection", "Enricher"]]:
     """(lake connection, enricher) for the selection, or None after saying why not (exit 2)."""
     from spampots.analysis.enrich import Enricher
@@ -92,7 +84,7 @@ def _open(args: argparse.Namespace, prog: str) -> Optional[tuple["duckdb.DuckDBP
 
 
 def cmd_port25(args: argparse.Namespace) -> int:
-    from spampots.analysis import charts, render
+    from spampots.analysis import charts
 
     from . import port25
 
@@ -108,29 +100,10 @@ def cmd_port25(args: argparse.Namespace) -> int:
         return 2
     con, enricher = opened
     report = port25.run(con, enricher=enricher, top=args.top)
-    report.meta.update(data_dir=str(data_dir), filters=_filters(args), title="spampots policy port25")
-
-    if fmt == "terminal":
-        if args.out:
-            with open(args.out, "w") as f:
-                render.terminal(report, locale=args.locale, file=f)
-        else:
-            render.terminal(report, locale=args.locale)
-        return 0
-    if fmt == "csv" and args.out and (args.out.is_dir() or not args.out.suffix):
-        render.csv_dir(report, args.out)
-        return 0
-    if fmt == "html":
-        svg = charts.render(report, None, charts=charts.POLICY_CHARTS, sources=charts.POLICY_SOURCES)
-        text = render.to_html(report, locale=args.locale, charts=svg, chart_after=charts.POLICY_CHART_AFTER)
-    elif fmt == "markdown":
-        text = render.markdown(report, locale=args.locale)
-    else:
-        text = render.RENDERERS[fmt](report)
-    if args.out:
-        args.out.write_text(text)
-    else:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    report.meta.update(data_dir=str(data_dir), filters=describe_filters(args), title="spampots policy port25")
+    svg = (charts.render(report, None, charts=charts.POLICY_CHARTS, sources=charts.POLICY_SOURCES)
+           if fmt == "html" else None)
+    write_report(report, args, fmt, charts=svg, chart_after=charts.POLICY_CHART_AFTER)
     return 0
 
 
@@ -162,7 +135,7 @@ def cmd_notify(args: argparse.Namespace) -> int:
     opts = notify.Options(by=args.by, min_emails=args.min_emails, top=args.top, evidence=args.evidence,
                           body_ips=args.body_ips)
     note = notify.collect(con, enricher=enricher, opts=opts, days=(args.day_from, args.day_to))
-    note.meta.update(data_dir=str(data_dir), filters=_filters(args))
+    note.meta.update(data_dir=str(data_dir), filters=describe_filters(args))
     if args.out:
         notify.write(args.out, note, template, opts, quiet=args.quiet)
     if not note.networks:
