@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import smtplib
 import subprocess
 from email.message import EmailMessage
 from typing import Optional
 
+from python_socks._abc import SyncResolver, SyncSocketStream
 from python_socks.sync import Proxy
 
 
@@ -44,3 +46,41 @@ def curl(*args: str, timeout: float = 20, input_bytes: Optional[bytes] = None) -
     assert exe, "curl is required (apt-get install curl)"
     return subprocess.run([exe, "-sS", "--max-time", "10", *args], capture_output=True, timeout=timeout,
                           input=input_bytes)
+
+
+class HandlerStream(SyncSocketStream):
+    """python-socks' stream interface, answered by one of our sans-IO handlers instead of a socket:
+    a real client library's bytes in, our replies out. `one_reply_per_packet`: each client packet
+    must get at most one reply (SOCKS5's rule)."""
+
+    def __init__(self, handler, *, one_reply_per_packet: bool = False) -> None:
+        self.handler = handler
+        self.one_reply = one_reply_per_packet
+        self.inbox = bytearray()
+        self.actions: list = []
+
+    def write(self, data: bytes) -> None:
+        actions = self.handler.receive(data)
+        self.actions += actions
+        replies = [a for a in actions if isinstance(a, bytes)]
+        assert not self.one_reply or len(replies) <= 1, "one reply per client packet"
+        self.inbox += b"".join(replies)
+
+    def read_exactly(self, n: int) -> bytes:
+        assert len(self.inbox) >= n, "the reply was not sent whole"
+        out = bytes(self.inbox[:n])
+        del self.inbox[:n]
+        return out
+
+    def read(self, max_bytes: int = 65536) -> bytes:
+        return self.read_exactly(min(max_bytes, len(self.inbox)))
+
+    def close(self) -> None:
+        pass
+
+
+class NoResolver(SyncResolver):
+    """Fails the test if the client library tries to resolve a name itself."""
+
+    def resolve(self, host, port=0, family=socket.AF_UNSPEC):
+        raise AssertionError("the client was asked to resolve")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import socket
 
 import pytest
+from clients import HandlerStream, NoResolver
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from python_socks._abc import SyncResolver, SyncSocketStream
 from python_socks._connectors.socks4_sync import Socks4SyncConnector
 from python_socks._protocols import socks4 as ps4
 
@@ -171,39 +171,6 @@ def test_nothing_after_tunnel():
 
 
 # --- a real client library's bytes -----------------------------------------
-
-class HandlerStream(SyncSocketStream):
-    """python-socks' stream interface, answered by our machine instead of a socket."""
-
-    def __init__(self, handler) -> None:
-        self.handler = handler
-        self.inbox = bytearray()
-        self.actions: list = []
-
-    def write(self, data: bytes) -> None:
-        actions = self.handler.receive(data)
-        self.actions += actions
-        for a in actions:
-            if isinstance(a, bytes):
-                self.inbox += a
-
-    def read_exactly(self, n: int) -> bytes:
-        assert len(self.inbox) >= n, "the reply was not sent whole"
-        out = bytes(self.inbox[:n])
-        del self.inbox[:n]
-        return out
-
-    def read(self, max_bytes: int = 65536) -> bytes:
-        return self.read_exactly(min(max_bytes, len(self.inbox)))
-
-    def close(self) -> None:
-        pass
-
-
-class NoResolver(SyncResolver):
-    def resolve(self, host, port=0, family=socket.AF_UNSPEC):
-        raise AssertionError("the client was asked to resolve")
-
 
 @pytest.mark.parametrize(("host", "user", "proto"), [
     ("198.51.100.7", None, "socks4"),

@@ -6,9 +6,9 @@ import ipaddress
 import socket
 
 import pytest
+from clients import HandlerStream, NoResolver
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from python_socks._abc import SyncResolver, SyncSocketStream
 from python_socks._connectors.socks5_sync import Socks5SyncConnector
 from python_socks._protocols import socks5 as ps5
 
@@ -260,38 +260,6 @@ def test_nothing_after_tunnel():
 
 # --- real client libraries --------------------------------------------------
 
-class HandlerStream(SyncSocketStream):
-    """python-socks' stream interface, answered by our machine instead of a socket."""
-
-    def __init__(self, handler) -> None:
-        self.handler = handler
-        self.inbox = bytearray()
-        self.actions: list = []
-
-    def write(self, data: bytes) -> None:
-        actions = self.handler.receive(data)
-        self.actions += actions
-        assert len(sent(actions)) <= 1, "one reply per client packet"
-        self.inbox += b"".join(sent(actions))
-
-    def read_exactly(self, n: int) -> bytes:
-        assert len(self.inbox) >= n, "the reply was not sent whole"
-        out = bytes(self.inbox[:n])
-        del self.inbox[:n]
-        return out
-
-    def read(self, max_bytes: int = 65536) -> bytes:
-        return self.read_exactly(min(max_bytes, len(self.inbox)))
-
-    def close(self) -> None:
-        pass
-
-
-class NoResolver(SyncResolver):
-    def resolve(self, host, port=0, family=socket.AF_UNSPEC):
-        raise AssertionError("the client was asked to resolve")
-
-
 @pytest.mark.parametrize(("host", "user", "password"), [
     ("198.51.100.7", None, None),
     ("2001:db8::7", None, None),
@@ -300,7 +268,7 @@ class NoResolver(SyncResolver):
 ])
 def test_python_socks_connector(host, user, password):
     h = server()
-    stream = HandlerStream(h)
+    stream = HandlerStream(h, one_reply_per_packet=True)
     connector = Socks5SyncConnector(username=user, password=password, rdns=True, resolver=NoResolver())
     reply = connector.connect(stream, host, 25)
     assert reply.reply == ps5.ReplyCode.SUCCEEDED and reply.bound_host == "127.0.0.1"
