@@ -415,11 +415,16 @@ def test_collector_and_shipper_killed_and_restarted(tmp_path, nats_server):
     assert_same(central, dirs)
 
 
-def test_wrong_credentials_refused_clearly_and_capture_continues(tmp_path, nats_server_auth, caplog):
+def refused_then_fixed(tmp_path: Path, good: NatsSection, bad: NatsSection, caplog,
+                       refused_words: str, states: tuple[str, ...] = ("auth-failed",)) -> list[str]:
+    """A shipper with ``bad`` credentials while the sensor captures; then ``good``. Returns the
+    ERROR lines logged; checks the central store got everything exactly once."""
     d = tmp_path / "edge1"
-    good = cfg_for(nats_server_auth.url, user="sensor", password="right")
-    bad = cfg_for(nats_server_auth.url, user="sensor", password="wrong")
     central = tmp_path / "central"
+
+    def refused() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.levelno >= logging.ERROR and refused_words in r.getMessage()]
 
     async def main() -> None:
         await init_network(good, StreamSettings())
@@ -431,14 +436,13 @@ def test_wrong_credentials_refused_clearly_and_capture_continues(tmp_path, nats_
         for k in range(4):  # the sensor keeps capturing meanwhile
             await asyncio.to_thread(capture, rec, "edge1", k * 100, 100)
             await asyncio.sleep(0.4)
-        assert sh.stats.state == "auth-failed" and sh.stats.events == 0 and sh.stats.failures >= 2
+        await wait_for(lambda: refused(), 20, "the refusal")
+        assert sh.stats.state in states and sh.stats.events == 0 and sh.stats.failures >= 2
         stop.set()
         await t
         await rec.close()
-        # once the credentials are fixed, everything captured meanwhile is shipped
         stop = asyncio.Event()
-        sh = Shipper(d, "edge1", good)
-        col = Collector(central, good)
+        sh, col = Shipper(d, "edge1", good), Collector(central, good)
         tasks = [asyncio.create_task(sh.run(stop)), asyncio.create_task(col.run(stop))]
         await wait_for(lambda: col.stats.events >= total([d]), 20, "shipping with good credentials")
         stop.set()
@@ -446,11 +450,19 @@ def test_wrong_credentials_refused_clearly_and_capture_continues(tmp_path, nats_
 
     with caplog.at_level(logging.INFO, logger="spampots.transport"):
         asyncio.run(main())
-    refused = [r for r in caplog.records if "refused the credentials" in r.getMessage()]
-    assert len(refused) == 1, "one clear line, not one per retry"
-    assert refused[0].levelno == logging.ERROR and "capture continues" in refused[0].getMessage()
-    assert lines(d) and sum(lines(d).values()) == total([d])
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(refused()) == 1, f"one clear line, not one per retry: {errors}"
+    assert "capture continues in the local store" in refused()[0] and "edge1" in refused()[0]
+    assert sum(lines(d).values()) == total([d]) > 400
     assert_same(central, [d])
+    return refused()
+
+
+def test_wrong_credentials_refused_clearly_and_capture_continues(tmp_path, nats_server_auth, caplog):
+    good = cfg_for(nats_server_auth.url, user="sensor", password="right")
+    bad = cfg_for(nats_server_auth.url, user="sensor", password="wrong")
+    (line,) = refused_then_fixed(tmp_path, good, bad, caplog, "refused the credentials")
+    assert "capture continues" in line
 
 
 def test_tls_with_our_ca_ships_and_an_unknown_ca_is_refused_clearly(tmp_path, nats_server_tls, caplog):

@@ -28,7 +28,7 @@ from spampots.transport.collector import Collector
 from spampots.transport.config import NatsSection, load_section
 from spampots.transport.network import StreamSettings, init_network
 from spampots.transport.shipper import Shipper
-from test_transport import assert_same, capture, cfg_for, lines, total, wait_for
+from test_transport import assert_same, capture, cfg_for, refused_then_fixed, total, wait_for
 
 pytest.importorskip("nats")
 pytest.importorskip("nkeys")
@@ -135,49 +135,6 @@ def test_tls_files_are_checked_at_start(tmp_path):
 
 
 # -- against a real broker -------------------------------------------------------------------------
-
-
-def refused_then_fixed(tmp_path: Path, good: NatsSection, bad: NatsSection, caplog,
-                       refused_words: str, states: tuple[str, ...] = ("auth-failed",)) -> list[str]:
-    """A shipper with ``bad`` credentials while the sensor captures; then ``good``. Returns the
-    ERROR lines logged; checks the central store got everything exactly once."""
-    d = tmp_path / "edge1"
-    central = tmp_path / "central"
-
-    def refused() -> list[str]:
-        return [r.getMessage() for r in caplog.records
-                if r.levelno >= logging.ERROR and refused_words in r.getMessage()]
-
-    async def main() -> None:
-        await init_network(good, StreamSettings())
-        rec = Recorder(d, "edge1")
-        rec.start()
-        stop = asyncio.Event()
-        sh = Shipper(d, "edge1", bad)
-        t = asyncio.create_task(sh.run(stop))
-        for k in range(4):  # the sensor keeps capturing meanwhile
-            await asyncio.to_thread(capture, rec, "edge1", k * 100, 100)
-            await asyncio.sleep(0.4)
-        await wait_for(lambda: refused(), 20, "the refusal")
-        assert sh.stats.state in states and sh.stats.events == 0 and sh.stats.failures >= 2
-        stop.set()
-        await t
-        await rec.close()
-        stop = asyncio.Event()
-        sh, col = Shipper(d, "edge1", good), Collector(central, good)
-        tasks = [asyncio.create_task(sh.run(stop)), asyncio.create_task(col.run(stop))]
-        await wait_for(lambda: col.stats.events >= total([d]), 20, "shipping with good credentials")
-        stop.set()
-        await asyncio.gather(*tasks)
-
-    with caplog.at_level(logging.INFO, logger="spampots.transport"):
-        asyncio.run(main())
-    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(refused()) == 1, f"one clear line, not one per retry: {errors}"
-    assert "capture continues in the local store" in refused()[0] and "edge1" in refused()[0]
-    assert sum(lines(d).values()) == total([d]) > 400
-    assert_same(central, [d])
-    return refused()
 
 
 def ship_and_collect(tmp_path: Path, cfg: NatsSection, admin: Optional[NatsSection] = None,
