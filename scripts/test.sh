@@ -14,6 +14,11 @@ command -v nats-server >/dev/null || need+=(nats-server)
 for tool in swaks ncat proxychains4 wget msmtp hydra strace; do  # tests/test_third_party_clients.py
   command -v "$tool" >/dev/null || need+=("$tool")
 done
+# swaks needs these for -tls and AUTH (Debian only recommends them)
+for mod in Net::SSLeay:libnet-ssleay-perl IO::Socket::SSL:libio-socket-ssl-perl Authen::SASL:libauthen-sasl-perl \
+           Digest::HMAC_MD5:libdigest-hmac-perl; do
+  perl -M"${mod%%:*}" -e1 2>/dev/null || need+=("${mod##*:}")
+done
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)  # Spark's engine (tests/test_spark.py)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
