@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from clients import make_message
-from conftest import start_sensor
+from conftest import searchable_dir, start_sensor
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -70,7 +70,7 @@ def test_swapped_subdirectory_never_hands_an_outside_dir_to_the_user(tmp_path):
     """The issue's reproduction, bounded: a user-owned data dir holding a directory of many
     files, swapped for a symlink to a root-owned directory while the sensor starts."""
     n = 20_000
-    data = tmp_path / "var"
+    data = searchable_dir(tmp_path) / "var"
     z = data / "z"
     z.mkdir(parents=True)
     outside = tmp_path / "outside"
@@ -99,3 +99,101 @@ def test_swapped_subdirectory_never_hands_an_outside_dir_to_the_user(tmp_path):
                 _exchange(str(data / "zl"), str(data / "z"))
             (data / "zl").unlink()
         assert _owners(outside) == before, f"start {attempt}: root followed the swapped symlink"
+
+
+def _tree(root: Path) -> list[tuple[Path, os.stat_result]]:
+    out = [(root, root.lstat())]
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = Path(dirpath) / name
+            out.append((p, p.lstat()))
+    return out
+
+
+def test_root_creates_nothing_as_root_and_data_is_private(tmp_path):
+    """A fresh data dir: made user:group 2750 by root, and everything in it (store, packs,
+    SQLite index, TLS certificate) made by the user after the drop, 0640/0750 in the group."""
+    daemon_gid = grp.getgrnam("daemon").gr_gid  # an analysts' group stand-in
+    home = searchable_dir(tmp_path)
+    data = home / "deep" / "var"  # missing parents are made too
+    sp = start_sensor(tmp_path, data_dir=data, config='[sensor]\nuser = "nobody"\ngroup = "daemon"\n')
+    try:
+        with smtplib.SMTP("127.0.0.1", sp.port(25), timeout=10) as s:
+            s.starttls()  # the self-signed certificate, made by the user
+            s.sendmail("a@b.example", ["c@d.example"], make_message(1))
+    finally:
+        assert sp.stop() == 0
+    assert len(sp.events("spampots.smtp.message")) == 1
+    top = data.lstat()
+    assert (top.st_uid, top.st_gid) == (NOBODY.pw_uid, daemon_gid)
+    assert stat.S_IMODE(top.st_mode) == 0o2750
+    entries = _tree(data)
+    names = {p.relative_to(data).as_posix() for p, _ in entries}
+    assert {"tls/cert.pem", "tls/key.pem", "messages/index.sqlite"} <= names
+    assert any(n.startswith("messages/pack-") and n.endswith(".pack") for n in names)
+    for p, st in entries:
+        assert (st.st_uid, st.st_gid) == (NOBODY.pw_uid, daemon_gid), p
+        if stat.S_ISDIR(st.st_mode):
+            assert stat.S_IMODE(st.st_mode) & 0o777 == 0o750, p
+        elif p.name == "key.pem":
+            assert stat.S_IMODE(st.st_mode) == 0o600
+        else:
+            assert stat.S_IMODE(st.st_mode) == 0o640, p
+    parent = (home / "deep").stat()
+    assert parent.st_uid == 0 and stat.S_IMODE(parent.st_mode) == 0o755
+
+
+def test_existing_user_dir_is_narrowed_not_widened(tmp_path):
+    """A data dir from an older version (the user's, 0755) becomes 2750; its contents are
+    left alone (root does not walk them)."""
+    data = searchable_dir(tmp_path) / "var"
+    (data / "old").mkdir(parents=True)
+    (data / "old" / "f").write_text("x")
+    for p in (data, data / "old", data / "old" / "f"):
+        os.chown(p, NOBODY.pw_uid, NOBODY.pw_gid)
+    data.chmod(0o755)
+    (data / "old").chmod(0o705)
+    sp = start_sensor(tmp_path, data_dir=data, args=("--user", "nobody"))
+    assert sp.stop() == 0
+    assert stat.S_IMODE(data.stat().st_mode) == 0o2750
+    assert stat.S_IMODE((data / "old").stat().st_mode) == 0o705  # untouched
+
+
+def test_symlinked_data_dir_refused(tmp_path):
+    from test_config_checks import run_refused
+
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "var"
+    link.symlink_to(real)
+    before = (real.stat().st_uid, real.stat().st_mode)
+    line = run_refused(tmp_path, link, "", "--user", "nobody")
+    assert "is a symlink" in line and str(link) in line
+    assert (real.stat().st_uid, real.stat().st_mode) == before and not list(real.iterdir())
+
+
+def test_data_dir_of_another_user_refused(tmp_path):
+    from test_config_checks import run_refused
+
+    data = tmp_path / "var"
+    data.mkdir()
+    daemon = pwd.getpwnam("daemon")
+    os.chown(data, daemon.pw_uid, daemon.pw_gid)
+    line = run_refused(tmp_path, data, "", "--user", "nobody")
+    assert "belongs to user 'daemon'" in line and "not to [sensor] user 'nobody'" in line
+    assert data.stat().st_uid == daemon.pw_uid and not list(data.iterdir())
+
+
+def test_root_owned_data_dir_in_a_shared_place_refused(tmp_path):
+    """A root-owned data dir in a directory other users can write may have been put there
+    for root to hand over: refused, with the command that does it by hand."""
+    from test_config_checks import run_refused
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    data = shared / "var"
+    data.mkdir()
+    line = run_refused(tmp_path, data, "", "--user", "nobody")
+    assert "belongs to root" in line and "chown nobody:" in line
+    assert data.stat().st_uid == 0

@@ -275,7 +275,8 @@ def _user_name(uid: int) -> str:
 
 def check_writable(dir_fd: int, path: Path, acct: Optional[Account]) -> None:
     """Create and remove a file in the data dir as the user the sensor will run as, and
-    check that the store's own directories there are writable by it.
+    check that the store's own directories there are writable by it, and that it can reach
+    the data dir by its absolute path.
 
     A forked child does it (it drops privileges; the sensor does not yet), so a data dir
     that is read-only, on a read-only mount, or closed to the user is one clear line
@@ -292,6 +293,8 @@ def check_writable(dir_fd: int, path: Path, acct: Optional[Account]) -> None:
                 os.setgroups([])
                 os.setgid(acct.gid)
                 os.setuid(acct.uid)
+            if acct is not None:
+                msg = _unreachable(path, dir_fd, acct.user).encode()
             os.fchdir(dir_fd)
             probe = f".spampots-write-check-{os.getpid()}"
             fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -300,7 +303,7 @@ def check_writable(dir_fd: int, path: Path, acct: Optional[Account]) -> None:
             finally:
                 os.close(fd)
                 os.unlink(probe)
-            for sub in STORE_DIRS:
+            for sub in STORE_DIRS if not msg else ():
                 try:
                     st = os.stat(sub, follow_symlinks=False)
                 except FileNotFoundError:
@@ -329,6 +332,21 @@ def check_writable(dir_fd: int, path: Path, acct: Optional[Account]) -> None:
     msg = b"".join(chunks).decode(errors="replace")
     if msg:
         raise PrivilegeError(msg)
+
+
+def _unreachable(path: Path, dir_fd: int, user: str) -> str:
+    """Why ``user`` (the caller, after its drop) cannot reach the data dir by its absolute
+    path, or "". The store needs it: SQLite reopens its index by absolute path."""
+    try:
+        st, want = os.stat(path), os.fstat(dir_fd)
+        if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):
+            return ""
+    except OSError:
+        pass
+    blocked = next((p for p in reversed(path.parents) if not os.access(p, os.X_OK)), path.parent)
+    return (f"data dir {path} is not reachable by user {user!r}: {blocked} is not searchable by it "
+            f"(the store opens its index by absolute path): use a data dir such as "
+            f"/var/lib/spampots, or `chmod o+x {blocked}`")
 
 
 def _preload() -> None:
@@ -365,26 +383,3 @@ def drop_to(acct: Account, dir_fd: int) -> str:
     if os.getuid() == 0 or os.geteuid() == 0:
         raise PrivilegeError("could not drop root privileges")
     return acct.describe()
-
-
-def unreachable_parent(path: Path, user: str) -> Path | None:
-    """The first directory above ``path`` that ``user`` cannot search, if any.
-
-    The sensor itself works from inside its data dir, but code that reopens
-    files by absolute path (SQLite does) needs every parent searchable.
-    """
-    try:
-        pw = pwd.getpwnam(user)
-    except KeyError:
-        return None
-    for parent in reversed(Path(path).absolute().parents):
-        st = parent.stat()
-        if st.st_uid == pw.pw_uid:
-            ok = st.st_mode & stat.S_IXUSR
-        elif st.st_gid == pw.pw_gid:
-            ok = st.st_mode & stat.S_IXGRP
-        else:
-            ok = st.st_mode & stat.S_IXOTH
-        if not ok:
-            return parent
-    return None

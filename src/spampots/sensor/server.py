@@ -235,13 +235,6 @@ class Sensor:
             privileges.check_writable(dir_fd, data_dir, acct)
             self._tls(dropped=False)
             await self._bind()
-            if self.cfg.transport.nats is not None and acct is not None:
-                blocked = privileges.unreachable_parent(data_dir, acct.user)
-                if blocked is not None:
-                    raise StartupError(
-                        f"shipping to NATS needs {data_dir} reachable by user {acct.user!r}, but {blocked} "
-                        f"is not searchable by it: use a data dir such as /var/lib/spampots, "
-                        f"`chmod o+x {blocked}`, or set [sensor] user")
             if self.cfg.transport.nats is not None:
                 # Import what shipping needs while still root: after the drop the
                 # interpreter's own files may be unreadable (e.g. a pyenv under /root).
