@@ -9,8 +9,6 @@ import os
 import pwd
 import smtplib
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 

@@ -24,12 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..store.messages import MESSAGES_DIR
+from ..store.segments import EVENTS_DIR
+from .tlscert import TLS_DIR
+
 UMASK = 0o027
 DATA_GROUP = "spampots"  # [sensor] group = "": this group if it exists, else the user's own
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_LINKS = 40  # symlinks followed in the parents of the data dir (the kernel's own limit)
-# The store's top-level directories, checked for writability with the data dir itself.
-STORE_DIRS = ("events", "messages", "tls", "ship", "collect")
+# The sensor's directories in the data dir, checked for writability with the data dir itself.
+STORE_DIRS = (EVENTS_DIR, MESSAGES_DIR, TLS_DIR)
 
 
 class PrivilegeError(RuntimeError):
@@ -282,6 +286,7 @@ def check_writable(dir_fd: int, path: Path, acct: Optional[Account]) -> None:
     that is read-only, on a read-only mount, or closed to the user is one clear line
     before any port is bound instead of a sensor that is up and stores nothing.
     """
+    path = Path(os.path.abspath(path))
     who = f"user {acct.user!r}" if acct else "this user"
     rd, wr = os.pipe()
     pid = os.fork()

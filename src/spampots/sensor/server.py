@@ -214,7 +214,7 @@ class Sensor:
             return
         else:
             try:
-                cert, key = tlscert.ensure_self_signed(Path("tls"), self._fresh_cert)
+                cert, key = tlscert.ensure_self_signed(Path(tlscert.TLS_DIR), self._fresh_cert)
             except OSError as exc:
                 raise StartupError(f"cannot write the TLS certificate in tls/ of the data dir: {exc}") from None
         try:
@@ -255,7 +255,7 @@ class Sensor:
             )
             try:
                 self.recorder.start(self.loop)
-            except OSError as exc:
+            except (OSError, RuntimeError) as exc:  # e.g. another writer holds this sensor's packs
                 self.recorder = None  # type: ignore[assignment]
                 raise StartupError(f"cannot open the store in {data_dir}: {exc}") from None
             for rt in self.listeners:

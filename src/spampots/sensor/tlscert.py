@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+TLS_DIR = "tls"  # the self-signed certificate's directory in the data dir
+
 
 def self_signed_pem(hostname: str) -> tuple[bytes, bytes]:
     """A new certificate and key for ``hostname`` (PEM), made in memory.
