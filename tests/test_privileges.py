@@ -7,8 +7,10 @@ import ctypes
 import grp
 import os
 import pwd
+import shutil
 import smtplib
 import stat
+import tempfile
 import time
 from pathlib import Path
 
@@ -195,3 +197,21 @@ def test_root_owned_data_dir_in_a_shared_place_refused(tmp_path):
     line = run_refused(tmp_path, data, "", "--user", "nobody")
     assert "belongs to root" in line and "chown nobody:" in line
     assert data.stat().st_uid == 0
+
+
+def test_root_owned_data_dir_in_a_root_only_place_is_handed_over(tmp_path):
+    """The usual install: an admin made /var/lib/<dir> (root's, in root-only parents). Only
+    that directory is handed to the user, through its descriptor."""
+    base = Path(tempfile.mkdtemp(prefix="spampots-test-", dir="/var/lib"))
+    try:
+        base.chmod(0o755)
+        data = base / "var"
+        data.mkdir(mode=0o755)
+        sp = start_sensor(tmp_path, data_dir=data, args=("--user", "nobody"))
+        assert sp.stop() == 0
+        st = data.stat()
+        assert st.st_uid == NOBODY.pw_uid and stat.S_IMODE(st.st_mode) == 0o2750
+        assert base.stat().st_uid == 0  # its parent is not touched
+        assert all(st.st_uid == NOBODY.pw_uid for _, st in _tree(data))
+    finally:
+        shutil.rmtree(base)
