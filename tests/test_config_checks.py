@@ -179,3 +179,9 @@ def test_data_dir_the_user_cannot_reach_refused(tmp_path):
     blocked.mkdir(mode=0o700)
     line = run_refused(tmp_path, blocked / "var", "", "--user", "nobody")
     assert "not reachable by user 'nobody'" in line and "chmod o+x" in line
+    # check-config says so too, for a data dir that exists and for one run would create
+    cfg = tmp_path / "ok.toml"
+    cfg.write_text("")
+    for data in (blocked / "var", blocked / "new"):
+        r = _cli("check-config", str(cfg), "--data-dir", str(data))
+        assert r.returncode == 2 and "not reachable by user 'nobody'" in _one_line(r.stderr)

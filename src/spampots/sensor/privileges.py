@@ -22,7 +22,7 @@ import pwd
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from ..store.messages import MESSAGES_DIR
 from ..store.segments import EVENTS_DIR
@@ -196,8 +196,8 @@ def open_data_dir(path: Path, acct: Optional[Account]) -> int:
 
 
 def check_data_dir(path: Path, acct: Optional[Account]) -> None:
-    """What ``run`` checks (ownership, symlinks, writability as the user), changing nothing;
-    a data dir that does not exist yet passes (``run`` creates it)."""
+    """What ``run`` checks (ownership, symlinks, writability as the user), changing nothing.
+    A data dir that does not exist yet passes if its user will reach it (``run`` creates it)."""
     path = Path(os.path.abspath(path))
     if acct is None:
         if not os.path.lexists(path):
@@ -210,7 +210,8 @@ def check_data_dir(path: Path, acct: Optional[Account]) -> None:
         try:
             try:
                 os.stat(path.name, dir_fd=parent, follow_symlinks=False)
-            except FileNotFoundError:
+            except FileNotFoundError:  # run creates it; its user must reach it then
+                check_reachable(parent, path.parent, acct)
                 return
             fd = _open_checked(parent, path, acct, trusted, created=False)
         finally:
@@ -278,9 +279,8 @@ def _user_name(uid: int) -> str:
 
 
 def check_writable(dir_fd: int, path: Path, acct: Optional[Account]) -> None:
-    """Create and remove a file in the data dir as the user the sensor will run as, and
-    check that the store's own directories there are writable by it, and that it can reach
-    the data dir by its absolute path.
+    """As the user the sensor will run as: reach the data dir by its absolute path, create
+    and remove a file in it, and find the store's own directories there writable.
 
     A forked child does it (it drops privileges; the sensor does not yet), so a data dir
     that is read-only, on a read-only mount, or closed to the user is one clear line
@@ -288,48 +288,62 @@ def check_writable(dir_fd: int, path: Path, acct: Optional[Account]) -> None:
     """
     path = Path(os.path.abspath(path))
     who = f"user {acct.user!r}" if acct else "this user"
+
+    def probe() -> str:
+        if acct is not None and (why := _unreachable(path, dir_fd, acct.user)):
+            return why
+        name = f".spampots-write-check-{os.getpid()}"
+        try:
+            os.fchdir(dir_fd)
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, b"x")
+            finally:
+                os.close(fd)
+                os.unlink(name)
+        except OSError as exc:
+            return f"data dir {path} is not writable by {who} ({exc.strerror})"
+        for sub in STORE_DIRS:
+            try:
+                st = os.stat(sub, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISDIR(st.st_mode) or not os.access(sub, os.W_OK | os.X_OK):
+                return (f"{path}/{sub} is not a directory writable by {who}"
+                        f"{': chown it to the user' if acct else ''}")
+        return ""
+
+    _as_user(acct, probe, f"data dir {path} could not be checked")
+
+
+def check_reachable(dir_fd: int, path: Path, acct: Account) -> None:
+    """As ``acct``'s user: reach the directory ``path`` (open as ``dir_fd``) by its absolute path."""
+    path = Path(os.path.abspath(path))
+    _as_user(acct, lambda: _unreachable(path, dir_fd, acct.user, "the data dir's parent"),
+             f"{path} could not be checked")
+
+
+def _as_user(acct: Optional[Account], probe: Callable[[], str], failed: str) -> None:
+    """Run ``probe`` in a forked child that has become ``acct``'s user (None: stays as it is);
+    what it returns, if anything, is raised here as a PrivilegeError."""
     rd, wr = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: system calls only, then _exit
         os.close(rd)
-        msg = b""
         try:
             if acct is not None:
                 os.setgroups([])
                 os.setgid(acct.gid)
                 os.setuid(acct.uid)
-            if acct is not None:
-                msg = _unreachable(path, dir_fd, acct.user).encode()
-            os.fchdir(dir_fd)
-            probe = f".spampots-write-check-{os.getpid()}"
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            try:
-                os.write(fd, b"x")
-            finally:
-                os.close(fd)
-                os.unlink(probe)
-            for sub in STORE_DIRS if not msg else ():
-                try:
-                    st = os.stat(sub, follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                if not stat.S_ISDIR(st.st_mode) or not os.access(sub, os.W_OK | os.X_OK):
-                    msg = (f"{path}/{sub} is not a directory writable by {who}"
-                           f"{': chown it to the user' if acct else ''}").encode()
-                    break
-        except OSError as exc:
-            msg = f"data dir {path} is not writable by {who} ({exc.strerror})".encode()
+            msg = probe()
         except BaseException:
-            msg = f"data dir {path} could not be checked".encode()
-        os.write(wr, msg[:4000])
+            msg = failed
+        os.write(wr, msg.encode()[:4000])
         os._exit(0)
     os.close(wr)
     try:
         chunks = []
-        while True:
-            chunk = os.read(rd, 4096)
-            if not chunk:
-                break
+        while chunk := os.read(rd, 4096):
             chunks.append(chunk)
     finally:
         os.close(rd)
@@ -339,7 +353,7 @@ def check_writable(dir_fd: int, path: Path, acct: Optional[Account]) -> None:
         raise PrivilegeError(msg)
 
 
-def _unreachable(path: Path, dir_fd: int, user: str) -> str:
+def _unreachable(path: Path, dir_fd: int, user: str, what: str = "data dir") -> str:
     """Why ``user`` (the caller, after its drop) cannot reach the data dir by its absolute
     path, or "". The store needs it: SQLite reopens its index by absolute path."""
     try:
@@ -349,7 +363,7 @@ def _unreachable(path: Path, dir_fd: int, user: str) -> str:
     except OSError:
         pass
     blocked = next((p for p in reversed(path.parents) if not os.access(p, os.X_OK)), path.parent)
-    return (f"data dir {path} is not reachable by user {user!r}: {blocked} is not searchable by it "
+    return (f"{what} {path} is not reachable by user {user!r}: {blocked} is not searchable by it "
             f"(the store opens its index by absolute path): use a data dir such as "
             f"/var/lib/spampots, or `chmod o+x {blocked}`")
 
