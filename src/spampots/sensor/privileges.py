@@ -174,6 +174,13 @@ def open_data_dir(path: Path, acct: Optional[Account]) -> int:
         except OSError as exc:
             raise PrivilegeError(f"data dir {path}: {exc.strerror}") from None
         return _open_plain(path)
+    try:
+        return _adopt(path, acct)
+    except OSError as exc:  # a read-only file system, a directory removed meanwhile, ...
+        raise PrivilegeError(f"data dir {path}: {exc.strerror or exc}") from None
+
+
+def _adopt(path: Path, acct: Account) -> int:
     parent, trusted = _parent_of(path, create=True)
     try:
         created = False
@@ -199,13 +206,20 @@ def check_data_dir(path: Path, acct: Optional[Account]) -> None:
     """What ``run`` checks (ownership, symlinks, writability as the user), changing nothing.
     A data dir that does not exist yet passes if its user will reach it (``run`` creates it)."""
     path = Path(os.path.abspath(path))
+    try:
+        _check(path, acct)
+    except OSError as exc:
+        raise PrivilegeError(f"data dir {path}: {exc.strerror or exc}") from None
+
+
+def _check(path: Path, acct: Optional[Account]) -> None:
     if acct is None:
         if not os.path.lexists(path):
             return
         fd = _open_plain(path)
     else:
         parent, trusted = _parent_of(path, create=False)
-        if parent < 0:
+        if parent < 0:  # run would make the missing parents too
             return
         try:
             try:
