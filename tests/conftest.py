@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +98,40 @@ def wait_listening(port: int, host: str = "127.0.0.1", timeout: float = 15.0, pr
     raise TimeoutError(f"nothing listening on {host}:{port}")
 
 
+_SEARCHABLE: list[Path] = []  # one world-searchable base per test session, as root
+
+
+def searchable_dir(tmp: Path) -> Path:
+    """A fresh empty directory whose absolute path the sensor's user (nobody) can walk.
+
+    Started as root, the sensor opens its store after dropping to nobody, and SQLite opens
+    its index by absolute path: pytest's own tmp dirs (/tmp/pytest-of-root, 0700) are not
+    reachable then. Without root, ``tmp`` itself.
+    """
+    if os.geteuid() != 0:
+        tmp.mkdir(parents=True, exist_ok=True)
+        return tmp
+    if not _SEARCHABLE:
+        base = Path(tempfile.mkdtemp(prefix="spampots-tests-"))
+        base.chmod(0o711)  # searchable, not listable
+        _SEARCHABLE.append(base)
+        atexit.register(shutil.rmtree, base, True)
+    d = Path(tempfile.mkdtemp(dir=_SEARCHABLE[0]))
+    d.chmod(0o711)
+    return d
+
+
+def _default_data_dir(tmp: Path) -> Path:
+    """``tmp/var``; as root a reachable dir instead (see searchable_dir), linked from ``tmp/var``."""
+    if os.geteuid() != 0:
+        return tmp / "var"
+    data = searchable_dir(tmp) / "var"
+    link = tmp / "var"
+    if not link.exists() and not link.is_symlink():
+        link.symlink_to(data, target_is_directory=True)
+    return data
+
+
 def start_sensor(
     tmp: Path,
     *,
@@ -107,7 +144,7 @@ def start_sensor(
     data_dir: Optional[Path] = None,
 ) -> SensorProc:
     tmp.mkdir(parents=True, exist_ok=True)
-    data = data_dir or tmp / "var"
+    data = data_dir or _default_data_dir(tmp)
     offset = pick_offset() if offset is None else offset
     cfg_path = tmp / "sensor.toml"
     cfg_path.write_text(config)

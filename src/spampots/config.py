@@ -8,6 +8,7 @@ become a default), and every error names the key that is wrong.
 from __future__ import annotations
 
 import ipaddress
+import math
 import socket
 import tomllib
 from pathlib import Path
@@ -51,6 +52,7 @@ class SensorSection(_Base):
     id: str = ""  # "" = derived from the host name
     data_dir: str = "var"
     user: str = "nobody"  # dropped to after binding when started as root; "" = never drop
+    group: str = ""  # owner group of the data dir (analysts join it); "" = spampots if it exists, else the user's
     log_level: str = "info"
     summary_interval_s: float = 60.0
     heartbeat_interval_s: float = 60.0
@@ -179,6 +181,11 @@ def load(path: Optional[Path]) -> Config:
             raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such file") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} "
+                              f"at offset {exc.start})") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
         cfg = from_dict(raw, source=str(path))
@@ -249,14 +256,53 @@ def validate(cfg: Config) -> None:
     sid = cfg.sensor.id
     if sid and not all(c.isalnum() or c in "-_." for c in sid):
         errors.append("sensor.id may hold letters, digits, '-', '_' and '.' only")
-    for name in LimitsSection.__struct_fields__:
-        if getattr(cfg.limits, name) <= 0:
-            errors.append(f"limits.{name} must be positive")
+    errors += _number_problems(cfg)
     if cfg.transport.nats is not None:
         errors += [f"transport.nats: {e}" if not e.startswith("transport.nats") else e
                    for e in cfg.transport.nats.validate()]
     if errors:
         raise ConfigError("\n".join(errors))
+
+
+# Floors for numbers that break the sensor below them (a heartbeat of 0 s is an event
+# flood, a 0 MB segment a new file per write). "> 0" floors are exclusive, others inclusive.
+_FLOORS: dict[str, tuple[float, str]] = {
+    "sensor.summary_interval_s": (0.5, ">="),
+    "sensor.heartbeat_interval_s": (0.5, ">="),
+    "sensor.greeting_delay_s": (0.0, ">="),
+    "sensor.tunnel_greeting_delay_s": (0.0, ">="),
+    "limits.new_sessions_per_s_per_ip": (0.0, ">"),
+    "limits.idle_timeout_s": (0.1, ">="),
+    "limits.session_lifetime_s": (0.1, ">="),
+    "store.segment_max_mb": (1.0, ">="),
+    "store.segment_max_age_s": (1.0, ">="),
+}
+# Ceilings for delays a client waits out: an hour is already absurd, and keeps them finite.
+_CEILINGS: dict[str, float] = {
+    "sensor.greeting_delay_s": 300.0,
+    "sensor.tunnel_greeting_delay_s": 300.0,
+}
+
+
+def _number_problems(cfg: Config) -> list[str]:
+    """Every number of the sensor's own sections: finite, within its floor (and ceiling);
+    integer limits positive. [transport.nats] checks its own (NatsSection.validate)."""
+    errors: list[str] = []
+    for section in ("sensor", "limits", "store"):
+        struct = getattr(cfg, section)
+        for name in struct.__struct_fields__:
+            value, key = getattr(struct, name), f"{section}.{name}"
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if not math.isfinite(value):
+                errors.append(f"{key} must be a finite number, not {value}")
+                continue
+            floor, op = _FLOORS.get(key, (0, ">"))
+            if (value < floor) if op == ">=" else (value <= floor):
+                errors.append(f"{key} must be {op} {floor:g}, not {value:g}")
+            elif key in _CEILINGS and value > _CEILINGS[key]:
+                errors.append(f"{key} must be <= {_CEILINGS[key]:g}, not {value:g}")
+    return errors
 
 
 def with_port_offset(cfg: Config, offset: int) -> Config:
@@ -295,17 +341,19 @@ _EXAMPLE = """\
 id = ""                     # sensor name in every event; "" = the host name
 data_dir = "var"            # events, message packs, TLS key
 user = "nobody"             # started as root: bind, then drop to this user; "" = never drop
+group = ""                  # the data dir's group, for analysts (files 0640, dirs 0750);
+                            # "" = the group spampots if it exists, else the user's own
 log_level = "info"          # debug | info | warning | error (stderr)
-summary_interval_s = 60     # one-line operational summary on stderr
-heartbeat_interval_s = 60   # spampots.sensor.heartbeat events
-greeting_delay_s = 0.0      # SMTP ports: wait this long for a client that speaks first
-tunnel_greeting_delay_s = 0.02  # a tunnelled mail server's banner comes this long after the grant
+summary_interval_s = 60     # one-line operational summary on stderr (at least 0.5)
+heartbeat_interval_s = 60   # spampots.sensor.heartbeat events (at least 0.5)
+greeting_delay_s = 0.0      # SMTP ports: wait this long for a client that speaks first (0..300)
+tunnel_greeting_delay_s = 0.02  # a tunnelled mail server's banner comes this long after the grant (0..300)
 
 [limits]                    # every hit is recorded as spampots.limit.hit
 max_sessions = 4096         # concurrent sessions, all sources
 max_sessions_per_ip = 64    # concurrent sessions from one source address
 new_sessions_per_s_per_ip = 50
-idle_timeout_s = 60
+idle_timeout_s = 60         # at least 0.1, like session_lifetime_s
 session_lifetime_s = 900
 line_length = 4096          # bytes in one command or header line
 header_bytes = 65536        # bytes in one request / message header block
@@ -343,8 +391,8 @@ trusted = []                # e.g. ["127.0.0.1", "10.0.0.0/8"]: front ends allow
 
 [store]
 fsync = true                # a 250 after DATA is sent only once message and event are fsynced
-segment_max_mb = 64
-segment_max_age_s = 3600
+segment_max_mb = 64         # at least 1
+segment_max_age_s = 3600    # at least 1
 
 # Listeners: without any [[listener]] the talk's ports are used:
 # SOCKS 1080 3127; HTTP 8080 80 3128 8000 6588 4480 3382 81; SMTP 25

@@ -76,6 +76,7 @@ class Sensor:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.recorder: Recorder = None  # type: ignore[assignment]
         self.ssl_context: Optional[ssl.SSLContext] = None
+        self._fresh_cert: tuple[bytes, bytes] = (b"", b"")  # self-signed PEM, made before the drop
         self.gate = ConnectionGate(
             max_total=cfg.limits.max_sessions,
             max_per_ip=cfg.limits.max_sessions_per_ip,
@@ -168,7 +169,7 @@ class Sensor:
                 persona = (dataclasses.replace(persona, smtp_style=lst.persona) if speaks_first
                            else dataclasses.replace(persona, http_style=lst.persona))
             ctx = Context(listener_port=lst.port, persona=persona, limits=limits,
-                          tls_available=self.ssl_context is not None)
+                          tls_available=self._tls_wanted())
             name = persona.smtp_style if speaks_first else persona.http_style
             out.append(ListenerRuntime(lst.address, lst.port, lst.kind, speaks_first, ctx, name))
         return out
@@ -195,13 +196,27 @@ class Sensor:
         if not self.listeners:
             raise StartupError("no listener could be bound: see the lines above for the fixes")
 
-    def _tls(self, data_dir: Path) -> None:
-        if not self.cfg.smtp.starttls and not any(lst.kind in TLS_KINDS for lst in self.cfg.listeners):
+    def _tls_wanted(self) -> bool:
+        return self.cfg.smtp.starttls or any(lst.kind in TLS_KINDS for lst in self.cfg.listeners)
+
+    def _tls(self, *, dropped: bool) -> None:
+        """The TLS context: a configured certificate is read before the drop (only root may
+        be able to read its key); a self-signed one is made in memory before it and written
+        to tls/ in the data dir (unless there already) by the user after it."""
+        if not self._tls_wanted():
             return
-        if self.cfg.smtp.tls_cert:
+        if not dropped:
+            if not self.cfg.smtp.tls_cert:
+                self._fresh_cert = tlscert.self_signed_pem(self.persona.hostname)
+                return
             cert, key = Path(self.cfg.smtp.tls_cert), Path(self.cfg.smtp.tls_key)
+        elif self.cfg.smtp.tls_cert:
+            return
         else:
-            cert, key = tlscert.ensure_self_signed(data_dir / "tls", self.persona.hostname)
+            try:
+                cert, key = tlscert.ensure_self_signed(Path(tlscert.TLS_DIR), self._fresh_cert)
+            except OSError as exc:
+                raise StartupError(f"cannot write the TLS certificate in tls/ of the data dir: {exc}") from None
         try:
             self.ssl_context = tlscert.server_context(cert, key)
         except (OSError, ssl.SSLError) as exc:
@@ -209,39 +224,40 @@ class Sensor:
         self.ssl_context.sni_callback = _keep_sni
 
     async def run(self, data_dir: Path) -> int:
+        """Start up in an order that gives root no file to create: check the data dir (as the
+        user the sensor will run as), read root-only files, bind, enter the data dir by its
+        descriptor and drop root, then make the TLS certificate and open the store."""
         self.loop = asyncio.get_running_loop()
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self._tls(data_dir)
-        # Work relative to the data dir, so that after dropping root the store
-        # needs no permission on the directories above it.
-        os.chdir(data_dir)
-        self.recorder = Recorder(
-            Path("."),
-            self.sensor_id,
-            fsync=self.cfg.store.fsync,
-            segment_max_bytes=int(self.cfg.store.segment_max_mb * 1024 * 1024),
-            segment_max_age_s=self.cfg.store.segment_max_age_s,
-        )
-        self.recorder.start(self.loop)
+        acct = (privileges.account(self.cfg.sensor.user, self.cfg.sensor.group)
+                if privileges.running_as_root() and self.cfg.sensor.user else None)
+        dir_fd = privileges.open_data_dir(data_dir, acct)
         try:
+            privileges.check_writable(dir_fd, data_dir, acct)
+            self._tls(dropped=False)
             await self._bind()
-            shipping_as = self.cfg.sensor.user if privileges.running_as_root() else ""
-            if self.cfg.transport.nats is not None and shipping_as:
-                blocked = privileges.unreachable_parent(data_dir, shipping_as)
-                if blocked is not None:
-                    raise StartupError(
-                        f"shipping to NATS needs {data_dir} reachable by user {shipping_as!r}, but {blocked} "
-                        f"is not searchable by it: use a data dir such as /var/lib/spampots, "
-                        f"`chmod o+x {blocked}`, or set [sensor] user")
             if self.cfg.transport.nats is not None:
                 # Import what shipping needs while still root: after the drop the
                 # interpreter's own files may be unreadable (e.g. a pyenv under /root).
                 import nats.js  # noqa: F401
 
                 from ..transport import shipper as _preloaded  # noqa: F401
-            if privileges.running_as_root() and self.cfg.sensor.user:
-                who = privileges.drop_to(self.cfg.sensor.user, Path("."))
-                log.info("dropped root privileges: now %s", who)
+            if acct is not None:
+                log.info("dropped root privileges: now %s", privileges.drop_to(acct, dir_fd))
+            else:
+                os.fchdir(dir_fd)  # relative paths from here on, as after a drop
+            self._tls(dropped=True)
+            self.recorder = Recorder(
+                Path("."),
+                self.sensor_id,
+                fsync=self.cfg.store.fsync,
+                segment_max_bytes=int(self.cfg.store.segment_max_mb * 1024 * 1024),
+                segment_max_age_s=self.cfg.store.segment_max_age_s,
+            )
+            try:
+                self.recorder.start(self.loop)
+            except (OSError, RuntimeError) as exc:  # e.g. another writer holds this sensor's packs
+                self.recorder = None  # type: ignore[assignment]
+                raise StartupError(f"cannot open the store in {data_dir}: {exc}") from None
             for rt in self.listeners:
                 assert rt.server is not None
                 await rt.server.start_serving()
@@ -249,8 +265,11 @@ class Sensor:
             for rt in self.listeners:
                 if rt.server is not None:
                     rt.server.close()
-            await self.recorder.close()
+            if self.recorder is not None:
+                await self.recorder.close()
             raise
+        finally:
+            os.close(dir_fd)
         limits = effective_limits(self.cfg)
         self.recorder.emit(self._sensor_event(SensorStart(
             version=__version__,

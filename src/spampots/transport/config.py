@@ -8,6 +8,7 @@ described in ``docs/network.md``.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import msgspec
@@ -91,10 +92,11 @@ class NatsSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                        f"(no wildcards), not {self.subject_prefix!r}")
         if not 1 <= self.batch_size <= 10000:
             err.append(f"{k}.batch_size must be 1..10000")
-        for key in ("ack_timeout_s", "status_interval_s", "connect_timeout_s", "retry_max_s",
-                    "auth_retry_s", "poll_interval_s"):
-            if getattr(self, key) <= 0:
-                err.append(f"{k}.{key} must be positive")
+        for key, floor in (("ack_timeout_s", 0.1), ("status_interval_s", 0.1), ("connect_timeout_s", 0.1),
+                           ("retry_max_s", 0.1), ("auth_retry_s", 0.1), ("poll_interval_s", 0.01)):
+            value = getattr(self, key)
+            if not math.isfinite(value) or value < floor:  # nan and inf too: a busy loop or none
+                err.append(f"{k}.{key} must be a finite number >= {floor:g}, not {value:g}")
         return err
 
 
