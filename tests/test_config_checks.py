@@ -185,3 +185,26 @@ def test_data_dir_the_user_cannot_reach_refused(tmp_path):
     for data in (blocked / "var", blocked / "new"):
         r = _cli("check-config", str(cfg), "--data-dir", str(data))
         assert r.returncode == 2 and "not reachable by user 'nobody'" in _one_line(r.stderr)
+
+
+def test_one_data_dir_rule_for_every_command(tmp_path, monkeypatch):
+    """--data-dir, else the config's, else /var/lib/spampots as root and ./var otherwise:
+    the sensor and the commands that read its store look in the same place."""
+    from spampots import config
+
+    cfg = config.from_dict({"sensor": {"data_dir": "/srv/cap"}})
+    assert config.resolve_data_dir(tmp_path / "x", cfg) == tmp_path / "x"
+    assert config.resolve_data_dir(None, cfg) == Path("/srv/cap")
+    expected = Path("/var/lib/spampots") if os.geteuid() == 0 else Path("var")
+    assert config.resolve_data_dir(None, config.Config()) == expected
+    assert config.resolve_data_dir("", None) == expected
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert config.default_data_dir() == Path("var")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert config.default_data_dir() == Path("/var/lib/spampots")
+    # what check-config says is where run will store
+    toml = tmp_path / "s.toml"
+    toml.write_text("")
+    r = _cli("check-config", str(toml))
+    assert r.returncode == 0, r.stderr
+    assert f"data in {str(expected)!r}" in r.stdout

@@ -18,13 +18,12 @@ _HEX64 = re.compile(rb"^[0-9a-fA-F]{64}$")
 
 def _add_data_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, default=None,
-                   help="where events and messages are stored (default: the config's, else ./var)")
+                   help="where events and messages are stored (default: the config's, else "
+                        f"{config.ROOT_DATA_DIR} as root, ./var otherwise)")
 
 
 def _data_dir(args: argparse.Namespace, cfg: Optional[config.Config] = None) -> Path:
-    if getattr(args, "data_dir", None):
-        return Path(args.data_dir)
-    return Path(cfg.sensor.data_dir if cfg else "var")
+    return config.resolve_data_dir(getattr(args, "data_dir", None), cfg)
 
 
 def _load_config(args: argparse.Namespace) -> config.Config:
@@ -74,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = config.load(Path(args.file))
     lst = cfg.listeners
-    data = cfg.sensor.data_dir
+    data = str(config.resolve_data_dir(None, cfg))
     if args.data_dir is not None:  # what `run` checks before binding, as the user it runs as
         from .sensor import privileges
 

@@ -8,6 +8,7 @@ become a default), and every error names the key that is wrong.
 from __future__ import annotations
 
 import ipaddress
+import os
 import math
 import socket
 import tomllib
@@ -50,7 +51,7 @@ class ListenerConfig(_Base):
 
 class SensorSection(_Base):
     id: str = ""  # "" = derived from the host name
-    data_dir: str = "var"
+    data_dir: str = ""  # "" = default_data_dir(): /var/lib/spampots as root, else ./var
     user: str = "nobody"  # dropped to after binding when started as root; "" = never drop
     group: str = ""  # owner group of the data dir (analysts join it); "" = spampots if it exists, else the user's
     log_level: str = "info"
@@ -165,6 +166,29 @@ def default_listeners() -> list[ListenerConfig]:
         + [ListenerConfig(port=p, kind="http") for p in HTTP_PORTS]
         + [ListenerConfig(port=p, kind="smtp") for p in SMTP_PORTS]
     )
+
+
+ROOT_DATA_DIR = "/var/lib/spampots"
+
+
+def default_data_dir() -> Path:
+    """Where every command keeps and looks for the store when none is named.
+
+    Root's sensor drops to an unprivileged user that must reach its data dir by absolute
+    path (the store's SQLite index is reopened that way), which a ./var under /root never
+    is: root uses the system's state directory instead.
+    """
+    return Path(ROOT_DATA_DIR) if os.geteuid() == 0 else Path("var")
+
+
+def resolve_data_dir(explicit: Optional[Path | str], cfg: Optional["Config"] = None) -> Path:
+    """--data-dir, else the config's [sensor] data_dir, else :func:`default_data_dir`:
+    the one rule every command uses."""
+    if explicit:
+        return Path(explicit)
+    if cfg is not None and cfg.sensor.data_dir:
+        return Path(cfg.sensor.data_dir)
+    return default_data_dir()
 
 
 def _default_sensor_id() -> str:
@@ -339,7 +363,8 @@ _EXAMPLE = """\
 
 [sensor]
 id = ""                     # sensor name in every event; "" = the host name
-data_dir = "var"            # events, message packs, TLS key
+data_dir = ""               # events, message packs, TLS key; "" = /var/lib/spampots when
+                            # started as root (the dropped user must reach it), else ./var
 user = "nobody"             # started as root: bind, then drop to this user; "" = never drop
 group = ""                  # the data dir's group, for analysts (files 0640, dirs 0750);
                             # "" = the group spampots if it exists, else the user's own

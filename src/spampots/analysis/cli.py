@@ -45,13 +45,15 @@ def _key_value(s: str) -> tuple[str, str]:
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
-    return Path(getattr(args, "data_dir", None) or "var")
+    from ..config import resolve_data_dir
+
+    return resolve_data_dir(getattr(args, "data_dir", None))
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     # SUPPRESS: never overwrite a --data-dir given to the top-level parser.
     p.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS,
-                   help="data directory of the store (default: ./var)")
+                   help="data directory of the store (default: /var/lib/spampots as root, else ./var)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 

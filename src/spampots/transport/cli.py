@@ -15,6 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..config import resolve_data_dir
 from .config import NatsSection, load_section
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -85,7 +86,7 @@ def cmd_ship(args: argparse.Namespace) -> int:
     cfg = _setup(args)
     if cfg is None:
         return 2
-    data_dir = Path(getattr(args, "data_dir", None) or "var")
+    data_dir = resolve_data_dir(getattr(args, "data_dir", None))
 
     async def go(stop: asyncio.Event) -> int:
         sh = Shipper(data_dir, args.sensor_id, cfg)
@@ -108,7 +109,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     cfg = _setup(args)
     if cfg is None:
         return 2
-    data_dir = Path(getattr(args, "data_dir", None) or "var")
+    data_dir = resolve_data_dir(getattr(args, "data_dir", None))
 
     async def go(stop: asyncio.Event) -> int:
         col = Collector(data_dir, cfg, name=args.name, durable=args.durable)
@@ -173,7 +174,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "a durable cursor (the sensor does this itself when its config "
                                           "has [transport.nats]; this runs it as its own process).")
     _nats_options(s)
-    _data_dir_option(s, "the sensor's data dir (default ./var)")
+    _data_dir_option(s, "the sensor's data dir (default /var/lib/spampots as root, else ./var)")
     s.add_argument("--sensor-id", required=True, help="the sensor whose segments are shipped")
     s.add_argument("--until-caught-up", action="store_true",
                    help="exit once everything on disk is acked (default: follow forever)")
@@ -184,7 +185,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "central store of the sensor's format, acks after fsync. "
                                           "Several collectors may run with the same --durable.")
     _nats_options(c)
-    _data_dir_option(c, "the central store (default ./var)")
+    _data_dir_option(c, "the central store (default /var/lib/spampots as root, else ./var)")
     c.add_argument("--name", default="collector",
                    help="this collector's name in the data dir (one per process sharing a data dir)")
     c.add_argument("--durable", default=DEFAULT_DURABLE, help="the durable consumer (shared by collectors)")
