@@ -112,3 +112,121 @@ def test_full_house_of_slow_connections_makes_room_for_fresh_clients(tmp_path: P
     assert len(messages) == len(times)
     hits = [h for h in sp.events("spampots.limit.hit") if h.limit == "max_sessions"]
     assert hits and sum(h.count for h in hits) >= 20
+    assert "Traceback" not in sp.stderr()
+
+
+def _soft_nofile(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no Max open files line")
+
+
+def test_low_descriptor_limit_lowers_max_sessions_and_capture_goes_on(tmp_path: Path) -> None:
+    # A hard limit of 256 cannot hold max_sessions = 4096: the sensor raises its soft limit
+    # (64) to 256, warns once, fits max_sessions under it with a reserve for the store, and
+    # makes room beyond it instead of dropping clients or failing to store mail.
+    sp = start_sensor(tmp_path, config=SMTP_ONLY, wait_port=25, env_extra={"SPAMPOTS_TEST_NOFILE": "64:256"})
+    port = sp.port(25)
+    try:
+        assert _soft_nofile(sp.proc.pid) == 256
+        start = sp.events("spampots.sensor.start", wait_for=1)[0]
+        effective = start.limits["max_sessions"]
+        assert 32 <= effective < 256 - 64
+        assert sp.stderr().count("max_sessions lowered") == 1
+        extra = 40
+        with slow_connections(port, effective + extra, per_source=20) as socks:
+            assert len(socks) == effective + extra
+            # every connection was admitted (made room for), none dropped unseen
+            opens = _wait_events(sp, "spampots.session.open", effective + extra + 1, timeout=20)
+            assert len(opens) == effective + extra + 1  # and the wait_listening probe
+            seconds = smtp_transaction(port, "127.2.0.1", timeout=15)  # the house is full
+            print(f"\neffective max_sessions {effective}; a message while full took {seconds:.3f} s")
+            # and the slow ones that are left still get their banners read
+            alive = 0
+            for s in socks[-effective // 2:]:
+                try:
+                    alive += s.recv(100).startswith(b"220")
+                except OSError:
+                    pass
+            assert alive == effective // 2
+        message = sp.events("spampots.smtp.message", wait_for=1)
+        assert len(message) == 1
+    finally:
+        sp.stop()
+    closes = sp.events("spampots.session.close")
+    assert sum(c.reason == "evicted" for c in closes) >= extra
+    err = sp.stderr()
+    assert "Too many open files" not in err and "Traceback" not in err and "not stored" not in err
+
+
+def test_flood_of_refusals_is_a_bounded_number_of_counted_limit_hits(tmp_path: Path) -> None:
+    sp = start_sensor(tmp_path, config=SMTP_ONLY + "[limits]\nmax_sessions_per_ip = 10\n"
+                      "new_sessions_per_s_per_ip = 20\nlimit_hit_interval_s = 1\n", wait_port=25)
+    port = sp.port(25)
+    flooder = "127.3.0.1"
+    _raise_nofile()
+    held: list[socket.socket] = []
+    attempts = 0
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < 3.0 and attempts < 3000:
+            s = socket.socket()
+            s.bind((flooder, 0))
+            s.settimeout(10)
+            try:
+                s.connect(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
+            attempts += 1
+            held.append(s)  # open until the end, so the sensor sees the source of each
+        elapsed = time.monotonic() - t0
+        opens = [e for e in _wait_events(sp, "spampots.session.open", 1, 5) if e.src_ip == flooder]
+        time.sleep(1.5)  # let the sensor catch up with the last connections
+    finally:
+        sp.stop()
+        for s in held:
+            s.close()
+    opens = [e for e in sp.events("spampots.session.open") if e.src_ip == flooder]
+    hits = [e for e in sp.events("spampots.limit.hit") if e.src_ip == flooder]
+    refused = attempts - len(opens)
+    print(f"\n{attempts} connections in {elapsed:.1f} s: {len(opens)} admitted, {refused} refused, "
+          f"{len(hits)} limit.hit events")
+    assert refused > 500
+    assert sum(h.count for h in hits) == refused
+    # per (source, limit): at most one at once and one with the count per 1 s interval (+ the stop)
+    assert len(hits) <= 2 * 2 * (elapsed + 3), [(h.limit, h.count) for h in hits]
+
+
+def test_dribbled_bytes_are_no_progress_and_a_stalled_session_is_closed(tmp_path: Path) -> None:
+    sp = start_sensor(tmp_path, config=SMTP_ONLY + "[limits]\nprogress_timeout_s = 2\n", wait_port=25)
+    port = sp.port(25)
+    try:
+        loris = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.4.0.1", 0))
+        assert loris.recv(100).startswith(b"220")
+        with smtplib.SMTP("127.0.0.1", port, timeout=10, source_address=("127.4.0.2", 0)) as client:
+            client.ehlo("busy.example")
+            t0 = time.monotonic()
+            closed_after = None
+            while time.monotonic() - t0 < 8 and closed_after is None:
+                try:
+                    loris.send(b"x")  # a byte every 0.25 s: never idle, never a whole command
+                    loris.settimeout(0.25)
+                    if loris.recv(100) == b"":
+                        closed_after = time.monotonic() - t0
+                except socket.timeout:
+                    pass
+                except OSError:
+                    closed_after = time.monotonic() - t0
+                if int((time.monotonic() - t0) * 4) % 2 == 0:
+                    assert client.noop()[0] == 250  # complete commands: progress
+            assert closed_after is not None and 1.5 < closed_after < 6, closed_after
+            assert client.noop()[0] == 250  # the busy client outlived it
+        loris.close()
+    finally:
+        sp.stop()
+    stalled = [c for c in sp.events("spampots.session.close") if c.reason == "stalled"]
+    assert [c.src_ip for c in stalled] == ["127.4.0.1"]
+    hits = [h for h in sp.events("spampots.limit.hit") if h.limit == "progress_timeout_s"]
+    assert [h.src_ip for h in hits] == ["127.4.0.1"] and hits[0].observed >= 2
