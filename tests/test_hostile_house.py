@@ -19,6 +19,7 @@ from typing import Iterator
 
 from clients import make_message
 from conftest import SensorProc, start_sensor
+from spampots.sensor.limits import STORE_RESERVE_FDS
 
 SMTP_ONLY = '[[listener]]\nport = 25\nkind = "smtp"\n'
 
@@ -132,7 +133,7 @@ def test_low_descriptor_limit_lowers_max_sessions_and_capture_goes_on(tmp_path: 
         assert _soft_nofile(sp.proc.pid) == 256
         start = sp.events("spampots.sensor.start", wait_for=1)[0]
         effective = start.limits["max_sessions"]
-        assert 32 <= effective < 256 - 64
+        assert 32 <= effective < 256 - STORE_RESERVE_FDS
         assert sp.stderr().count("max_sessions lowered") == 1
         extra = 40
         with slow_connections(port, effective + extra, per_source=20) as socks:
@@ -230,3 +231,25 @@ def test_dribbled_bytes_are_no_progress_and_a_stalled_session_is_closed(tmp_path
     assert [c.src_ip for c in stalled] == ["127.4.0.1"]
     hits = [h for h in sp.events("spampots.limit.hit") if h.limit == "progress_timeout_s"]
     assert [h.src_ip for h in hits] == ["127.4.0.1"] and hits[0].observed >= 2
+
+
+def test_accept_errors_for_want_of_descriptors_are_counted_not_raised() -> None:
+    # asyncio reports EMFILE on accept to the loop's exception handler (and retries later);
+    # the sensor's handler counts it for the heartbeat and logs it at a limited rate.
+    import asyncio
+    import errno
+
+    from spampots.config import Config
+    from spampots.sensor.server import Sensor
+
+    sensor = Sensor(Config())
+    loop = asyncio.new_event_loop()
+    try:
+        sensor.loop = loop
+        sensor._watch_loop_errors()
+        for _ in range(50):
+            loop.call_exception_handler({"message": "socket.accept() out of system resource",
+                                         "exception": OSError(errno.EMFILE, "Too many open files")})
+    finally:
+        loop.close()
+    assert sensor.counters["accept_errors"] == 50

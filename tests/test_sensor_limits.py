@@ -2,7 +2,9 @@
 
 import logging
 
-from spampots.sensor.limits import ConnectionGate, HitCoalescer, ProgressOrder, plan_descriptors
+from spampots.sensor.limits import (
+    STORE_RESERVE_FDS, ConnectionGate, HitCoalescer, ProgressOrder, plan_descriptors,
+)
 from spampots.sensor.lograte import RateLimitFilter
 
 
@@ -86,8 +88,8 @@ def test_descriptor_plan_keeps_a_reserve_and_lowers_max_sessions():
     low = plan_descriptors(limit=256, in_use=12, listen_fds=1, max_sessions=4096)
     assert low.lowered and low.wanted == 4096
     # sessions + open now + listeners + the store's reserve + one accept burst fit the limit
-    assert low.max_sessions + 12 + 1 + 64 + low.backlog <= 256
-    assert low.max_sessions >= 100 and 8 <= low.backlog < 1024
+    assert low.max_sessions + 12 + 1 + STORE_RESERVE_FDS + low.backlog <= 256
+    assert low.max_sessions >= 64 and 8 <= low.backlog < 1024
     tiny = plan_descriptors(limit=64, in_use=30, listen_fds=22, max_sessions=4096)
     assert tiny.max_sessions == 1  # never zero: the sensor still serves, one at a time
 

@@ -155,8 +155,8 @@ class HitCoalescer(Generic[T, V]):
 
 
 # Descriptors kept for everything but client sockets: the store (segments, packs and their
-# index, directory fsyncs, compression), the TLS key, the shipper, the loop's own.
-STORE_RESERVE_FDS = 64
+# index and up to 64 pack readers, directory fsyncs, compression), the TLS key, the shipper, the loop's own.
+STORE_RESERVE_FDS = 128
 
 
 @dataclass(frozen=True)

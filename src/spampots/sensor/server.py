@@ -267,8 +267,8 @@ class Sensor:
         self.backlog = plan.backlog
         if plan.lowered:
             log.warning("descriptor limit %d holds %d sessions, not max_sessions = %d: max_sessions lowered "
-                        "to %d (raise the hard limit: ulimit -Hn, or LimitNOFILE= in a systemd unit)",
-                        limit, plan.max_sessions, plan.wanted, plan.max_sessions)
+                        "to %d, listen queues to %d (raise the hard limit: ulimit -Hn, or LimitNOFILE= in a "
+                        "systemd unit)", limit, plan.max_sessions, plan.wanted, plan.max_sessions, plan.backlog)
             # the effective value: sessions read it, and sensor.start reports it
             self.cfg = msgspec.structs.replace(
                 self.cfg, limits=msgspec.structs.replace(self.cfg.limits, max_sessions=plan.max_sessions))

@@ -462,9 +462,11 @@ class Session(asyncio.Protocol):
 
     def evict(self) -> None:
         """A full house made room for a new session: close now (no lingering on unsent bytes)."""
-        if not self.closed and self.transport is not None:
+        if self.closed or self.transport is None:
+            return
+        if not self.transport.is_closing():  # one already closing keeps its own reason
             self.close_reason = "evicted"
-            self.transport.abort()
+        self.transport.abort()
 
     def shutdown(self) -> None:
         """Sensor stopping: close with reason 'shutdown'."""
