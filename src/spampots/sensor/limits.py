@@ -174,12 +174,19 @@ class DescriptorPlan:
 def raise_nofile() -> int:
     """Raise the soft descriptor limit to the hard one; the soft limit now."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY:
-        return soft if soft != resource.RLIM_INFINITY else 1 << 20
-    if soft < hard:
+    target = hard
+    if hard == resource.RLIM_INFINITY:  # the kernel still caps a process at fs.nr_open
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
+            with open("/proc/sys/fs/nr_open") as f:
+                target = int(f.read())
+        except (OSError, ValueError):
+            target = 1 << 20
+    if soft == resource.RLIM_INFINITY:
+        return target
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
         except (ValueError, OSError):
             pass
     return soft
