@@ -211,13 +211,13 @@ def test_dribbled_bytes_are_no_progress_and_a_stalled_session_is_closed(tmp_path
     sp = start_sensor(tmp_path, config=SMTP_ONLY + "[limits]\nprogress_timeout_s = 2\n", wait_port=25)
     port = sp.port(25)
     try:
+        t0 = time.monotonic()
         loris = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.4.0.1", 0))
         assert loris.recv(100).startswith(b"220")
         with smtplib.SMTP("127.0.0.1", port, timeout=10, source_address=("127.4.0.2", 0)) as client:
             client.ehlo("busy.example")
-            t0 = time.monotonic()
             closed_after = None
-            while time.monotonic() - t0 < 8 and closed_after is None:
+            while time.monotonic() - t0 < 12 and closed_after is None:
                 try:
                     loris.send(b"x")  # a byte every 0.25 s: never idle, never a whole command
                     loris.settimeout(0.25)
@@ -229,7 +229,7 @@ def test_dribbled_bytes_are_no_progress_and_a_stalled_session_is_closed(tmp_path
                     closed_after = time.monotonic() - t0
                 if int((time.monotonic() - t0) * 4) % 2 == 0:
                     assert client.noop()[0] == 250  # complete commands: progress
-            assert closed_after is not None and 1.5 < closed_after < 6, closed_after
+            assert closed_after is not None and 2 <= closed_after < 10, closed_after
             assert client.noop()[0] == 250  # the busy client outlived it
         loris.close()
     finally:
