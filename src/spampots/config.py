@@ -309,7 +309,7 @@ max_sessions = 4096         # concurrent sessions, all sources; when full, the s
                             # (lowered at start if the descriptor limit cannot hold it)
 max_sessions_per_ip = 64    # concurrent sessions from one source address
 new_sessions_per_s_per_ip = 50
-idle_timeout_s = 60         # no byte at all for this long: closed
+idle_timeout_s = 60
 session_lifetime_s = 900
 progress_timeout_s = 300    # no complete command or request for this long: closed (dribbled bytes
                             # do not count)

@@ -223,6 +223,7 @@ class Sensor:
         return out
 
     async def _bind(self) -> None:
+        self._guard_resources()
         for rt in self._runtimes():
             try:
                 rt.server = await self.loop.create_server(
@@ -256,6 +257,12 @@ class Sensor:
         except (OSError, ssl.SSLError) as exc:
             raise StartupError(f"TLS certificate {cert} / key {key} unusable: {exc}") from None
         self.ssl_context.sni_callback = _keep_sni
+
+    def _guard_resources(self) -> None:
+        """Before any listener exists: what an attacker could otherwise exhaust per connection."""
+        self._watch_loop_errors()
+        lograte.install()
+        self._fit_descriptors()  # sets the listen backlog too
 
     def _fit_descriptors(self) -> None:
         """Raise the descriptor limit to the hard limit; lower max_sessions if it still
@@ -294,8 +301,6 @@ class Sensor:
 
     async def run(self, data_dir: Path) -> int:
         self.loop = asyncio.get_running_loop()
-        self._watch_loop_errors()
-        lograte.install()
         data_dir.mkdir(parents=True, exist_ok=True)
         self._tls(data_dir)
         # Work relative to the data dir, so that after dropping root the store
@@ -309,7 +314,6 @@ class Sensor:
             segment_max_age_s=self.cfg.store.segment_max_age_s,
         )
         self.recorder.start(self.loop)
-        self._fit_descriptors()
         try:
             await self._bind()
             shipping_as = self.cfg.sensor.user if privileges.running_as_root() else ""

@@ -40,8 +40,9 @@ class Session(asyncio.Protocol):
     __slots__ = (
         "sensor", "listener", "loop", "transport", "handler", "session_id", "src_ip", "src_port",
         "local_ip", "ctx", "admitted", "closed", "close_reason", "paused", "reading_paused", "eof_pending", "backlog",
-        "bytes_in", "bytes_out", "started", "last_active", "progress_at", "timer", "header_parser", "proxied_by",
+        "bytes_in", "bytes_out", "started", "last_active", "timer", "header_parser", "proxied_by",
         "greet_timer", "greet_on_data", "tls_pending",
+        "progress_at",
     )
 
     def __init__(self, sensor: "Sensor", listener: "ListenerRuntime") -> None:
