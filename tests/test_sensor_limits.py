@@ -90,6 +90,10 @@ def test_descriptor_plan_keeps_a_reserve_and_lowers_max_sessions():
     # sessions + open now + listeners + the store's reserve + one accept burst fit the limit
     assert low.max_sessions + 12 + 1 + STORE_RESERVE_FDS + low.backlog <= 256
     assert low.max_sessions >= 64 and 8 <= low.backlog < 1024
+    # the queues are shortened only as far as needed when every session fits
+    mid = plan_descriptors(limit=20000, in_use=20, listen_fds=22, max_sessions=4096)
+    assert mid.max_sessions == 4096 and 512 < mid.backlog < 1024
+    assert 4096 + 20 + 22 + STORE_RESERVE_FDS + 22 * mid.backlog <= 20000
     tiny = plan_descriptors(limit=64, in_use=30, listen_fds=22, max_sessions=4096)
     assert tiny.max_sessions == 1  # never zero: the sensor still serves, one at a time
 

@@ -199,10 +199,13 @@ def plan_descriptors(*, limit: int, in_use: int, listen_fds: int, max_sessions: 
     Every session is one socket. Besides the sessions, the budget keeps room for what is
     open now, the listening sockets, the store's reserve, and one accept burst (the loop
     accepts what the listen queues hold before any refusal closes it). When that does not
-    fit, the listen queues are shortened first, then max_sessions is lowered.
+    fit, the listen queues are shortened first (as far as needed, but never below what a
+    quarter of the spare descriptors allows), then max_sessions is lowered.
     """
+    listen_fds = max(1, listen_fds)
     spare = limit - in_use - listen_fds - STORE_RESERVE_FDS
-    if max_sessions + listen_fds * backlog > spare:
-        backlog = min(backlog, max(8, spare // (4 * max(1, listen_fds))))
+    room = spare - max_sessions  # left for accept bursts if every session fits
+    if listen_fds * backlog > room:
+        backlog = max(8, min(backlog, max(room, spare // 4) // listen_fds))
     fits = max(1, min(max_sessions, spare - listen_fds * backlog))
     return DescriptorPlan(limit=limit, max_sessions=fits, backlog=backlog, wanted=max_sessions)

@@ -271,6 +271,8 @@ class Sensor:
         listen_fds = sum(1 if lst.address else 2 for lst in self.cfg.listeners)  # "": IPv4 and IPv6
         plan = plan_descriptors(limit=limit, in_use=_open_fds(), listen_fds=listen_fds,
                                 max_sessions=self.cfg.limits.max_sessions, backlog=self.backlog)
+        if plan.backlog < self.backlog and not plan.lowered:
+            log.info("listen queues shortened to %d to fit the descriptor limit %d", plan.backlog, limit)
         self.backlog = plan.backlog
         if plan.lowered:
             log.warning("descriptor limit %d holds %d sessions, not max_sessions = %d: max_sessions lowered "
