@@ -7,7 +7,13 @@ attempt.
 """
 
 import os
+import resource
 import sys
+
+nofile = os.environ.get("SPAMPOTS_TEST_NOFILE")  # "soft:hard": start under a low descriptor limit
+if nofile:
+    soft, hard = (int(n) for n in nofile.split(":"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 audit = os.environ.get("SPAMPOTS_TEST_AUDIT")
 if audit:

@@ -345,11 +345,14 @@ def test_rss_stays_bounded_under_huge_messages_and_lines(tmp_path):
         # 4 rounds x (32 MiB of messages + 12 MiB of lines): growth stays at a few buffers' worth
         assert max(samples) - base < 48, (base, samples)
         assert samples[-1] - samples[0] < 12, (base, samples)
-        hits = Counter(e.limit for e in sp.events("spampots.limit.hit"))
-        assert hits["message_size"] >= 32 and hits["line_length"] >= 16, hits
-        assert hits["header_bytes"] >= 4, hits
         assert not sp.events("spampots.smtp.message", timeout=0.2)[1:]  # only the warm-up message
         assert_healthy(sp)
+        sp.stop()  # repeated hits of one source are coalesced; the stop records their counts
+        hits: Counter[str] = Counter()
+        for e in sp.events("spampots.limit.hit"):
+            hits[e.limit] += e.count
+        assert hits["message_size"] >= 32 and hits["line_length"] >= 16, hits
+        assert hits["header_bytes"] >= 4, hits
     finally:
         sp.stop()
 

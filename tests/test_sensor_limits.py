@@ -1,6 +1,11 @@
-"""The connection gate (pure): totals, per-source caps and the per-source rate."""
+"""Connection limits (pure): the gate, the progress order, coalesced hits, the descriptor plan, the log filter."""
 
-from spampots.sensor.limits import ConnectionGate
+import logging
+
+from spampots.sensor.limits import (
+    STORE_RESERVE_FDS, ConnectionGate, HitCoalescer, ProgressOrder, plan_descriptors,
+)
+from spampots.sensor.lograte import RateLimitFilter
 
 
 class Clock:
@@ -41,3 +46,69 @@ def test_prune_forgets_idle_sources():
     clock.t += 10
     g.prune()
     assert g._buckets == {}
+
+
+def test_full_house_is_reported_only_for_a_source_within_its_own_limits():
+    g = ConnectionGate(max_total=2, max_per_ip=1, rate_per_ip=100, clock=Clock())
+    assert g.admit("a") is None and g.admit("b") is None
+    assert g.admit("a")[0] == "max_sessions_per_ip"  # its own cap: no room is made for it
+    assert g.admit("c")[0] == "max_sessions"  # within its limits: the caller may make room
+    g.release("a")
+    assert g.admit("c") is None
+
+
+def test_progress_order_puts_the_least_progress_first():
+    order: ProgressOrder[str] = ProgressOrder()
+    for s in ("slow1", "slow2", "busy"):
+        order.add(s)
+    order.progressed("slow1")  # a complete command moves it to the back
+    assert order.least_progress() == "slow2"
+    order.discard("slow2")
+    order.progressed("gone")  # closed sessions are ignored
+    assert list(order) == ["busy", "slow1"] and len(order) == 2 and "busy" in order
+    order.discard("busy")
+    order.discard("slow1")
+    assert order.least_progress() is None
+
+
+def test_hits_coalesced_per_pair_with_counts_that_add_up():
+    c: HitCoalescer[tuple[str, str], str] = HitCoalescer(max_pairs=3)
+    recorded = [c.offer(("a", "rate"), f"a{i}") for i in range(100)]
+    assert recorded == [True] + [False] * 99
+    assert c.offer(("b", "rate"), "b0") and c.offer(("a", "cap"), "x")
+    assert c.full
+    assert sorted(c.drain()) == [(99, "a99")]  # the first of each pair went out at once
+    assert not c.full and c.drain() == []
+    assert c.offer(("a", "rate"), "again")  # a new interval: its first hit at once again
+
+
+def test_descriptor_plan_keeps_a_reserve_and_lowers_max_sessions():
+    ample = plan_descriptors(limit=20000, in_use=20, listen_fds=11, max_sessions=4096)
+    assert ample.max_sessions == 4096 and ample.backlog == 1024 and not ample.lowered
+    low = plan_descriptors(limit=256, in_use=12, listen_fds=1, max_sessions=4096)
+    assert low.lowered and low.wanted == 4096
+    # sessions + open now + listeners + the store's reserve + one accept burst fit the limit
+    assert low.max_sessions + 12 + 1 + STORE_RESERVE_FDS + low.backlog <= 256
+    assert low.max_sessions >= 64 and 8 <= low.backlog < 1024
+    # the queues are shortened only as far as needed when every session fits
+    mid = plan_descriptors(limit=20000, in_use=20, listen_fds=22, max_sessions=4096)
+    assert mid.max_sessions == 4096 and 512 < mid.backlog < 1024
+    assert 4096 + 20 + 22 + STORE_RESERVE_FDS + 22 * mid.backlog <= 20000
+    tiny = plan_descriptors(limit=64, in_use=30, listen_fds=22, max_sessions=4096)
+    assert tiny.max_sessions == 1  # never zero: the sensor still serves, one at a time
+
+
+def test_operator_log_rate_limited_per_kind_of_line():
+    clock = Clock()
+    f = RateLimitFilter(per_interval=3, interval_s=60, clock=clock)
+
+    def rec(msg: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord("spampots.sensor", logging.ERROR, __file__, 1, msg, args, None)
+
+    shown = [f.filter(rec("message not stored in session %s", i)) for i in range(100)]
+    assert shown == [True] * 3 + [False] * 97  # session ids in the arguments do not make lines distinct
+    assert f.filter(rec("another kind of line"))
+    clock.t += 61
+    r = rec("message not stored in session %s", "x")
+    assert f.filter(r)
+    assert r.getMessage() == "message not stored in session x (97 more like this not shown in the last 60 s)"

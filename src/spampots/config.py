@@ -67,6 +67,8 @@ class LimitsSection(_Base):
     new_sessions_per_s_per_ip: float = 50.0  # token bucket; burst = 2 s worth
     idle_timeout_s: float = 60.0
     session_lifetime_s: float = 900.0
+    progress_timeout_s: float = 300.0  # close a session with no complete command (no reply) this long
+    limit_hit_interval_s: float = 10.0  # repeated hits of one limit by one source: one event per interval
     line_length: int = 4096
     header_bytes: int = 65536
     message_size: int = 10 * 1024 * 1024
@@ -375,11 +377,17 @@ greeting_delay_s = 0.0      # SMTP ports: wait this long for a client that speak
 tunnel_greeting_delay_s = 0.02  # a tunnelled mail server's banner comes this long after the grant (0..300)
 
 [limits]                    # every hit is recorded as spampots.limit.hit
-max_sessions = 4096         # concurrent sessions, all sources
+max_sessions = 4096         # concurrent sessions, all sources; when full, the session with the
+                            # oldest progress (complete command) is closed to make room
+                            # (lowered at start if the descriptor limit cannot hold it)
 max_sessions_per_ip = 64    # concurrent sessions from one source address
 new_sessions_per_s_per_ip = 50
 idle_timeout_s = 60         # at least 0.1, like session_lifetime_s
 session_lifetime_s = 900
+progress_timeout_s = 300    # no complete command or request for this long: closed (dribbled bytes
+                            # do not count)
+limit_hit_interval_s = 10   # a source hitting one limit again and again: its first hit is recorded
+                            # at once, the rest as one event with a count per interval
 line_length = 4096          # bytes in one command or header line
 header_bytes = 65536        # bytes in one request / message header block
 message_size = 10485760     # bytes in one message (SMTP 552 above it)

@@ -172,7 +172,8 @@ class ProtocolError(Event, tag="spampots.protocol.error"):
 class LimitHit(Event, tag="spampots.limit.hit"):
     limit: str  # name of the limit in [limits]
     value: int | float = 0  # configured limit
-    observed: int | float = 0  # what the client tried
+    observed: int | float = 0  # what the client tried (the latest, when count > 1)
+    count: int = 1  # hits this event stands for: repeats by one source are coalesced per interval
 
 
 AnyEvent = Union[

@@ -427,8 +427,9 @@ METRICS: list[Metric] = [
          C("versions", "TLS versions")]),
     Metric(
         "limits", "Limits hit",
-        "limit.hit events by limit name: how often a configured bound stopped a client.",
-        """SELECT "limit", count(*) AS hits, count(DISTINCT session) AS sessions, count(DISTINCT ip_key) AS ips,
+        "limit.hit events by limit name: how often a configured bound stopped a client "
+        "(an event's count is the hits coalesced into it).",
+        """SELECT "limit", sum(coalesce("count", 1))::BIGINT AS hits, count(DISTINCT session) AS sessions, count(DISTINCT ip_key) AS ips,
                   max(observed) AS max_observed
            FROM limit_hit GROUP BY 1 ORDER BY hits DESC, "limit" """,
         [C("limit", "Limit"), C("hits", "Hits", "int"), C("sessions", "Sessions", "int"),

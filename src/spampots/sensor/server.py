@@ -18,17 +18,19 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Optional
 
+import msgspec
+
 from .. import __version__
 from ..config import TLS_KINDS, Config, effective_limits
 from ..events import (
-    Event, Listener, SensorHeartbeat, SensorStart, SensorStop, name_of, stamp,
+    Event, LimitHit, Listener, SensorHeartbeat, SensorStart, SensorStop, name_of, now_iso, stamp,
 )
 from ..protocols import personas
 from ..protocols.base import Context, Persona
 from ..protocols.smtp import AuthPolicy
-from ..store.recorder import Recorder
-from . import privileges, tlscert
-from .limits import ConnectionGate
+from ..store.recorder import Recorder, RecorderError
+from . import lograte, privileges, tlscert
+from .limits import ConnectionGate, HitCoalescer, ProgressOrder, plan_descriptors, raise_nofile
 from .session import Session
 
 log = logging.getLogger("spampots.sensor")
@@ -83,7 +85,11 @@ class Sensor:
             rate_per_ip=cfg.limits.new_sessions_per_s_per_ip,
         )
         self.trusted = cfg.trusted_networks()
-        self.sessions: set[Session] = set()
+        self.sessions: ProgressOrder[Session] = ProgressOrder()  # least progress first: see admit
+        self.hits: HitCoalescer[tuple[str, str], LimitHit] = HitCoalescer()
+        self._hits_flush: Optional[asyncio.TimerHandle] = None
+        self.limit_hits = 0  # every hit, folded ones included
+        self.backlog = 1024  # listen queue per socket; shortened by _fit_descriptors
         self.counters: Counter[str] = Counter()
         self.listeners: list[ListenerRuntime] = []
         self.failed: list[Listener] = []
@@ -128,6 +134,49 @@ class Sensor:
         if s in self.sessions:
             self.sessions.discard(s)
             self.gate.release(s.src_ip)
+
+    def admit(self, s: Session) -> tuple[Optional[tuple[str, float, float]], bool]:
+        """(the limit hit, if any; whether s may open).
+
+        A full house makes room: the session that made the least protocol progress is
+        closed (reason "evicted") and s comes in, so slow connections that never finish
+        a command cannot lock fresh clients out. A source over its own limits is refused.
+        """
+        hit = self.gate.admit(s.src_ip)
+        if hit is None:
+            return None, True
+        if hit[0] == "max_sessions":
+            victim = self.sessions.least_progress()
+            if victim is not None:
+                self.sessions.discard(victim)
+                self.gate.release(victim.src_ip)
+                victim.evict()
+                return hit, self.gate.admit(s.src_ip) is None
+        return hit, False
+
+    def limit_hit(self, ev: LimitHit) -> bool:
+        """Whether to record this (stamped) hit now; repeats of its (source, limit) pair are
+        counted and recorded as one event with their count when the interval ends."""
+        self.limit_hits += 1
+        if self.hits.full:
+            self._flush_hits()
+        if self.hits.offer((ev.src_ip, ev.limit), ev):
+            return True
+        if self._hits_flush is None:
+            self._hits_flush = self.loop.call_later(self.cfg.limits.limit_hit_interval_s, self._flush_hits)
+        return False
+
+    def _flush_hits(self) -> None:
+        if self._hits_flush is not None:
+            self._hits_flush.cancel()
+            self._hits_flush = None
+        for count, ev in self.hits.drain():
+            ev.count, ev.ts = count, now_iso()
+            self.count_event(ev)
+            try:
+                self.recorder.emit(ev)
+            except RecorderError:
+                log.warning("event not recorded: %s", name_of(ev))
 
     def date_header(self) -> str:
         """RFC 5322 local date for banners, formatted once per second (hot path: every session)."""
@@ -175,6 +224,7 @@ class Sensor:
         return out
 
     async def _bind(self) -> None:
+        self._guard_resources()
         for rt in self._runtimes():
             try:
                 rt.server = await self.loop.create_server(
@@ -182,7 +232,7 @@ class Sensor:
                     host=rt.address or None,
                     port=rt.port,
                     reuse_address=True,
-                    backlog=1024,
+                    backlog=self.backlog,
                     start_serving=False,
                 )
             except OSError as exc:
@@ -222,6 +272,49 @@ class Sensor:
         except (OSError, ssl.SSLError) as exc:
             raise StartupError(f"TLS certificate {cert} / key {key} unusable: {exc}") from None
         self.ssl_context.sni_callback = _keep_sni
+
+    def _guard_resources(self) -> None:
+        """Before any listener exists: what an attacker could otherwise exhaust per connection."""
+        self._watch_loop_errors()
+        lograte.install()
+        self._fit_descriptors()  # sets the listen backlog too
+
+    def _fit_descriptors(self) -> None:
+        """Raise the descriptor limit to the hard limit; lower max_sessions if it still
+        cannot hold them, the store's reserve and an accept burst (warned once)."""
+        limit = raise_nofile()
+        listen_fds = sum(1 if lst.address else 2 for lst in self.cfg.listeners)  # "": IPv4 and IPv6
+        plan = plan_descriptors(limit=limit, in_use=_open_fds(), listen_fds=listen_fds,
+                                max_sessions=self.cfg.limits.max_sessions, backlog=self.backlog)
+        if plan.backlog < self.backlog and not plan.lowered:
+            log.info("listen queues shortened to %d to fit the descriptor limit %d", plan.backlog, limit)
+        self.backlog = plan.backlog
+        if plan.lowered:
+            log.warning("descriptor limit %d holds %d sessions, not max_sessions = %d: max_sessions lowered "
+                        "to %d, listen queues to %d (raise the hard limit: ulimit -Hn, or LimitNOFILE= in a "
+                        "systemd unit)", limit, plan.max_sessions, plan.wanted, plan.max_sessions, plan.backlog)
+            # the effective value: sessions read it, and sensor.start reports it
+            self.cfg = msgspec.structs.replace(
+                self.cfg, limits=msgspec.structs.replace(self.cfg.limits, max_sessions=plan.max_sessions))
+            self.gate.max_total = plan.max_sessions
+
+    def _watch_loop_errors(self) -> None:
+        """Count accept failures for want of descriptors, and log them at a limited rate.
+
+        asyncio reports them to the loop's exception handler (and retries a second later);
+        uvloop's libuv closes such connections at once and says nothing, which is why
+        _fit_descriptors keeps the sessions below the limit.
+        """
+        def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+            exc = context.get("exception")
+            if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                self.counters["accept_errors"] += 1
+                log.error("cannot accept connections: %s (%d open sessions, %d refusals so far)",
+                          exc.strerror, len(self.sessions), self.counters["accept_errors"])
+                return
+            loop.default_exception_handler(context)
+
+        self.loop.set_exception_handler(handler)
 
     async def run(self, data_dir: Path) -> int:
         """Start up in an order that gives root no file to create: check the data dir (as the
@@ -340,6 +433,7 @@ class Sensor:
             if not self.sessions:
                 break
             await asyncio.sleep(0.02)
+        self._flush_hits()
         self.recorder.emit(self._sensor_event(SensorStop(
             version=__version__,
             uptime_s=round(time.time() - self.started_at, 3),
@@ -354,7 +448,7 @@ class Sensor:
         c = self.counters
         return (f"sessions {c['spampots.session.open']} (open now {len(self.sessions)}), "
                 f"messages {c['spampots.smtp.message']}, proxy requests {c['spampots.proxy.request']}, "
-                f"errors {c['spampots.protocol.error']}, limits hit {c['spampots.limit.hit']}")
+                f"errors {c['spampots.protocol.error']}, limits hit {self.limit_hits}")
 
     async def _tick(self) -> None:
         summary_every = self.cfg.sensor.summary_interval_s
@@ -375,6 +469,13 @@ class Sensor:
                     counters=dict(self.counters),
                 )))
                 next_beat = now + beat_every
+
+
+def _open_fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1  # less the one listdir used
+    except OSError:
+        return 32  # not Linux: a guess
 
 
 def _keep_sni(ssl_object: ssl.SSLObject, name: Optional[str], context: ssl.SSLContext) -> None:

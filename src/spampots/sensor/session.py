@@ -42,6 +42,7 @@ class Session(asyncio.Protocol):
         "local_ip", "ctx", "admitted", "closed", "close_reason", "paused", "reading_paused", "eof_pending", "backlog",
         "bytes_in", "bytes_out", "started", "last_active", "timer", "header_parser", "proxied_by",
         "greet_timer", "greet_on_data", "tls_pending",
+        "progress_at",
     )
 
     def __init__(self, sensor: "Sensor", listener: "ListenerRuntime") -> None:
@@ -66,6 +67,7 @@ class Session(asyncio.Protocol):
         self.bytes_out = 0
         self.started = 0.0
         self.last_active = 0.0
+        self.progress_at = 0.0  # the last reply or record for the client's bytes (see _run)
         self.timer: Optional[asyncio.TimerHandle] = None
         self.header_parser: Optional[ProxyHeaderParser] = None
         self.proxied_by: Optional[str] = None
@@ -80,7 +82,7 @@ class Session(asyncio.Protocol):
         local = transport.get_extra_info("sockname") or ("", 0)
         self.src_ip, self.src_port = _clean_ip(peer[0]), peer[1]
         self.local_ip = _clean_ip(local[0])
-        self.started = self.last_active = self.loop.time()
+        self.started = self.last_active = self.progress_at = self.loop.time()
         self.session_id = self.sensor.new_session_id()
         if self.sensor.is_trusted(self.src_ip):
             # A trusted front end: the real source comes in its PROXY header.
@@ -159,10 +161,11 @@ class Session(asyncio.Protocol):
 
     # -- opening ----------------------------------------------------------------
     def _open(self) -> None:
-        verdict = self.sensor.gate.admit(self.src_ip)
-        if verdict is not None:
-            name, value, observed = verdict
+        hit, admitted = self.sensor.admit(self)  # a full house may make room (see Sensor.admit)
+        if hit is not None:
+            name, value, observed = hit
             self._record(LimitHit(limit=name, value=value, observed=observed))
+        if not admitted:
             self.closed = True
             assert self.transport is not None
             self.transport.abort()
@@ -216,6 +219,9 @@ class Session(asyncio.Protocol):
 
     # -- carrying out actions ---------------------------------------------------
     def _run(self, actions: list, final: bool = False) -> None:
+        if actions:  # progress: the handler answered or recorded something (not a mere byte read)
+            self.progress_at = self.loop.time()
+            self.sensor.sessions.progressed(self)
         if len(actions) == 1 and type(actions[0]) is bytes:  # most replies: one write, nothing else
             self._write(actions)
             return
@@ -418,6 +424,8 @@ class Session(asyncio.Protocol):
         if type(ev) is SmtpAuth and ev.outcome == "rejected" and ev.policy is not None:
             self.sensor.auth_failed(self.src_ip)  # the handler judged and refused: count it
         ev = self._stamp(ev)
+        if type(ev) is LimitHit and not self.sensor.limit_hit(ev):
+            return  # a repeat: counted, recorded with its count at the end of the interval
         self.sensor.count_event(ev)
         try:
             self.sensor.recorder.emit(ev)
@@ -426,7 +434,8 @@ class Session(asyncio.Protocol):
 
     def _arm_timer(self) -> None:
         lim = self.sensor.cfg.limits
-        deadline = min(self.last_active + lim.idle_timeout_s, self.started + lim.session_lifetime_s)
+        deadline = min(self.last_active + lim.idle_timeout_s, self.started + lim.session_lifetime_s,
+                       self.progress_at + lim.progress_timeout_s)
         self.timer = self.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
@@ -442,10 +451,23 @@ class Session(asyncio.Protocol):
             self.close_reason = "idle"
             self._record(LimitHit(limit="idle_timeout_s", value=lim.idle_timeout_s,
                                   observed=round(now - self.last_active, 3)))
+        elif now >= self.progress_at + lim.progress_timeout_s:
+            # Bytes keep coming but no command completes: a slow-loris, not a client.
+            self.close_reason = "stalled"
+            self._record(LimitHit(limit="progress_timeout_s", value=lim.progress_timeout_s,
+                                  observed=round(now - self.progress_at, 3)))
         else:
             self._arm_timer()
             return
         self.transport.close()
+
+    def evict(self) -> None:
+        """A full house made room for a new session: close now (no lingering on unsent bytes)."""
+        if self.closed or self.transport is None:
+            return
+        if not self.transport.is_closing():  # one already closing keeps its own reason
+            self.close_reason = "evicted"
+        self.transport.abort()
 
     def shutdown(self) -> None:
         """Sensor stopping: close with reason 'shutdown'."""
