@@ -300,6 +300,8 @@ _FLOORS: dict[str, tuple[float, str]] = {
     "limits.new_sessions_per_s_per_ip": (0.0, ">"),
     "limits.idle_timeout_s": (0.1, ">="),
     "limits.session_lifetime_s": (0.1, ">="),
+    "limits.progress_timeout_s": (0.1, ">="),
+    "limits.limit_hit_interval_s": (0.1, ">="),  # below it coalescing would no longer bound the events
     "store.segment_max_mb": (1.0, ">="),
     "store.segment_max_age_s": (1.0, ">="),
 }
