@@ -152,7 +152,11 @@ class SegmentWriter:
         if self._fd is None:
             self._open()
         assert self._fd is not None
-        write_all(self._fd, data)
+        try:
+            write_all(self._fd, data)
+        except OSError:
+            self._undo_partial()
+            raise
         self._size += len(data)
         self.bytes_written += len(data)
         self._dirty = True
@@ -162,7 +166,13 @@ class SegmentWriter:
         if self._fd is None:
             return
         if self._dirty:
-            fdatasync(self._fd)
+            try:
+                fdatasync(self._fd)
+            except OSError:
+                # After a failed fsync the kernel may have dropped the dirty pages: appending
+                # more would hide the hole. Give the file up; recover() finishes it.
+                self.abandon()
+                raise
             self.fsyncs += 1
             self._dirty = False
         while self._dirs_to_sync:
@@ -182,27 +192,51 @@ class SegmentWriter:
         return None
 
     def close(self) -> Optional[Path]:
-        """fsync, compress the current segment (if any); the next write opens a new one."""
+        """fsync, compress the current segment (if any); the next write opens a new one.
+
+        Returns the .zst, or None if there was nothing to close or no room to compress
+        (disk full): then the complete .jsonl stays, readable, for recover() to compress.
+        """
         if self._fd is None:
             return None
         path, fd = self._path, self._fd
         try:
             self.sync()
             # Still holding the lock while compressing: recover() keeps its hands off.
-            out = compress_segment(path, level=self.level)  # type: ignore[arg-type]
+            try:
+                out: Optional[Path] = compress_segment(path, level=self.level)  # type: ignore[arg-type]
+            except OSError as e:
+                log.warning("segment %s left uncompressed (still readable; recovery compresses it): %s",
+                            path.name, e)  # type: ignore[union-attr]
+                out = None
         finally:
             self._fd = self._path = None
             os.close(fd)
         return out
+
+    def _undo_partial(self) -> None:
+        """After a failed write (disk full), cut what part of it got in and keep the segment:
+        the next write retries the same file, so a full disk makes no new files. If even
+        the cut fails, give the file up as after a failed sync."""
+        try:
+            os.ftruncate(self._fd, self._size)  # type: ignore[arg-type]
+        except OSError:
+            self.abandon()
 
     def abandon(self) -> None:
         """Stop writing the current segment without compressing it (after a write error).
 
         The file keeps whatever reached it, maybe half a line at the end; the next
         :func:`recover` truncates that and compresses it. New writes go to a new file,
-        so the torn bytes stay at the end of their file.
+        so the torn bytes stay at the end of their file. A file that holds nothing is
+        removed at once.
         """
         if self._fd is not None:
+            try:
+                if self._size == 0 and os.fstat(self._fd).st_size == 0 and self._path is not None:
+                    self._path.unlink(missing_ok=True)
+            except OSError:
+                pass
             try:
                 os.close(self._fd)
             except OSError:
@@ -291,15 +325,25 @@ def recover(data_dir: Union[str, Path], *, level: int = 3) -> list[Path]:
     a process dies, whatever its pid became). Also removes stale temp files and
     a ``.jsonl`` whose ``.zst`` was already complete. Returns the new .zst paths.
     Safe to run while other writers work in the same data dir.
+
+    A segment that cannot be compressed (disk full) stays a complete ``.jsonl``, which
+    every reader reads as it is; one warning names them and the next recovery retries.
     """
     root = Path(data_dir) / EVENTS_DIR
     done: list[Path] = []
+    left: list[str] = []
+    err: Optional[OSError] = None
     for day in _day_dirs(root, None, None):
         for entry in sorted(os.scandir(day), key=lambda e: e.name):
             path = Path(entry.path)
             name = entry.name
             if name.endswith(".jsonl"):
-                out = _recover_one(path, level)
+                try:
+                    out = _recover_one(path, level)
+                except OSError as e:
+                    left.append(name)
+                    err = err or e
+                    continue
                 if out is not None:
                     done.append(out)
             elif name.endswith(".jsonl.zst.tmp"):
@@ -311,7 +355,16 @@ def recover(data_dir: Union[str, Path], *, level: int = 3) -> list[Path]:
                         path.unlink()
                 except FileNotFoundError:
                     pass
+    if left:
+        log.warning("recovery left %d segment(s) uncompressed (still readable): %s: %s",
+                    len(left), name_list(left), err)
     return done
+
+
+def name_list(names: list[str], shown: int = 3) -> str:
+    """The first few names and how many more: one bounded log line however many files."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _locked(path: Path) -> bool:
