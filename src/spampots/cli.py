@@ -81,14 +81,23 @@ def cmd_example_config(args: argparse.Namespace) -> int:
 
 
 # -- reading the store -----------------------------------------------------------
-def _message_events(data_dir: Path) -> dict[str, object]:
+def _tell_damage(stats: object, prog: str) -> None:
+    """The reader's one line naming damaged segments it skipped, if any."""
+    line = stats.damage_line()  # type: ignore[attr-defined]
+    if line:
+        print(f"{prog}: {line}", file=sys.stderr)
+
+
+def _message_events(data_dir: Path, prog: str) -> dict[str, object]:
     from .events import SmtpMessage
-    from .store.segments import iter_events
+    from .store.segments import ReadStats, iter_events
 
     out: dict[str, object] = {}
-    for ev in iter_events(data_dir):
+    st = ReadStats()
+    for ev in iter_events(data_dir, stats=st):
         if isinstance(ev, SmtpMessage) and ev.sha256 not in out:
             out[ev.sha256] = ev
+    _tell_damage(st, prog)
     return out
 
 
@@ -99,21 +108,27 @@ def cmd_show(args: argparse.Namespace) -> int:
     sha = args.sha256.lower()
     if args.event:
         from .events import encode
-        from .store.segments import iter_events
+        from .store.segments import ReadStats, iter_events
         found = 0
-        for ev in iter_events(data_dir):
+        st = ReadStats()
+        for ev in iter_events(data_dir, stats=st):
             if getattr(ev, "sha256", None) == sha:
                 sys.stdout.buffer.write(encode(ev))
                 found += 1
+        _tell_damage(st, "spampots show")
         if not found:
             print(f"spampots: no event for message {sha}", file=sys.stderr)
             return 1
         return 0
+    from .store.messages import CorruptRecord
     store = MessageStore(data_dir, readonly=True)
     try:
         body = store.get(sha)
     except KeyError:
         print(f"spampots: no message {sha} in {data_dir}", file=sys.stderr)
+        return 1
+    except CorruptRecord as e:
+        print(f"spampots: message {sha} is damaged in the store: {e}", file=sys.stderr)
         return 1
     finally:
         store.close()
@@ -183,9 +198,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not data_dir.is_dir():  # a raw message on stdin (above) needs no store
         print(f"spampots export: no data directory {data_dir}", file=sys.stderr)
         return 2
-    events = _message_events(data_dir)
+    events = _message_events(data_dir, "spampots export")
+    store = MessageStore(data_dir, readonly=True)
     if selectors and args.sha256:
         shas = list(args.sha256)
+    elif args.all and not (args.sensor or args.day or args.src_ip or args.campaign):
+        # Every body in the store, with or without an event left to describe it.
+        shas = list(store.iter_shas())
+        if not shas:
+            store.close()
+            print("spampots export: the store holds no message", file=sys.stderr)
+            return 1
     elif selectors:
         only = None
         if args.campaign:
@@ -198,9 +221,10 @@ def cmd_export(args: argparse.Namespace) -> int:
             only = campaign_shas(data_dir, keys)
         shas = _select(events, args, only)
         if not shas:
+            store.close()
             print("spampots export: no stored message matches the selection", file=sys.stderr)
             return 1
-    store = MessageStore(data_dir, readonly=True)
+    damaged: list[str] = []
     try:
         missing = [s for s in shas if s not in store]
         if missing:
@@ -208,22 +232,27 @@ def cmd_export(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         wanted = set(shas)
         n = export_messages(store, [s for s in shas if s in store], args.format, out,
-                            events={s: e for s, e in events.items() if s in wanted})  # type: ignore[misc]
+                            events={s: e for s, e in events.items() if s in wanted},  # type: ignore[misc]
+                            damaged=damaged)
     finally:
         store.close()
+    if damaged:
+        print(f"spampots export: {len(damaged)} damaged message(s) skipped, e.g. {damaged[0]}", file=sys.stderr)
     print(f"exported {n} message(s) to {out}", file=sys.stderr)
-    return 0 if not missing else 1
+    return 0 if not missing and not damaged else 1
 
 
 def cmd_events(args: argparse.Namespace) -> int:
     from .events import encode
-    from .store.segments import iter_events
+    from .store.segments import ReadStats, iter_events
 
     wanted = set(args.event or ())
-    for ev in iter_events(_data_dir(args)):
+    st = ReadStats()
+    for ev in iter_events(_data_dir(args), stats=st):
         if wanted and type(ev).__struct_config__.tag not in wanted:
             continue
         sys.stdout.buffer.write(encode(ev))
+    _tell_damage(st, "spampots events")
     return 0
 
 
@@ -279,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--campaign", action="append", default=[], metavar="HASH",
                    help="only messages of this campaign: its hash (or a prefix of 4+ hex digits) from the "
                         "report's Campaigns table; repeatable")
-    x.add_argument("--all", action="store_true", help="every message in the store")
+    x.add_argument("--all", action="store_true",
+                   help="every message in the store (bodies whose events were lost included)")
     _add_data_dir(x)
     x.set_defaults(func=cmd_export)
 

@@ -235,6 +235,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         if args.engine == "spark":
             con.close()
     report.meta.update(data_dir=str(args.lake or data_dir), filters=describe_filters(args), engine=args.engine)
+    _tell_damage(lake, "spampots report")
 
     inline = {}
     if args.charts or fmt == "html":
@@ -252,12 +253,20 @@ def cmd_compact(args: argparse.Namespace) -> int:
         return 2
     lake = Lake(data_dir)
     st = lake.compact(rebuild=args.rebuild, quiet=args.quiet)
+    _tell_damage(lake, "spampots compact")
     seg = lake.segments()
     if not args.quiet:
         print(f"compacted {st.segments} segments ({st.events:,} events) into {st.parts} parts over "
               f"{len(st.days)} days; {seg.compacted} segments in the lake, {len(seg.open)} open",
               file=sys.stderr)
     return 0
+
+
+def _tell_damage(lake, prog: str) -> None:
+    """One line naming the damaged segments that were skipped (also with -q: data was lost)."""
+    line = lake.damage.damage_line()
+    if line:
+        print(f"{prog}: {line}", file=sys.stderr)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
