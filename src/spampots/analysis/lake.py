@@ -124,7 +124,8 @@ class Lake:
                 seg.closed.append(p)
         return seg
 
-    def _checked(self, files: Sequence[Path], work: Path) -> tuple[list[Path], int]:
+    @staticmethod
+    def _checked(files: Sequence[Path], work: Path, damage: ReadStats) -> tuple[list[Path], int]:
         """The files DuckDB may read, and how many valid events they hold.
 
         Each segment is read once through the store's checked reader; a damaged one is
@@ -133,9 +134,9 @@ class Lake:
         out: list[Path] = []
         events = 0
         for p in files:
-            before = self.damage.damaged_files
-            events += sum(1 for _ in iter_file_events(p, self.damage))
-            if self.damage.damaged_files == before:
+            before = damage.damaged_files
+            events += sum(1 for _ in iter_file_events(p, damage))
+            if damage.damaged_files == before:
                 out.append(p)
                 continue
             clean = work / p.name.removesuffix(".zst")
@@ -168,6 +169,8 @@ class Lake:
                 if child.name not in ("_cache", "_compact.lock"):
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
         self.root.mkdir(parents=True, exist_ok=True)
+        for left in self.root.glob("_checked-*"):  # left by a killed run (no reader runs now: we hold the lock)
+            shutil.rmtree(left, ignore_errors=True)
         manifest = self._manifest()
         self._drop_orphans({r["batch"] for r in manifest.values()})
         seg = self.segments(self.damage)
@@ -195,7 +198,7 @@ class Lake:
                        batch: str) -> tuple[int, int, set[str]]:
         cols = schema.json_columns()
         with tempfile.TemporaryDirectory(prefix="_checked-", dir=self.root) as work:
-            checked, valid = self._checked(files, Path(work))
+            checked, valid = self._checked(files, Path(work), self.damage)
             con.execute(f"""CREATE OR REPLACE TEMP TABLE raw AS
                 SELECT * FROM read_json({_sql_list(checked)}, format='newline_delimited',
                                         columns={_struct_literal(cols)}, ignore_errors=true)
@@ -269,11 +272,7 @@ class Lake:
                 json_files = seg.open + seg.closed
                 try:
                     with tempfile.TemporaryDirectory(prefix="_checked-", dir=self.root) as work:
-                        saved, self.damage = self.damage, damage
-                        try:
-                            checked, _ = self._checked(json_files, Path(work))
-                        finally:
-                            self.damage = saved
+                        checked, _ = self._checked(json_files, Path(work), damage)
                         if checked:  # a TEMP TABLE: read now, so the checked copies can go
                             con.execute(f"""CREATE OR REPLACE TEMP TABLE open_raw AS
                                 SELECT * FROM read_json({_sql_list(checked)}, format='newline_delimited',

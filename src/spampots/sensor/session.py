@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from .server import ListenerRuntime, Sensor
 
 log = logging.getLogger("spampots.sensor")
-_not_stored_log = RateLimitedLog(log)  # a full disk fails every message: one line per interval
+# A full disk fails every message, a dead recorder every event: one line per interval each.
+_not_stored_log, _not_recorded_log = RateLimitedLog(log), RateLimitedLog(log)
 
 
 def _clean_ip(ip: str) -> str:
@@ -424,7 +425,7 @@ class Session(asyncio.Protocol):
         try:
             self.sensor.recorder.emit(ev)
         except RecorderError:  # shutting down, or the disk failed (logged by the store)
-            log.warning("event not recorded: %s", name_of(ev))
+            _not_recorded_log.warning("event not recorded: %s", name_of(ev))
 
     def _arm_timer(self) -> None:
         lim = self.sensor.cfg.limits
