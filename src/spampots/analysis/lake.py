@@ -92,6 +92,7 @@ class Lake:
         self.root = self.data_dir / "lake"
         self.batch_bytes = 256 << 20  # compressed segment bytes compacted together
         self.damage = ReadStats()  # what compaction and connect() skipped, for the report line
+        self._told_ignored = False  # files not named like a segment: counted by the first listing only
 
     # -- bookkeeping -------------------------------------------------------------------------
     def _manifest(self) -> dict[str, dict]:
@@ -115,13 +116,17 @@ class Lake:
         """The store's segments (its own listing, in write order) split by what the lake holds."""
         seg = Segments()
         done = self._manifest()
-        for p in iter_segment_files(self.data_dir, stats=stats):
+        listing = ReadStats()
+        for p in iter_segment_files(self.data_dir, stats=listing):
             if p.name.endswith(".jsonl"):
                 seg.open.append(p)
             elif self._rel(p) in done:
                 seg.compacted += 1
             else:
                 seg.closed.append(p)
+        if stats is not None and listing.ignored and not self._told_ignored:
+            self._told_ignored = True
+            stats.merge(listing)
         return seg
 
     @staticmethod
