@@ -145,6 +145,7 @@ def test_corrupt_and_stray_zst_do_not_stop_report_or_events(tmp_path: Path, caps
     emails, err = _report_emails(data, capsys)
     assert emails >= 40
     assert bad.name in err and stray.name in err and "Traceback" not in err
+    assert "2 unreadable file(s); 1 file(s) not named like a segment" in err  # each file counted once
     emails_again, _ = _report_emails(data, capsys)  # compacted once, counted once
     assert emails_again == emails
 

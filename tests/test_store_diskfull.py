@@ -138,3 +138,25 @@ def test_full_disk(small_disk: Path, tmp_path: Path) -> None:
     stored = {ev.subject for ev in iter_events(small_disk, stats=st) if isinstance(ev, SmtpMessage)}
     assert stored == {f"disk full {i}" for i in acked}
     assert st.errors == 0 and st.undecodable == 0
+
+
+def test_rate_limited_log_says_how_many_it_left_out(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from spampots.store.ratelog import RateLimitedLog
+
+    now = [0.0]
+    rl = RateLimitedLog(logging.getLogger("spampots.test"), interval_s=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.ERROR, logger="spampots.test"):
+        for i in range(1000):  # 1,000 failures in 5 s: one line
+            now[0] = i * 0.005
+            rl.error("write failed: %s", "ENOSPC")
+        now[0] = 10.0
+        rl.error("write failed: %s", "ENOSPC")  # the next interval: one line with the count
+        rl.error("write failed: %s", "ENOSPC")
+        rl.flush()  # at shutdown: the rest
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["write failed: ENOSPC",
+                     "write failed: ENOSPC (and 999 more like it since the last such line)",
+                     "1 more like this since the last such line, the last: write failed: ENOSPC"]
+    assert rl.total == 1002
