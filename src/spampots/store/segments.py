@@ -200,6 +200,9 @@ class SegmentWriter:
         if self._fd is None:
             return None
         path, fd = self._path, self._fd
+        if self._size == 0:  # nothing ever got in (every write failed): no empty segment left behind
+            self.abandon()
+            return None
         try:
             self.sync()
             # Still holding the lock while compressing: recover() keeps its hands off.
@@ -361,10 +364,11 @@ def recover(data_dir: Union[str, Path], *, level: int = 3) -> list[Path]:
     return done
 
 
-def name_list(names: list[str], shown: int = 3) -> str:
-    """The first few names and how many more: one bounded log line however many files."""
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
+def name_list(names: list[str], total: Optional[int] = None, shown: int = 5) -> str:
+    """The first few names and how many more (of ``total``, default all of ``names``):
+    one bounded log line however many files."""
+    more = (len(names) if total is None else total) - min(shown, len(names))
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def _locked(path: Path) -> bool:
@@ -449,9 +453,7 @@ class ReadStats:
             what.append(f"{self.undecodable} undecodable line(s)")
         if self.ignored:
             what.append(f"{self.ignored} file(s) not named like a segment")
-        more = self.damaged_files - len(self.damaged)
-        names = ", ".join(self.damaged) + (f" and {more} more" if more > 0 else "")
-        return f"damaged data skipped: {'; '.join(what)}; in {names}"
+        return f"damaged data skipped: {'; '.join(what)}; in {name_list(self.damaged, self.damaged_files)}"
 
     def merge(self, other: "ReadStats") -> None:
         """Add another pass's counts (and names, up to the bound)."""
