@@ -11,7 +11,6 @@ import os
 import re
 import smtplib
 import subprocess
-import time
 from pathlib import Path
 from typing import Iterator
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -41,8 +40,6 @@ except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
 
 from ..store.segments import ReadStats, iter_file_events, iter_segment_files
 from . import progress, schema
-
-log = logging.getLogger("spampots.analysis")
 
 MANIFEST = "_manifest.jsonl"
 # Also offered unfiltered as <name>_all: what the listeners were is true whatever the report's range.
