@@ -8,9 +8,12 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
 from . import __version__, config
+
+if TYPE_CHECKING:
+    from .store.segments import ReadStats
 
 _HEX64 = re.compile(rb"^[0-9a-fA-F]{64}$")
 
@@ -81,11 +84,10 @@ def cmd_example_config(args: argparse.Namespace) -> int:
 
 
 # -- reading the store -----------------------------------------------------------
-def _tell_damage(stats: object, prog: str) -> None:
-    """The reader's one line naming damaged segments it skipped, if any."""
-    line = stats.damage_line()  # type: ignore[attr-defined]
-    if line:
-        print(f"{prog}: {line}", file=sys.stderr)
+def _tell_damage(stats: "ReadStats", prog: str) -> None:
+    from .analysis.cli import tell_damage  # the one wording for every reader
+
+    tell_damage(stats, prog)
 
 
 def _message_events(data_dir: Path, prog: str) -> dict[str, object]:

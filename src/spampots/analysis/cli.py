@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
 if TYPE_CHECKING:
+    from ..store.segments import ReadStats
     from .metrics import Report
 
 FORMATS = ("terminal", "markdown", "json", "csv", "html")
@@ -235,7 +236,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         if args.engine == "spark":
             con.close()
     report.meta.update(data_dir=str(args.lake or data_dir), filters=describe_filters(args), engine=args.engine)
-    _tell_damage(lake, "spampots report")
+    tell_damage(lake.damage, "spampots report")
 
     inline = {}
     if args.charts or fmt == "html":
@@ -253,7 +254,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
         return 2
     lake = Lake(data_dir)
     st = lake.compact(rebuild=args.rebuild, quiet=args.quiet)
-    _tell_damage(lake, "spampots compact")
+    tell_damage(lake.damage, "spampots compact")
     seg = lake.segments()
     if not args.quiet:
         print(f"compacted {st.segments} segments ({st.events:,} events) into {st.parts} parts over "
@@ -262,9 +263,9 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tell_damage(lake, prog: str) -> None:
-    """One line naming the damaged segments that were skipped (also with -q: data was lost)."""
-    line = lake.damage.damage_line()
+def tell_damage(stats: "ReadStats", prog: str) -> None:
+    """One line on stderr naming the damaged data a reader skipped (also with -q: data was lost)."""
+    line = stats.damage_line()
     if line:
         print(f"{prog}: {line}", file=sys.stderr)
 
