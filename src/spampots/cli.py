@@ -201,16 +201,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"spampots export: no data directory {data_dir}", file=sys.stderr)
         return 2
     events = _message_events(data_dir, "spampots export")
-    store = MessageStore(data_dir, readonly=True)
     if selectors and args.sha256:
         shas = list(args.sha256)
     elif args.all and not (args.sensor or args.day or args.src_ip or args.campaign):
-        # Every body in the store, with or without an event left to describe it.
-        shas = list(store.iter_shas())
-        if not shas:
-            store.close()
-            print("spampots export: the store holds no message", file=sys.stderr)
-            return 1
+        shas = None  # every body in the store, with or without an event left to describe it
     elif selectors:
         only = None
         if args.campaign:
@@ -223,11 +217,15 @@ def cmd_export(args: argparse.Namespace) -> int:
             only = campaign_shas(data_dir, keys)
         shas = _select(events, args, only)
         if not shas:
-            store.close()
             print("spampots export: no stored message matches the selection", file=sys.stderr)
             return 1
     damaged: list[str] = []
-    try:
+    with MessageStore(data_dir, readonly=True) as store:
+        if shas is None:
+            shas = list(store.iter_shas())
+            if not shas:
+                print("spampots export: the store holds no message", file=sys.stderr)
+                return 1
         missing = [s for s in shas if s not in store]
         if missing:
             print(f"spampots export: {len(missing)} message(s) not in the store, e.g. {missing[0]}",
@@ -236,8 +234,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         n = export_messages(store, [s for s in shas if s in store], args.format, out,
                             events={s: e for s, e in events.items() if s in wanted},  # type: ignore[misc]
                             damaged=damaged)
-    finally:
-        store.close()
     if damaged:
         print(f"spampots export: {len(damaged)} damaged message(s) skipped, e.g. {damaged[0]}", file=sys.stderr)
     print(f"exported {n} message(s) to {out}", file=sys.stderr)
