@@ -339,3 +339,20 @@ def test_talk_only(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     html = tmp_path / "t.html"
     assert cli_main(["report", "--data-dir", str(tmp_path), "--talk-only", "--out", str(html), "-q"]) == 0
     assert 'id="chart-ports"' in html.read_text() and 'id="chart-daily"' not in html.read_text()
+
+
+def test_csv_report_neutralises_control_characters(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Subjects and HELO names are the attacker's: no raw ESC, BEL, CR or bidi override in the CSV."""
+    hostile = "\x1b]0;owned\x07\rRE: \u202etxt.exe"
+    c = Capture(tmp_path)
+    c.session("200.160.2.3", 25, "smtp").mail(1, subject=hostile, helo="pc\x1b[2J\x07" + hostile)
+    c.flush()
+    assert cli_main(["report", "--data-dir", str(tmp_path), "--format", "csv", "-q"]) == 0
+    out = capsys.readouterr().out
+    for ch in ("\x1b", "\x07", "\r", "\u202e"):
+        assert ch not in out
+    assert "\\x1b]0;owned\\x07\\x0dRE: \\u202etxt.exe" in out  # shown, not interpreted
+    assert cli_main(["report", "--data-dir", str(tmp_path), "--format", "csv", "--out", str(tmp_path / "csv"),
+                     "-q"]) == 0
+    text = (tmp_path / "csv" / "helo.csv").read_text()
+    assert "pc\\x1b[2J\\x07" in text and not any(ch in text for ch in ("\x1b", "\x07", "\r", "\u202e"))

@@ -66,7 +66,7 @@ def test_csv_neutralises_formulas_and_json_is_plain() -> None:
     text = render.to_csv(_report())
     assert text.startswith("# subjects: Subjects\nsubject,emails,pct,first\n")
     rows = list(csv.reader(io.StringIO(text.split("\n\n")[0].split("\n", 1)[1])))
-    assert rows[1][0] == EVIL and rows[2][0].startswith("'=cmd")
+    assert rows[1][0] == render.visible(EVIL) and rows[2][0].startswith("'=cmd")
     doc = json.loads(render.to_json(_report()))
     assert doc["tables"]["subjects"]["rows"][0] == {"subject": EVIL, "emails": 1234567, "pct": 97.6249,
                                                    "first": "2006-06-10"}

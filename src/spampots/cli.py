@@ -9,9 +9,12 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
 from . import __version__, config
+
+if TYPE_CHECKING:
+    from .store.segments import ReadStats
 
 _HEX64 = re.compile(rb"^[0-9a-fA-F]{64}$")
 
@@ -96,14 +99,22 @@ def cmd_example_config(args: argparse.Namespace) -> int:
 
 
 # -- reading the store -----------------------------------------------------------
-def _message_events(data_dir: Path) -> dict[str, object]:
+def _tell_damage(stats: "ReadStats", prog: str) -> None:
+    from .analysis.cli import tell_damage  # the one wording for every reader
+
+    tell_damage(stats, prog)
+
+
+def _message_events(data_dir: Path, prog: str) -> dict[str, object]:
     from .events import SmtpMessage
-    from .store.segments import iter_events
+    from .store.segments import ReadStats, iter_events
 
     out: dict[str, object] = {}
-    for ev in iter_events(data_dir):
+    st = ReadStats()
+    for ev in iter_events(data_dir, stats=st):
         if isinstance(ev, SmtpMessage) and ev.sha256 not in out:
             out[ev.sha256] = ev
+    _tell_damage(st, prog)
     return out
 
 
@@ -114,21 +125,27 @@ def cmd_show(args: argparse.Namespace) -> int:
     sha = args.sha256.lower()
     if args.event:
         from .events import encode
-        from .store.segments import iter_events
+        from .store.segments import ReadStats, iter_events
         found = 0
-        for ev in iter_events(data_dir):
+        st = ReadStats()
+        for ev in iter_events(data_dir, stats=st):
             if getattr(ev, "sha256", None) == sha:
                 sys.stdout.buffer.write(encode(ev))
                 found += 1
+        _tell_damage(st, "spampots show")
         if not found:
             print(f"spampots: no event for message {sha}", file=sys.stderr)
             return 1
         return 0
+    from .store.messages import CorruptRecord
     store = MessageStore(data_dir, readonly=True)
     try:
         body = store.get(sha)
     except KeyError:
         print(f"spampots: no message {sha} in {data_dir}", file=sys.stderr)
+        return 1
+    except CorruptRecord as e:
+        print(f"spampots: message {sha} is damaged in the store: {e}", file=sys.stderr)
         return 1
     finally:
         store.close()
@@ -198,9 +215,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not data_dir.is_dir():  # a raw message on stdin (above) needs no store
         print(f"spampots export: no data directory {data_dir}", file=sys.stderr)
         return 2
-    events = _message_events(data_dir)
+    events = _message_events(data_dir, "spampots export")
     if selectors and args.sha256:
         shas = list(args.sha256)
+    elif args.all and not (args.sensor or args.day or args.src_ip or args.campaign):
+        shas = None  # every body in the store, with or without an event left to describe it
     elif selectors:
         only = None
         if args.campaign:
@@ -215,30 +234,38 @@ def cmd_export(args: argparse.Namespace) -> int:
         if not shas:
             print("spampots export: no stored message matches the selection", file=sys.stderr)
             return 1
-    store = MessageStore(data_dir, readonly=True)
-    try:
+    damaged: list[str] = []
+    with MessageStore(data_dir, readonly=True) as store:
+        if shas is None:
+            shas = list(store.iter_shas())
+            if not shas:
+                print("spampots export: the store holds no message", file=sys.stderr)
+                return 1
         missing = [s for s in shas if s not in store]
         if missing:
             print(f"spampots export: {len(missing)} message(s) not in the store, e.g. {missing[0]}",
                   file=sys.stderr)
         wanted = set(shas)
         n = export_messages(store, [s for s in shas if s in store], args.format, out,
-                            events={s: e for s, e in events.items() if s in wanted})  # type: ignore[misc]
-    finally:
-        store.close()
+                            events={s: e for s, e in events.items() if s in wanted},  # type: ignore[misc]
+                            damaged=damaged)
+    if damaged:
+        print(f"spampots export: {len(damaged)} damaged message(s) skipped, e.g. {damaged[0]}", file=sys.stderr)
     print(f"exported {n} message(s) to {out}", file=sys.stderr)
-    return 0 if not missing else 1
+    return 0 if not missing and not damaged else 1
 
 
 def cmd_events(args: argparse.Namespace) -> int:
     from .events import encode
-    from .store.segments import iter_events
+    from .store.segments import ReadStats, iter_events
 
     wanted = set(args.event or ())
-    for ev in iter_events(_data_dir(args)):
+    st = ReadStats()
+    for ev in iter_events(_data_dir(args), stats=st):
         if wanted and type(ev).__struct_config__.tag not in wanted:
             continue
         sys.stdout.buffer.write(encode(ev))
+    _tell_damage(st, "spampots events")
     return 0
 
 
@@ -297,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--campaign", action="append", default=[], metavar="HASH",
                    help="only messages of this campaign: its hash (or a prefix of 4+ hex digits) from the "
                         "report's Campaigns table; repeatable")
-    x.add_argument("--all", action="store_true", help="every message in the store")
+    x.add_argument("--all", action="store_true",
+                   help="every message in the store (bodies whose events were lost included)")
     _add_data_dir(x)
     x.set_defaults(func=cmd_export)
 

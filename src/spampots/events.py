@@ -190,6 +190,24 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(AnyEvent)
 
 
+class _Stamped(msgspec.Struct):
+    """The common fields, all required. Every line we write has them (omit_defaults=False):
+    a line without one is damaged, not an event with default values."""
+
+    v: int
+    ts: str
+    sensor: str
+    session: str
+    src_ip: str
+    src_port: int
+    listener_port: int
+    protocol: str
+    depth: int
+
+
+_stamped = msgspec.json.Decoder(_Stamped)
+
+
 _iso_second: tuple[int, str] = (-1, "")  # (second, its text up to the dot): one tuple, so threads never see half
 
 
@@ -218,8 +236,14 @@ def encode_many(events: list[Event]) -> bytes:
 
 
 def decode(line: bytes | str) -> Event:
-    """Decode one JSON line into its typed event (raises msgspec.DecodeError)."""
-    return _decoder.decode(line)
+    """Decode one JSON line into its typed event, strictly (raises msgspec.DecodeError).
+
+    Wrong types, a missing required field or a missing common field are errors; fields an
+    older writer did not know yet (optional ones, added later) take their defaults.
+    """
+    ev = _decoder.decode(line)
+    _stamped.decode(line)
+    return ev
 
 
 def name_of(event: Event) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
 if TYPE_CHECKING:
+    from ..store.segments import ReadStats
     from .metrics import Report
 
 FORMATS = ("terminal", "markdown", "json", "csv", "html")
@@ -237,6 +238,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         if args.engine == "spark":
             con.close()
     report.meta.update(data_dir=str(args.lake or data_dir), filters=describe_filters(args), engine=args.engine)
+    tell_damage(lake.damage, "spampots report")
 
     inline = {}
     if args.charts or fmt == "html":
@@ -254,12 +256,20 @@ def cmd_compact(args: argparse.Namespace) -> int:
         return 2
     lake = Lake(data_dir)
     st = lake.compact(rebuild=args.rebuild, quiet=args.quiet)
+    tell_damage(lake.damage, "spampots compact")
     seg = lake.segments()
     if not args.quiet:
         print(f"compacted {st.segments} segments ({st.events:,} events) into {st.parts} parts over "
               f"{len(st.days)} days; {seg.compacted} segments in the lake, {len(seg.open)} open",
               file=sys.stderr)
     return 0
+
+
+def tell_damage(stats: "ReadStats", prog: str) -> None:
+    """One line on stderr naming the damaged data a reader skipped (also with -q: data was lost)."""
+    line = stats.damage_line()
+    if line:
+        print(f"{prog}: {line}", file=sys.stderr)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:

@@ -12,6 +12,11 @@ on the next run, so a segment is never counted twice. Open segments (``*.jsonl``
 possibly with a torn last line) are read straight from JSON at report time, so a
 report sees data up to now. The event segments stay the source of truth: the lake
 can be dropped and rebuilt (``compact --rebuild``).
+
+DuckDB never reads a segment unchecked: each one is first read through the store's checked
+reader (``store.segments.iter_file_events``: whole zstd frame, strict event decoding), and a
+damaged one is replaced by a temporary copy of its valid lines. What was skipped is counted
+in ``Lake.damage`` and named in one line by the commands.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +38,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
     fcntl = None  # type: ignore[assignment]
 
+from ..store.segments import ReadStats, iter_file_events, iter_segment_files
 from . import progress, schema
 
 MANIFEST = "_manifest.jsonl"
@@ -81,6 +88,8 @@ class Lake:
         self.events_dir = self.data_dir / "events"
         self.root = self.data_dir / "lake"
         self.batch_bytes = 256 << 20  # compressed segment bytes compacted together
+        self.damage = ReadStats()  # what compaction and connect() skipped, for the report line
+        self._told_ignored = False  # files not named like a segment: counted by the first listing only
 
     # -- bookkeeping -------------------------------------------------------------------------
     def _manifest(self) -> dict[str, dict]:
@@ -100,25 +109,43 @@ class Lake:
             if part.stem.split("-")[1] not in batches:
                 part.unlink()
 
-    def segments(self) -> Segments:
+    def segments(self, stats: ReadStats | None = None) -> Segments:
+        """The store's segments (its own listing, in write order) split by what the lake holds."""
         seg = Segments()
-        if not self.events_dir.is_dir():
-            return seg
         done = self._manifest()
-        for day_dir in sorted(self.events_dir.iterdir()):
-            if not day_dir.is_dir():
-                continue
-            for p in sorted(day_dir.iterdir()):
-                if p.name.endswith(".jsonl"):
-                    seg.open.append(p)
-                elif p.name.endswith(".jsonl.zst"):
-                    if p.with_name(p.name[:-4]).exists():
-                        continue  # being closed right now: the .jsonl twin is read as open
-                    if self._rel(p) in done:
-                        seg.compacted += 1
-                    else:
-                        seg.closed.append(p)
+        listing = ReadStats()
+        for p in iter_segment_files(self.data_dir, stats=listing):
+            if p.name.endswith(".jsonl"):
+                seg.open.append(p)
+            elif self._rel(p) in done:
+                seg.compacted += 1
+            else:
+                seg.closed.append(p)
+        if stats is not None and listing.ignored and not self._told_ignored:
+            self._told_ignored = True
+            stats.merge(listing)
         return seg
+
+    @staticmethod
+    def _checked(files: Sequence[Path], work: Path, damage: ReadStats) -> tuple[list[Path], int]:
+        """The files DuckDB may read, and how many valid events they hold.
+
+        Each segment is read once through the store's checked reader; a damaged one is
+        replaced by a copy of its valid lines in `work` (damage is rare: no copy otherwise).
+        """
+        out: list[Path] = []
+        events = 0
+        for p in files:
+            before = damage.damaged_files
+            events += sum(1 for _ in iter_file_events(p, damage))
+            if damage.damaged_files == before:
+                out.append(p)
+                continue
+            clean = work / p.name.removesuffix(".zst")
+            with open(clean, "wb") as f:
+                f.writelines(line + b"\n" for line, _ in iter_file_events(p, ReadStats()))
+            out.append(clean)
+        return out, events
 
     def _rel(self, p: Path) -> str:
         return str(p.relative_to(self.data_dir))
@@ -144,9 +171,11 @@ class Lake:
                 if child.name not in ("_cache", "_compact.lock"):
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
         self.root.mkdir(parents=True, exist_ok=True)
+        for left in self.root.glob("_checked-*"):  # left by a killed run (no reader runs now: we hold the lock)
+            shutil.rmtree(left, ignore_errors=True)
         manifest = self._manifest()
         self._drop_orphans({r["batch"] for r in manifest.values()})
-        seg = self.segments()
+        seg = self.segments(self.damage)
         stats = CompactStats()
         if not seg.closed:
             return stats
@@ -170,11 +199,16 @@ class Lake:
     def _compact_batch(self, con: duckdb.DuckDBPyConnection, files: Sequence[Path],
                        batch: str) -> tuple[int, int, set[str]]:
         cols = schema.json_columns()
-        con.execute(f"""CREATE OR REPLACE TEMP TABLE raw AS
-            SELECT * FROM read_json({_sql_list(files)}, format='newline_delimited',
-                                    columns={_struct_literal(cols)}, ignore_errors=true)
-            WHERE event IS NOT NULL AND ts IS NOT NULL""")
+        with tempfile.TemporaryDirectory(prefix="_checked-", dir=self.root) as work:
+            checked, valid = self._checked(files, Path(work), self.damage)
+            con.execute(f"""CREATE OR REPLACE TEMP TABLE raw AS
+                SELECT * FROM read_json({_sql_list(checked)}, format='newline_delimited',
+                                        columns={_struct_literal(cols)}, ignore_errors=true)
+                WHERE event IS NOT NULL AND ts IS NOT NULL""")
         total = con.execute("SELECT count(*) FROM raw").fetchone()[0]
+        if total < valid:  # valid events DuckDB could not take (no usable ts): counted, not hidden
+            self.damage.undecodable += valid - total
+            self.damage.note(files[0] if len(files) == 1 else f"{files[0].name} (+{len(files) - 1} in its batch)")
         parts = 0
         days: set[str] = set()
         present = dict(con.execute("SELECT event, count(*) FROM raw GROUP BY 1").fetchall())
@@ -235,18 +269,22 @@ class Lake:
             if fcntl is not None:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_SH)
             for attempt in range(5):
-                seg = self.segments()
+                damage = ReadStats()
+                seg = self.segments(damage)
                 json_files = seg.open + seg.closed
                 try:
-                    if json_files:
-                        con.execute(f"""CREATE OR REPLACE TEMP TABLE open_raw AS
-                            SELECT * FROM read_json({_sql_list(json_files)}, format='newline_delimited',
-                                                    columns={_struct_literal(cols)}, ignore_errors=true)
-                            WHERE event IS NOT NULL AND ts IS NOT NULL""")
+                    with tempfile.TemporaryDirectory(prefix="_checked-", dir=self.root) as work:
+                        checked, _ = self._checked(json_files, Path(work), damage)
+                        if checked:  # a TEMP TABLE: read now, so the checked copies can go
+                            con.execute(f"""CREATE OR REPLACE TEMP TABLE open_raw AS
+                                SELECT * FROM read_json({_sql_list(checked)}, format='newline_delimited',
+                                                        columns={_struct_literal(cols)}, ignore_errors=true)
+                                WHERE event IS NOT NULL AND ts IS NOT NULL""")
                     break
-                except duckdb.IOException:
+                except duckdb.IOException:  # a segment compressed (renamed) since the listing
                     if attempt == 4:
                         raise
+            self.damage.merge(damage)
             files = {name: self._parquet_files(name) for name in schema.TABLES}
             files.update({f"{n}_sample": self._parquet_files(f"{n}_sample") for n in schema.SAMPLED})
         where = ["true"]

@@ -2,8 +2,9 @@
 
 Every string that came from the network (subjects, HELO names, usernames, hosts...) is
 treated as hostile: control characters are made visible in the terminal, Markdown and HTML
-special characters are escaped, rich markup is never parsed from data, and CSV cells that
-a spreadsheet would run as a formula are prefixed with a quote.
+special characters are escaped, rich markup is never parsed from data, and in CSV control
+characters are made visible too and cells that a spreadsheet would run as a formula are
+prefixed with a quote.
 """
 
 from __future__ import annotations
@@ -197,7 +198,10 @@ def to_json(report: Report) -> str:
 # -- CSV -----------------------------------------------------------------------------------
 def _csv_cell(v: Any, c: Column) -> Any:
     v = _jsonable(v)
-    if isinstance(v, str) and c.kind == "text" and v[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    if not isinstance(v, str):
+        return v
+    v = visible(v)  # ESC, BEL, CR, bidi overrides: shown, never passed to a terminal or sheet
+    if c.kind == "text" and v[:1] in ("=", "+", "-", "@"):
         return "'" + v  # a spreadsheet would run it as a formula
     return v
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 # Shared with `spampots report`: the same options mean the same thing.
 from spampots.analysis.cli import (_common, _count, _data_dir, add_selection, describe_filters, output_format,
-                                   write_report)
+                                   tell_damage, write_report)
 
 
 if TYPE_CHECKING:
@@ -75,6 +75,7 @@ def _open(args: argparse.Namespace, prog: str) -> Optional[tuple["duckdb.DuckDBP
     if not args.no_compact:
         lake.compact(quiet=args.quiet)
     con = lake.connect(day_from=args.day_from, day_to=args.day_to, sensors=args.sensor)
+    tell_damage(lake.damage, prog)
     try:
         enricher = Enricher(args.asn_db, cache_dir=lake.root / "_cache", quiet=args.quiet)
     except (OSError, ValueError, RuntimeError) as e:  # maxminddb's InvalidDatabaseError is a RuntimeError

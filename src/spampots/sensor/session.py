@@ -15,6 +15,7 @@ import logging
 from typing import TYPE_CHECKING, Optional
 
 from ..events import Event, LimitHit, SessionClose, SessionOpen, SmtpAuth, name_of, stamp
+from ..store.ratelog import RateLimitedLog
 from ..store.recorder import RecorderError
 from ..protocols.base import Close, Context, Durable, Handler, StartTLS, Tunnel, error_event
 from ..protocols.dispatch import (
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from .server import ListenerRuntime, Sensor
 
 log = logging.getLogger("spampots.sensor")
+# A full disk fails every message, a dead recorder every event: one line per interval each.
+_not_stored_log, _not_recorded_log = RateLimitedLog(log), RateLimitedLog(log)
 
 
 def _clean_ip(ip: str) -> str:
@@ -246,12 +249,11 @@ class Session(asyncio.Protocol):
                 except RecorderError as exc:
                     fut = self.loop.create_future()
                     fut.set_exception(exc)
-                self.sensor.count_event(ev)
                 # Hold the client's next bytes until the message is on disk; reading itself
                 # is paused only if it sends any meanwhile (most wait for the 250).
                 self.paused = True
                 rest = actions[i:]
-                fut.add_done_callback(lambda f, rest=rest: self._durable_done(f, rest))
+                fut.add_done_callback(lambda f, rest=rest, ev=ev: self._durable_done(f, rest, ev))
                 return
             elif t is Tunnel:
                 self._write(out)
@@ -328,17 +330,18 @@ class Session(asyncio.Protocol):
         if self.eof_pending and not self.paused and not self.transport.is_closing():
             self.transport.close()  # connection_lost then gives the handler its eof()
 
-    def _durable_done(self, fut: asyncio.Future, rest: list) -> None:
+    def _durable_done(self, fut: asyncio.Future, rest: list, ev: Event) -> None:
         if fut.cancelled() or fut.exception() is not None:
             # Not on disk: the client must not see a 250. Dropping the connection
             # tells it the message was not taken.
-            log.error("message not stored, closing session %s: %s", self.session_id,
-                      fut.exception() if not fut.cancelled() else "cancelled")
+            _not_stored_log.error("message not stored, closing session %s: %s", self.session_id,
+                                  fut.exception() if not fut.cancelled() else "cancelled")
             self.close_reason = "error"
             self.paused = False
             if self.transport is not None:
                 self.transport.abort()
             return
+        self.sensor.count_event(ev)  # counted once stored: the summary says what is on disk
         self._resume(rest)
 
     async def _start_tls(self, rest: list) -> None:
@@ -430,7 +433,7 @@ class Session(asyncio.Protocol):
         try:
             self.sensor.recorder.emit(ev)
         except RecorderError:  # shutting down, or the disk failed (logged by the store)
-            log.warning("event not recorded: %s", name_of(ev))
+            _not_recorded_log.warning("event not recorded: %s", name_of(ev))
 
     def _arm_timer(self) -> None:
         lim = self.sensor.cfg.limits

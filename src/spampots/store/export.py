@@ -105,12 +105,15 @@ def export_messages(
     out_dir: Union[str, Path],
     *,
     events: Optional[Mapping[str, SmtpMessage]] = None,
+    damaged: Optional[list[str]] = None,
 ) -> int:
     """Write the bodies of ``shas``; returns how many were exported.
 
     eml: ``<sha256>.eml`` each. mbox: one ``messages.mbox`` (replaced as a
     whole), with the envelope sender and time of ``events[sha]`` when given.
-    Unknown or damaged shas are logged and skipped.
+    Unknown shas are logged and skipped; damaged ones (CRC or SHA-256 wrong) are
+    skipped and added to ``damaged`` when given (the caller reports them in one
+    line), else logged.
     """
     _check_fmt(fmt)
     out = Path(out_dir)
@@ -131,7 +134,10 @@ def export_messages(
                 log.warning("export: %s not in the store, skipped", sha)
                 continue
             except CorruptRecord as e:
-                log.error("export: %s skipped: %s", sha, e)
+                if damaged is None:
+                    log.error("export: %s skipped: %s", sha, e)
+                else:
+                    damaged.append(sha)
                 continue
             count += 1
             yield sha, body

@@ -20,12 +20,15 @@ never gets ahead of what the kernel holds. SQLite runs with synchronous=OFF:
 the packs are fsynced before anything is acknowledged, and on open the index
 is reconciled against them (rows beyond a pack's end dropped, unindexed tail
 records added, a torn last record truncated), so a lost or stale index row
-costs a rescan, never a message. If the index file is unreadable it is rebuilt.
+costs a rescan, never a message. If the index file is damaged (``PRAGMA quick_check``
+on open) it is rebuilt; if it cannot be written (disk full) the writer indexes the
+packs in memory until its next start.
 """
 
 from __future__ import annotations
 
 import collections
+import errno
 import hashlib
 import logging
 import mmap
@@ -68,6 +71,30 @@ CREATE INDEX IF NOT EXISTS blobs_pack ON blobs (pack, offset);
 
 class CorruptRecord(ValueError):
     """A record exists in the index but its bytes do not check out."""
+
+
+class _IndexDamaged(sqlite3.DatabaseError):
+    """``PRAGMA quick_check`` found damaged pages behind an intact header."""
+
+
+def _damaged(e: sqlite3.DatabaseError) -> bool:
+    """Damage in the index file itself (rebuild it), not a full disk or a lock (do not)."""
+    name = getattr(e, "sqlite_errorname", None) or ""
+    return isinstance(e, _IndexDamaged) or name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) \
+        or (not name and type(e) is sqlite3.DatabaseError)
+
+
+def _disk_full(e: BaseException) -> bool:
+    if isinstance(e, sqlite3.Error):
+        return (getattr(e, "sqlite_errorname", None) or "") == "SQLITE_FULL"
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _check_index(db: sqlite3.Connection) -> None:
+    """Read every page of the index (a header can be intact in front of damaged pages)."""
+    rows = db.execute("PRAGMA quick_check").fetchall()
+    if rows != [("ok",)]:
+        raise _IndexDamaged("; ".join(str(r[0]) for r in rows[:3]))
 
 
 class Location(NamedTuple):
@@ -179,8 +206,19 @@ class MessageStore:
             os.close(self._lock_fd)
             raise RuntimeError(f"another process writes messages for sensor {sensor!r} in {self.dir}")
         try:
-            self._db = self._open_db()
-            self._reconcile()
+            try:
+                self._db = self._open_db()
+                self._reconcile()
+            except (sqlite3.Error, OSError) as e:
+                if not _disk_full(e):
+                    raise
+                # No room to bring the index up to date: the packs are the truth, so index them
+                # in memory; the next start (with room) re-indexes from the file's last row.
+                log.warning("index %s cannot be written (%s): indexing the packs in memory until the "
+                            "next start", self.dir / INDEX_NAME, e)
+                if hasattr(self, "_db"):
+                    self._db.close()
+                self._db = self._memory_index()
             self._open_last_pack()
         except BaseException:
             self.close()
@@ -197,13 +235,13 @@ class MessageStore:
                 # OFF is safe here: the index is a cache; see the module docstring.
                 db.execute("PRAGMA synchronous=OFF")
                 db.executescript(_SCHEMA)
-                db.execute("SELECT count(*) FROM blobs").fetchone()
+                _check_index(db)
                 return db
             except sqlite3.DatabaseError as e:
                 db.close()
-                if attempt == 2:
+                if attempt == 2 or not _damaged(e):
                     raise
-                log.error("index %s unreadable (%s): rebuilding from packs", path, e)
+                log.error("index %s damaged (%s): rebuilding it from the packs", path, e)
                 for suffix in ("", "-wal", "-shm"):
                     Path(str(path) + suffix).unlink(missing_ok=True)
         raise AssertionError("unreachable")
@@ -213,11 +251,15 @@ class MessageStore:
         if path.exists():
             db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, check_same_thread=False)
             try:
-                db.execute("SELECT count(*) FROM blobs").fetchone()
+                _check_index(db)
                 return db
             except sqlite3.DatabaseError as e:
                 db.close()
                 log.warning("index %s unreadable (%s): scanning packs in memory", path, e)
+        return self._memory_index()
+
+    def _memory_index(self) -> sqlite3.Connection:
+        """An index of every valid record in the packs, in memory (nothing is written)."""
         db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         db.executescript(_SCHEMA)
         for name in self._pack_names():
@@ -273,7 +315,8 @@ class MessageStore:
                     self._truncate_if_idle(path, good_end, size)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # a failed COMMIT (disk full) has already rolled back
+                db.execute("ROLLBACK")
             raise
 
     def _truncate_if_idle(self, path: Path, good_end: int, size: int) -> None:

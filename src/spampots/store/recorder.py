@@ -19,8 +19,10 @@ batch. A batch:
 Bodies are durable before the event lines that name them are written, so after
 any crash an ``spampots.smtp.message`` event on disk implies its body is too.
 A failure (disk full) fails the futures it affects and is logged to
-``spampots.store``; plain ``emit`` events have no future, so their loss is
-logged and counted in ``stats.errors``.
+``spampots.store``, at most one line per failure kind and ``_FAIL_LOG_S`` with a count
+of the rest; plain ``emit`` events have no future, so their loss is logged and
+counted in ``stats.errors``. A failed segment write is cut off and the same segment
+is retried, so a full disk creates no new files.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any, Optional, Union
 
 from ..events import Event, SmtpMessage, encode
 from .messages import MessageStore
+from .ratelog import RateLimitedLog
 from .segments import SegmentWriter, recover
 
 log = logging.getLogger("spampots.store")
@@ -42,6 +45,7 @@ log = logging.getLogger("spampots.store")
 _IDLE_TICK_S = 0.5  # how often an idle writer checks segment age
 _PLAIN_SYNC_S = 0.05  # the longest plain events stay queued, or written but not synced
 _PLAIN_MAX_QUEUED = 1024  # plain events that wake the writer before the tick
+_FAIL_LOG_S = 10.0  # one log line per failure kind per this many seconds (a full disk fails every batch)
 _EVENT, _DURABLE, _BARRIER, _CLOSE = range(4)  # kinds >= _DURABLE need a sync before they resolve
 
 
@@ -149,6 +153,8 @@ class Recorder:
         self._close_waiter: Optional[_SyncWaiter] = None
         self._fatal: Optional[BaseException] = None
         self._stats = RecorderStats()
+        self._log_sync, self._log_bodies, self._log_lines, self._log_rotate = (
+            RateLimitedLog(log, _FAIL_LOG_S) for _ in range(4))
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -362,9 +368,8 @@ class Recorder:
             self._seg.sync()  # type: ignore[union-attr]
         except Exception as e:
             self._stats.errors += 1
-            log.error("fsync of the event segment failed: %r", e)
-            self._seg.abandon()  # type: ignore[union-attr]  # recover() fixes what it left
-            return e
+            self._log_sync.error("fsync of the event segment failed: %r", e)
+            return e  # the writer gave the segment up; recover() finishes it
         finally:
             self._synced_at = time.monotonic()
         return None
@@ -381,7 +386,7 @@ class Recorder:
                     self._store_bodies(store, durable)
             except Exception as e:  # the pack's fsync or the index commit: none of them acknowledged
                 st.errors += 1
-                log.error("storing %d message bodies failed: %r", len(durable), e)
+                self._log_bodies.error("storing %d message bodies failed: %r", len(durable), e)
                 for it in durable:
                     it.exc = it.exc or e
         batch_exc: Optional[BaseException] = None
@@ -397,8 +402,9 @@ class Recorder:
                 batch_exc = e
                 st.errors += 1
                 lost = sum(it.kind == _EVENT for it in batch)
-                log.error("writing %d event lines failed (%d plain events lost): %r", len(lines), lost, e)
-                seg.abandon()  # keep the torn bytes at the end of a file recover() will fix
+                self._log_lines.error("writing %d event lines failed (%d plain events lost): %r", len(lines), lost, e)
+                # The writer cut off what got in and retries the same file, or (after a failed
+                # fsync) gave it up to recover().
             else:
                 st.events += len(lines)
                 st.messages += sum(1 for it in durable if it.exc is None)
@@ -421,7 +427,7 @@ class Recorder:
             except Exception as e:
                 it.exc = e
                 st.errors += 1
-                log.error("storing a message body failed: %r", e)
+                self._log_bodies.error("storing a message body failed: %r", e)
         if self._fsync and any(it.exc is None for it in durable):
             store.sync()  # raises: the caller fails the batch and the index rows roll back
 
@@ -444,7 +450,7 @@ class Recorder:
             self._seg.maybe_rotate()  # type: ignore[union-attr]
         except Exception as e:
             self._stats.errors += 1
-            log.error("segment rotation failed (recover() will finish it): %r", e)
+            self._log_rotate.error("segment rotation failed (recover() will finish it): %r", e)
 
     def _shutdown(self, close: _Item) -> None:
         exc: Optional[BaseException] = None
@@ -455,6 +461,8 @@ class Recorder:
                 exc = exc or e
                 self._stats.errors += 1
                 log.error("closing the store failed: %r", e)
+        for throttled in (self._log_sync, self._log_bodies, self._log_lines, self._log_rotate):
+            throttled.flush()
         self._fail_queued(RecorderError("recorder closed"))
         self._resolve([close], exc)
 

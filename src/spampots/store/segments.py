@@ -24,7 +24,7 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional, Union
 
@@ -152,7 +152,11 @@ class SegmentWriter:
         if self._fd is None:
             self._open()
         assert self._fd is not None
-        write_all(self._fd, data)
+        try:
+            write_all(self._fd, data)
+        except OSError:
+            self._undo_partial()
+            raise
         self._size += len(data)
         self.bytes_written += len(data)
         self._dirty = True
@@ -162,7 +166,13 @@ class SegmentWriter:
         if self._fd is None:
             return
         if self._dirty:
-            fdatasync(self._fd)
+            try:
+                fdatasync(self._fd)
+            except OSError:
+                # After a failed fsync the kernel may have dropped the dirty pages: appending
+                # more would hide the hole. Give the file up; recover() finishes it.
+                self.abandon()
+                raise
             self.fsyncs += 1
             self._dirty = False
         while self._dirs_to_sync:
@@ -182,27 +192,54 @@ class SegmentWriter:
         return None
 
     def close(self) -> Optional[Path]:
-        """fsync, compress the current segment (if any); the next write opens a new one."""
+        """fsync, compress the current segment (if any); the next write opens a new one.
+
+        Returns the .zst, or None if there was nothing to close or no room to compress
+        (disk full): then the complete .jsonl stays, readable, for recover() to compress.
+        """
         if self._fd is None:
             return None
         path, fd = self._path, self._fd
+        if self._size == 0:  # nothing ever got in (every write failed): no empty segment left behind
+            self.abandon()
+            return None
         try:
             self.sync()
             # Still holding the lock while compressing: recover() keeps its hands off.
-            out = compress_segment(path, level=self.level)  # type: ignore[arg-type]
+            try:
+                out: Optional[Path] = compress_segment(path, level=self.level)  # type: ignore[arg-type]
+            except OSError as e:
+                log.warning("segment %s left uncompressed (still readable; recovery compresses it): %s",
+                            path.name, e)  # type: ignore[union-attr]
+                out = None
         finally:
             self._fd = self._path = None
             os.close(fd)
         return out
+
+    def _undo_partial(self) -> None:
+        """After a failed write (disk full), cut what part of it got in and keep the segment:
+        the next write retries the same file, so a full disk makes no new files. If even
+        the cut fails, give the file up as after a failed sync."""
+        try:
+            os.ftruncate(self._fd, self._size)  # type: ignore[arg-type]
+        except OSError:
+            self.abandon()
 
     def abandon(self) -> None:
         """Stop writing the current segment without compressing it (after a write error).
 
         The file keeps whatever reached it, maybe half a line at the end; the next
         :func:`recover` truncates that and compresses it. New writes go to a new file,
-        so the torn bytes stay at the end of their file.
+        so the torn bytes stay at the end of their file. A file that holds nothing is
+        removed at once.
         """
         if self._fd is not None:
+            try:
+                if self._size == 0 and os.fstat(self._fd).st_size == 0 and self._path is not None:
+                    self._path.unlink(missing_ok=True)
+            except OSError:
+                pass
             try:
                 os.close(self._fd)
             except OSError:
@@ -291,15 +328,25 @@ def recover(data_dir: Union[str, Path], *, level: int = 3) -> list[Path]:
     a process dies, whatever its pid became). Also removes stale temp files and
     a ``.jsonl`` whose ``.zst`` was already complete. Returns the new .zst paths.
     Safe to run while other writers work in the same data dir.
+
+    A segment that cannot be compressed (disk full) stays a complete ``.jsonl``, which
+    every reader reads as it is; one warning names them and the next recovery retries.
     """
     root = Path(data_dir) / EVENTS_DIR
     done: list[Path] = []
+    left: list[str] = []
+    err: Optional[OSError] = None
     for day in _day_dirs(root, None, None):
         for entry in sorted(os.scandir(day), key=lambda e: e.name):
             path = Path(entry.path)
             name = entry.name
             if name.endswith(".jsonl"):
-                out = _recover_one(path, level)
+                try:
+                    out = _recover_one(path, level)
+                except OSError as e:
+                    left.append(name)
+                    err = err or e
+                    continue
                 if out is not None:
                     done.append(out)
             elif name.endswith(".jsonl.zst.tmp"):
@@ -311,7 +358,17 @@ def recover(data_dir: Union[str, Path], *, level: int = 3) -> list[Path]:
                         path.unlink()
                 except FileNotFoundError:
                     pass
+    if left:
+        log.warning("recovery left %d segment(s) uncompressed (still readable): %s: %s",
+                    len(left), name_list(left), err)
     return done
+
+
+def name_list(names: list[str], total: Optional[int] = None, shown: int = 5) -> str:
+    """The first few names and how many more (of ``total``, default all of ``names``):
+    one bounded log line however many files."""
+    more = (len(names) if total is None else total) - min(shown, len(names))
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def _locked(path: Path) -> bool:
@@ -352,17 +409,58 @@ def _recover_one(path: Path, level: int) -> Optional[Path]:
 
 # -- reading -------------------------------------------------------------------------------------
 
+_NAMES_KEPT = 5  # damaged file names a ReadStats keeps for its report line
+
 
 @dataclass
 class ReadStats:
-    """What a read pass met; pass one to the iterators to see it."""
+    """What a read pass met; pass one to the iterators to see it.
+
+    Damage is counted, never raised: files that cannot be read, compressed segments cut
+    short, lines that are not a valid event. :meth:`damage_line` says it in one line.
+    """
 
     files: int = 0
     lines: int = 0
     events: int = 0
     undecodable: int = 0  # complete lines that are not a valid event
-    torn: int = 0  # files that ended in half a line (open segment or crash)
-    errors: int = 0  # files that could not be read (vanished, corrupt .zst)
+    torn: int = 0  # files that ended in half a line (an open segment: normal; a .zst: damage)
+    errors: int = 0  # files that could not be read (vanished, corrupt or truncated .zst)
+    truncated: int = 0  # .zst files that end before their frame does (also in errors)
+    ignored: int = 0  # files in a day directory whose name is not a segment's
+    damaged_files: int = 0  # files with any damage (errors, damaged lines, foreign names)
+    damaged: list[str] = field(default_factory=list)  # the first few of them, for the report
+    _last: str = field(default="", repr=False)
+
+    def note(self, path: Union[str, Path]) -> None:
+        """Count ``path`` as damaged (once, however many lines of it are)."""
+        name = str(path)
+        if name == self._last:
+            return
+        self._last = name
+        self.damaged_files += 1
+        if len(self.damaged) < _NAMES_KEPT:
+            self.damaged.append(Path(name).name)
+
+    def damage_line(self) -> str:
+        """One line naming what was skipped ("" when nothing was)."""
+        if not self.damaged_files:
+            return ""
+        what = []
+        if self.errors:
+            what.append(f"{self.errors} unreadable file(s)" + (f", {self.truncated} cut short" if self.truncated else ""))
+        if self.undecodable:
+            what.append(f"{self.undecodable} undecodable line(s)")
+        if self.ignored:
+            what.append(f"{self.ignored} file(s) not named like a segment")
+        return f"damaged data skipped: {'; '.join(what)}; in {name_list(self.damaged, self.damaged_files)}"
+
+    def merge(self, other: "ReadStats") -> None:
+        """Add another pass's counts (and names, up to the bound)."""
+        for f in ("files", "lines", "events", "undecodable", "torn", "errors", "truncated", "ignored",
+                  "damaged_files"):
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+        self.damaged += other.damaged[: max(0, _NAMES_KEPT - len(self.damaged))]
 
 
 def _day(d: DayLike) -> Optional[str]:
@@ -404,11 +502,13 @@ def iter_segment_files(
     since_day: DayLike = None,
     until_day: DayLike = None,
     sensor: Optional[str] = None,
+    stats: Optional[ReadStats] = None,
 ) -> list[Path]:
     """Segments (open .jsonl and closed .jsonl.zst), days inclusive, sorted by day then name.
 
     When both ``x.jsonl`` and ``x.jsonl.zst`` exist (compression in progress or
-    interrupted), only the complete ``.zst`` is listed.
+    interrupted), only the complete ``.zst`` is listed. A ``*.jsonl[.zst]`` whose name
+    is not a segment's is not ours: it is left out, and counted in ``stats.ignored``.
     """
     root = Path(data_dir) / EVENTS_DIR
     out: list[Path] = []
@@ -419,7 +519,12 @@ def iter_segment_files(
             continue
         for name in sorted(names, key=_segment_order):
             m = SEGMENT_RE.match(name)
-            if m is None or (sensor is not None and m["sensor"] != sensor):
+            if m is None:
+                if stats is not None and name.endswith((".jsonl", ".jsonl.zst")):
+                    stats.ignored += 1
+                    stats.note(day / name)
+                continue
+            if sensor is not None and m["sensor"] != sensor:
                 continue
             if not m["zst"] and name + ".zst" in names:
                 continue
@@ -427,7 +532,12 @@ def iter_segment_files(
     return out
 
 
+class _Truncated(OSError):
+    """A compressed segment that ends before its zstd frame does."""
+
+
 def _lines(src: BinaryIO, stats: ReadStats) -> Iterator[bytes]:
+    """Complete lines; a last line without its newline is not one (``stats.torn``)."""
     tail = bytearray()  # an unfinished line; linear even if a garbage tail has no newline
     while True:
         chunk = src.read(_READ_CHUNK)
@@ -450,6 +560,32 @@ def _lines(src: BinaryIO, stats: ReadStats) -> Iterator[bytes]:
         stats.torn += 1
 
 
+class _CheckedZst:
+    """A .zst read as a stream (bounded memory), raising at the end if it was cut short.
+
+    zstd's stream reader returns what it could decode and then EOF for a truncated file,
+    silently; our frames carry their content size (compress_segment), so the bytes read
+    are compared with it. A bit flip fails the frame checksum, which zstd checks itself.
+    """
+
+    def __init__(self, f: BinaryIO) -> None:
+        header = f.read(18)  # the longest frame header
+        f.seek(0)
+        try:
+            self.expect = zstandard.frame_content_size(header)
+        except zstandard.ZstdError:
+            raise zstandard.ZstdError("not a zstd frame") from None
+        self.got = 0
+        self._z = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True, closefd=False)
+
+    def read(self, n: int) -> bytes:
+        data = self._z.read(n)
+        self.got += len(data)
+        if not data and 0 <= self.expect and self.got < self.expect:
+            raise _Truncated(f"cut short: {self.got:,} of {self.expect:,} bytes")
+        return data
+
+
 def _open_segment(path: Path) -> BinaryIO:
     if path.name.endswith(".zst"):
         return open(path, "rb")
@@ -457,6 +593,37 @@ def _open_segment(path: Path) -> BinaryIO:
         return open(path, "rb")
     except FileNotFoundError:  # compressed and unlinked since listing
         return open(path.with_name(path.name + ".zst"), "rb")
+
+
+def iter_file_lines(path: Path, stats: ReadStats) -> Iterator[bytes]:
+    """Every complete line of one segment, checked: never raises for what is on disk.
+
+    A closed segment (.zst) must be a whole zstd frame ending in a newline: anything else
+    is damage, counted and named in ``stats``, and the lines before it are still returned.
+    """
+    try:
+        f = _open_segment(path)
+    except FileNotFoundError:
+        stats.errors += 1
+        stats.note(path)
+        log.warning("segment %s vanished while reading", path)
+        return
+    stats.files += 1
+    with f:
+        zst = f.name.endswith(".zst")
+        torn = stats.torn
+        try:
+            yield from _lines(_CheckedZst(f) if zst else f, stats)  # type: ignore[arg-type]
+        except (zstandard.ZstdError, OSError) as e:
+            stats.errors += 1
+            stats.truncated += isinstance(e, _Truncated)
+            stats.note(path)
+            log.debug("segment %s unreadable: %s", path, e)
+            return
+        if zst and stats.torn > torn:  # compressed segments hold whole lines only
+            stats.errors += 1
+            stats.truncated += 1
+            stats.note(path)
 
 
 def iter_event_lines(
@@ -469,29 +636,25 @@ def iter_event_lines(
 ) -> Iterator[bytes]:
     """Every complete line (without its newline), file by file, streaming.
 
-    Never raises for what it finds on disk: a half-written last line is skipped
-    (``stats.torn``), an unreadable file is logged and counted (``stats.errors``).
+    Never raises for what it finds on disk: a half-written last line of an open segment is
+    skipped (``stats.torn``); damaged files are counted and named (see :class:`ReadStats`).
     """
     st = stats if stats is not None else ReadStats()
-    for path in iter_segment_files(data_dir, since_day=since_day, until_day=until_day, sensor=sensor):
+    for path in iter_segment_files(data_dir, since_day=since_day, until_day=until_day, sensor=sensor, stats=st):
+        yield from iter_file_lines(path, st)
+
+
+def iter_file_events(path: Path, stats: ReadStats) -> Iterator[tuple[bytes, Event]]:
+    """(line, event) for every valid event line of one segment; the rest counted as damage."""
+    for line in iter_file_lines(path, stats):
         try:
-            f = _open_segment(path)
-        except FileNotFoundError:
-            st.errors += 1
-            log.warning("segment %s vanished while reading", path)
+            ev = decode(line)
+        except (msgspec.DecodeError, ValueError):
+            stats.undecodable += 1
+            stats.note(path)
             continue
-        st.files += 1
-        with f:
-            try:
-                if f.name.endswith(".zst"):
-                    dctx = zstandard.ZstdDecompressor()
-                    with dctx.stream_reader(f, read_across_frames=True, closefd=False) as z:
-                        yield from _lines(z, st)  # type: ignore[arg-type]
-                else:
-                    yield from _lines(f, st)
-            except (zstandard.ZstdError, OSError) as e:
-                st.errors += 1
-                log.error("segment %s unreadable: %s", path, e)
+        stats.events += 1
+        yield line, ev
 
 
 def iter_events(
@@ -504,13 +667,6 @@ def iter_events(
 ) -> Iterator[Event]:
     """Decoded events; undecodable lines are skipped and counted in ``stats.undecodable``."""
     st = stats if stats is not None else ReadStats()
-    for line in iter_event_lines(
-        data_dir, since_day=since_day, until_day=until_day, sensor=sensor, stats=st
-    ):
-        try:
-            ev = decode(line)
-        except (msgspec.DecodeError, ValueError):
-            st.undecodable += 1
-            continue
-        st.events += 1
-        yield ev
+    for path in iter_segment_files(data_dir, since_day=since_day, until_day=until_day, sensor=sensor, stats=st):
+        for _, ev in iter_file_events(path, st):
+            yield ev

@@ -1,0 +1,161 @@
+"""A full disk under a real sensor: no 250 without storage, bounded files and log lines,
+an honest summary, and a restart on the still-full disk that comes up.
+
+Needs root to mount a small tmpfs as the data dir (skipped otherwise).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import smtplib
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from conftest import start_sensor
+from spampots.events import SmtpMessage
+from spampots.store import MessageStore, ReadStats, iter_events, iter_segment_files
+
+CONFIG = """
+[sensor]
+summary_interval_s = 1
+[limits]
+new_sessions_per_s_per_ip = 100000
+max_sessions_per_ip = 1000
+"""
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "var"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode(errors='replace').strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def _fill(mnt: Path) -> Path:
+    """Take every free byte of the filesystem with one file."""
+    filler = mnt / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for size in (1 << 20, 65536, 4096, 512, 1):
+            while True:
+                try:
+                    os.write(fd, b"\0" * size)
+                except OSError:
+                    break
+    finally:
+        os.close(fd)
+    return filler
+
+
+def _body(i: int) -> bytes:
+    return (b"Subject: disk full %d\r\n\r\n" % i) + hashlib.sha256(b"%d" % i).hexdigest().encode() * 40 + b"\r\n"
+
+
+def _send(port: int, i: int) -> bool:
+    """True if the sensor answered 250 to the message."""
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
+            s.sendmail("spam@bad.example", ["victim@example.com"], _body(i))
+        return True
+    except (smtplib.SMTPException, OSError):
+        return False
+
+
+def _problems(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if re.search(r" (WARNING|ERROR|CRITICAL) ", ln) or "Traceback" in ln]
+
+
+def _stopped_messages(text: str) -> int:
+    m = re.findall(r"stopped; .*?messages (\d+)", text)
+    assert m, text[-3000:]
+    return int(m[-1])
+
+
+def test_full_disk(small_disk: Path, tmp_path: Path) -> None:
+    sp = start_sensor(tmp_path / "run1", config=CONFIG, data_dir=small_disk, args=("--user", ""))
+    port = sp.port(25)
+    acked: set[int] = set()
+    try:
+        for i in range(5):  # room to spare: these are stored
+            assert _send(port, i)
+            acked.add(i)
+        filler = _fill(small_disk)
+        failed = 0
+        for i in range(5, 205):  # about 200 attempts on a full disk
+            if _send(port, i):
+                acked.add(i)
+            else:
+                failed += 1
+        assert failed >= 150  # the disk really was full
+    finally:
+        assert sp.stop(timeout=30) == 0
+    log1 = sp.stderr()
+    assert "Traceback" not in log1, log1[-3000:]
+    # bounded: a handful of segment files, not one per failed write
+    segs = iter_segment_files(small_disk)
+    assert len(segs) <= 4, segs
+    # bounded log: repeated failures are summed up, not one line each
+    problems = _problems(log1)
+    assert len(problems) <= 25, "\n".join(problems[:40])
+    # honest: the summary counts what was stored, which is exactly what got a 250
+    st = ReadStats()
+    stored = {ev.subject for ev in iter_events(small_disk, stats=st) if isinstance(ev, SmtpMessage)}
+    assert stored == {f"disk full {i}" for i in acked}
+    assert _stopped_messages(log1) == len(acked)
+    with MessageStore(small_disk, readonly=True) as store:  # every stored event has its body
+        for ev in iter_events(small_disk):
+            if isinstance(ev, SmtpMessage):
+                assert store.get(ev.sha256)
+
+    # a restart on the still-full disk comes up, recovers what it can, and refuses to lie
+    sp2 = start_sensor(tmp_path / "run2", config=CONFIG, data_dir=small_disk, args=("--user", ""))
+    try:
+        assert not _send(sp2.port(25), 1000)
+    finally:
+        assert sp2.stop(timeout=30) == 0
+    log2 = sp2.stderr()
+    assert "Traceback" not in log2, log2[-3000:]
+    assert len(_problems(log2)) <= 10, log2[-3000:]
+    assert _stopped_messages(log2) == 0
+    assert len(iter_segment_files(small_disk)) <= 6
+    # room again: everything acknowledged is still readable
+    filler.unlink()
+    st = ReadStats()
+    stored = {ev.subject for ev in iter_events(small_disk, stats=st) if isinstance(ev, SmtpMessage)}
+    assert stored == {f"disk full {i}" for i in acked}
+    assert st.errors == 0 and st.undecodable == 0
+
+
+def test_rate_limited_log_says_how_many_it_left_out(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from spampots.store.ratelog import RateLimitedLog
+
+    now = [0.0]
+    rl = RateLimitedLog(logging.getLogger("spampots.test"), interval_s=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.ERROR, logger="spampots.test"):
+        for i in range(1000):  # 1,000 failures in 5 s: one line
+            now[0] = i * 0.005
+            rl.error("write failed: %s", "ENOSPC")
+        now[0] = 10.0
+        rl.error("write failed: %s", "ENOSPC")  # the next interval: one line with the count
+        rl.error("write failed: %s", "ENOSPC")
+        rl.flush()  # at shutdown: the rest
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["write failed: ENOSPC",
+                     "write failed: ENOSPC (and 999 more like it since the last such line)",
+                     "1 more like this since the last such line, the last: write failed: ENOSPC"]
+    assert rl.total == 1002
