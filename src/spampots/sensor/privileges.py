@@ -16,7 +16,9 @@ group), and the process umask ``027`` makes files ``0640`` and directories
 
 from __future__ import annotations
 
+import errno
 import grp
+import logging
 import os
 import pwd
 import stat
@@ -316,7 +318,10 @@ def check_writable(dir_fd: int, path: Path, acct: Optional[Account]) -> None:
                 os.close(fd)
                 os.unlink(name)
         except OSError as exc:
-            return f"data dir {path} is not writable by {who} ({exc.strerror})"
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                return f"data dir {path} is not writable by {who} ({exc.strerror})"
+            # writable but full: the sensor starts, refuses mail it cannot store, and
+            # captures again as soon as space is freed (see warn_if_full)
         for sub in STORE_DIRS:
             try:
                 st = os.stat(sub, follow_symlinks=False)
@@ -328,6 +333,19 @@ def check_writable(dir_fd: int, path: Path, acct: Optional[Account]) -> None:
         return ""
 
     _as_user(acct, probe, f"data dir {path} could not be checked")
+
+
+def warn_if_full(dir_fd: int, path: Path, log: logging.Logger, floor_bytes: int = 16 << 20) -> None:
+    """One warning when the data dir's file system is (nearly) full: capture then refuses
+    mail (no 250 without storage) until space is freed, without a restart."""
+    try:
+        st = os.fstatvfs(dir_fd)
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if free < floor_bytes or (st.f_files and st.f_favail == 0):
+        log.warning("data dir %s has %.1f MiB free%s: messages are refused until space is freed",
+                    path, free / 2**20, " and no free inodes" if st.f_files and st.f_favail == 0 else "")
 
 
 def check_reachable(dir_fd: int, path: Path, acct: Account) -> None:

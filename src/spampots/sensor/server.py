@@ -326,6 +326,7 @@ class Sensor:
         dir_fd = privileges.open_data_dir(data_dir, acct)
         try:
             privileges.check_writable(dir_fd, data_dir, acct)
+            privileges.warn_if_full(dir_fd, data_dir, log)
             self._tls(dropped=False)
             await self._bind()
             if self.cfg.transport.nats is not None:
