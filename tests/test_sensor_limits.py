@@ -5,7 +5,7 @@ import logging
 from spampots.sensor.limits import (
     STORE_RESERVE_FDS, ConnectionGate, HitCoalescer, ProgressOrder, plan_descriptors,
 )
-from spampots.sensor.lograte import RateLimitFilter
+from spampots.lograte import RateLimitFilter
 
 
 class Clock:

@@ -146,7 +146,7 @@ def test_full_disk(small_disk: Path, tmp_path: Path) -> None:
 def test_rate_limited_log_says_how_many_it_left_out(caplog: pytest.LogCaptureFixture) -> None:
     import logging
 
-    from spampots.store.ratelog import RateLimitedLog
+    from spampots.lograte import RateLimitedLog
 
     now = [0.0]
     rl = RateLimitedLog(logging.getLogger("spampots.test"), interval_s=10.0, clock=lambda: now[0])

@@ -29,7 +29,8 @@ from ..protocols import personas
 from ..protocols.base import Context, Persona
 from ..protocols.smtp import AuthPolicy
 from ..store.recorder import Recorder, RecorderError
-from . import lograte, privileges, tlscert
+from .. import lograte
+from . import privileges, tlscert
 from .limits import ConnectionGate, HitCoalescer, ProgressOrder, plan_descriptors, raise_nofile
 from .session import Session
 

@@ -15,7 +15,6 @@ import logging
 from typing import TYPE_CHECKING, Optional
 
 from ..events import Event, LimitHit, SessionClose, SessionOpen, SmtpAuth, name_of, stamp
-from ..store.ratelog import RateLimitedLog
 from ..store.recorder import RecorderError
 from ..protocols.base import Close, Context, Durable, Handler, StartTLS, Tunnel, error_event
 from ..protocols.dispatch import (
@@ -26,9 +25,7 @@ from ..protocols.proxy_header import ProxyHeaderParser
 if TYPE_CHECKING:
     from .server import ListenerRuntime, Sensor
 
-log = logging.getLogger("spampots.sensor")
-# A full disk fails every message, a dead recorder every event: one line per interval each.
-_not_stored_log, _not_recorded_log = RateLimitedLog(log), RateLimitedLog(log)
+log = logging.getLogger("spampots.sensor")  # rate limited on the sensor's stderr (lograte.install)
 
 
 def _clean_ip(ip: str) -> str:
@@ -334,7 +331,7 @@ class Session(asyncio.Protocol):
         if fut.cancelled() or fut.exception() is not None:
             # Not on disk: the client must not see a 250. Dropping the connection
             # tells it the message was not taken.
-            _not_stored_log.error("message not stored, closing session %s: %s", self.session_id,
+            log.error("message not stored, closing session %s: %s", self.session_id,
                                   fut.exception() if not fut.cancelled() else "cancelled")
             self.close_reason = "error"
             self.paused = False
@@ -433,7 +430,7 @@ class Session(asyncio.Protocol):
         try:
             self.sensor.recorder.emit(ev)
         except RecorderError:  # shutting down, or the disk failed (logged by the store)
-            _not_recorded_log.warning("event not recorded: %s", name_of(ev))
+            log.warning("event not recorded: %s", name_of(ev))
 
     def _arm_timer(self) -> None:
         lim = self.sensor.cfg.limits

@@ -37,7 +37,7 @@ from typing import Any, Optional, Union
 
 from ..events import Event, SmtpMessage, encode
 from .messages import MessageStore
-from .ratelog import RateLimitedLog
+from ..lograte import RateLimitedLog
 from .segments import SegmentWriter, recover
 
 log = logging.getLogger("spampots.store")
