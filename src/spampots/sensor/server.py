@@ -322,6 +322,13 @@ class Sensor:
         user the sensor will run as), read root-only files, bind, enter the data dir by its
         descriptor and drop root, then make the TLS certificate and open the store."""
         self.loop = asyncio.get_running_loop()
+        # First: a SIGTERM that comes while starting (its port may already accept) is a
+        # clean stop once up, not a death that leaves the store to recovery.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.loop.add_signal_handler(sig, self._stop.set)
+            except (NotImplementedError, RuntimeError):
+                pass
         acct = (privileges.account(self.cfg.sensor.user, self.cfg.sensor.group)
                 if privileges.running_as_root() and self.cfg.sensor.user else None)
         dir_fd = privileges.open_data_dir(data_dir, acct)
@@ -376,11 +383,6 @@ class Sensor:
         )))
         up = ", ".join(f"{rt.port}/{rt.kind}" for rt in self.listeners)
         log.info("sensor %s up (data in %s): listening on %s", self.sensor_id, data_dir, up)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self.loop.add_signal_handler(sig, self._stop.set)
-            except (NotImplementedError, RuntimeError):
-                pass
         ticker = self.loop.create_task(self._tick())
         shipping = self._start_shipper()
         await self._stop.wait()
