@@ -78,6 +78,7 @@ class ShipperStats:
     state: str = "starting"  # starting, shipping, unreachable, auth-failed, no-stream, stopped
     connected: bool = False
     caught_up: bool = False  # everything on disk was acked at the last look
+    last_ack: float = 0.0  # unix time of the broker's last publish ack (0: none since start)
 
 
 class Shipper:
@@ -274,6 +275,7 @@ class Shipper:
             raise TimeoutError(f"no publish ack within {self.cfg.ack_timeout_s:g} s") from None
         except NoStreamResponseError:
             raise StreamMissing(f"no JetStream stream takes {self._subj_events}") from None
+        self.stats.last_ack = time.time()
         return acks
 
     def _unshipped(self, shas: list[str]) -> list[str]:
