@@ -256,7 +256,7 @@ def registry_for(collector: Any) -> Any:
 
 # -- the HTTP endpoint ---------------------------------------------------------------------------
 
-MAX_CLIENTS = 8  # concurrent scrape connections; more are closed at once
+MAX_CLIENTS = 8  # concurrent connections; a new one closes the oldest (a scrape takes milliseconds)
 REQUEST_MAX = 8192  # bytes of request line and headers
 DEADLINE_S = 10.0  # a connection is closed after this long, answered or not
 
@@ -266,7 +266,7 @@ class MetricsEndpoint:
 
     def __init__(self, registry: Any) -> None:
         self.registry = registry
-        self.clients = 0
+        self.clients: dict["_Scrape", None] = {}  # oldest first
         self.scrapes = 0
         self._server: Optional[asyncio.AbstractServer] = None
 
@@ -310,16 +310,19 @@ class _Scrape(asyncio.Protocol):
         self.buf = b""
         self.transport: Optional[asyncio.Transport] = None
         self.timer: Optional[asyncio.TimerHandle] = None
-        self.counted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        if self.ep.clients >= MAX_CLIENTS:
-            transport.abort()
-            return
-        self.ep.clients += 1
-        self.counted = True
-        self.timer = self.loop.call_later(DEADLINE_S, transport.abort)
+        clients = self.ep.clients
+        while len(clients) >= MAX_CLIENTS:  # idle connections must not lock the scraper out
+            next(iter(clients)).drop()
+        clients[self] = None
+        self.timer = self.loop.call_later(DEADLINE_S, self.drop)
+
+    def drop(self) -> None:
+        self.ep.clients.pop(self, None)
+        if self.transport is not None:
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -354,12 +357,7 @@ class _Scrape(asyncio.Protocol):
         self.transport.write(head + body)
         self.transport.close()  # the deadline still aborts a client that never reads it
 
-    def eof_received(self) -> Optional[bool]:
-        return None
-
     def connection_lost(self, exc: Optional[Exception]) -> None:
         if self.timer is not None:
             self.timer.cancel()
-        if self.counted:
-            self.ep.clients -= 1
-            self.counted = False
+        self.ep.clients.pop(self, None)
