@@ -21,6 +21,7 @@ import pytest
 
 from clients import ProxySMTP, make_message
 from conftest import start_sensor, wait_listening
+from nats_fixture import nats_server  # noqa: F401 (fixture)
 
 PROMETHEUS = shutil.which("prometheus")
 CLI = [sys.executable, "-m", "spampots.cli"]
@@ -247,3 +248,55 @@ def test_status_on_a_dir_without_the_sensor(tmp_path):
     assert r.returncode == 1 and "unhealthy: no spampots.sensor.start" in r.stdout
     r = subprocess.run([*CLI, "status", "--data-dir", str(tmp_path / "missing")], capture_output=True, text=True)
     assert r.returncode == 2 and "no data directory" in r.stderr
+
+
+# -- shipping and collecting ---------------------------------------------------------------------
+
+def test_shipper_and_collector_figures(tmp_path, nats_server):
+    """The sensor shows its backlog draining and the broker's acks; `collect --metrics`
+    shows its lag and what it stored; status judges the shipping healthy."""
+    import asyncio
+
+    from spampots.transport.config import NatsSection
+    from spampots.transport.network import StreamSettings, init_network
+
+    asyncio.run(init_network(NatsSection(servers=[nats_server.url]), StreamSettings()))
+    sp, mport = _metrics_sensor(tmp_path / "s", f'[transport.nats]\nservers = ["{nats_server.url}"]\n'
+                                                 "retry_max_s = 0.5\npoll_interval_s = 0.05\n")
+    cport = free_port()
+    central = tmp_path / "central"
+    col = subprocess.Popen([*CLI, "collect", "--server", nats_server.url, "--data-dir", str(central),
+                            "--metrics", str(cport)], stdout=subprocess.DEVNULL,
+                           stderr=open(tmp_path / "collect.log", "wb"))
+    try:
+        messages, _ = _send_known_traffic(sp)
+        sp.events("spampots.smtp.message", wait_for=messages, timeout=20)
+        deadline = time.time() + 40
+        while time.time() < deadline:
+            text = scrape(mport)
+            if "spampots_ship_last_ack_age_seconds" in text and sample(text, "spampots_ship_backlog_bytes") == 0:
+                break
+            time.sleep(0.3)
+        assert sample(text, "spampots_ship_backlog_bytes") == 0
+        assert sample(text, "spampots_ship_connected") == 1
+        assert 0 <= sample(text, "spampots_ship_last_ack_age_seconds") < 40
+        wait_listening(cport, proc=col)
+        deadline = time.time() + 40
+        while time.time() < deadline:
+            ctext = scrape(cport)
+            if sample(ctext, "spampots_collector_events_total") >= messages and \
+                    sample(ctext, "spampots_collector_pending_messages") == 0:
+                break
+            time.sleep(0.3)
+        assert sample(ctext, "spampots_collector_events_total") >= messages
+        assert sample(ctext, "spampots_collector_pending_messages") == 0
+        assert sample(ctext, "spampots_collector_connected") == 1
+        assert sample(ctext, "spampots_collector_lag_seconds") >= 0
+        r = subprocess.run([*CLI, "status", "--config", str(sp.config_path), "--data-dir", str(sp.data_dir),
+                            "--sensor", "test-sensor"], capture_output=True, text=True, timeout=60)
+        assert "shipping:" in r.stdout and "last ack" in r.stdout
+        assert "unhealthy: shipping" not in r.stdout
+    finally:
+        col.terminate()
+        col.wait(20)
+        sp.stop()

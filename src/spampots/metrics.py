@@ -344,9 +344,11 @@ class _Scrape(asyncio.Protocol):
         elif parts[1].split(b"?", 1)[0] not in (b"/metrics", b"/"):
             self._reply(404, b"see /metrics\n")
         else:
-            from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+            from prometheus_client import exposition
 
-            self._reply(200, self.ep.render(), CONTENT_TYPE_PLAIN_0_0_4)
+            # the classic text format: what every Prometheus reads (newer clients default to 1.0.0)
+            ctype = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4", exposition.CONTENT_TYPE_LATEST)
+            self._reply(200, self.ep.render(), ctype)
 
     def _reply(self, status: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
         reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
