@@ -30,7 +30,8 @@ from .store.segments import SEGMENT_RE, ReadStats, iter_file_lines, iter_segment
 STALE_BEATS = 3  # heartbeats missed before a running sensor counts as gone
 DEFAULT_MIN_FREE_MB = 100.0
 DEFAULT_SHIP_STALE_S = 300.0
-_MAX_SEGMENTS = 500  # segments read back looking for the sensor's start (its heartbeats suffice)
+_MAX_SEGMENTS = 500  # segments read back for the newest lifecycle event
+_START_SEGMENTS = 24  # and then at most this many more for its start (listeners, heartbeat interval)
 
 Lifecycle = Union[SensorStart, SensorHeartbeat, SensorStop]
 
@@ -46,7 +47,12 @@ def read_state(data_dir: Path, sensor: str) -> SensorState:
     st = SensorState()
     stats = ReadStats()
     files = iter_segment_files(data_dir, sensor=sensor, stats=stats)
+    more = _START_SEGMENTS
     for path in reversed(files[-_MAX_SEGMENTS:]):
+        if st.figures is not None:
+            if more == 0:
+                break  # a long-running sensor: its heartbeats say enough
+            more -= 1
         found: list[Lifecycle] = []
         for line in iter_file_lines(path, stats):
             if b'"spampots.sensor.' not in line:
