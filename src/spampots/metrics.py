@@ -274,7 +274,7 @@ class MetricsEndpoint:
         """Bind now (before a privilege drop); serve from :meth:`start`."""
         self._server = await loop.create_server(
             lambda: _Scrape(self, loop), host=address, port=port, reuse_address=True,
-            backlog=MAX_CLIENTS, start_serving=False)
+            backlog=64, start_serving=False)
 
     async def start(self) -> None:
         if self._server is not None:
