@@ -20,6 +20,7 @@ for mod in Net::SSLeay:libnet-ssleay-perl IO::Socket::SSL:libio-socket-ssl-perl 
   perl -M"${mod%%:*}" -e1 2>/dev/null || need+=("${mod##*:}")
 done
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)  # Spark's engine (tests/test_spark.py)
+command -v prometheus >/dev/null || need+=(prometheus)  # scrapes a sensor (tests/test_metrics.py)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing Debian packages: ${need[*]}"

@@ -51,6 +51,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg.sensor.user = args.user
     if args.log_level:
         cfg.sensor.log_level = args.log_level
+    if args.metrics is not None:
+        cfg.metrics = config.MetricsSection(enable=True, address=cfg.metrics.address, port=args.metrics)
     config.validate(cfg)
     logging.basicConfig(
         level=cfg.sensor.log_level.upper(),
@@ -293,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="when started as root, drop to this user after binding (\"\" keeps root)")
     r.add_argument("--strict", action="store_true", help="fail if any listener cannot be bound")
     r.add_argument("--log-level", choices=config.LOG_LEVELS, default=None)
+    r.add_argument("--metrics", type=int, default=None, metavar="PORT",
+                   help="serve Prometheus metrics on this port ([metrics] address, default 127.0.0.1)")
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("check-config", help="validate a config file and exit")
@@ -339,8 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .loadgen import cli as loadgen_cli
     from .policy import cli as policy_cli
     from .transport import cli as transport_cli
+    from . import status as status_cli
 
-    for group in (analysis_cli, policy_cli, loadgen_cli, transport_cli):
+    for group in (analysis_cli, policy_cli, loadgen_cli, transport_cli, status_cli):
         group.register(sub)
     return p
 

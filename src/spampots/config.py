@@ -110,6 +110,12 @@ class StoreSection(_Base):
     segment_max_age_s: float = 3600.0
 
 
+class MetricsSection(_Base):
+    enable: bool = False  # serve Prometheus metrics (GET /metrics) from the sensor process
+    address: str = "127.0.0.1"  # an IP address; one that is not loopback exposes the figures to others
+    port: int = 9464
+
+
 class TransportSection(_Base):
     nats: Optional[NatsSection] = None  # ship to NATS JetStream (docs/network.md); None: local store only
 
@@ -123,6 +129,7 @@ class Config(_Base):
     proxy_protocol: ProxyProtocolSection = msgspec.field(default_factory=ProxyProtocolSection)
     store: StoreSection = msgspec.field(default_factory=StoreSection)
     transport: TransportSection = msgspec.field(default_factory=TransportSection)
+    metrics: MetricsSection = msgspec.field(default_factory=MetricsSection)
     listener: list[ListenerConfig] = msgspec.field(default_factory=list)
 
     # -- derived views ------------------------------------------------------
@@ -283,11 +290,24 @@ def validate(cfg: Config) -> None:
     if sid and not all(c.isalnum() or c in "-_." for c in sid):
         errors.append("sensor.id may hold letters, digits, '-', '_' and '.' only")
     errors += _number_problems(cfg)
+    errors += metrics_problems(cfg.metrics)
     if cfg.transport.nats is not None:
         errors += [f"transport.nats: {e}" if not e.startswith("transport.nats") else e
                    for e in cfg.transport.nats.validate()]
     if errors:
         raise ConfigError("\n".join(errors))
+
+
+def metrics_problems(m: MetricsSection) -> list[str]:
+    """An explicit IP address (no host name, no "" for every interface) and a real port."""
+    errors = []
+    if not 1 <= m.port <= 65535:
+        errors.append(f"metrics.port must be 1..65535, not {m.port}")
+    try:
+        ipaddress.ip_address(m.address)
+    except ValueError:
+        errors.append(f"metrics.address must be one IPv4/IPv6 address (e.g. 127.0.0.1), not {m.address!r}")
+    return errors
 
 
 # Floors for numbers that break the sensor below them (a heartbeat of 0 s is an event
@@ -428,6 +448,11 @@ trusted = []                # e.g. ["127.0.0.1", "10.0.0.0/8"]: front ends allow
 fsync = true                # a 250 after DATA is sent only once message and event are fsynced
 segment_max_mb = 64         # at least 1
 segment_max_age_s = 3600    # at least 1
+
+[metrics]                   # Prometheus endpoint (GET /metrics) in the sensor process
+enable = false              # also `spampots run --metrics PORT`
+address = "127.0.0.1"       # one IP address; anything but loopback lets others read the figures
+port = 9464
 
 # Listeners: without any [[listener]] the talk's ports are used:
 # SOCKS 1080 3127; HTTP 8080 80 3128 8000 6588 4480 3382 81; SMTP 25

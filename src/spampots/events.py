@@ -49,12 +49,38 @@ class Listener(msgspec.Struct, kw_only=True):
     error: str = ""  # why the bind failed, for failed listeners
 
 
+class ListenerTally(msgspec.Struct, kw_only=True):
+    """What one listener port saw of one protocol since the sensor started."""
+
+    port: int
+    protocol: str
+    sessions: int = 0  # sessions closed that spoke this protocol last
+    messages: int = 0  # messages stored
+    recipients: int = 0  # their RCPT TO addresses
+    proxy_requests: int = 0
+
+
+class Health(msgspec.Struct, kw_only=True):
+    """The sensor's own state at one moment (what `spampots status` and the metrics show)."""
+
+    sessions_open: int = 0
+    recorder_queue: int = 0  # events and messages waiting for the store's writer
+    store_errors: int = 0  # failed writes, syncs, rotations since start
+    fsyncs: int = 0  # segment and pack syncs timed since start
+    fsync_seconds_sum: float = 0.0
+    fsync_seconds_max: float = 0.0
+    disk_free_bytes: int = -1  # in the data dir; -1: unknown
+    ship_backlog_bytes: int = -1  # not yet acked by the broker; -1: no transport
+    ship_last_ack_age_s: float = -1.0  # since the broker's last ack; -1: none yet, or no transport
+
+
 class SensorStart(Event, tag="spampots.sensor.start"):
     version: str
     listeners: list[Listener] = []
     failed: list[Listener] = []
     limits: dict[str, Any] = {}
     personas: dict[str, str] = {}
+    heartbeat_interval_s: float = 0.0  # 0: not recorded (older sensors)
 
 
 class SensorStop(Event, tag="spampots.sensor.stop"):
@@ -63,12 +89,20 @@ class SensorStop(Event, tag="spampots.sensor.stop"):
     listeners: list[Listener] = []
     limits: dict[str, Any] = {}
     counters: dict[str, int] = {}
+    tallies: list[ListenerTally] = []
+    errors: dict[str, int] = {}
+    limit_hits: dict[str, int] = {}
+    health: Optional[Health] = None
 
 
 class SensorHeartbeat(Event, tag="spampots.sensor.heartbeat"):
     version: str
     uptime_s: float = 0.0
     counters: dict[str, int] = {}
+    tallies: list[ListenerTally] = []
+    errors: dict[str, int] = {}
+    limit_hits: dict[str, int] = {}
+    health: Optional[Health] = None
 
 
 class SessionOpen(Event, tag="spampots.session.open"):

@@ -30,6 +30,7 @@ from ..protocols.base import Context, Persona
 from ..protocols.smtp import AuthPolicy
 from ..store.recorder import Recorder, RecorderError
 from .. import lograte
+from ..metrics import MetricsEndpoint, Tally, is_loopback, sensor_figures
 from . import privileges, tlscert
 from .limits import ConnectionGate, HitCoalescer, ProgressOrder, plan_descriptors, raise_nofile
 from .session import Session
@@ -92,6 +93,9 @@ class Sensor:
         self.limit_hits = 0  # every hit, folded ones included
         self.backlog = 1024  # listen queue per socket; shortened by _fit_descriptors
         self.counters: Counter[str] = Counter()
+        self.tally = Tally()  # per listener port and protocol, errors and limits by kind (metrics)
+        self.shipper = None  # the Shipper, when [transport.nats] is set
+        self.metrics: Optional[MetricsEndpoint] = None
         self.listeners: list[ListenerRuntime] = []
         self.failed: list[Listener] = []
         self.started_at = time.time()
@@ -159,6 +163,7 @@ class Sensor:
         """Whether to record this (stamped) hit now; repeats of its (source, limit) pair are
         counted and recorded as one event with their count when the interval ends."""
         self.limit_hits += 1
+        self.tally.limit(ev.limit)
         if self.hits.full:
             self._flush_hits()
         if self.hits.offer((ev.src_ip, ev.limit), ev):
@@ -187,7 +192,9 @@ class Sensor:
         return self._date_text
 
     def count_event(self, ev: Event) -> None:
-        self.counters[name_of(ev)] += 1
+        name = name_of(ev)
+        self.counters[name] += 1
+        self.tally.count(name, ev)
 
     def auth_policy(self, src_ip: str) -> AuthPolicy:
         """The submission AuthPolicy for one new handler: this source's failures so far,
@@ -337,6 +344,7 @@ class Sensor:
             privileges.warn_if_full(dir_fd, data_dir, log)
             self._tls(dropped=False)
             await self._bind()
+            await self._bind_metrics()
             if self.cfg.transport.nats is not None:
                 # Import what shipping needs while still root: after the drop the
                 # interpreter's own files may be unreadable (e.g. a pyenv under /root).
@@ -367,6 +375,7 @@ class Sensor:
             for rt in self.listeners:
                 if rt.server is not None:
                     rt.server.close()
+            self._close_metrics()
             if self.recorder is not None:
                 await self.recorder.close()
             raise
@@ -380,11 +389,13 @@ class Sensor:
             limits=limits,
             personas={"smtp": self.persona.smtp_style, "http": self.persona.http_style,
                       "judge": self.persona.judge_style, "hostname": self.persona.hostname},
+            heartbeat_interval_s=self.cfg.sensor.heartbeat_interval_s,
         )))
         up = ", ".join(f"{rt.port}/{rt.kind}" for rt in self.listeners)
         log.info("sensor %s up (data in %s): listening on %s", self.sensor_id, data_dir, up)
         ticker = self.loop.create_task(self._tick())
         shipping = self._start_shipper()
+        await self._start_metrics()  # after the shipper: its figures are there from the first scrape
         await self._stop.wait()
         ticker.cancel()
         await self._shutdown(limits)
@@ -403,6 +414,32 @@ class Sensor:
                 log.warning("shipper still busy at stop; it resumes from its cursor on the next start")
         return 0
 
+    async def _bind_metrics(self) -> None:
+        """Bind the Prometheus endpoint with the listeners, before the drop ([metrics])."""
+        m = self.cfg.metrics
+        if not m.enable:
+            return
+        from ..metrics import SensorMetrics, registry_for
+
+        ep = MetricsEndpoint(registry_for(SensorMetrics(self)))
+        try:
+            await ep.bind(self.loop, m.address, m.port)
+        except OSError as exc:
+            raise StartupError(f"metrics endpoint {m.address}:{m.port}: {exc.strerror or exc}") from None
+        self.metrics = ep
+        if not is_loopback(m.address):
+            log.warning("metrics endpoint on %s, not loopback: whoever reaches port %d reads this "
+                        "sensor's figures", m.address, m.port)
+
+    async def _start_metrics(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.start()
+            log.info("metrics on http://%s:%d/metrics", self.cfg.metrics.address, self.metrics.port)
+
+    def _close_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+
     def _start_shipper(self) -> Optional[tuple[asyncio.Event, asyncio.Task, object]]:
         nats = self.cfg.transport.nats
         if nats is None:
@@ -412,6 +449,7 @@ class Sensor:
         stop = asyncio.Event()
         shipper = Shipper(Path("."), self.sensor_id, nats)
         task = self.loop.create_task(self._ship(shipper, stop))
+        self.shipper = shipper
         log.info("shipping to NATS JetStream %s, stream %s", ", ".join(nats.servers), nats.stream)
         return stop, task, shipper
 
@@ -430,6 +468,7 @@ class Sensor:
         for rt in self.listeners:
             if rt.server is not None:
                 rt.server.close()
+        self._close_metrics()
         for s in list(self.sessions):
             s.shutdown()
         await asyncio.sleep(0)  # let connection_lost run
@@ -444,6 +483,7 @@ class Sensor:
             listeners=[rt.describe() for rt in self.listeners],
             limits=limits,
             counters=dict(self.counters),
+            **sensor_figures(self),
         )))
         await self.recorder.close()
         log.info("stopped; %s", self._summary())
@@ -471,6 +511,7 @@ class Sensor:
                     version=__version__,
                     uptime_s=round(time.time() - self.started_at, 3),
                     counters=dict(self.counters),
+                    **sensor_figures(self),
                 )))
                 next_beat = now + beat_every
 

@@ -31,7 +31,8 @@ import asyncio
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from bisect import bisect_left
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -49,6 +50,34 @@ _FAIL_LOG_S = 10.0  # one log line per failure kind per this many seconds (a ful
 _EVENT, _DURABLE, _BARRIER, _CLOSE = range(4)  # kinds >= _DURABLE need a sync before they resolve
 
 
+class LatencyHistogram:
+    """Durations in fixed buckets (Prometheus ``le`` bounds, in seconds): a list index per
+    observation, no allocation. One thread writes it; readers copy it with :meth:`snapshot`."""
+
+    BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+    __slots__ = ("counts", "sum", "max")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(self.BOUNDS) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+        self.max = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.BOUNDS, seconds)] += 1
+        self.sum += seconds
+        if seconds > self.max:
+            self.max = seconds
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def snapshot(self) -> "LatencyHistogram":
+        h = LatencyHistogram()
+        h.counts, h.sum, h.max = list(self.counts), self.sum, self.max
+        return h
+
+
 class RecorderError(RuntimeError):
     """The recorder is not running (not started, closed, or its thread died)."""
 
@@ -63,6 +92,7 @@ class RecorderStats:
     batches: int = 0  # group commits
     errors: int = 0  # failed batches, failed bodies, failed rotations
     queued: int = 0  # items waiting for the writer thread right now
+    fsync_seconds: LatencyHistogram = field(default_factory=LatencyHistogram)  # per segment or pack sync
 
 
 class _SyncWaiter:
@@ -312,6 +342,7 @@ class Recorder:
     def stats(self) -> RecorderStats:
         """A snapshot of the counters."""
         s = RecorderStats(**vars(self._stats))
+        s.fsync_seconds = self._stats.fsync_seconds.snapshot()
         for part in (self._seg, self._store):
             if part is not None:
                 s.fsyncs += part.fsyncs
@@ -365,7 +396,7 @@ class Recorder:
 
     def _sync_segment(self) -> Optional[BaseException]:
         try:
-            self._seg.sync()  # type: ignore[union-attr]
+            self._timed_sync(self._seg)
         except Exception as e:
             self._stats.errors += 1
             self._log_sync.error("fsync of the event segment failed: %r", e)
@@ -373,6 +404,11 @@ class Recorder:
         finally:
             self._synced_at = time.monotonic()
         return None
+
+    def _timed_sync(self, part: Union[SegmentWriter, MessageStore]) -> None:
+        t0 = time.monotonic()
+        part.sync()
+        self._stats.fsync_seconds.observe(time.monotonic() - t0)
 
     def _commit(self, batch: list[_Item]) -> None:
         store, seg, st = self._store, self._seg, self._stats
@@ -396,7 +432,7 @@ class Recorder:
                 seg.write(b"".join(lines))
                 if must_sync or time.monotonic() - self._synced_at >= _PLAIN_SYNC_S:
                     if self._fsync:
-                        seg.sync()
+                        self._timed_sync(seg)
                     self._synced_at = time.monotonic()
             except Exception as e:
                 batch_exc = e
@@ -429,7 +465,7 @@ class Recorder:
                 st.errors += 1
                 self._log_bodies.error("storing a message body failed: %r", e)
         if self._fsync and any(it.exc is None for it in durable):
-            store.sync()  # raises: the caller fails the batch and the index rows roll back
+            self._timed_sync(store)  # raises: the caller fails the batch and the index rows roll back
 
     def _resolve(self, items: list[_Item], batch_exc: Optional[BaseException]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}

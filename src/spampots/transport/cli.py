@@ -113,11 +113,26 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
     async def go(stop: asyncio.Event) -> int:
         col = Collector(data_dir, cfg, name=args.name, durable=args.durable)
+        endpoint = None
+        if args.metrics is not None:
+            from ..metrics import CollectorMetrics, MetricsEndpoint, registry_for
+
+            endpoint = MetricsEndpoint(registry_for(CollectorMetrics(col)))
+            try:
+                await endpoint.bind(asyncio.get_running_loop(), args.metrics_address, args.metrics)
+            except OSError as e:
+                print(f"spampots collect: metrics endpoint {args.metrics_address}:{args.metrics}: "
+                      f"{e.strerror or e}", file=sys.stderr)
+                return 2
+            await endpoint.start()
         try:
             await col.run(stop)
         except RuntimeError as e:
             print(f"spampots collect: {e}", file=sys.stderr)
             return 2
+        finally:
+            if endpoint is not None:
+                endpoint.close()
         s = col.stats
         print(f"collected {s.events} events, {s.bodies} new bodies, {s.duplicates} duplicates dropped",
               file=sys.stderr)
@@ -189,6 +204,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--name", default="collector",
                    help="this collector's name in the data dir (one per process sharing a data dir)")
     c.add_argument("--durable", default=DEFAULT_DURABLE, help="the durable consumer (shared by collectors)")
+    c.add_argument("--metrics", type=int, default=None, metavar="PORT",
+                   help="serve Prometheus metrics (lag, pending, totals) on this port")
+    c.add_argument("--metrics-address", default="127.0.0.1",
+                   help="address of the metrics endpoint (default 127.0.0.1; anything else is reachable "
+                        "by others)")
     c.set_defaults(func=cmd_collect)
 
     n = subparsers.add_parser("network", help="set up and watch the sensor network's JetStream streams")

@@ -96,6 +96,10 @@ class CollectorStats:
     batches: int = 0
     failures: int = 0
     state: str = "starting"
+    # lag: of the last batch, the messages still in the stream behind it and how long its
+    # newest one had waited there; both 0 once a fetch finds nothing (caught up)
+    pending: int = 0
+    lag_s: float = 0.0
 
 
 def _content_size(path: Path) -> int:
@@ -275,6 +279,7 @@ class Collector:
             try:
                 msgs = await psub.fetch(self.cfg.batch_size, timeout=1.0)
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                self.stats.pending, self.stats.lag_s = 0, 0.0
                 self._rotate()
                 continue
             t0 = time.monotonic()
@@ -346,10 +351,22 @@ class Collector:
             await m.nak(delay=_NAK_DELAY_S)
         self.stats.deferred += len(naks)
         self.stats.batches += 1
+        self._note_lag(msgs[-1] if msgs else None)
         if self._stale:  # rows of a collector that died: finish its segments, settle its intents
             self._stale = False
             recover(self.data_dir)
             self._reconcile()
+
+    def _note_lag(self, last: Any) -> None:
+        if last is None:
+            return
+        try:
+            md = last.metadata  # from the ack subject; raises for a message that has none
+            pending, stored = int(md.num_pending), md.timestamp.timestamp()
+        except Exception:
+            return
+        self.stats.pending = pending
+        self.stats.lag_s = max(0.0, time.time() - stored)
 
     async def _store_body(self, js: Any, m: Any) -> bool:
         """Store one body message; False to have it redelivered later."""

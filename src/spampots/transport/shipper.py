@@ -64,6 +64,29 @@ def _peek_line(line: bytes) -> _Peek:
         return _Peek()  # shipped as it is; the collector's readers skip it like ours do
 
 
+def backlog(data_dir: Path, sensor: str, cursor: Cursor, finished: str = "") -> tuple[int, int]:
+    """(bytes, segments) of ``sensor`` not yet acked past ``cursor``, as on disk (a compressed
+    segment counts whole); ``finished``: a segment fully acked whose file may be gone. Reads
+    only: ``spampots status`` uses it on a data dir it must not change."""
+    total = count = 0
+    for seg in pending_segments(data_dir, sensor, cursor):
+        day, _, stem = seg.partition("/")
+        path = data_dir / EVENTS_DIR / day / stem
+        try:
+            left = path.stat().st_size - (cursor.offset if seg == cursor.segment else 0)
+        except FileNotFoundError:
+            if seg == finished:
+                continue
+            try:
+                left = path.with_name(stem + ".zst").stat().st_size
+            except FileNotFoundError:
+                continue
+        if left > 0:
+            total += left
+            count += 1
+    return total, count
+
+
 class StreamMissing(RuntimeError):
     pass
 
@@ -78,6 +101,7 @@ class ShipperStats:
     state: str = "starting"  # starting, shipping, unreachable, auth-failed, no-stream, stopped
     connected: bool = False
     caught_up: bool = False  # everything on disk was acked at the last look
+    last_ack: float = 0.0  # unix time of the broker's last publish ack (0: none since start)
 
 
 class Shipper:
@@ -274,6 +298,7 @@ class Shipper:
             raise TimeoutError(f"no publish ack within {self.cfg.ack_timeout_s:g} s") from None
         except NoStreamResponseError:
             raise StreamMissing(f"no JetStream stream takes {self._subj_events}") from None
+        self.stats.last_ack = time.time()
         return acks
 
     def _unshipped(self, shas: list[str]) -> list[str]:
@@ -332,24 +357,9 @@ class Shipper:
 
     def _backlog(self) -> tuple[int, int]:
         """(bytes, segments) not yet acked, as on disk (a compressed segment counts whole)."""
-        total = count = 0
-        for seg in pending_segments(self.data_dir, self.sensor, self._cursor):
-            day, _, stem = seg.partition("/")
-            path = self.data_dir / EVENTS_DIR / day / stem
-            try:
-                left = path.stat().st_size - (self._cursor.offset if seg == self._cursor.segment else 0)
-            except FileNotFoundError:
-                tail = self._tail
-                if tail is not None and tail.seg == seg and tail.finished:
-                    continue
-                try:
-                    left = path.with_name(stem + ".zst").stat().st_size
-                except FileNotFoundError:
-                    continue
-            if left > 0:
-                total += left
-                count += 1
-        return total, count
+        tail = self._tail
+        return backlog(self.data_dir, self.sensor, self._cursor,
+                       finished=tail.seg if tail is not None and tail.finished else "")
 
     def status(self) -> ShipStatus:
         """The report published on the status subject (also useful in-process)."""

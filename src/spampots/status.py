@@ -1,0 +1,233 @@
+"""``spampots status``: one sensor's health from its data dir, read only.
+
+The figures come from the sensor's newest lifecycle event (``spampots.sensor.start``,
+``heartbeat`` or ``stop``, found by reading its segments newest first) and from the disk
+now (free space, the shipping cursor). The exit status is 0 when healthy, 1 when not
+(one ``unhealthy:`` line per reason), 2 when there is nothing to judge.
+
+Unhealthy when:
+* the sensor never started in this data dir, or its newest lifecycle event is a stop;
+* nothing was heard for more than ``STALE_BEATS`` heartbeat intervals (it died, or hangs);
+* the data dir has less free space than ``--min-free-mb``;
+* with shipping: bytes wait for the broker and nothing was acked for ``--ship-stale-s``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Union
+
+import msgspec
+
+from . import config
+from .events import SensorHeartbeat, SensorStart, SensorStop, decode
+from .metrics import disk_free_bytes
+from .store.segments import SEGMENT_RE, ReadStats, iter_file_lines, iter_segment_files
+
+STALE_BEATS = 3  # heartbeats missed before a running sensor counts as gone
+DEFAULT_MIN_FREE_MB = 100.0
+DEFAULT_SHIP_STALE_S = 300.0
+_MAX_SEGMENTS = 500  # segments read back for the newest lifecycle event
+_START_SEGMENTS = 24  # and then at most this many more for its start (listeners, heartbeat interval)
+
+Lifecycle = Union[SensorStart, SensorHeartbeat, SensorStop]
+
+
+class SensorState(msgspec.Struct, kw_only=True):
+    newest: Optional[Lifecycle] = None  # the newest start, heartbeat or stop
+    start: Optional[SensorStart] = None  # the start it belongs to, when found
+    figures: Optional[Union[SensorHeartbeat, SensorStop]] = None  # the newest with figures
+
+
+def read_state(data_dir: Path, sensor: str) -> SensorState:
+    """The sensor's newest lifecycle events, reading its segments newest first."""
+    st = SensorState()
+    stats = ReadStats()
+    files = iter_segment_files(data_dir, sensor=sensor, stats=stats)
+    more = _START_SEGMENTS
+    for path in reversed(files[-_MAX_SEGMENTS:]):
+        if st.figures is not None:
+            if more == 0:
+                break  # a long-running sensor: its heartbeats say enough
+            more -= 1
+        found: list[Lifecycle] = []
+        for line in iter_file_lines(path, stats):
+            if b'"spampots.sensor.' not in line:
+                continue
+            try:
+                ev = decode(line)
+            except (msgspec.DecodeError, ValueError):
+                continue
+            if isinstance(ev, (SensorStart, SensorHeartbeat, SensorStop)):
+                found.append(ev)
+        for ev in reversed(found):
+            if st.newest is None:
+                st.newest = ev
+            if st.figures is None and isinstance(ev, (SensorHeartbeat, SensorStop)):
+                st.figures = ev
+            if isinstance(ev, SensorStart):
+                st.start = ev
+                return st
+    return st
+
+
+def sensors_in(data_dir: Path) -> set[str]:
+    out = set()
+    for p in iter_segment_files(data_dir):
+        m = SEGMENT_RE.match(p.name)
+        if m:
+            out.add(m["sensor"])
+    return out
+
+
+def _age(ts: str, now: float) -> float:
+    from .transport.availability import ts_seconds
+
+    t = ts_seconds(ts)
+    return max(0.0, now - t) if t is not None else float("inf")
+
+
+def _dur(s: float) -> str:
+    if s == float("inf"):
+        return "?"
+    s = int(s)
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    if s < 172800:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} days"
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def report(data_dir: Path, sensor: str, *, min_free_mb: float, ship_stale_s: float,
+           interval_s: float, shipping: bool, now: Optional[float] = None) -> tuple[list[str], list[str]]:
+    """(lines to print, reasons it is unhealthy)."""
+    now = time.time() if now is None else now
+    st = read_state(data_dir, sensor)
+    lines: list[str] = []
+    bad: list[str] = []
+    ev = st.newest
+    if ev is None:
+        return [f"sensor {sensor} in {data_dir}: never started here"], [
+            f"no spampots.sensor.start of sensor {sensor} in {data_dir}"]
+    if st.start is not None and st.start.heartbeat_interval_s > 0:
+        interval_s = st.start.heartbeat_interval_s
+    age = _age(ev.ts, now)
+    if isinstance(ev, SensorStop):
+        lines.append(f"sensor {sensor} in {data_dir}: stopped {_dur(age)} ago ({ev.ts}), "
+                     f"after {_dur(ev.uptime_s)} up")
+        bad.append(f"sensor stopped at {ev.ts}")
+    else:
+        up = ev.uptime_s if isinstance(ev, SensorHeartbeat) else 0.0
+        lines.append(f"sensor {sensor} in {data_dir}: running, up {_dur(up + age)}; last heard "
+                     f"{_dur(age)} ago ({ev.ts}), heartbeat every {interval_s:g} s")
+        if age > STALE_BEATS * interval_s:
+            bad.append(f"no heartbeat for {_dur(age)} (more than {STALE_BEATS} intervals of "
+                       f"{interval_s:g} s): the sensor died or hangs")
+    if st.start is not None:
+        lines.append("listeners: " + (" ".join(f"{x.port}/{x.kind}" for x in st.start.listeners) or "none")
+                     + (f"; failed: {' '.join(str(x.port) for x in st.start.failed)}" if st.start.failed else ""))
+    fig = st.figures
+    if fig is not None:
+        lines.append(f"figures of {fig.ts}:")
+        for t in fig.tallies:
+            lines.append(f"  port {t.port} {t.protocol}: sessions {t.sessions}, messages {t.messages}, "
+                         f"recipients {t.recipients}, proxy requests {t.proxy_requests}")
+        if fig.errors:
+            lines.append("  protocol errors: " + ", ".join(f"{k} {v}" for k, v in sorted(fig.errors.items())))
+        if fig.limit_hits:
+            lines.append("  limit hits: " + ", ".join(f"{k} {v}" for k, v in sorted(fig.limit_hits.items())))
+        h = fig.health
+        if h is not None:
+            mean = h.fsync_seconds_sum / h.fsyncs * 1000 if h.fsyncs else 0.0
+            lines.append(f"  sessions open {h.sessions_open}, recorder queue {h.recorder_queue}, "
+                         f"store errors {h.store_errors}, fsyncs {h.fsyncs} (mean {mean:.2f} ms, "
+                         f"max {h.fsync_seconds_max * 1000:.2f} ms)")
+        if fig.counters.get("accept_errors"):
+            lines.append(f"  accept errors {fig.counters['accept_errors']}")
+    free = disk_free_bytes(data_dir)
+    if free >= 0:
+        lines.append(f"disk: {_mb(free)} free in {data_dir} (floor {min_free_mb:g} MB)")
+        if free < min_free_mb * 1e6:
+            bad.append(f"disk: {_mb(free)} free in {data_dir}, below the floor of {min_free_mb:g} MB")
+    lines += _shipping(data_dir, sensor, st, now, ship_stale_s, shipping, bad)
+    return lines, bad
+
+
+def _shipping(data_dir: Path, sensor: str, st: SensorState, now: float, stale_s: float,
+              configured: bool, bad: list[str]) -> list[str]:
+    from .transport.cursor import load_cursor
+    from .transport.shipper import SHIP_DIR, backlog
+
+    cursor_path = data_dir / SHIP_DIR / f"{sensor}.cursor"
+    exists = cursor_path.exists()
+    if not (exists or configured):
+        return []
+    try:
+        cursor = load_cursor(cursor_path)
+    except RuntimeError as e:
+        bad.append(str(e))
+        return []
+    waiting, segs = backlog(data_dir, sensor, cursor)
+    if exists:
+        since = now - cursor_path.stat().st_mtime
+        line = f"shipping: {waiting:,} bytes in {segs} segments not acked; last ack {_dur(since)} ago"
+    else:
+        since = _age(st.start.ts, now) if st.start is not None else float("inf")
+        line = f"shipping: {waiting:,} bytes in {segs} segments not acked; nothing acked yet"
+    if waiting and since > stale_s:
+        bad.append(f"shipping: {waiting:,} bytes wait and nothing was acked for {_dur(since)} "
+                   f"(more than {stale_s:g} s)")
+    return [line]
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = config.load(Path(args.config) if args.config else None)
+    data_dir = config.resolve_data_dir(args.data_dir, cfg)
+    if not data_dir.is_dir():
+        print(f"spampots status: no data directory {data_dir}", file=sys.stderr)
+        return 2
+    sensor = args.sensor or cfg.sensor.id
+    if not sensor:
+        found = sensors_in(data_dir)
+        sensor = found.pop() if len(found) == 1 else cfg.sensor_id
+    min_free = args.min_free_mb
+    if min_free is None:
+        min_free = getattr(cfg.store, "min_free_mb", None) or DEFAULT_MIN_FREE_MB
+    lines, bad = report(data_dir, sensor, min_free_mb=min_free, ship_stale_s=args.ship_stale_s,
+                        interval_s=cfg.sensor.heartbeat_interval_s, shipping=cfg.transport.nats is not None)
+    print("\n".join(lines))
+    for reason in bad:
+        print(f"unhealthy: {reason}")
+    if not bad:
+        print("healthy")
+    return 1 if bad else 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "status", help="one sensor's health and figures from its data dir; exit 1 when unhealthy",
+        description="Print one sensor's figures (from its newest heartbeat or stop, and the disk now) "
+                    "and judge its health, reading only. Exit 0 healthy, 1 unhealthy (with one "
+                    "'unhealthy:' line per reason), 2 nothing to judge.")
+    p.add_argument("--config", "-c", help="the sensor's TOML config (data dir, sensor id, heartbeat interval)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="the sensor's data dir (default: the config's, else "
+                        f"{config.ROOT_DATA_DIR} as root, ./var otherwise)")
+    p.add_argument("--sensor", default=None,
+                   help="sensor id (default: the config's, else the only sensor in the data dir, "
+                        "else the host name)")
+    p.add_argument("--min-free-mb", type=float, default=None,
+                   help=f"unhealthy below this much free space in the data dir (default {DEFAULT_MIN_FREE_MB:g})")
+    p.add_argument("--ship-stale-s", type=float, default=DEFAULT_SHIP_STALE_S,
+                   help="with shipping: unhealthy when bytes wait and nothing was acked for this long "
+                        f"(default {DEFAULT_SHIP_STALE_S:g})")
+    p.set_defaults(func=cmd_status)
