@@ -8,6 +8,7 @@ become a default), and every error names the key that is wrong.
 from __future__ import annotations
 
 import ipaddress
+import math
 import socket
 import tomllib
 from pathlib import Path
@@ -71,6 +72,7 @@ class LimitsSection(_Base):
     payload_keep: int = 4096
     messages_per_session: int = 1000
     chain_depth: int = 8
+    memory_budget_mb: float = 256.0  # all sessions' buffered bodies and header blocks together
 
 
 class SmtpSection(_Base):
@@ -252,6 +254,8 @@ def validate(cfg: Config) -> None:
     for name in LimitsSection.__struct_fields__:
         if getattr(cfg.limits, name) <= 0:
             errors.append(f"limits.{name} must be positive")
+    if not math.isfinite(cfg.limits.memory_budget_mb):
+        errors.append("limits.memory_budget_mb must be a finite number")
     if cfg.transport.nats is not None:
         errors += [f"transport.nats: {e}" if not e.startswith("transport.nats") else e
                    for e in cfg.transport.nats.validate()]
@@ -314,6 +318,8 @@ recipients = 100            # RCPT TO per message (SMTP 452 above it)
 payload_keep = 4096         # first bytes kept of an unknown tunnel payload
 messages_per_session = 1000
 chain_depth = 8             # proxy-through-proxy depth before we close
+memory_budget_mb = 256      # all sessions' DATA bodies and HTTP header blocks together; past it
+                            # SMTP answers 452 4.3.1 and HTTP 503 (try later)
 
 [smtp]
 persona = ""                # postfix | exim | sendmail | exchange; "" = picked from the sensor id
