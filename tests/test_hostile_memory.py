@@ -1,0 +1,265 @@
+"""An attacker costs a bounded amount of memory: backpressure and the memory budget.
+
+* Backpressure: a client that pipelines commands (HELP, NOOP, RCPT past the
+  limit, HTTP requests) and never reads the replies, directly or through a
+  SOCKS5 or HTTP CONNECT tunnel, must not make the sensor queue replies without
+  end; once it reads, it gets every reply, well formed.
+* The memory budget: DATA bodies and HTTP header blocks of all sessions share
+  ``[limits] memory_budget_mb``. Past it SMTP answers ``452 4.3.1`` and HTTP
+  ``503``, each recorded as a ``memory_budget`` limit hit, and every byte of it
+  comes back when the sessions end.
+* All at once: endless DATA, pipelining without reading and thousands of slow
+  connections keep the sensor's RSS at or below 512 MB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import resource
+import selectors
+import socket
+import struct
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import start_sensor
+from spampots.events import LimitHit
+from spampots.protocols.base import Context, Limits
+from spampots.protocols.budget import MemoryBudget
+from spampots.protocols.http import HttpServer
+from spampots.protocols.smtp import SmtpServer
+
+MIB = 1024 * 1024
+FAST = "new_sessions_per_s_per_ip = 100000\nmax_sessions_per_ip = 1000\n"
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def assert_healthy(sp) -> None:
+    assert sp.proc.poll() is None, "the sensor died"
+    assert "Traceback" not in sp.stderr()
+
+
+# -- the budget itself, sans-IO ------------------------------------------------------------
+
+def test_smtp_data_past_the_budget_is_452_and_the_budget_comes_back() -> None:
+    pool = MemoryBudget(300_000)
+    base = Context(limits=Limits(message_size=1_000_000), budget=pool.account())
+
+    def session() -> SmtpServer:
+        smtp = SmtpServer(base.for_session("192.0.2.1", 1, "127.0.0.1", ""), greet=False)
+        smtp.receive(b"EHLO a\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n")
+        return smtp
+
+    first, second = session(), session()
+    first.receive(b"x" * 200_000 + b"\r\n")  # held, unterminated
+    assert 200_000 <= pool.used <= 300_000
+    acts = second.receive(b"y" * 200_000 + b"\r\n")
+    hits = [a for a in acts if isinstance(a, LimitHit)]
+    assert [(h.limit, h.value) for h in hits] == [("memory_budget", 300_000)]
+    acts = second.receive(b"more\r\n.\r\n")  # read to the end, kept nothing
+    assert b"452 4.3.1 Insufficient system storage\r\n" in b"".join(a for a in acts if isinstance(a, bytes))
+    assert not [a for a in acts if type(a).__name__ == "Durable"]
+    acts = first.receive(b".\r\n")
+    assert [a for a in acts if type(a).__name__ == "Durable"][0].body.startswith(b"xxx")
+    assert pool.used == 0  # released on message end and on refusal
+    third = session()
+    third.receive(b"z" * 100_000)
+    assert pool.used > 0
+    third.eof()  # released when the client leaves mid-DATA
+    assert pool.used == 0
+    fourth = session()
+    fourth.receive(b"z" * 100_000)
+    fourth.ctx.budget.close()  # and whatever a handler holds when its session ends
+    assert pool.used == 0
+
+
+def test_http_header_block_past_the_budget_is_503() -> None:
+    pool = MemoryBudget(100_000)
+    base = Context(budget=pool.account())
+    slow = HttpServer(base.for_session("192.0.2.1", 1, "127.0.0.1", ""))
+    # 1.2 KB of tiny fields: their parsed form costs far more than the bytes, and is charged so
+    slow.receive(b"GET http://example.com/ HTTP/1.1\r\n" + b"a:\r\n" * 300)
+    assert 40_000 < pool.used < 100_000
+    other = HttpServer(base.for_session("192.0.2.2", 1, "127.0.0.1", ""))
+    acts = other.receive(b"GET http://example.com/ HTTP/1.1\r\n" + b"X-Filler: 0123456789\r\n" * 300)
+    out = b"".join(a for a in acts if isinstance(a, bytes))
+    assert out.startswith(b"HTTP/1.") and b" 503 " in out.split(b"\r\n", 1)[0]
+    assert [a.limit for a in acts if isinstance(a, LimitHit)] == ["memory_budget"]
+    assert other.ctx.budget.held == 0
+    acts = slow.receive(b"\r\n")  # the slow one completes and is answered
+    assert b" 200 " in b"".join(a for a in acts if isinstance(a, bytes)).split(b"\r\n", 1)[0]
+    assert pool.used == 0
+
+
+# -- backpressure against a real sensor --------------------------------------------------
+
+def recv_until(sock: socket.socket, marker: bytes, timeout: float = 10.0) -> bytes:
+    sock.settimeout(timeout)
+    data = b""
+    while marker not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def open_smtp(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    recv_until(s, b"\r\n")
+    return s
+
+
+def open_socks5(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"\x05\x01\x00")
+    assert recv_until(s, b"\x05\x00")[:2] == b"\x05\x00"
+    host = b"mx1.hotmail.com"
+    s.sendall(b"\x05\x01\x00\x03" + bytes([len(host)]) + host + struct.pack(">H", 25))
+    reply = b""
+    while len(reply) < 10:
+        reply += s.recv(10 - len(reply))
+    assert reply[1] == 0, reply
+    recv_until(s, b"\r\n")  # the far end's banner
+    return s
+
+
+def open_connect(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"CONNECT mx1.hotmail.com:25 HTTP/1.1\r\nHost: mx1.hotmail.com:25\r\n\r\n")
+    head = recv_until(s, b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    if b"\r\n" not in head.split(b"\r\n\r\n", 1)[1]:
+        recv_until(s, b"\r\n")  # the far end's banner
+    return s
+
+
+def pipeline_without_reading(sock: socket.socket, pid: int, prefix: bytes, unit: bytes,
+                             seconds: float) -> tuple[bytes, float]:
+    """Send ``prefix`` then ``unit`` over and over for ``seconds``, never reading.
+    Returns the bytes still to send (whole units only are ever split) and the peak RSS."""
+    sock.setblocking(False)
+    chunk = unit * max(1, 65536 // len(unit))
+    pending = memoryview(prefix + chunk)
+    peak = 0.0
+    deadline = time.monotonic() + seconds
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_WRITE)
+    while time.monotonic() < deadline:
+        if sel.select(0.1):
+            try:
+                n = sock.send(pending)
+            except BlockingIOError:
+                n = 0
+            pending = pending[n:]
+            if not pending:
+                pending = memoryview(chunk)
+        peak = max(peak, rss_mib(pid))
+    sel.close()
+    return bytes(pending), peak
+
+
+def finish_and_read(sock: socket.socket, rest: bytes, timeout: float = 60.0) -> bytes:
+    """Send ``rest`` while reading everything until the sensor closes."""
+    sock.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+    out = bytearray()
+    view = memoryview(rest)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for _, ev in sel.select(1.0):
+            if ev & selectors.EVENT_WRITE and view:
+                try:
+                    view = view[sock.send(view):]
+                except BlockingIOError:
+                    pass
+                if not view:
+                    sel.modify(sock, selectors.EVENT_READ)
+            if ev & selectors.EVENT_READ:
+                try:
+                    data = sock.recv(1 << 20)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    sel.close()
+                    return bytes(out)
+                out += data
+    sel.close()
+    raise AssertionError(f"no end of replies after {timeout}s ({len(out)} bytes read)")
+
+
+SMTP_REPLY = re.compile(rb"(\d{3}[ -][^\r\n]*\r\n)+\Z")
+
+# (name, how to open, SMTP commands before the flood, the command repeated)
+CASES = [
+    ("help", open_smtp, b"", b"HELP\r\n"),
+    ("noop", open_smtp, b"EHLO a.example\r\n", b"NOOP\r\n"),
+    ("rcpt", open_smtp, b"EHLO a.example\r\nMAIL FROM:<a@b.example>\r\n", b"RCPT TO:<victim@c.example>\r\n"),
+    ("help-socks5", open_socks5, b"", b"HELP\r\n"),
+    ("help-connect", open_connect, b"", b"HELP\r\n"),
+]
+
+
+@pytest.fixture(scope="module")
+def pressure_sensor(tmp_path_factory):
+    # persona sendmail: the longest HELP reply (~200 bytes for 6 sent), the worst amplification
+    sp = start_sensor(tmp_path_factory.mktemp("pressure"),
+                      config=f'[smtp]\npersona = "sendmail"\n[limits]\n{FAST}recipients = 5\n'
+                             "messages_per_session = 1000000\n")  # HTTP closes after that many requests
+    yield sp
+    sp.stop()
+
+
+@pytest.mark.parametrize("name,opener,prefix,unit", CASES, ids=[c[0] for c in CASES])
+def test_pipelining_without_reading_stops_the_reading(pressure_sensor, name, opener, prefix, unit):
+    sp = pressure_sensor
+    port = sp.port(1080) if opener is open_socks5 else sp.port(8080) if opener is open_connect else sp.port(25)
+    sock = opener(port)
+    try:
+        base = rss_mib(sp.proc.pid)
+        rest, peak = pipeline_without_reading(sock, sp.proc.pid, prefix, unit, seconds=4.0)
+        # Without backpressure this grows by tens of MB per second (1.75 GB in 30 s).
+        print(f"{name}: sensor RSS {base:.1f} MiB, peak {peak:.1f} MiB while flooded")
+        assert peak - base < 16, (name, base, peak)
+        # Now it reads: every command gets its reply, each well formed, then QUIT's.
+        replies = finish_and_read(sock, rest + b"QUIT\r\n")
+    finally:
+        sock.close()
+    assert SMTP_REPLY.match(replies), replies[-300:]
+    lines = replies.split(b"\r\n")
+    assert lines[-2].startswith(b"221 "), lines[-3:]
+    codes = Counter(line[:3] for line in lines if line[3:4] == b" ")
+    if name == "rcpt":
+        assert codes[b"250"] == 5 + 1 + 1 and codes[b"452"] > 1000, codes  # 5 recipients, EHLO, MAIL
+    else:
+        assert codes[b"214"] + codes[b"250"] > 1000, codes
+    assert_healthy(sp)
+
+
+def test_pipelined_http_requests_without_reading_stop_the_reading(pressure_sensor):
+    sp = pressure_sensor
+    sock = socket.create_connection(("127.0.0.1", sp.port(8080)), timeout=10)
+    request = b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\nUser-Agent: flood\r\n\r\n"
+    try:
+        base = rss_mib(sp.proc.pid)
+        rest, peak = pipeline_without_reading(sock, sp.proc.pid, b"", request, seconds=4.0)
+        print(f"http: sensor RSS {base:.1f} MiB, peak {peak:.1f} MiB while flooded")
+        assert peak - base < 16, (base, peak)
+        closing = b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n"
+        replies = finish_and_read(sock, rest + closing)
+    finally:
+        sock.close()
+    assert replies.startswith(b"HTTP/1.1 200 ")
+    assert replies.count(b"HTTP/1.1 200 ") > 100
+    assert_healthy(sp)
