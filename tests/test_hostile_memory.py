@@ -20,9 +20,11 @@ import resource
 import selectors
 import socket
 import struct
+import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -263,3 +265,102 @@ def test_pipelined_http_requests_without_reading_stop_the_reading(pressure_senso
     assert replies.startswith(b"HTTP/1.1 200 ")
     assert replies.count(b"HTTP/1.1 200 ") > 100
     assert_healthy(sp)
+
+
+# -- the memory budget against a real sensor ---------------------------------------------
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import hostile_memory  # noqa: E402  (the benchmark's attack, run smaller here)
+
+
+async def send_message(port: int, src: str, size: int, end: bool = True,
+                       hold: Optional[asyncio.Event] = None) -> bytes:
+    """One SMTP message of ``size`` body bytes; the reply to its end (b"" with ``end=False``:
+    the client leaves mid-DATA). ``hold``: wait for it before the end marker."""
+    r, w = await hostile_memory._open(port, src)
+    try:
+        await hostile_memory._reply(r)
+        for cmd in (b"EHLO c.example", b"MAIL FROM:<a@c.example>", b"RCPT TO:<v@d.example>", b"DATA"):
+            w.write(cmd + b"\r\n")
+            await hostile_memory._reply(r)
+        line = b"z" * 1022 + b"\r\n"
+        for _ in range(size // len(line)):
+            w.write(line)
+            await w.drain()
+        if hold is not None:
+            await hold.wait()
+        if not end:
+            return b""
+        w.write(b".\r\n")
+        return await hostile_memory._reply(r, timeout=60)
+    finally:
+        w.transport.abort()
+
+
+def test_budget_refuses_with_452_and_comes_back_when_sessions_end(tmp_path):
+    sp = start_sensor(tmp_path, wait_port=25,
+                      config=f"[limits]\n{FAST}memory_budget_mb = 8\nmessage_size = 4194304\n")
+    port = sp.port(25)
+    try:
+        async def scenario() -> tuple[list[bytes], list[bytes]]:
+            # 3 bodies of 2.5 MiB held open, and one of 3 MiB: 10.5 MiB wanted, 8 MiB in the budget
+            go = asyncio.Event()
+            held = [asyncio.ensure_future(send_message(port, "127.40.0.1", 5 * MIB // 2, hold=go)) for _ in range(3)]
+            await asyncio.sleep(0.5)
+            last = await send_message(port, "127.40.0.1", 3 * MIB)
+            go.set()
+            first = await asyncio.gather(*held) + [last]
+            # two clients leave mid-DATA while holding 3.5 MiB each
+            await asyncio.gather(*(send_message(port, "127.40.0.2", 3 * MIB + MIB // 2, end=False) for _ in range(2)))
+            await asyncio.sleep(1.0)  # their sessions end
+            # every byte came back: two bodies of 3.9 MiB (7.8 of 8 MiB) fit side by side
+            second = await asyncio.gather(*(send_message(port, "127.40.0.3", 3900 * 1024) for _ in range(2)))
+            return list(first), list(second)
+
+        first, second = asyncio.run(scenario())
+        codes = Counter(reply[:9] for reply in first)
+        assert set(codes) <= {b"250 2.0.0", b"452 4.3.1"}, first
+        assert codes[b"452 4.3.1"] >= 1 and codes[b"250 2.0.0"] >= 1, first
+        assert all(reply.startswith(b"250 2.0.0") for reply in second), second
+        hits = [e for e in sp.events("spampots.limit.hit") if e.limit == "memory_budget"]
+        assert len(hits) >= codes[b"452 4.3.1"] and hits[0].value == 8 * MIB, hits
+        stored = sp.events("spampots.smtp.message", wait_for=codes[b"250 2.0.0"] + 2)
+        assert len(stored) == codes[b"250 2.0.0"] + 2
+        assert_healthy(sp)
+    finally:
+        sp.stop()
+
+
+def test_combined_attack_keeps_rss_under_512_mb(tmp_path):
+    """100 stalled DATA bodies, 4 pipeliners and 5,000 slow connections at once."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    slow = min(5000, (hard - 1000) // 2)  # this process and the sensor each hold one descriptor per session
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the sensor inherits it
+    try:
+        sp = start_sensor(tmp_path, wait_port=25, config=hostile_memory.config())
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, slow * 2 + 1000), hard))
+    try:
+        out = asyncio.run(hostile_memory.combined_attack(sp.port(25), sp.port(8080), data=100, pipeliners=4,
+                                                         slow=slow, hold=5.0))
+        peak = peak_rss_bytes(sp.proc.pid)
+        print(f"combined attack: peak RSS {peak / MIB:.0f} MiB, {out}"[:400])
+        assert sp.proc.poll() is None, "the sensor died"
+        assert out.data_sent == 100 and out.pipeliners == 4 and out.slow >= slow * 0.95, out
+        assert peak <= 512 * 10**6, peak
+        hits = [e for e in sp.events("spampots.limit.hit") if e.limit == "memory_budget"]
+        assert len(hits) >= 50, len(hits)  # 100 x 9.75 MiB wanted, 256 MiB in the budget
+        # every session's share came back: a body as big as the largest fits again
+        reply = asyncio.run(send_message(sp.port(25), "127.40.0.9", 9 * MIB))
+        assert reply.startswith(b"250 2.0.0"), reply
+        assert_healthy(sp)
+    finally:
+        sp.stop()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def peak_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
