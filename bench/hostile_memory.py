@@ -1,6 +1,6 @@
 """Hostile memory: the sensor's peak RSS under a combined attack, goal <= 512 MB.
 
-    python bench/hostile_memory.py [--data 100] [--pipeliners 4] [--slow 5000] [--hold 20]
+    python bench/hostile_memory.py [--data 100] [--pipeliners 4] [--slow 5000] [--hold 20] [--baseline-src DIR]
 
 All at once, from many 127.x.y.z sources (at most 60 sessions per address):
 
@@ -190,11 +190,17 @@ def main() -> None:
     ap.add_argument("--hold", type=float, default=20.0, help="seconds to hold the attack once all bodies are sent")
     ap.add_argument("--goal-mb", type=float, default=512)
     ap.add_argument("--no-baseline", action="store_true", help="skip the run without a reachable budget")
+    ap.add_argument("--baseline-src", help="also attack the build in this src dir (e.g. from git archive), "
+                                           "with its own defaults")
     args = ap.parse_args()
     nofile = raise_nofile()
-    runs = [("budget 256 MiB (default)", None)] + ([] if args.no_baseline else [("baseline, no budget", 1e6)])
-    for label, budget in runs:
-        with Sensor(config(budget)) as s:
+    runs = [("budget 256 MiB (default)", None, None)]
+    if not args.no_baseline:
+        runs.append(("baseline, no budget", 1e6, None))
+    if args.baseline_src:
+        runs.append((f"build at {args.baseline_src}", None, args.baseline_src))
+    for label, budget, src in runs:
+        with Sensor(config(budget), src=src) as s:
             rss0 = s.stats().rss_mib
             t = time.perf_counter()
             out = asyncio.run(combined_attack(s.port(25), s.port(8080), data=args.data, pipeliners=args.pipeliners,
