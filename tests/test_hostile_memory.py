@@ -19,6 +19,7 @@ import re
 import resource
 import selectors
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -146,25 +147,42 @@ def open_connect(port: int) -> socket.socket:
     return s
 
 
+def open_starttls(port: int) -> socket.socket:
+    s = open_smtp(port)
+    s.sendall(b"EHLO a.example\r\n")
+    ehlo = recv_until(s, b"250 ")
+    while not ehlo.endswith(b"\r\n"):
+        ehlo += recv_until(s, b"\r\n")
+    assert b"STARTTLS" in ehlo
+    s.sendall(b"STARTTLS\r\n")
+    assert recv_until(s, b"\r\n").startswith(b"220")
+    return ssl._create_unverified_context().wrap_socket(s)
+
+
+BLOCKED = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
 def pipeline_without_reading(sock: socket.socket, pid: int, prefix: bytes, unit: bytes,
                              seconds: float) -> tuple[bytes, float]:
-    """Send ``prefix`` then ``unit`` over and over for ``seconds``, never reading.
+    """Send ``prefix`` then ``unit`` over and over (b"": nothing more) for ``seconds``, never reading.
     Returns the bytes still to send (whole units only are ever split) and the peak RSS."""
     sock.setblocking(False)
-    chunk = unit * max(1, 65536 // len(unit))
+    chunk = unit * max(1, 65536 // len(unit)) if unit else b""
     pending = memoryview(prefix + chunk)
     peak = 0.0
     deadline = time.monotonic() + seconds
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_WRITE)
     while time.monotonic() < deadline:
-        if sel.select(0.1):
+        if not pending:  # all sent: wait out the time, still not reading
+            time.sleep(0.1)
+        elif sel.select(0.1):
             try:
                 n = sock.send(pending)
-            except BlockingIOError:
+            except BLOCKED:
                 n = 0
             pending = pending[n:]
-            if not pending:
+            if not pending and chunk:
                 pending = memoryview(chunk)
         peak = max(peak, rss_mib(pid))
     sel.close()
@@ -184,15 +202,17 @@ def finish_and_read(sock: socket.socket, rest: bytes, timeout: float = 60.0) -> 
             if ev & selectors.EVENT_WRITE and view:
                 try:
                     view = view[sock.send(view):]
-                except BlockingIOError:
+                except BLOCKED:
                     pass
                 if not view:
                     sel.modify(sock, selectors.EVENT_READ)
-            if ev & selectors.EVENT_READ:
+            while ev & selectors.EVENT_READ:  # a TLS socket may hold more than select sees
                 try:
                     data = sock.recv(1 << 20)
-                except BlockingIOError:
-                    continue
+                except BLOCKED:
+                    break
+                except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                    data = b""
                 if not data:
                     sel.close()
                     return bytes(out)
@@ -210,6 +230,7 @@ CASES = [
     ("rcpt", open_smtp, b"EHLO a.example\r\nMAIL FROM:<a@b.example>\r\n", b"RCPT TO:<victim@c.example>\r\n"),
     ("help-socks5", open_socks5, b"", b"HELP\r\n"),
     ("help-connect", open_connect, b"", b"HELP\r\n"),
+    ("help-starttls", open_starttls, b"EHLO a.example\r\n", b"HELP\r\n"),
 ]
 
 
@@ -246,6 +267,35 @@ def test_pipelining_without_reading_stops_the_reading(pressure_sensor, name, ope
         assert codes[b"250"] == 5 + 1 + 1 and codes[b"452"] > 1000, codes  # 5 recipients, EHLO, MAIL
     else:
         assert codes[b"214"] + codes[b"250"] > 1000, codes
+    assert_healthy(sp)
+
+
+def test_pipelined_messages_without_reading_are_all_stored(pressure_sensor):
+    """Each message pauses reading until it is on disk, and undrained replies pause it too:
+    the two pauses compose, and every 250 the client finally reads is a stored message."""
+    sp = pressure_sensor
+    n = 1000
+    # 40 HELPs per message: ~8 MB of replies in all, more than the kernel's socket buffers
+    # (4 MB at most for the sensor's send buffer, and ours is kept small) can take unread
+    unit = b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\nSubject: p\r\n\r\nbody\r\n.\r\n"
+    unit += b"HELP\r\n" * 40
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", sp.port(25)))
+    client_port = sock.getsockname()[1]
+    try:
+        recv_until(sock, b"\r\n")
+        payload = b"EHLO a.example\r\n" + unit * n
+        rest, _ = pipeline_without_reading(sock, sp.proc.pid, payload, b"", seconds=3.0)
+        replies = finish_and_read(sock, rest + b"QUIT\r\n", timeout=120)
+    finally:
+        sock.close()
+    assert SMTP_REPLY.match(replies), replies[-300:]
+    codes = Counter(line[:3] for line in replies.split(b"\r\n") if line[3:4] == b" ")
+    assert codes[b"354"] == n and replies.count(b" Message accepted for delivery\r\n") == n, codes
+    opened = [e.session for e in sp.events("spampots.session.open") if e.src_port == client_port]
+    stored = [e for e in sp.events("spampots.smtp.message") if e.session == opened[-1]]
+    assert len(stored) == n
     assert_healthy(sp)
 
 
