@@ -113,7 +113,7 @@ class Session(asyncio.Protocol):
             # waiting on the disk or on the client to read, and it keeps sending
             self._hold(data)
             return
-        left = self._feed(data)
+        left = self._receive(data) if len(data) <= FEED_STEP else self._feed(data)
         if left:
             self._hold(left)
 
