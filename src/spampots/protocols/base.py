@@ -88,6 +88,7 @@ class Context:
 class Durable:
     event: Event
     body: bytes
+    reserved: int = 0  # memory budget the body holds: the glue releases it once the body is stored
 
 
 @dataclass(frozen=True, slots=True)

@@ -961,13 +961,15 @@ class SmtpServer:
                 target_port=ctx.target_port, tls=self._tls, auth_user=self._auth_user,
                 index=self._count, submission=self._submission,
             )
-            self._emit(Durable(event=event, body=raw))
+            # the body's share of the budget travels with it until it is on disk
+            self._emit(Durable(event=event, body=raw, reserved=self._held))
+            self._held = 0
             # Distinct per connection and time, like a real queue id: the same spam sent twice
             # must not get the same id (a tell). Still deterministic for a given session.
             key = f"{sha}:{self._count}:{ctx.src_ip}:{ctx.src_port}:{ctx.now}:{ctx.depth}"
             seed = int.from_bytes(hashlib.sha256(key.encode()).digest(), "big")
             self._say("queued", qid=self._style.qid(seed, self._host))
-        self._drop_body()  # the body now travels in the Durable action
+        self._drop_body()
         self._reset()
 
 

@@ -297,6 +297,7 @@ class Session(asyncio.Protocol):
             elif t is Durable:
                 if final:  # the client is gone: nothing can be acknowledged any more
                     log.warning("durable message at end of session %s dropped", self.session_id)
+                    self._release(a.reserved)
                     continue
                 self._write(out)
                 out = []
@@ -311,7 +312,7 @@ class Session(asyncio.Protocol):
                 # is paused only if it sends any meanwhile (most wait for the 250).
                 self.paused = True
                 rest = actions[i:]
-                fut.add_done_callback(lambda f, rest=rest: self._durable_done(f, rest))
+                fut.add_done_callback(lambda f, rest=rest, n=a.reserved: self._durable_done(f, rest, n))
                 return
             elif t is Tunnel:
                 self._write(out)
@@ -397,7 +398,12 @@ class Session(asyncio.Protocol):
             self.reading_paused = False
             transport.resume_reading()
 
-    def _durable_done(self, fut: asyncio.Future, rest: list) -> None:
+    def _release(self, reserved: int) -> None:
+        if reserved and self.ctx is not None:
+            self.ctx.budget.release(reserved)
+
+    def _durable_done(self, fut: asyncio.Future, rest: list, reserved: int = 0) -> None:
+        self._release(reserved)  # stored or not, the body is no longer ours to hold
         if fut.cancelled() or fut.exception() is not None:
             # Not on disk: the client must not see a 250. Dropping the connection
             # tells it the message was not taken.
