@@ -30,6 +30,7 @@ from typing import Optional
 import pytest
 
 from conftest import start_sensor
+from spampots import config
 from spampots.events import LimitHit
 from spampots.protocols.base import Context, Limits
 from spampots.protocols.budget import MemoryBudget
@@ -106,6 +107,14 @@ def test_http_header_block_past_the_budget_is_503() -> None:
     acts = slow.receive(b"\r\n")  # the slow one completes and is answered
     assert b" 200 " in b"".join(a for a in acts if isinstance(a, bytes)).split(b"\r\n", 1)[0]
     assert pool.used == 0
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1"])
+def test_memory_budget_must_be_finite_and_positive(value: str) -> None:
+    cfg = config.from_dict({"limits": {"memory_budget_mb": float(value)}})
+    with pytest.raises(config.ConfigError, match="memory_budget_mb"):
+        config.validate(cfg)
+    config.validate(config.from_dict({"limits": {"memory_budget_mb": 0.5}}))
 
 
 # -- backpressure against a real sensor --------------------------------------------------
