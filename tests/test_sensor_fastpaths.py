@@ -108,10 +108,12 @@ def test_context_for_session_equals_replace() -> None:
                    via=("socks5:a:25",), target_host="mx.example", target_port=25, tls_available=True)
     fast = base.for_session("192.0.2.7", 4242, "198.51.100.1", "Sun, 29 Nov 2026 09:00:00 +0000")
     slow = dataclasses.replace(base, src_ip="192.0.2.7", src_port=4242, local_ip="198.51.100.1",
-                               now="Sun, 29 Nov 2026 09:00:00 +0000")
+                               now="Sun, 29 Nov 2026 09:00:00 +0000", budget=fast.budget)
     assert fast == slow
+    # each session gets its own account on the listener's memory budget
+    assert fast.budget is not base.budget and fast.budget.pool is base.budget.pool
     # every field is carried: a new Context field must be added to for_session too
-    assert [f.name for f in dataclasses.fields(Context)][-1] == "now" and len(dataclasses.fields(Context)) == 12
+    assert [f.name for f in dataclasses.fields(Context)][-1] == "budget" and len(dataclasses.fields(Context)) == 13
 
 
 def test_now_iso_is_the_documented_format() -> None:

@@ -76,6 +76,7 @@ class LimitsSection(_Base):
     payload_keep: int = 4096
     messages_per_session: int = 1000
     chain_depth: int = 8
+    memory_budget_mb: float = 256.0  # all sessions' buffered bodies and header blocks together
 
 
 class SmtpSection(_Base):
@@ -417,6 +418,8 @@ recipients = 100            # RCPT TO per message (SMTP 452 above it)
 payload_keep = 4096         # first bytes kept of an unknown tunnel payload
 messages_per_session = 1000
 chain_depth = 8             # proxy-through-proxy depth before we close
+memory_budget_mb = 256      # all sessions' DATA bodies and HTTP header blocks together; past it
+                            # SMTP answers 452 4.3.1 and HTTP 503 (try later)
 
 [smtp]
 persona = ""                # postfix | exim | sendmail | exchange; "" = picked from the sensor id

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Protocol, Union
 
 from ..events import Event, LimitHit, ProtocolError
+from .budget import Account, unlimited
 
 
 # Target ports whose far end is a mail server that speaks first (RFC 5321 / 6409).
@@ -73,18 +74,21 @@ class Context:
     target_port: Optional[int] = None
     tls_available: bool = False  # the glue can do StartTLS
     now: str = ""  # RFC 5322 date at session start, for banners that show one
+    # the session's share of the sensor's memory budget (see budget.py); tunnels keep it
+    budget: Account = field(default_factory=unlimited)
 
     def for_session(self, src_ip: str, src_port: int, local_ip: str, now: str) -> "Context":
         """This (listener's) context for one new session: ``dataclasses.replace`` with these
-        four fields, at a third of its cost (it runs for every connection)."""
+        four fields and a fresh budget account, at a third of its cost (it runs for every connection)."""
         return Context(src_ip, src_port, self.listener_port, local_ip, self.persona, self.limits, self.depth,
-                       self.via, self.target_host, self.target_port, self.tls_available, now)
+                       self.via, self.target_host, self.target_port, self.tls_available, now, self.budget.fresh())
 
 
 @dataclass(frozen=True, slots=True)
 class Durable:
     event: Event
     body: bytes
+    reserved: int = 0  # memory budget the body holds: the glue releases it once the body is stored
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,8 @@ that echoes the request headers (see ``http_persona.py``).
 Parsing is incremental over one buffer: request line, header fields (bounded by
 ``line_length`` and ``header_bytes``), a body framed by Content-Length or
 chunked coding (bounded by ``message_size``; only its size and SHA-256 are
-kept), keep-alive and pipelining. Each response is one ``bytes`` action
+kept), keep-alive and pipelining. The header block is held against the
+sensor's memory budget (``ctx.budget``): past it, ``503`` and close. Each response is one ``bytes`` action
 (header block and body together): checkers such as nmap read one segment.
 """
 
@@ -53,6 +54,8 @@ __all__ = ["HttpServer", "parse_authority", "parse_proxy_auth"]
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "ftp": 21}
 SMTP_REPLY_CAP = 64 * 1024  # SMTP replies echoed in one POST response body
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+BUDGET_STEP = 4096  # a header block reserves the memory budget in steps of this many bytes
+FIELD_COST = 160  # memory of one parsed header field beyond its bytes (a list and two str)
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _VERSION = re.compile(rb"HTTP/(\d)\.(\d)\Z")
@@ -199,6 +202,8 @@ class HttpServer:
         self._state = _LINE
         self._req: Optional[_Request] = None
         self._head_bytes = 0
+        self._head_cost = 0  # memory the header block takes, as charged to the budget
+        self._held = 0  # memory budget reserved for the header block being read
         self._remaining = 0  # body bytes still due (Content-Length or current chunk)
         self._overlong = 0  # length of the last line found too long
         self._answered = 0
@@ -234,6 +239,7 @@ class HttpServer:
             self._forward(req, req.smtp.eof())
         self._state = _DONE
         self._buf.clear()
+        self._release()
         return self._take()
 
     # -- input
@@ -269,7 +275,23 @@ class HttpServer:
         if self._head_bytes > limit:
             self._fail(431, limit_event("header_bytes", limit, self._head_bytes), "limit")
             return False
+        # 64 KiB of two-byte fields is 16,384 parsed fields, some 3 MB: charge what they cost
+        self._head_cost += len(line) + FIELD_COST
+        if self._head_cost > self._held:
+            step = max(BUDGET_STEP, self._head_cost - self._held)
+            budget = self.ctx.budget
+            if not budget.reserve(step):  # all sessions' buffers are over the sensor's budget
+                self._fail(503, limit_event("memory_budget", budget.pool.limit, budget.pool.used + step), "limit")
+                return False
+            self._held += step
         return True
+
+    def _release(self) -> None:
+        """The header block is gone (answered, tunnelled or failed): give its budget back."""
+        self._head_cost = 0
+        if self._held:
+            self.ctx.budget.release(self._held)
+            self._held = 0
 
     def _request_line(self) -> bool:
         line = self._line()
@@ -497,6 +519,7 @@ class HttpServer:
         rest = bytes(self._buf)
         self._buf.clear()
         self._state = _DONE
+        self._release()
         head = "HTTP/1.1 200 Connection established\r\n" + "".join(
             f"{k}: {self._mine(v)}\r\n" for k, v in self._style.connect_headers) + "\r\n"
         self._out += [
@@ -552,6 +575,7 @@ class HttpServer:
         self._out.append(self._render(req, answer, keep=req.keep_alive))
         self._answered += 1
         self._req = None
+        self._release()
         self._state = _LINE
         if not req.keep_alive:
             self._finish("client_eof")
@@ -736,3 +760,4 @@ class HttpServer:
         self._out.append(Close(reason))
         self._state = _DONE
         self._buf.clear()
+        self._release()

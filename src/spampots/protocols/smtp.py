@@ -34,6 +34,10 @@ capture over pedantry where the two differ):
   failures from the same source is kept by the glue, across sessions.
 * Unknown MAIL/RCPT parameters are ignored rather than refused (555); only
   SIZE and BODY are checked. DATA with an argument is accepted.
+* A DATA body is held in memory against the sensor's memory budget
+  (``ctx.budget``). When the budget is spent the body is read to its end
+  marker but not kept, and answered ``452 4.3.1`` (try later), as a full
+  queue is by Postfix.
 * Error replies use Postfix's texts for every persona; the persona table
   styles the banner, greeting, 250/354/221/214 texts and the queue id.
 * Close reasons: QUIT -> ``client_eof``, limits -> ``limit``, too many errors
@@ -58,6 +62,7 @@ LF, CR, DOT = 10, 13, 46
 MAX_BAD_COMMANDS = 10  # 421 after this many refused commands in a row
 HEADER_FIELD_CAP = 998  # RFC 5322 line limit, applied to parsed header values
 ECHO_CAP = 255  # attacker strings we echo in replies or keep as helo/addresses
+BUDGET_STEP = 64 * 1024  # DATA reserves the memory budget in steps of this many bytes
 
 
 # --- persona data ------------------------------------------------------------
@@ -120,6 +125,7 @@ _COMMON: dict[str, str] = {
     "auth_required": "530 5.7.0 Authentication required",
     "size_exceeded": "552 5.3.4 Message size exceeds fixed limit",
     "too_big": "552 5.3.4 Error: message file too big",
+    "no_room": "452 4.3.1 Insufficient system storage",
     "too_many_rcpts": "452 4.5.3 Error: too many recipients",
     "too_many_msgs": "421 4.7.0 {host} Error: too many messages in one session",
     "too_many_errors": "421 4.7.0 {host} Error: too many errors",
@@ -407,6 +413,8 @@ class SmtpServer:
         self._body = bytearray()  # DATA: unstuffed message so far
         self._size = 0  # DATA: unstuffed bytes seen, kept or not
         self._oversized = False
+        self._no_room = False  # DATA: the memory budget refused this body (452 at its end)
+        self._held = 0  # bytes of the memory budget reserved for _body
         self._bol = True  # DATA: the next byte starts a line
 
     # -- Handler interface
@@ -471,6 +479,7 @@ class SmtpServer:
             self._emit(error_event("smtp.truncated_line", "unterminated command at end", bytes(self._buf)))
         self._state = _CLOSED
         self._buf.clear()
+        self._drop_body()
         return self._take()
 
     def tls_established(self, sni: Optional[str] = None) -> list[Action]:
@@ -709,6 +718,7 @@ class SmtpServer:
         self._body = bytearray()
         self._size = 0
         self._oversized = False
+        self._no_room = False
         self._bol = True
 
     def _cmd_rset(self, arg: str, line: bytes) -> None:
@@ -900,14 +910,33 @@ class SmtpServer:
 
     def _keep(self, buf: bytearray, start: int, stop: int) -> None:
         self._size += stop - start
-        if self._oversized:
+        if self._oversized or self._no_room:
             return
         if self._size > self.ctx.limits.message_size:
             self._oversized = True  # keep reading to the end, keep nothing
-            self._body = bytearray()
+            self._drop_body()
             return
+        if self._size > self._held:  # reserve in steps: one call per BUDGET_STEP, not per line
+            step = max(BUDGET_STEP, self._size - self._held)
+            budget = self.ctx.budget
+            if not budget.reserve(step):
+                # Every session's bodies together are over the sensor's budget: read on to
+                # the end marker, keep nothing, and answer 452 (try later), as a full queue does.
+                self._no_room = True
+                self._drop_body()
+                self._emit(limit_event("memory_budget", budget.pool.limit, budget.pool.used + step))
+                return
+            self._held += step
         with memoryview(buf) as view:
             self._body += view[start:stop]
+
+    def _drop_body(self) -> None:
+        """Forget the body so far and give its memory budget back."""
+        if self._body:
+            self._body = bytearray()
+        if self._held:
+            self.ctx.budget.release(self._held)
+            self._held = 0
 
     def _end_data(self, raw: Optional[bytes] = None) -> None:
         """The end marker was read; ``raw``: the whole body, if not collected in ``_body``."""
@@ -916,6 +945,8 @@ class SmtpServer:
         if self._oversized:
             self._emit(limit_event("message_size", limits.message_size, self._size))
             self._say("too_big")
+        elif self._no_room:
+            self._say("no_room")  # the limit hit was recorded when the budget refused
         else:
             if raw is None:
                 raw = bytes(self._body)
@@ -930,14 +961,15 @@ class SmtpServer:
                 target_port=ctx.target_port, tls=self._tls, auth_user=self._auth_user,
                 index=self._count, submission=self._submission,
             )
-            self._emit(Durable(event=event, body=raw))
+            # the body's share of the budget travels with it until it is on disk
+            self._emit(Durable(event=event, body=raw, reserved=self._held))
+            self._held = 0
             # Distinct per connection and time, like a real queue id: the same spam sent twice
             # must not get the same id (a tell). Still deterministic for a given session.
             key = f"{sha}:{self._count}:{ctx.src_ip}:{ctx.src_port}:{ctx.now}:{ctx.depth}"
             seed = int.from_bytes(hashlib.sha256(key.encode()).digest(), "big")
             self._say("queued", qid=self._style.qid(seed, self._host))
-        if self._body:
-            self._body = bytearray()
+        self._drop_body()
         self._reset()
 
 

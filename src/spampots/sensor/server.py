@@ -27,6 +27,7 @@ from ..events import (
 )
 from ..protocols import personas
 from ..protocols.base import Context, Persona
+from ..protocols.budget import MemoryBudget
 from ..protocols.smtp import AuthPolicy
 from ..store.recorder import Recorder, RecorderError
 from .. import lograte
@@ -218,6 +219,8 @@ class Sensor:
     # -- lifecycle ---------------------------------------------------------------
     def _runtimes(self) -> list[ListenerRuntime]:
         limits = self.cfg.protocol_limits()
+        # one memory budget for every listener; each session opens its own account on it
+        budget = MemoryBudget(self.cfg.limits.memory_budget_mb * 2**20).account()
         out = []
         for lst in self.cfg.listeners:
             speaks_first = lst.kind in ("smtp", "submission", "smtps")  # smtps: the handshake, at once
@@ -226,7 +229,7 @@ class Sensor:
                 persona = (dataclasses.replace(persona, smtp_style=lst.persona) if speaks_first
                            else dataclasses.replace(persona, http_style=lst.persona))
             ctx = Context(listener_port=lst.port, persona=persona, limits=limits,
-                          tls_available=self._tls_wanted())
+                          tls_available=self._tls_wanted(), budget=budget)
             name = persona.smtp_style if speaks_first else persona.http_style
             out.append(ListenerRuntime(lst.address, lst.port, lst.kind, speaks_first, ctx, name))
         return out
