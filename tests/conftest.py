@@ -173,3 +173,30 @@ def sensor(tmp_path_factory) -> Iterator[SensorProc]:
     sp = start_sensor(tmp_path_factory.mktemp("sensor"), config='[limits]\nnew_sessions_per_s_per_ip = 1000\nmax_sessions_per_ip = 500\n')
     yield sp
     sp.stop()
+
+
+def rss_mib(pid: int) -> float:
+    """A process's resident memory now (VmRSS), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def assert_healthy(sp: SensorProc) -> None:
+    assert sp.proc.poll() is None, "the sensor died"
+    assert "Traceback" not in sp.stderr()
+
+
+def connect_from(src: str, port: int, timeout: float = 10) -> Optional[socket.socket]:
+    """A TCP connection to 127.0.0.1:port from the loopback address ``src``, or None."""
+    s = socket.socket()
+    s.bind((src, 0))
+    s.settimeout(timeout)
+    try:
+        s.connect(("127.0.0.1", port))
+    except OSError:
+        s.close()
+        return None
+    return s
+

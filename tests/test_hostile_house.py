@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from clients import make_message
-from conftest import SensorProc, start_sensor
+from conftest import SensorProc, connect_from, start_sensor
 from spampots.sensor.limits import STORE_RESERVE_FDS
 
 SMTP_ONLY = '[[listener]]\nport = 25\nkind = "smtp"\n'
@@ -52,13 +52,8 @@ def slow_connections(port: int, n: int, per_source: int = 60, every_s: float = 2
 
     try:
         for i in range(n):
-            s = socket.socket()
-            s.bind((_slow_source(i // per_source), 0))
-            s.settimeout(10)
-            try:
-                s.connect(("127.0.0.1", port))
-            except OSError:
-                s.close()
+            s = connect_from(_slow_source(i // per_source), port)
+            if s is None:
                 continue
             s.setblocking(False)
             socks.append(s)
@@ -174,13 +169,8 @@ def test_flood_of_refusals_is_a_bounded_number_of_counted_limit_hits(tmp_path: P
     t0 = time.monotonic()
     try:
         while time.monotonic() - t0 < 3.0 and attempts < 3000:
-            s = socket.socket()
-            s.bind((flooder, 0))
-            s.settimeout(10)
-            try:
-                s.connect(("127.0.0.1", port))
-            except OSError:
-                s.close()
+            s = connect_from(flooder, port)
+            if s is None:
                 continue
             attempts += 1
             held.append(s)  # open until the end, so the sensor sees the source of each

@@ -29,7 +29,7 @@ from typing import Optional
 
 import pytest
 
-from conftest import start_sensor
+from conftest import assert_healthy, rss_mib, start_sensor
 from spampots import config
 from spampots.events import LimitHit
 from spampots.protocols.base import Context, Limits
@@ -39,18 +39,6 @@ from spampots.protocols.smtp import SmtpServer
 
 MIB = 1024 * 1024
 FAST = "new_sessions_per_s_per_ip = 100000\nmax_sessions_per_ip = 1000\n"
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def assert_healthy(sp) -> None:
-    assert sp.proc.poll() is None, "the sensor died"
-    assert "Traceback" not in sp.stderr()
 
 
 # -- the budget itself, sans-IO ------------------------------------------------------------

@@ -12,11 +12,10 @@ import asyncio
 import random
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-from conftest import ALL_PORTS, start_sensor
+from conftest import ALL_PORTS, assert_healthy, rss_mib, start_sensor
 from spampots.events import name_of
 from spampots.loadgen import clients
 from spampots.loadgen.clients import Conn, Result
@@ -57,18 +56,6 @@ async def served_promptly(sp, src: str, until: float, every: float = 0.2) -> lis
         i += 1
         await asyncio.sleep(every)
     return latencies
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def assert_healthy(sp) -> None:
-    assert sp.proc.poll() is None, "the sensor died"
-    assert "Traceback" not in sp.stderr()
 
 
 # -- floods --------------------------------------------------------------------------------

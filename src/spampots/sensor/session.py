@@ -414,7 +414,7 @@ class Session(asyncio.Protocol):
             # Not on disk: the client must not see a 250. Dropping the connection
             # tells it the message was not taken.
             log.error("message not stored, closing session %s: %s", self.session_id,
-                                  fut.exception() if not fut.cancelled() else "cancelled")
+                      fut.exception() if not fut.cancelled() else "cancelled")
             self.close_reason = "error"
             self.paused = False
             if self.transport is not None:
