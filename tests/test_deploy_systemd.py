@@ -33,6 +33,7 @@ from conftest import LAUNCHER, SensorProc, searchable_dir, wait_listening
 ROOT = Path(__file__).resolve().parents[1]
 UNITS = ROOT / "deploy" / "systemd"
 SENSOR_UNIT = UNITS / "spampots-sensor.service"
+SECCOMP_EXEC = Path(__file__).with_name("seccomp_exec.py")
 EXPOSURE_TARGET = 2.0
 CAP_NET_BIND_SERVICE = 10
 CACHE = Path(os.environ.get("SPAMPOTS_TEST_CACHE", "/var/cache/spampots-tests"))
@@ -210,20 +211,46 @@ def _unit_preexec(d: dict[str, list[str]]) -> Callable[[], None]:
     return pre
 
 
+def _syscalls(filters: list[str]) -> list[str]:
+    """The system calls a unit's SystemCallFilter= lines allow (an allow list, then ~ deny lists),
+    with the groups expanded by systemd-analyze itself."""
+    out = subprocess.run([ANALYZE, "syscall-filter"], capture_output=True, text=True, timeout=60, check=True).stdout
+    groups: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        if line.startswith("@"):
+            members = groups.setdefault(line.strip(), [])
+        elif line.strip() and not line.strip().startswith("#"):
+            members.append(line.strip())
+
+    def expand(items: list[str]) -> set[str]:
+        return set().union(*(expand(groups[i]) if i.startswith("@") else {i} for i in items))
+
+    allowed: set[str] = set()
+    for f in filters:
+        items = f.split()
+        if items[0].startswith("~"):
+            allowed -= expand([items[0][1:], *items[1:]])
+        else:
+            allowed |= expand(items)
+    return sorted(allowed)
+
+
 def _status(pid: int) -> dict[str, str]:
     lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
 
 
+@needs_analyze
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start the sensor as another user")
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv missing (Debian's util-linux)")
 def test_sensor_as_its_unit_starts_it_binds_25_and_80_without_root(tmp_path):
     """The sensor unit's ExecStart, run as an unprivileged user (nobody stands in for spampots)
     with exactly the unit's capabilities (ambient and bounding set: CAP_NET_BIND_SERVICE),
-    no_new_privs, its umask, descriptor limit and W^X memory, in a data dir made as
+    no_new_privs, its umask, descriptor limit, W^X memory and system-call filter (loaded with
+    libseccomp, the unit's groups expanded by systemd-analyze), in a data dir made as
     StateDirectory= makes it: it binds 25 and 80 on a 127.x address and captures mail sent
     directly and through an HTTP CONNECT on 80. Not covered without a running systemd: the
-    mount namespace (ProtectSystem=...) and the system-call filter."""
+    mount namespace (ProtectSystem=, PrivateTmp=, ...)."""
     d = _directives(SENSOR_UNIT)
     assert d["AmbientCapabilities"] == d["CapabilityBoundingSet"] == ["CAP_NET_BIND_SERVICE"]
     user = pwd.getpwnam("nobody")
@@ -237,6 +264,9 @@ def test_sensor_as_its_unit_starts_it_binds_25_and_80_without_root(tmp_path):
     shutil.copytree(Path(spampots.__file__).parent, src / "spampots",
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(LAUNCHER, src / "sensor_launcher.py")
+    shutil.copy(SECCOMP_EXEC, src / "seccomp_exec.py")
+    assert d["SystemCallErrorNumber"] == ["EPERM"]
+    (src / "syscalls.txt").write_text("\n".join(_syscalls(d["SystemCallFilter"])) + "\n")
     for dirpath, dirs, files in os.walk(src):
         for n in dirs + files:
             p = Path(dirpath, n)
@@ -258,7 +288,8 @@ def test_sensor_as_its_unit_starts_it_binds_25_and_80_without_root(tmp_path):
     argv = shlex.split(d["ExecStart"][0])
     assert argv[0].endswith("/spampots") and argv[1] == "run"
     subst = {"/etc/spampots/sensor.toml": str(cfg), "/var/lib/spampots": str(data)}
-    argv = [python, str(src / "sensor_launcher.py"), *(subst.get(a, a) for a in argv[1:])]
+    argv = [python, str(src / "seccomp_exec.py"), str(src / "syscalls.txt"),
+            python, str(src / "sensor_launcher.py"), *(subst.get(a, a) for a in argv[1:])]
     setpriv = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups",
                "--inh-caps=-all,+net_bind_service", "--ambient-caps=-all,+net_bind_service",
                "--bounding-set=-all,+net_bind_service", "--no-new-privs", "--"]
@@ -278,7 +309,7 @@ def test_sensor_as_its_unit_starts_it_binds_25_and_80_without_root(tmp_path):
         assert st["Uid"].split() == [str(user.pw_uid)] * 4 and st["Gid"].split() == [str(user.pw_gid)] * 4
         one = f"{1 << CAP_NET_BIND_SERVICE:016x}"
         assert (st["CapEff"], st["CapPrm"], st["CapAmb"], st["CapBnd"]) == (one, one, one, one)
-        assert st["NoNewPrivs"] == "1"
+        assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2"  # 2: a filter is loaded
 
         with smtplib.SMTP(host, 25, timeout=20) as s:
             s.sendmail("a@spam.example", ["victim@example.org"], make_message(1))
