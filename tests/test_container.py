@@ -10,6 +10,7 @@ capturing a message on loopback. Slow: minutes for the first base image, about t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -21,7 +22,9 @@ import subprocess
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -70,8 +73,9 @@ def _base_image(timings: dict[str, float]) -> str:
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory):
-    """The sensor target, built offline from a wheelhouse of this tree; removed afterwards."""
+def images(tmp_path_factory):
+    """Builds a target of the Containerfile offline, from a wheelhouse of this tree (the analysis
+    extra included), once per module; every image built is removed afterwards."""
     if os.geteuid() != 0:
         pytest.skip("needs root (rootful podman storage and mmdebstrap)")
     for tool, package in (("podman", "podman"), ("mmdebstrap", "mmdebstrap")):
@@ -82,57 +86,84 @@ def image(tmp_path_factory):
     wheels = tmp_path_factory.mktemp("wheels")
     t = time.monotonic()
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "-w", str(wheels),
-                        str(ROOT)], capture_output=True, text=True, timeout=1200)
+                        f"{ROOT}[analysis]"], capture_output=True, text=True, timeout=1200)
     if r.returncode != 0:
         pytest.skip(f"could not build the wheelhouse (no package index?): {r.stderr[-800:]}")
     timings["pip wheel"] = time.monotonic() - t
-    tag = f"localhost/spampots-test:sensor-{os.getpid()}"
-    t = time.monotonic()
-    _podman("build", "--isolation", "chroot", "--layers=false", "-f", str(CONTAINERFILE), "--target", "sensor",
-            "--build-arg", f"BASE={base}", "--build-arg", "PIP_INSTALL_OPTS=--no-index", "-t", tag, str(wheels),
-            timeout=1800)
-    timings["podman build"] = time.monotonic() - t
+    built: dict[str, str] = {}
+
+    def build(target: str) -> str:
+        if target not in built:
+            tag = f"localhost/spampots-test:{target}-{os.getpid()}"
+            t = time.monotonic()
+            _podman("build", "--isolation", "chroot", "--layers=false", "-f", str(CONTAINERFILE), "--target", target,
+                    "--build-arg", f"BASE={base}", "--build-arg", "PIP_INSTALL_OPTS=--no-index", "-t", tag,
+                    str(wheels), timeout=1800)
+            timings[f"podman build --target {target}"] = time.monotonic() - t
+            size = json.loads(_podman("image", "inspect", tag).stdout)[0]["Size"]
+            print(f"image {target}: {size / 1e6:.0f} MB")
+            built[target] = tag
+        return built[target]
+
     try:
-        yield tag, timings
+        yield build, timings
     finally:
-        _podman("rmi", "-f", tag, check=False)
+        for tag in built.values():
+            _podman("rmi", "-f", tag, check=False)
         print("container test timings (s):", {k: round(v, 1) for k, v in timings.items()})
 
 
 @pytest.fixture(scope="module")
-def rootfs(image):
-    """A writable copy of the image's file system: a created (never started) container, mounted."""
-    tag, timings = image
-    name = f"spampots-test-{os.getpid()}"
+def image(images) -> str:
+    build, _ = images
+    return build("sensor")
+
+
+@dataclass
+class Box:
+    """A writable copy of an image's file system, and how a container of it would start."""
+    root: Path
+    uid: int
+    gid: int
+    env: dict[str, str]  # the image's ENV, and HOME from its passwd, as a container runtime sets it
+
+    def command(self, *argv: str) -> list[str]:
+        """``spampots ARGV`` run in the image as its user, through chroot."""
+        return [CHROOT, f"--userspec={self.uid}:{self.gid}", str(self.root), "/opt/spampots/bin/spampots", *argv]
+
+    def run(self, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(self.command(*argv), capture_output=True, text=True, timeout=timeout, env=self.env, cwd="/")
+
+
+@contextlib.contextmanager
+def _mounted(tag: str, timings: dict[str, float]) -> Iterator[Box]:
+    """A created (never started) container of ``tag``, mounted: its own copy of the image."""
+    name = f"spampots-test-{tag.rsplit(':', 1)[1]}"
     t = time.monotonic()
     _podman("create", "--name", name, tag)
     try:
         root = Path(_podman("mount", name).stdout.strip())
-        timings["podman create+mount"] = time.monotonic() - t
-        yield root
+        timings[f"podman create+mount {tag}"] = time.monotonic() - t
+        cfg = json.loads(_podman("image", "inspect", tag).stdout)[0]["Config"]
+        user = next(line.split(":") for line in (root / "etc/passwd").read_text().splitlines()
+                    if line.split(":")[0] == cfg["User"])
+        env = dict(e.split("=", 1) for e in cfg.get("Env", []))
+        env["HOME"] = user[5]
+        yield Box(root, int(user[2]), int(user[3]), env)
     finally:
         _podman("umount", name, check=False)
         _podman("rm", "-f", "-v", name, check=False)
 
 
-def _image_user(root: Path) -> tuple[int, int]:
-    for line in (root / "etc/passwd").read_text().splitlines():
-        name, _, uid, gid, *_ = line.split(":")
-        if name == "spampots":
-            return int(uid), int(gid)
-    raise AssertionError("no user spampots in the image")
-
-
-def _in_image(root: Path, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    uid, gid = _image_user(root)
-    return subprocess.run([CHROOT, f"--userspec={uid}:{gid}", str(root), "/opt/spampots/bin/spampots", *argv],
-                          capture_output=True, text=True, timeout=timeout, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+@pytest.fixture(scope="module")
+def box(images, image) -> Iterator[Box]:
+    with _mounted(image, images[1]) as b:
+        yield b
 
 
 @pytest.mark.slow
 def test_image_config_runs_the_sensor_as_its_own_user(image):
-    tag, _ = image
-    cfg = json.loads(_podman("image", "inspect", tag).stdout)[0]["Config"]
+    cfg = json.loads(_podman("image", "inspect", image).stdout)[0]["Config"]
     assert cfg["User"] == "spampots"
     assert cfg["Entrypoint"] == ["spampots"] and cfg["Cmd"][0] == "run"
     assert "/var/lib/spampots" in cfg["Volumes"]
@@ -142,8 +173,7 @@ def test_image_config_runs_the_sensor_as_its_own_user(image):
 def test_podman_run_or_say_why_not(image):
     """Run the image for real where the sandbox allows it; where it does not, say so (the
     checks below then go through chroot). Never claims a run that did not happen."""
-    tag, _ = image
-    r = _podman("run", "--rm", "--network", "none", tag, "--version", timeout=300, check=False)
+    r = _podman("run", "--rm", "--network", "none", image, "--version", timeout=300, check=False)
     if r.returncode == 0:
         assert r.stdout.strip() == f"spampots {spampots.__version__}"
         return
@@ -153,16 +183,17 @@ def test_podman_run_or_say_why_not(image):
 
 
 @pytest.mark.slow
-def test_image_holds_a_working_spampots(rootfs):
-    r = _in_image(rootfs, "--version")
+def test_image_holds_a_working_spampots(box):
+    r = box.run("--version")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"spampots {spampots.__version__}"
-    data = (rootfs / "var/lib/spampots").stat()
-    assert (data.st_uid, data.st_gid) == _image_user(rootfs) and data.st_mode & 0o7777 == 0o2750
+    data = (box.root / "var/lib/spampots").stat()
+    assert (data.st_uid, data.st_gid) == (box.uid, box.gid) and data.st_mode & 0o7777 == 0o2750
+    assert box.uid != 0 and box.env["HOME"] == "/var/lib/spampots"
 
 
 @pytest.mark.slow
-def test_image_sensor_captures_a_message(rootfs):
+def test_image_sensor_captures_a_message(box):
     """The image's default command (`run --data-dir /var/lib/spampots`), as its user, through
     chroot on a 127.x address and a port offset: a message sent with smtplib is stored."""
     for _ in range(100):
@@ -170,12 +201,9 @@ def test_image_sensor_captures_a_message(rootfs):
         offset = random.randrange(2000, 24000, 7)
         if _free(25 + offset, host) and _free(1080 + offset, host):
             break
-    uid, gid = _image_user(rootfs)
-    cmd = [CHROOT, f"--userspec={uid}:{gid}", str(rootfs), "/opt/spampots/bin/spampots",
-           "run", "--data-dir", "/var/lib/spampots", "--address", host, "--port-offset", str(offset),
-           "--sensor-id", "container-test"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+    cmd = box.command("run", "--data-dir", "/var/lib/spampots", "--address", host, "--port-offset", str(offset),
+                      "--sensor-id", "container-test")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=box.env, cwd="/")
     try:
         wait_listening(25 + offset, host, timeout=60, proc=proc)
         with smtplib.SMTP(host, 25 + offset, timeout=20) as s:
@@ -188,10 +216,28 @@ def test_image_sensor_captures_a_message(rootfs):
             proc.kill()
             _, err = proc.communicate()
     assert proc.returncode == 0, err
-    r = _in_image(rootfs, "events", "--data-dir", "/var/lib/spampots", "--event", "spampots.smtp.message")
+    r = box.run("events", "--data-dir", "/var/lib/spampots", "--event", "spampots.smtp.message")
     assert r.returncode == 0, r.stderr
     events = [json.loads(line) for line in r.stdout.splitlines()]
     assert [(e["sensor"], e["subject"]) for e in events] == [("container-test", "Cheap meds #7")]
+
+
+@pytest.mark.slow
+def test_report_image_writes_the_report_and_the_policy_page(images):
+    """The report target (the analysis stack on top of the sensor image) renders the report and
+    the Port 25 page, as compose.yaml's report loop runs them, from a store written in it."""
+    build, timings = images
+    with _mounted(build("report"), timings) as rbox:
+        r = rbox.run("synth", "--messages", "300", "--format", "store", "--out", "/var/lib/spampots")
+        assert r.returncode == 0, r.stderr
+        loop = _spampots_argv(_compose()["services"]["report"])
+        for argv in loop:
+            argv = ["/tmp/" + Path(a).name if a.startswith("/reports/") else a for a in argv]
+            r = rbox.run(*argv, timeout=600)
+            assert r.returncode == 0, r.stderr
+        for page in ("report.html", "port25.html"):
+            html = (rbox.root / "tmp" / page).read_text()
+            assert html.lstrip().lower().startswith("<!doctype html") and "300" in html, page
 
 
 # -- compose.yaml -------------------------------------------------------------------------------
