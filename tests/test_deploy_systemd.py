@@ -200,12 +200,14 @@ def _unit_preexec(d: dict[str, list[str]]) -> Callable[[], None]:
     seccomp filter with the same effect)."""
     umask = int(d["UMask"][0], 8)
     # capped at our own hard limit: raising it needs CAP_SYS_RESOURCE, which a sandbox may lack
-    nofile = min(int(d["LimitNOFILE"][0]), resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nofile = min(int(d["LimitNOFILE"][0]), hard) if "LimitNOFILE" in d else None
     mdwe = d.get("MemoryDenyWriteExecute") == ["yes"]
 
     def pre() -> None:
         os.umask(umask)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         if mdwe and _libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_MDWE) failed")
     return pre
@@ -326,3 +328,31 @@ def test_sensor_as_its_unit_starts_it_binds_25_and_80_without_root(tmp_path):
             st_ = Path(dirpath, n).lstat()
             assert st_.st_uid == user.pw_uid and not st_.st_mode & stat.S_IRWXO, Path(dirpath, n)
     assert data.stat().st_uid == user.pw_uid
+
+
+@needs_analyze
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv missing (Debian's util-linux)")
+def test_report_unit_commands_run_under_its_filter_and_wx_memory(tmp_path):
+    """The report service's two commands (DuckDB, pyarrow, matplotlib) under its system-call
+    filter, W^X memory and umask, without a running systemd, on a small synthetic store."""
+    pytest.importorskip("duckdb", reason="the analysis stack is not installed")
+    unit = UNITS / "spampots-report.service"
+    d = _directives(unit)
+    assert d["SystemCallErrorNumber"] == ["EPERM"] and d["MemoryDenyWriteExecute"] == ["yes"]
+    allowed = tmp_path / "syscalls.txt"
+    allowed.write_text("\n".join(_syscalls(d["SystemCallFilter"])) + "\n")
+    data, out = tmp_path / "data", tmp_path / "reports"
+    out.mkdir()
+    synth = subprocess.run([sys.executable, str(LAUNCHER), "synth", "--messages", "300", "--format", "store",
+                            "--out", str(data)], capture_output=True, text=True, timeout=300)
+    assert synth.returncode == 0, synth.stderr
+    env = dict(os.environ, MPLCONFIGDIR=str(tmp_path / "mpl"))
+    for line in d["ExecStart"]:
+        argv = shlex.split(line.replace("/var/lib/spampots-reports", str(out)).replace("/var/lib/spampots", str(data)))
+        cmd = ["setpriv", "--no-new-privs", "--", sys.executable, str(SECCOMP_EXEC), str(allowed),
+               sys.executable, str(LAUNCHER), *argv[1:]]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, preexec_fn=_unit_preexec(d))
+        assert r.returncode == 0, f"{argv}: {r.stderr[-2000:]}"
+    for page in ("report.html", "port25.html"):
+        assert (out / page).stat().st_mode & 0o777 == 0o640, page
+        assert (out / page).read_text().lstrip().lower().startswith("<!doctype html"), page
