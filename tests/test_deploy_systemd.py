@@ -20,6 +20,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
 from pathlib import Path
 from typing import Callable
@@ -187,6 +188,10 @@ def _sensor_python(user: pwd.struct_passwd) -> str:
             shutil.rmtree(work, ignore_errors=True)
     if not _can_run(str(python), user):
         pytest.skip(f"the venv {venv} cannot be run by {user.pw_name}")
+    os.utime(venv)  # last used now; venvs of other dependency sets unused for a week go
+    for old in CACHE.glob("sensor-venv-*"):
+        if old != venv and old.stat().st_mtime < time.time() - 7 * 86400:
+            shutil.rmtree(old, ignore_errors=True)
     return str(python)
 
 
