@@ -19,6 +19,12 @@ for mod in Net::SSLeay:libnet-ssleay-perl IO::Socket::SSL:libio-socket-ssl-perl 
            Digest::HMAC_MD5:libdigest-hmac-perl; do
   perl -M"${mod%%:*}" -e1 2>/dev/null || need+=("${mod##*:}")
 done
+# deploy/ (tests/test_deploy_systemd.py, tests/test_container.py): systemd-analyze, a system Python
+# with venv for the unit's unprivileged user, podman and mmdebstrap for the image
+command -v systemd-analyze >/dev/null || need+=(systemd)
+/usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
+command -v podman >/dev/null || need+=(podman)
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)  # Spark's engine (tests/test_spark.py)
 command -v prometheus >/dev/null || need+=(prometheus)  # scrapes a sensor (tests/test_metrics.py)
 if [ ${#need[@]} -gt 0 ]; then
