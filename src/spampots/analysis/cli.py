@@ -46,15 +46,18 @@ def _key_value(s: str) -> tuple[str, str]:
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
-    from ..config import resolve_data_dir
+    from ..cli import resolve_store
 
-    return resolve_data_dir(getattr(args, "data_dir", None))
+    return resolve_store(args)[0]
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    # SUPPRESS: never overwrite a --data-dir given to the top-level parser.
-    p.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS,
-                   help="data directory of the store (default: /var/lib/spampots as root, else ./var)")
+    from ..cli import add_data_dir_options
+
+    add_data_dir_options(p)
+    p.add_argument("--cache-dir", type=Path, default=argparse.SUPPRESS, metavar="DIR",
+                   help="where derived files (the Parquet lake, enrichment cache) go when the data dir is "
+                        "not ours to write (default: $XDG_CACHE_HOME/spampots, else ~/.cache/spampots)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 

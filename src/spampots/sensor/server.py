@@ -374,8 +374,7 @@ class Sensor:
             personas={"smtp": self.persona.smtp_style, "http": self.persona.http_style,
                       "judge": self.persona.judge_style, "hostname": self.persona.hostname},
         )))
-        up = ", ".join(f"{rt.port}/{rt.kind}" for rt in self.listeners)
-        log.info("sensor %s up (data in %s): listening on %s", self.sensor_id, data_dir, up)
+        self._tell_started(data_dir)
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self.loop.add_signal_handler(sig, self._stop.set)
@@ -422,6 +421,17 @@ class Sensor:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _tell_started(self, data_dir: Path) -> None:
+        """What listens where (one line per kind and address) and where the data goes."""
+        groups: dict[tuple[str, str], list[int]] = {}
+        for rt in self.listeners:
+            groups.setdefault((rt.kind, rt.address or "*"), []).append(rt.port)
+        for (kind, address), ports in groups.items():
+            where = "every address" if address == "*" else address
+            log.info("listening for %s on %s, ports %s", kind, where, " ".join(map(str, ports)))
+        log.info("sensor %s up: %d listeners%s; data in %s", self.sensor_id, len(self.listeners),
+                 f" ({len(self.failed)} could not be bound)" if self.failed else "", data_dir)
 
     async def _shutdown(self, limits: dict) -> None:
         log.info("stopping: %d open sessions", len(self.sessions))
