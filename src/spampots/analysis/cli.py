@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 if TYPE_CHECKING:
     from ..store.segments import ReadStats
+    from .lake import Lake
     from .metrics import Report
 
 FORMATS = ("terminal", "markdown", "json", "csv", "html")
@@ -49,6 +50,47 @@ def _data_dir(args: argparse.Namespace) -> Path:
     from ..cli import resolve_store
 
     return resolve_store(args)[0]
+
+
+STORE_PARTS = ("events", "messages", "lake")  # what a spampots data dir holds (any of them)
+
+
+def check_store(data_dir: Path, prog: str, *, lake_ok: bool = True) -> Optional[int]:
+    """None if `data_dir` is a spampots data dir with something to read; else the exit code,
+    after one line saying why (2: no such dir or not ours; 1: nothing stored yet)."""
+    if not data_dir.is_dir():
+        print(f"{prog}: no data directory {data_dir}", file=sys.stderr)
+        return 2
+    if not any((data_dir / part).is_dir() for part in STORE_PARTS):
+        print(f"{prog}: {data_dir} is not a spampots data dir (no events/, messages/ or lake/ in it); "
+              "give --data-dir or --config", file=sys.stderr)
+        return 2
+    events = data_dir / "events"
+    has_events = events.is_dir() and any(events.iterdir())
+    has_lake = lake_ok and (data_dir / "lake").is_dir() and any((data_dir / "lake").glob("*/day=*/*.parquet"))
+    if not has_events and not has_lake:
+        print(f"{prog}: no events stored in {data_dir} yet", file=sys.stderr)
+        return 1
+    return None
+
+
+def open_lake(data_dir: Path, args: argparse.Namespace, prog: str) -> "Optional[Lake]":
+    """The data dir's lake, compacted first unless --no-compact; None after one line saying why
+    not (derived files go to a cache dir when the data dir is not ours to write)."""
+    from .lake import Lake
+
+    lake = Lake(data_dir, cache_dir=getattr(args, "cache_dir", None))
+    try:
+        lake.root.mkdir(parents=True, exist_ok=True)
+        if not getattr(args, "no_compact", False) and not getattr(args, "lake", None):
+            lake.compact(quiet=args.quiet)
+    except PermissionError as e:
+        print(f"{prog}: cannot write derived files in {lake.root} ({e.strerror}): give --cache-dir DIR",
+              file=sys.stderr)
+        return None
+    if lake.root.parent != data_dir and not args.quiet:
+        print(f"{prog}: the data dir is not ours to write: derived files in {lake.root.parent}", file=sys.stderr)
+    return lake
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -185,7 +227,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     from . import charts as charts_mod
     from . import metrics, ports
     from .enrich import Enricher
-    from .lake import Lake
     from .ports import PortTableError
 
     data_dir = _data_dir(args)
@@ -193,9 +234,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         print("spampots report: --lake is for --engine spark (DuckDB reads <data-dir>/lake and the open segments)",
               file=sys.stderr)
         return 2
-    if not data_dir.is_dir() and not args.lake:
-        print(f"spampots report: no data directory {data_dir}", file=sys.stderr)
-        return 2
+    if not args.lake:
+        bad = check_store(data_dir, "spampots report")
+        if bad is not None:
+            return bad
     fmt = output_format(args, "spampots report")
     if fmt is None:
         return 2
@@ -205,9 +247,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     except (OSError, PortTableError) as e:
         print(f"spampots report: port table: {e}", file=sys.stderr)
         return 2
-    lake = Lake(data_dir)
-    if not args.no_compact and not args.lake:
-        lake.compact(quiet=args.quiet)
+    lake = open_lake(data_dir, args, "spampots report") if data_dir.is_dir() else None
+    if lake is None:
+        if data_dir.is_dir():
+            return 2
+        from .lake import Lake
+
+        lake = Lake(data_dir, cache_dir=getattr(args, "cache_dir", None))  # --lake only: nothing is written
     cache_dir = lake.root / "_cache" if data_dir.is_dir() else None
     if args.engine == "spark":
         from . import spark
@@ -254,16 +300,21 @@ def cmd_compact(args: argparse.Namespace) -> int:
     from .lake import Lake
 
     data_dir = _data_dir(args)
-    if not data_dir.is_dir():
-        print(f"spampots compact: no data directory {data_dir}", file=sys.stderr)
+    bad = check_store(data_dir, "spampots compact", lake_ok=True)
+    if bad == 2:
+        return bad
+    lake = Lake(data_dir, cache_dir=getattr(args, "cache_dir", None))
+    try:
+        st = lake.compact(rebuild=args.rebuild, quiet=args.quiet)
+    except PermissionError as e:
+        print(f"spampots compact: cannot write the lake in {lake.root} ({e.strerror}): give --cache-dir DIR",
+              file=sys.stderr)
         return 2
-    lake = Lake(data_dir)
-    st = lake.compact(rebuild=args.rebuild, quiet=args.quiet)
     tell_damage(lake.damage, "spampots compact")
     seg = lake.segments()
     if not args.quiet:
         print(f"compacted {st.segments} segments ({st.events:,} events) into {st.parts} parts over "
-              f"{len(st.days)} days; {seg.compacted} segments in the lake, {len(seg.open)} open",
+              f"{len(st.days)} days; {seg.compacted} segments in the lake ({lake.root}), {len(seg.open)} open",
               file=sys.stderr)
     return 0
 
