@@ -225,3 +225,24 @@ def test_loadgen_says_nothing_when_the_sensor_trusts_it(tmp_path) -> None:
         assert "[proxy_protocol] trusted" not in sp.stderr()
     finally:
         sp.stop()
+
+
+def test_run_does_not_import_the_analysis_stack() -> None:
+    code = ("import sys; from spampots.cli import build_parser; build_parser().parse_args(['run']); "
+            "import spampots.sensor.server, spampots.transport.shipper; "
+            "print(sorted(m for m in ('duckdb', 'pyarrow', 'numpy', 'matplotlib', 'geoip2fast', 'maxminddb') "
+            "if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=ENV)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_cache_dir_takes_the_derived_files(captured, tmp_path) -> None:
+    data, _, _ = captured
+    before = sorted(p.name for p in data.iterdir())
+    r = cli("compact", "-q", "--data-dir", str(data), "--cache-dir", str(tmp_path / "cache"))
+    assert r.returncode == 0, r.stderr
+    manifests = list((tmp_path / "cache").glob("*/lake/_manifest.jsonl"))
+    assert len(manifests) == 1 and manifests[0].read_text().count("\n") >= 1
+    assert sorted(p.name for p in data.iterdir()) == before  # no lake/ in the data dir
+    r = cli("report", "-q", "--format", "json", "--data-dir", str(data), "--cache-dir", str(tmp_path / "cache"))
+    assert r.returncode == 0 and json.loads(r.stdout)["meta"]["data_dir"] == str(data)

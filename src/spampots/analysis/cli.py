@@ -93,13 +93,15 @@ def open_lake(data_dir: Path, args: argparse.Namespace, prog: str) -> "Optional[
     return lake
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, *, reads: bool = True) -> None:
+    """--data-dir, --config, -q; and for commands that read the store (`reads`), --cache-dir."""
     from ..cli import add_data_dir_options
 
     add_data_dir_options(p)
-    p.add_argument("--cache-dir", type=Path, default=argparse.SUPPRESS, metavar="DIR",
-                   help="where derived files (the Parquet lake, enrichment cache) go when the data dir is "
-                        "not ours to write (default: $XDG_CACHE_HOME/spampots, else ~/.cache/spampots)")
+    if reads:
+        p.add_argument("--cache-dir", type=Path, default=argparse.SUPPRESS, metavar="DIR",
+                       help="where derived files (the Parquet lake, enrichment cache) go; default: the data "
+                            "dir when ours to write, else $XDG_CACHE_HOME/spampots (~/.cache/spampots)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
@@ -207,7 +209,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("synth", help="write a synthetic data set with the talk's shape",
                               description="Synthetic events in the store's layout, with the proportions of the "
                                           "CERT.br SpamPots talk (see docs/report.md).")
-    _common(p)
+    _common(p, reads=False)
     size = p.add_mutually_exclusive_group()
     size.add_argument("--messages", type=_count, metavar="N", help="number of emails (default 100,000)")
     size.add_argument("--scale", type=float, metavar="F", help="1.0 = the talk's size (524,585,779 emails)")
