@@ -246,3 +246,32 @@ def test_cache_dir_takes_the_derived_files(captured, tmp_path) -> None:
     assert sorted(p.name for p in data.iterdir()) == before  # no lake/ in the data dir
     r = cli("report", "-q", "--format", "json", "--data-dir", str(data), "--cache-dir", str(tmp_path / "cache"))
     assert r.returncode == 0 and json.loads(r.stdout)["meta"]["data_dir"] == str(data)
+
+
+def test_cache_lake_reads_the_data_dirs_own_lake_once(tmp_path) -> None:
+    """An analyst's cache lake and the owner's lake in the data dir: every event counted once,
+    whichever compacted a segment first."""
+    from spampots.analysis.lake import Lake
+
+    data = tmp_path / "data"
+    r = cli("synth", "-q", "--messages", "300", "--days", "3", "--sensors", "2", "--format", "store",
+            "--out", str(data))
+    assert r.returncode == 0, r.stderr
+    cache = tmp_path / "cache"
+
+    def emails(lake: Lake) -> int:
+        return lake.connect().execute("SELECT count(*) FROM smtp_message").fetchone()[0]
+
+    analyst = Lake(data, cache_dir=cache)
+    analyst.compact()
+    total = emails(analyst)
+    assert total > 0 and not (data / "lake").exists()
+    owner = Lake(data)  # root on its own dir: in place
+    assert owner.root == data / "lake"
+    owner.compact()
+    again = Lake(data, cache_dir=cache)
+    assert again.base == data / "lake"
+    assert emails(again) == total  # the cache's batches the base supersedes are not read
+    again.compact()  # and are dropped: nothing of them is left to double-count
+    assert not list(again.root.glob("*/day=*/*.parquet"))
+    assert emails(Lake(data, cache_dir=cache)) == total

@@ -260,6 +260,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.engine == "spark":
         from . import spark
 
+        if lake.base is not None and not args.lake:  # Spark reads one lake; ours lacks what the base holds
+            print(f"spampots report: --engine spark reads one lake, and {lake.root} holds only what "
+                  f"{lake.base} lacks: give --lake {lake.base} (compacted by its owner)", file=sys.stderr)
+            return 2
         try:
             con = spark.connect(args.lake or lake.root, day_from=args.day_from, day_to=args.day_to,
                                 sensors=args.sensor, master=args.spark_master, conf=args.spark_conf,
