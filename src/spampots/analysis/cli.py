@@ -88,8 +88,8 @@ def open_lake(data_dir: Path, args: argparse.Namespace, prog: str) -> "Optional[
         print(f"{prog}: cannot write derived files in {lake.root} ({e.strerror}): give --cache-dir DIR",
               file=sys.stderr)
         return None
-    if lake.root.parent != data_dir and not args.quiet:
-        print(f"{prog}: the data dir is not ours to write: derived files in {lake.root.parent}", file=sys.stderr)
+    if lake.root.parent != data_dir and getattr(args, "cache_dir", None) is None and not args.quiet:
+        print(f"{prog}: {data_dir} is not ours to write: derived files go to {lake.root.parent}", file=sys.stderr)
     return lake
 
 
