@@ -275,3 +275,37 @@ def test_cache_lake_reads_the_data_dirs_own_lake_once(tmp_path) -> None:
     again.compact()  # and are dropped: nothing of them is left to double-count
     assert not list(again.root.glob("*/day=*/*.parquet"))
     assert emails(Lake(data, cache_dir=cache)) == total
+
+
+def _two_bodies_sharing_a_prefix() -> list[bytes]:
+    """Two bodies whose SHA-256 share their first 8 hex digits (a birthday search: ~2^16 tries)."""
+    import hashlib
+
+    seen: dict[str, bytes] = {}
+    for i in range(2_000_000):
+        body = b"Subject: %d\r\n\r\nbody\r\n" % i
+        key = hashlib.sha256(body).hexdigest()[:8]
+        if key in seen:
+            return [seen[key], body]
+        seen[key] = body
+    raise AssertionError("no collision found")
+
+
+def test_show_lists_the_candidates_of_an_ambiguous_prefix(tmp_path) -> None:
+    import hashlib
+
+    from spampots.store.messages import MessageStore
+
+    data = tmp_path / "var"
+    bodies = _two_bodies_sharing_a_prefix()
+    shas = [hashlib.sha256(b).hexdigest() for b in bodies]
+    with MessageStore(data, "t") as store:
+        for body in bodies:
+            store.put(body)
+        store.sync()
+    r = cli("show", shas[0][:8].upper(), "--data-dir", str(data))
+    assert r.returncode == 2 and r.stdout == b""
+    assert b"ambiguous" in r.stderr and all(s.encode() in r.stderr for s in shas)
+    n = next(k for k in range(9, 64) if shas[0][:k] != shas[1][:k])
+    one = cli("show", shas[1][:n], "--data-dir", str(data))
+    assert one.returncode == 0 and one.stdout == bodies[1]
