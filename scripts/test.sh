@@ -37,5 +37,5 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
-python3 -m pip install -q -e '.[test,spark]'
+python3 -m pip install -q -e '.[analysis,test,spark]'
 exec python3 -m pytest -q -p no:cacheprovider "$@"

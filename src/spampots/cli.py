@@ -17,20 +17,117 @@ if TYPE_CHECKING:
     from .store.segments import ReadStats
 
 _HEX64 = re.compile(rb"^[0-9a-fA-F]{64}$")
+_HEX_PREFIX = re.compile(r"^[0-9a-fA-F]{8,64}$")
+# Imported only by the analysis commands; missing on a sensor-only install (no [analysis] extra).
+ANALYSIS_MODULES = frozenset({"duckdb", "pyarrow", "numpy", "matplotlib", "geoip2fast", "maxminddb"})
+LOG_FORMATS = ("text", "json")
+DATA_DIR_HELP = (f"where events and messages are stored (default: the config's [sensor] data_dir, else "
+                 f"{config.ROOT_DATA_DIR} as root, ./var otherwise)")
+CONFIG_HELP = "the sensor's TOML config (see `spampots example-config`): its [sensor] data_dir and id are used"
 
 
-def _add_data_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help="where events and messages are stored (default: the config's, else "
-                        f"{config.ROOT_DATA_DIR} as root, ./var otherwise)")
+def add_data_dir_options(p: argparse.ArgumentParser, *, config_option: bool = True) -> None:
+    """--data-dir and --config, the same for every command that reads a data dir.
+    SUPPRESS: a subcommand's default never overwrites what an outer parser set."""
+    p.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help=DATA_DIR_HELP)
+    if config_option:
+        p.add_argument("--config", "-c", type=Path, default=argparse.SUPPRESS, help=CONFIG_HELP)
+
+
+def sensor_section(path: Optional[Path]) -> config.SensorSection:
+    """The [sensor] table of a config file (defaults without one). Only that table is read, so a
+    file that holds just [transport.nats] (or the old [nats]) serves too."""
+    if path is None:
+        return config.SensorSection()
+    import tomllib
+
+    import msgspec
+
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise config.ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise config.ConfigError(f"{path}: cannot read it as TOML: {exc}") from None
+    try:
+        section = msgspec.convert(raw.get("sensor") or {}, config.SensorSection)
+    except msgspec.ValidationError as exc:
+        raise config.ConfigError(f"{path}: sensor: {exc}") from None
+    config.validate(config.Config(sensor=section))
+    return section
+
+
+def resolve_store(args: argparse.Namespace) -> tuple[Path, str]:
+    """(data dir, sensor id) of a command, by the one rule: --data-dir, else --config's
+    [sensor] data_dir, else the default; the id from --sensor-id, else the config's, else the host's."""
+    section = sensor_section(getattr(args, "config", None))
+    cfg = config.Config(sensor=section)
+    sensor_id = getattr(args, "sensor_id", None) or cfg.sensor_id
+    return config.resolve_data_dir(getattr(args, "data_dir", None), cfg), sensor_id
 
 
 def _data_dir(args: argparse.Namespace, cfg: Optional[config.Config] = None) -> Path:
-    return config.resolve_data_dir(getattr(args, "data_dir", None), cfg)
+    if cfg is not None:
+        return config.resolve_data_dir(getattr(args, "data_dir", None), cfg)
+    return resolve_store(args)[0]
 
 
 def _load_config(args: argparse.Namespace) -> config.Config:
     return config.load(Path(args.config) if getattr(args, "config", None) else None)
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line (journald, log shippers): ts, level, logger, message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+        import time
+
+        obj = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+               + f".{int(record.msecs):03d}Z",
+               "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            obj["exc"] = self.formatException(record.exc_info)
+        return json.dumps(obj, ensure_ascii=False)
+
+
+def configure_logging(level: str, fmt: str = "text") -> None:
+    """The root logger on stderr, as text lines or JSON lines (--log-format)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter() if fmt == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+def add_log_format(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                   help="stderr lines as text (default) or one JSON object per line (journald, log shippers)")
+
+
+def lock_holder(path: Path) -> Optional[int]:
+    """The pid holding a flock on `path` (Linux /proc/locks), None if unknown or unlocked."""
+    try:
+        st = path.stat()
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 2267 08:01:1234 0 EOF" ("->" marks a waiter)
+        if "->" in parts or len(parts) < 6 or parts[1] != "FLOCK":
+            continue
+        try:
+            pid, inode = int(parts[4]), int(parts[5].rsplit(":", 1)[1])
+        except (ValueError, IndexError):
+            continue
+        if inode == st.st_ino:
+            return pid
+    return None
 
 
 # -- run -----------------------------------------------------------------------
@@ -54,11 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.metrics is not None:
         cfg.metrics = config.MetricsSection(enable=True, address=cfg.metrics.address, port=args.metrics)
     config.validate(cfg)
-    logging.basicConfig(
-        level=cfg.sensor.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(cfg.sensor.log_level, args.log_format)
     # absolute, but not resolved: a data dir that is a symlink is refused, not followed
     data_dir = Path(os.path.abspath(_data_dir(args, cfg)))
     # The store's writer thread hands results back to the loop; a shorter GIL
@@ -69,7 +162,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(sensor.run(data_dir))
     except (StartupError, PrivilegeError) as exc:
-        print(f"spampots: {exc}", file=sys.stderr)
+        pid = lock_holder(data_dir / "messages" / f"pack-{cfg.sensor_id}.lock")
+        if pid is not None and pid != os.getpid():
+            print(f"spampots: data dir {data_dir} is in use by process {pid} (sensor {cfg.sensor_id!r}): "
+                  "stop it, or give this sensor another --data-dir or --sensor-id", file=sys.stderr)
+        else:
+            print(f"spampots: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -120,11 +218,39 @@ def _message_events(data_dir: Path, prog: str) -> dict[str, object]:
     return out
 
 
+def _full_sha(data_dir: Path, given: str, prog: str) -> Optional[str]:
+    """The one stored hash that `given` (a full hash or a prefix of 8+ hex digits) names;
+    None after saying why not."""
+    from .store.messages import MessageStore
+
+    if not _HEX_PREFIX.match(given):
+        print(f"{prog}: {given!r} is not a SHA-256 or a prefix of at least 8 hex digits", file=sys.stderr)
+        return None
+    sha = given.lower()
+    if len(sha) == 64:
+        return sha
+    if not data_dir.is_dir():
+        print(f"{prog}: no data directory {data_dir}", file=sys.stderr)
+        return None
+    with MessageStore(data_dir, readonly=True) as store:
+        found = sorted({s for s in store.iter_shas() if s.startswith(sha)})
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        print(f"{prog}: no message whose hash starts with {sha} in {data_dir}", file=sys.stderr)
+    else:
+        shown = ", ".join(found[:10]) + (f" and {len(found) - 10} more" if len(found) > 10 else "")
+        print(f"{prog}: {sha} is ambiguous: {shown}", file=sys.stderr)
+    return None
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from .store.messages import MessageStore
 
     data_dir = _data_dir(args)
-    sha = args.sha256.lower()
+    sha = _full_sha(data_dir, args.sha256, "spampots show")
+    if sha is None:
+        return 2
     if args.event:
         from .events import encode
         from .store.segments import ReadStats, iter_events
@@ -204,6 +330,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not selectors and not sys.stdin.isatty():
         data = sys.stdin.buffer.read()
         shas = _shas_from_text(data)
+        if not data.strip():
+            print("spampots export: nothing selected and nothing on stdin: use --sha256, --sensor, --day, "
+                  "--src-ip, --campaign or --all, or pipe sha256 lines / events / a message", file=sys.stderr)
+            return 2
+        if shas == []:
+            print("spampots export: the events on stdin name no message (no sha256 field)", file=sys.stderr)
+            return 2
         if shas is None:  # a raw message, e.g. from `spampots show SHA`
             import hashlib
             name = hashlib.sha256(data).hexdigest()
@@ -257,13 +390,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0 if not missing and not damaged else 1
 
 
+def event_names(given: Iterable[str]) -> set[str]:
+    """Full event names for `given`: full (spampots.smtp.message) or short (smtp.message) names.
+    Raises ValueError naming the unknown ones and the known short names."""
+    from .events import EVENT_TYPES
+
+    out, unknown = set(), []
+    for name in given:
+        full = name if name.startswith("spampots.") else f"spampots.{name}"
+        (out.add(full) if full in EVENT_TYPES else unknown.append(name))
+    if unknown:
+        known = ", ".join(n.removeprefix("spampots.") for n in EVENT_TYPES)
+        raise ValueError(f"unknown event name {', '.join(map(repr, unknown))}; known: {known}")
+    return out
+
+
 def cmd_events(args: argparse.Namespace) -> int:
     from .events import encode
     from .store.segments import ReadStats, iter_events
 
-    wanted = set(args.event or ())
+    try:
+        wanted = event_names(args.event or ())
+    except ValueError as e:
+        print(f"spampots events: {e}", file=sys.stderr)
+        return 2
+    data_dir = _data_dir(args)
+    if not data_dir.is_dir():
+        print(f"spampots events: no data directory {data_dir}", file=sys.stderr)
+        return 2
     st = ReadStats()
-    for ev in iter_events(_data_dir(args), stats=st):
+    for ev in iter_events(data_dir, stats=st):
         if wanted and type(ev).__struct_config__.tag not in wanted:
             continue
         sys.stdout.buffer.write(encode(ev))
@@ -272,6 +428,17 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 # -- parser ----------------------------------------------------------------------
+def _day(s: str) -> str:
+    import datetime as dt
+
+    try:
+        if len(s) == 10:  # fromisoformat alone would also take 20240101
+            return dt.date.fromisoformat(s).isoformat()
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"not a UTC day (YYYY-MM-DD): {s!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spampots",
@@ -285,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run a sensor: listen on the talk's SOCKS, HTTP-proxy and SMTP ports "
                                    "(or the config's), capture everything, deliver nothing.")
     r.add_argument("--config", "-c", help="TOML config file (see `spampots example-config`)")
-    _add_data_dir(r)
+    r.add_argument("--data-dir", type=Path, default=None, help=DATA_DIR_HELP)
     r.add_argument("--port-offset", type=int, default=0, metavar="N",
                    help="add N to every listener port (run without root: --port-offset 20000)")
     r.add_argument("--address", default=None,
@@ -294,48 +461,59 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--user", default=None,
                    help="when started as root, drop to this user after binding (\"\" keeps root)")
     r.add_argument("--strict", action="store_true", help="fail if any listener cannot be bound")
-    r.add_argument("--log-level", choices=config.LOG_LEVELS, default=None)
+    r.add_argument("--log-level", choices=config.LOG_LEVELS, default=None,
+                   help="stderr detail (default: the config's [sensor] log_level, info)")
+    add_log_format(r)
     r.add_argument("--metrics", type=int, default=None, metavar="PORT",
                    help="serve Prometheus metrics on this port ([metrics] address, default 127.0.0.1)")
     r.set_defaults(func=cmd_run)
 
-    c = sub.add_parser("check-config", help="validate a config file and exit")
-    c.add_argument("file")
+    c = sub.add_parser("check-config", help="validate a config file and exit",
+                       description="Validate a config file with the rules `run` applies, print what it "
+                                   "sets up, and exit (0: good, 2: the errors, one per line).")
+    c.add_argument("file", help="the TOML config file")
     c.add_argument("--data-dir", type=Path, default=None,
                    help="also check this data dir as `run` would (ownership, symlinks, writable by "
                         "[sensor] user when run as root); changes nothing")
     c.set_defaults(func=cmd_check_config)
 
-    e = sub.add_parser("example-config", help="print a commented config with every default")
+    e = sub.add_parser("example-config", help="print a commented config with every default",
+                       description="Print a commented TOML config with every key at its default.")
     e.set_defaults(func=cmd_example_config)
 
     s = sub.add_parser("show", help="write a captured message's exact bytes to stdout",
-                       description="Write the raw bytes of a captured message (by SHA-256) to stdout.")
-    s.add_argument("sha256")
+                       description="Write the raw bytes of a captured message (by SHA-256, or a unique "
+                                   "prefix of at least 8 hex digits) to stdout.")
+    s.add_argument("sha256", help="the message's SHA-256, or a unique prefix of 8+ hex digits")
     s.add_argument("--event", action="store_true", help="print its smtp.message event(s) instead")
-    _add_data_dir(s)
+    add_data_dir_options(s)
     s.set_defaults(func=cmd_show)
 
     x = sub.add_parser("export", help="export captured messages as mbox or .eml files",
                        description="Export messages byte for byte. Select with the options, or pipe "
                                    "sha256 lines, events, or one raw message (from `show`) on stdin.")
-    x.add_argument("--format", choices=("mbox", "eml"), default="eml")
+    x.add_argument("--format", choices=("mbox", "eml"), default="eml",
+                   help="eml: one file per message, named by its hash (default); mbox: one mbox file")
     x.add_argument("--out", required=True, help="output directory")
     x.add_argument("--sha256", action="append", default=[], help="a message hash (repeatable)")
     x.add_argument("--sensor", help="only messages captured by this sensor")
-    x.add_argument("--day", help="only messages of this UTC day (YYYY-MM-DD)")
+    x.add_argument("--day", type=_day, help="only messages of this UTC day (YYYY-MM-DD)")
     x.add_argument("--src-ip", help="only messages from this source address")
     x.add_argument("--campaign", action="append", default=[], metavar="HASH",
                    help="only messages of this campaign: its hash (or a prefix of 4+ hex digits) from the "
                         "report's Campaigns table; repeatable")
     x.add_argument("--all", action="store_true",
                    help="every message in the store (bodies whose events were lost included)")
-    _add_data_dir(x)
+    add_data_dir_options(x)
     x.set_defaults(func=cmd_export)
 
-    v = sub.add_parser("events", help="print stored events as JSON lines")
-    v.add_argument("--event", action="append", help="only this event name (repeatable)")
-    _add_data_dir(v)
+    v = sub.add_parser("events", help="print stored events as JSON lines",
+                       description="Print the stored events (open segments included) as JSON lines, "
+                                   "in write order.")
+    v.add_argument("--event", action="append", metavar="NAME",
+                   help="only this event, by full or short name (smtp.message, proxy.request, "
+                        "session.open, ...; repeatable)")
+    add_data_dir_options(v)
     v.set_defaults(func=cmd_events)
 
     # Command groups that live with their subsystem register themselves.
@@ -360,6 +538,12 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
         return int(args.func(args) or 0)
     except config.ConfigError as exc:
         print(f"spampots: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in ANALYSIS_MODULES:
+            raise
+        print(f"spampots {args.command}: needs the analysis extra (no module {exc.name!r}): "
+              "pip install 'spampots[analysis]'", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0

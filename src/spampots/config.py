@@ -21,6 +21,7 @@ from .protocols.base import Limits as ProtocolLimits
 from .transport.config import NatsSection, example_toml as _nats_example
 from .protocols.personas import HTTP_STYLES, JUDGE_STYLES, SMTP_STYLES
 from .protocols.smtp import AUTH_MECHANISMS, AUTH_POLICIES, AuthPolicy
+from .store.segments import check_sensor
 
 # The talk's abused ports ("Portas Abusadas"), in its order.
 SOCKS_PORTS = (1080, 3127)
@@ -29,6 +30,7 @@ SMTP_PORTS = (25,)
 SUBMISSION_LISTENERS = ((587, "submission"), (465, "smtps"))  # added by [submission] enable = true
 LISTENER_KINDS = ("socks", "http", "smtp", "submission", "smtps")
 TLS_KINDS = ("submission", "smtps")  # listener kinds that need the sensor's TLS certificate
+SPEAKS_FIRST_KINDS = ("smtp", "submission", "smtps")  # their persona is an SMTP style, the others' an HTTP one
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -202,8 +204,9 @@ def resolve_data_dir(explicit: Optional[Path | str], cfg: Optional["Config"] = N
 
 
 def _default_sensor_id() -> str:
-    name = socket.gethostname().split(".")[0] or "sensor"
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
+    name = socket.gethostname().split(".")[0]
+    name = "".join(c if (c.isascii() and c.isalnum()) or c in "-_" else "-" for c in name)[:128]
+    return name if name[:1].isalnum() else "sensor" + name[:120]
 
 
 def load(path: Optional[Path]) -> Config:
@@ -254,6 +257,11 @@ def validate(cfg: Config) -> None:
                 ipaddress.ip_address(lst.address)
             except ValueError:
                 errors.append(f"{where}: address {lst.address!r} is not an IPv4/IPv6 address")
+        if lst.persona:
+            styles = SMTP_STYLES if lst.kind in SPEAKS_FIRST_KINDS else HTTP_STYLES
+            if lst.persona not in styles:
+                errors.append(f"{where}: persona for kind {lst.kind!r} must be one of {', '.join(styles)}, "
+                              f"not {lst.persona!r}")
         key = (lst.address, lst.port)
         if key in seen:
             errors.append(f"{where}: listed twice")
@@ -288,8 +296,12 @@ def validate(cfg: Config) -> None:
     if bool(cfg.smtp.tls_cert) != bool(cfg.smtp.tls_key):
         errors.append("smtp.tls_cert and smtp.tls_key go together")
     sid = cfg.sensor.id
-    if sid and not all(c.isalnum() or c in "-_." for c in sid):
-        errors.append("sensor.id may hold letters, digits, '-', '_' and '.' only")
+    if sid:
+        try:  # the store's own rule: the id ends up in file names
+            check_sensor(sid)
+        except ValueError:
+            errors.append(f"sensor.id {sid!r}: use ASCII letters, digits, '.', '_' and '-' (at most 128, "
+                          "starting with a letter or digit)")
     errors += _number_problems(cfg)
     errors += metrics_problems(cfg.metrics)
     if cfg.transport.nats is not None:

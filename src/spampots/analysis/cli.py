@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 if TYPE_CHECKING:
     from ..store.segments import ReadStats
+    from .lake import Lake
     from .metrics import Report
 
 FORMATS = ("terminal", "markdown", "json", "csv", "html")
@@ -46,15 +47,61 @@ def _key_value(s: str) -> tuple[str, str]:
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
-    from ..config import resolve_data_dir
+    from ..cli import resolve_store
 
-    return resolve_data_dir(getattr(args, "data_dir", None))
+    return resolve_store(args)[0]
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    # SUPPRESS: never overwrite a --data-dir given to the top-level parser.
-    p.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS,
-                   help="data directory of the store (default: /var/lib/spampots as root, else ./var)")
+STORE_PARTS = ("events", "messages", "lake")  # what a spampots data dir holds (any of them)
+
+
+def check_store(data_dir: Path, prog: str, *, lake_ok: bool = True) -> Optional[int]:
+    """None if `data_dir` is a spampots data dir with something to read; else the exit code,
+    after one line saying why (2: no such dir or not ours; 1: nothing stored yet)."""
+    if not data_dir.is_dir():
+        print(f"{prog}: no data directory {data_dir}", file=sys.stderr)
+        return 2
+    if not any((data_dir / part).is_dir() for part in STORE_PARTS):
+        print(f"{prog}: {data_dir} is not a spampots data dir (no events/, messages/ or lake/ in it); "
+              "give --data-dir or --config", file=sys.stderr)
+        return 2
+    events = data_dir / "events"
+    has_events = events.is_dir() and any(events.iterdir())
+    has_lake = lake_ok and (data_dir / "lake").is_dir() and any((data_dir / "lake").glob("*/day=*/*.parquet"))
+    if not has_events and not has_lake:
+        print(f"{prog}: no events stored in {data_dir} yet", file=sys.stderr)
+        return 1
+    return None
+
+
+def open_lake(data_dir: Path, args: argparse.Namespace, prog: str) -> "Optional[Lake]":
+    """The data dir's lake, compacted first unless --no-compact; None after one line saying why
+    not (derived files go to a cache dir when the data dir is not ours to write)."""
+    from .lake import Lake
+
+    lake = Lake(data_dir, cache_dir=getattr(args, "cache_dir", None))
+    try:
+        lake.root.mkdir(parents=True, exist_ok=True)
+        if not getattr(args, "no_compact", False) and not getattr(args, "lake", None):
+            lake.compact(quiet=args.quiet)
+    except PermissionError as e:
+        print(f"{prog}: cannot write derived files in {lake.root} ({e.strerror}): give --cache-dir DIR",
+              file=sys.stderr)
+        return None
+    if lake.root.parent != data_dir and getattr(args, "cache_dir", None) is None and not args.quiet:
+        print(f"{prog}: {data_dir} is not ours to write: derived files go to {lake.root.parent}", file=sys.stderr)
+    return lake
+
+
+def _common(p: argparse.ArgumentParser, *, reads: bool = True) -> None:
+    """--data-dir, --config, -q; and for commands that read the store (`reads`), --cache-dir."""
+    from ..cli import add_data_dir_options
+
+    add_data_dir_options(p)
+    if reads:
+        p.add_argument("--cache-dir", type=Path, default=argparse.SUPPRESS, metavar="DIR",
+                       help="where derived files (the Parquet lake, enrichment cache) go; default: the data "
+                            "dir when ours to write, else $XDG_CACHE_HOME/spampots (~/.cache/spampots)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
@@ -162,7 +209,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("synth", help="write a synthetic data set with the talk's shape",
                               description="Synthetic events in the store's layout, with the proportions of the "
                                           "CERT.br SpamPots talk (see docs/report.md).")
-    _common(p)
+    _common(p, reads=False)
     size = p.add_mutually_exclusive_group()
     size.add_argument("--messages", type=_count, metavar="N", help="number of emails (default 100,000)")
     size.add_argument("--scale", type=float, metavar="F", help="1.0 = the talk's size (524,585,779 emails)")
@@ -182,7 +229,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     from . import charts as charts_mod
     from . import metrics, ports
     from .enrich import Enricher
-    from .lake import Lake
     from .ports import PortTableError
 
     data_dir = _data_dir(args)
@@ -190,9 +236,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         print("spampots report: --lake is for --engine spark (DuckDB reads <data-dir>/lake and the open segments)",
               file=sys.stderr)
         return 2
-    if not data_dir.is_dir() and not args.lake:
-        print(f"spampots report: no data directory {data_dir}", file=sys.stderr)
-        return 2
+    if not args.lake:
+        bad = check_store(data_dir, "spampots report")
+        if bad is not None:
+            return bad
     fmt = output_format(args, "spampots report")
     if fmt is None:
         return 2
@@ -202,13 +249,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     except (OSError, PortTableError) as e:
         print(f"spampots report: port table: {e}", file=sys.stderr)
         return 2
-    lake = Lake(data_dir)
-    if not args.no_compact and not args.lake:
-        lake.compact(quiet=args.quiet)
+    lake = open_lake(data_dir, args, "spampots report") if data_dir.is_dir() else None
+    if lake is None:
+        if data_dir.is_dir():
+            return 2
+        from .lake import Lake
+
+        lake = Lake(data_dir, cache_dir=getattr(args, "cache_dir", None))  # --lake only: nothing is written
     cache_dir = lake.root / "_cache" if data_dir.is_dir() else None
     if args.engine == "spark":
         from . import spark
 
+        if lake.base is not None and not args.lake:  # Spark reads one lake; ours lacks what the base holds
+            print(f"spampots report: --engine spark reads one lake, and {lake.root} holds only what "
+                  f"{lake.base} lacks: give --lake {lake.base} (compacted by its owner)", file=sys.stderr)
+            return 2
         try:
             con = spark.connect(args.lake or lake.root, day_from=args.day_from, day_to=args.day_to,
                                 sensors=args.sensor, master=args.spark_master, conf=args.spark_conf,
@@ -251,16 +306,21 @@ def cmd_compact(args: argparse.Namespace) -> int:
     from .lake import Lake
 
     data_dir = _data_dir(args)
-    if not data_dir.is_dir():
-        print(f"spampots compact: no data directory {data_dir}", file=sys.stderr)
+    bad = check_store(data_dir, "spampots compact", lake_ok=True)
+    if bad == 2:
+        return bad
+    lake = Lake(data_dir, cache_dir=getattr(args, "cache_dir", None))
+    try:
+        st = lake.compact(rebuild=args.rebuild, quiet=args.quiet)
+    except PermissionError as e:
+        print(f"spampots compact: cannot write the lake in {lake.root} ({e.strerror}): give --cache-dir DIR",
+              file=sys.stderr)
         return 2
-    lake = Lake(data_dir)
-    st = lake.compact(rebuild=args.rebuild, quiet=args.quiet)
     tell_damage(lake.damage, "spampots compact")
     seg = lake.segments()
     if not args.quiet:
         print(f"compacted {st.segments} segments ({st.events:,} events) into {st.parts} parts over "
-              f"{len(st.days)} days; {seg.compacted} segments in the lake, {len(seg.open)} open",
+              f"{len(st.days)} days; {seg.compacted} segments in the lake ({lake.root}), {len(seg.open)} open",
               file=sys.stderr)
     return 0
 

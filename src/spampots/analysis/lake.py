@@ -1,6 +1,6 @@
 """The Parquet lake: compaction of closed event segments, and views over lake + open segments.
 
-Layout under ``<data_dir>/lake``::
+Layout under the lake's root (``<data_dir>/lake``, or a cache dir: see :func:`lake_root`)::
 
     <table>/day=YYYY-MM-DD/part-<batch>.parquet   one table per event type (schema.py)
     _manifest.jsonl                                 one line per compacted segment
@@ -13,6 +13,11 @@ possibly with a torn last line) are read straight from JSON at report time, so a
 report sees data up to now. The event segments stay the source of truth: the lake
 can be dropped and rebuilt (``compact --rebuild``).
 
+Derived files never go where they do not belong: a reader that may not write the data dir
+(an analyst with read access, or root on a sensor's dir owned by its user) keeps its lake in a
+cache dir of its own, and reads the data dir's own lake, if there is one, as a read-only base:
+what the base holds is not compacted again.
+
 DuckDB never reads a segment unchecked: each one is first read through the store's checked
 reader (``store.segments.iter_file_events``: whole zstd frame, strict event decoding), and a
 damaged one is replaced by a temporary copy of its valid lines. What was skipped is counted
@@ -21,15 +26,18 @@ in ``Lake.damage`` and named in one line by the commands.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import duckdb
 
@@ -67,6 +75,44 @@ def new_connection(threads: int | None = None, memory_limit: str | None = None, 
     return con
 
 
+def default_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/spampots, else ~/.cache/spampots."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache") / "spampots"
+
+
+def _may_write(data_dir: Path) -> bool:
+    """True if this process may keep its lake in the data dir: it can write there, and it is not
+    root on a dir that belongs to someone else (root's files there would lock the owner out)."""
+    try:
+        st = data_dir.stat()
+    except OSError:
+        return False
+    if os.geteuid() == 0 and st.st_uid != 0:
+        return False
+    lake = data_dir / "lake"
+    if lake.exists():
+        manifest = lake / MANIFEST
+        return os.access(lake, os.W_OK | os.X_OK) and (not manifest.exists() or os.access(manifest, os.W_OK))
+    return os.access(data_dir, os.W_OK | os.X_OK)
+
+
+def lake_root(data_dir: Path | str, cache_dir: Path | str | None = None) -> Path:
+    """Where the lake of `data_dir` is written: ``<data_dir>/lake`` when this process may write
+    there (and no `cache_dir` is named), else ``<cache dir>/<name>-<hash of the path>/lake``."""
+    data_dir = Path(data_dir)
+    if cache_dir is None and _may_write(data_dir):
+        return data_dir / "lake"
+    where = Path(os.path.abspath(data_dir))
+    try:
+        where = where.resolve()
+    except OSError:
+        pass
+    key = re.sub(r"[^A-Za-z0-9._-]", "-", where.name)[:40] or "root"
+    key += "-" + hashlib.sha256(str(where).encode()).hexdigest()[:12]
+    return Path(cache_dir or default_cache_dir()) / key / "lake"
+
+
 @dataclass
 class Segments:
     closed: list[Path] = field(default_factory=list)  # compactable, not yet in the lake
@@ -83,17 +129,21 @@ class CompactStats:
 
 
 class Lake:
-    def __init__(self, data_dir: Path | str) -> None:
+    def __init__(self, data_dir: Path | str, *, cache_dir: Path | str | None = None,
+                 root: Path | str | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.events_dir = self.data_dir / "events"
-        self.root = self.data_dir / "lake"
+        self.root = Path(root) if root is not None else lake_root(self.data_dir, cache_dir)
+        # The data dir's own lake, read-only, when ours is elsewhere (see the module's doc).
+        in_place = self.data_dir / "lake"
+        self.base: Path | None = in_place if self.root != in_place and in_place.is_dir() else None
         self.batch_bytes = 256 << 20  # compressed segment bytes compacted together
         self.damage = ReadStats()  # what compaction and connect() skipped, for the report line
         self._told_ignored = False  # files not named like a segment: counted by the first listing only
 
     # -- bookkeeping -------------------------------------------------------------------------
-    def _manifest(self) -> dict[str, dict]:
-        path = self.root / MANIFEST
+    def _manifest(self, root: Path | None = None) -> dict[str, dict]:
+        path = (root or self.root) / MANIFEST
         out: dict[str, dict] = {}
         if path.exists():
             for line in path.read_text().splitlines():
@@ -104,6 +154,17 @@ class Lake:
                     continue  # a torn manifest line: its batch is treated as never finished
         return out
 
+    def _views(self) -> tuple[dict[str, dict], dict[str, dict], set[str]]:
+        """(base manifest, our manifest, our batches superseded by the base).
+
+        A segment the base compacted after we did (the owner ran compact since) is read from the
+        base only: our whole batch holding it is dropped, and its other segments are compacted again.
+        """
+        base = self._manifest(self.base) if self.base is not None else {}
+        own = self._manifest()
+        superseded = {rec["batch"] for seg, rec in own.items() if seg in base}
+        return base, {k: r for k, r in own.items() if r["batch"] not in superseded}, superseded
+
     def _drop_orphans(self, batches: set[str]) -> None:
         for part in self.root.glob("*/day=*/part-*.parquet"):
             if part.stem.split("-")[1] not in batches:
@@ -112,7 +173,8 @@ class Lake:
     def segments(self, stats: ReadStats | None = None) -> Segments:
         """The store's segments (its own listing, in write order) split by what the lake holds."""
         seg = Segments()
-        done = self._manifest()
+        base, own, _ = self._views()
+        done = {**base, **own}
         listing = ReadStats()
         for p in iter_segment_files(self.data_dir, stats=listing):
             if p.name.endswith(".jsonl"):
@@ -173,7 +235,11 @@ class Lake:
         self.root.mkdir(parents=True, exist_ok=True)
         for left in self.root.glob("_checked-*"):  # left by a killed run (no reader runs now: we hold the lock)
             shutil.rmtree(left, ignore_errors=True)
-        manifest = self._manifest()
+        _, manifest, superseded = self._views()
+        if superseded:  # rewrite our manifest without them (atomically), then their parts go as orphans
+            tmp = self.root / (MANIFEST + ".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in manifest.values()))
+            os.replace(tmp, self.root / MANIFEST)
         self._drop_orphans({r["batch"] for r in manifest.values()})
         seg = self.segments(self.damage)
         stats = CompactStats()
@@ -235,22 +301,41 @@ class Lake:
         """
         if name != "proxy_request":
             return f"SELECT * FROM {src}"
-        seen = self._parquet_glob(name)
+        seen = self._parquet_files(name)
         prior = "SELECT NULL::VARCHAR AS session WHERE false"
         if seen:
-            prior = (f"SELECT DISTINCT session FROM read_parquet({_sql_str(seen)}, hive_partitioning=true,"
+            prior = (f"SELECT DISTINCT session FROM read_parquet({_sql_list(seen)}, hive_partitioning=true,"
                      f" hive_types={{'day': DATE}}) WHERE day BETWEEN (SELECT min(day) - 1 FROM {src})"
                      f" AND (SELECT max(day) FROM {src}) AND session IS NOT NULL")
         return f"""SELECT s.*, (row_number() OVER (PARTITION BY s.session ORDER BY s.ts) = 1
                               AND s.session NOT IN ({prior})) AS first_in_session
                    FROM {src} s"""
 
-    def _parquet_glob(self, table: str) -> str | None:
-        return str(self.root / table / "day=*" / "*.parquet") if self._parquet_files(table) else None
-
     # -- reading -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _base_lock(self) -> Iterator[None]:
+        """A shared lock on the base lake while we list it: its owner's compaction holds the
+        exclusive one, so no half-written batch is seen (read-only: flock needs no write access)."""
+        path = self.base / "_compact.lock" if self.base is not None else None
+        try:
+            f = open(path, "rb") if path is not None else None
+        except OSError:
+            f = None
+        try:
+            if f is not None and fcntl is not None:
+                fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+            yield
+        finally:
+            if f is not None:
+                f.close()
+
     def _parquet_files(self, table: str) -> list[Path]:
-        return sorted((self.root / table).glob("day=*/*.parquet"))
+        """The table's parts: the base's (read under its lock, see connect) and ours, but for
+        our batches the base supersedes."""
+        superseded = self._views()[2] if self.base is not None else set()
+        out = sorted((self.base / table).glob("day=*/*.parquet")) if self.base is not None else []
+        return out + [p for p in sorted((self.root / table).glob("day=*/*.parquet"))
+                      if p.stem.split("-")[1] not in superseded]
 
     def connect(self, *, day_from: dt.date | None = None, day_to: dt.date | None = None,
                 sensors: Sequence[str] = (), threads: int | None = None,
@@ -265,7 +350,7 @@ class Lake:
         con = new_connection(threads, memory_limit)
         cols = schema.json_columns()
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / "_compact.lock", "a") as lock:
+        with open(self.root / "_compact.lock", "a") as lock, self._base_lock():
             if fcntl is not None:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_SH)
             for attempt in range(5):

@@ -212,6 +212,17 @@ def _iso(t: float) -> str:
     return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def proxy_protocol_warning(opts: Options, done: int, failed: int) -> str:
+    """With --proxy-protocol, most sessions failing means the sensor took our PROXY headers for
+    the client's own bytes: we are not in its [proxy_protocol] trusted. "" when all is well."""
+    if not opts.proxy_protocol or not done or failed * 2 < done:
+        return ""
+    sources = f"our {opts.sources} sources in 127.0.0.0/8" if opts.sources else "our address"
+    return (f"spampots loadgen: warning: {failed:,} of {done:,} sessions failed after a PROXY {opts.proxy_protocol} "
+            f"header: the sensor probably does not trust {sources}; add them to its [proxy_protocol] trusted "
+            f"(e.g. \"127.0.0.0/8\"), or run with --sources 0 from a trusted address")
+
+
 def cmd_loadgen(args: argparse.Namespace) -> int:
     if args.list_mixes:
         for name, raw in PRESETS.items():
@@ -237,6 +248,9 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
         duration_s=round(runner.elapsed, 3), sessions_per_s=round(runner.tally.done / max(runner.elapsed, 1e-9), 1),
         concurrency=opts.concurrency, rate=opts.rate, proxy_protocol=opts.proxy_protocol or None,
     )
+    warning = proxy_protocol_warning(opts, runner.tally.done, sum(runner.tally.failures.values()))
+    if warning:
+        print(warning, file=sys.stderr)
     if args.json is not None:
         args.json.write_text(json.dumps(truth, indent=2) + "\n")
     if not args.quiet:

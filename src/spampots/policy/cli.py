@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
 # Shared with `spampots report`: the same options mean the same thing.
-from spampots.analysis.cli import (_common, _count, _data_dir, add_selection, describe_filters, output_format,
-                                   tell_damage, write_report)
+from spampots.analysis.cli import (_common, _count, _data_dir, add_selection, check_store, describe_filters,
+                                   open_lake, output_format, tell_damage, write_report)
 
 
 if TYPE_CHECKING:
@@ -69,11 +69,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _open(args: argparse.Namespace, prog: str) -> Optional[tuple["duckdb.DuckDBPyConnection", "Enricher"]]:
     """(lake connection, enricher) for the selection, or None after saying why not (exit 2)."""
     from spampots.analysis.enrich import Enricher
-    from spampots.analysis.lake import Lake
 
-    lake = Lake(_data_dir(args))
-    if not args.no_compact:
-        lake.compact(quiet=args.quiet)
+    lake = open_lake(_data_dir(args), args, prog)
+    if lake is None:
+        return None
     con = lake.connect(day_from=args.day_from, day_to=args.day_to, sensors=args.sensor)
     tell_damage(lake.damage, prog)
     try:
@@ -90,9 +89,9 @@ def cmd_port25(args: argparse.Namespace) -> int:
     from . import port25
 
     data_dir = _data_dir(args)
-    if not data_dir.is_dir():
-        print(f"spampots policy port25: no data directory {data_dir}", file=sys.stderr)
-        return 2
+    bad = check_store(data_dir, "spampots policy port25")
+    if bad is not None:
+        return bad
     fmt = output_format(args, "spampots policy port25")
     if fmt is None:
         return 2
@@ -116,9 +115,9 @@ def cmd_notify(args: argparse.Namespace) -> int:
 
     prog = "spampots notify"
     data_dir = _data_dir(args)
-    if not data_dir.is_dir():
-        print(f"{prog}: no data directory {data_dir}", file=sys.stderr)
-        return 2
+    bad = check_store(data_dir, prog)
+    if bad == 2:  # an empty store is a summary saying so (exit 0), as an empty selection
+        return bad
     fmt = args.format or "terminal"
     if args.out and (args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir()))):
         print(f"{prog}: --out {args.out} must be a new or empty directory (no stale report can be mixed in)",

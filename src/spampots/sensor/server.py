@@ -394,8 +394,7 @@ class Sensor:
                       "judge": self.persona.judge_style, "hostname": self.persona.hostname},
             heartbeat_interval_s=self.cfg.sensor.heartbeat_interval_s,
         )))
-        up = ", ".join(f"{rt.port}/{rt.kind}" for rt in self.listeners)
-        log.info("sensor %s up (data in %s): listening on %s", self.sensor_id, data_dir, up)
+        self._tell_started(data_dir)
         ticker = self.loop.create_task(self._tick())
         shipping = self._start_shipper()
         await self._start_metrics()  # after the shipper: its figures are there from the first scrape
@@ -465,6 +464,17 @@ class Sensor:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _tell_started(self, data_dir: Path) -> None:
+        """What listens where (one line per kind and address) and where the data goes."""
+        groups: dict[tuple[str, str], list[int]] = {}
+        for rt in self.listeners:
+            groups.setdefault((rt.kind, rt.address or "*"), []).append(rt.port)
+        for (kind, address), ports in groups.items():
+            where = "every address" if address == "*" else address
+            log.info("listening for %s on %s, ports %s", kind, where, " ".join(map(str, ports)))
+        log.info("sensor %s up: %d listeners%s; data in %s", self.sensor_id, len(self.listeners),
+                 f" ({len(self.failed)} could not be bound)" if self.failed else "", data_dir)
 
     async def _shutdown(self, limits: dict) -> None:
         log.info("stopping: %d open sessions", len(self.sessions))

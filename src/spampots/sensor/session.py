@@ -29,7 +29,7 @@ from ..protocols.base import Close, Context, Durable, Handler, StartTLS, Tunnel,
 from ..protocols.dispatch import (
     SUBMISSION_KINDS, SUBMISSION_PORTS, Sniffer, far_end, listener_handler, tunnel_context,
 )
-from ..protocols.proxy_header import ProxyHeaderParser
+from ..protocols.proxy_header import V1_PREFIX, V2_SIGNATURE, ProxyHeaderParser
 
 if TYPE_CHECKING:
     from .server import ListenerRuntime, Sensor
@@ -147,7 +147,7 @@ class Session(asyncio.Protocol):
 
     def _receive(self, data: bytes) -> bytes:
         """One step of :meth:`_feed`; returns ``data`` if it must wait after all."""
-        if self.header_parser is not None:
+        if self.header_parser is not None or self.bytes_in == len(data):  # a trusted peer, or the first bytes
             data = self._proxy_header(data)
             if not data or self.handler is None:
                 return b""
@@ -260,7 +260,14 @@ class Session(asyncio.Protocol):
             self._run(self.handler.start())
 
     def _proxy_header(self, data: bytes) -> bytes:
-        assert self.header_parser is not None
+        if self.header_parser is None:
+            # An untrusted peer's first bytes: served as its own, but a PROXY header here means a
+            # front end the config does not trust, whose sessions all fail: tell the operator.
+            if data.startswith((V1_PREFIX, V2_SIGNATURE[:5])):
+                log.warning("a PROXY protocol header from %s, which is not in [proxy_protocol] trusted: "
+                            "served as the client's own bytes (a protocol error). Add the front end's "
+                            "address to [proxy_protocol] trusted", self.src_ip)
+            return data
         result = self.header_parser.feed(data)
         if result is None:
             return b""

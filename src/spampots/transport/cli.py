@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 import tomllib
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..config import resolve_data_dir
 from .config import NatsSection, load_section
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -23,7 +21,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 def _nats_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("NATS connection (overrides the config's [transport.nats])")
-    g.add_argument("--config", "-c", type=Path, help="TOML file with a [transport.nats] (or [nats]) table")
+    g.add_argument("--config", "-c", type=Path,
+                   help="TOML file with a [transport.nats] (or [nats]) table; its [sensor] data_dir and id "
+                        "are used too")
     g.add_argument("--server", action="append", default=[], metavar="URL",
                    help="NATS server URL, e.g. nats://127.0.0.1:4222 (repeatable)")
     g.add_argument("--user", help="user name (with --password)")
@@ -32,7 +32,10 @@ def _nats_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nkey", help="nkey seed file (a user seed, 'SU...')")
     g.add_argument("--stream", help="stream name (default SPAMPOTS)")
     g.add_argument("--subject-prefix", help="subject prefix (default spampots)")
-    p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="stderr detail (default info)")
+    from ..cli import add_log_format
+
+    add_log_format(p)
 
 
 def _data_dir_option(p: argparse.ArgumentParser, help: str) -> None:
@@ -71,8 +74,9 @@ def _run(coro_fn) -> int:  # type: ignore[no-untyped-def]
 
 
 def _setup(args: argparse.Namespace) -> Optional[NatsSection]:
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ..cli import configure_logging
+
+    configure_logging(args.log_level, args.log_format)
     try:
         return nats_config(args)
     except ValueError as e:
@@ -86,10 +90,12 @@ def cmd_ship(args: argparse.Namespace) -> int:
     cfg = _setup(args)
     if cfg is None:
         return 2
-    data_dir = resolve_data_dir(getattr(args, "data_dir", None))
+    from ..cli import resolve_store
+
+    data_dir, sensor_id = resolve_store(args)
 
     async def go(stop: asyncio.Event) -> int:
-        sh = Shipper(data_dir, args.sensor_id, cfg)
+        sh = Shipper(data_dir, sensor_id, cfg)
         task = asyncio.create_task(sh.run(stop))
         if args.until_caught_up:
             while not task.done() and not (sh.stats.caught_up and sh.status().backlog_bytes == 0):
@@ -109,7 +115,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
     cfg = _setup(args)
     if cfg is None:
         return 2
-    data_dir = resolve_data_dir(getattr(args, "data_dir", None))
+    from ..cli import resolve_store
+
+    data_dir = resolve_store(args)[0]
 
     async def go(stop: asyncio.Event) -> int:
         col = Collector(data_dir, cfg, name=args.name, durable=args.durable)
@@ -189,8 +197,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "a durable cursor (the sensor does this itself when its config "
                                           "has [transport.nats]; this runs it as its own process).")
     _nats_options(s)
-    _data_dir_option(s, "the sensor's data dir (default /var/lib/spampots as root, else ./var)")
-    s.add_argument("--sensor-id", required=True, help="the sensor whose segments are shipped")
+    _data_dir_option(s, "the sensor's data dir (default: the config's [sensor] data_dir, else "
+                        "/var/lib/spampots as root, ./var otherwise)")
+    s.add_argument("--sensor-id", default=None,
+                   help="the sensor whose segments are shipped (default: the config's [sensor] id, else the "
+                        "host name, as `run`)")
     s.add_argument("--until-caught-up", action="store_true",
                    help="exit once everything on disk is acked (default: follow forever)")
     s.set_defaults(func=cmd_ship)
@@ -200,7 +211,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "central store of the sensor's format, acks after fsync. "
                                           "Several collectors may run with the same --durable.")
     _nats_options(c)
-    _data_dir_option(c, "the central store (default /var/lib/spampots as root, else ./var)")
+    _data_dir_option(c, "the central store (default: the config's [sensor] data_dir, else "
+                        "/var/lib/spampots as root, ./var otherwise)")
     c.add_argument("--name", default="collector",
                    help="this collector's name in the data dir (one per process sharing a data dir)")
     c.add_argument("--durable", default=DEFAULT_DURABLE, help="the durable consumer (shared by collectors)")
@@ -211,27 +223,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "by others)")
     c.set_defaults(func=cmd_collect)
 
-    n = subparsers.add_parser("network", help="set up and watch the sensor network's JetStream streams")
+    n = subparsers.add_parser("network", help="set up and watch the sensor network's JetStream streams",
+                              description="Set up (init) and watch (status) the JetStream streams, bucket "
+                                          "and consumer that a sensor network shares.")
     nsub = n.add_subparsers(dest="network_command", metavar="ACTION", required=True)
-    i = nsub.add_parser("init", help="create or update streams, bucket and consumer (idempotent)")
+    i = nsub.add_parser("init", help="create or update streams, bucket and consumer (idempotent)",
+                        description="Create or update the streams, the bodies bucket and the collectors' "
+                                    "durable consumer; safe to run again.")
     _nats_options(i)
     i.add_argument("--retention", choices=("workqueue", "limits"), default="workqueue",
                    help="workqueue: collected messages leave the stream (default)")
-    i.add_argument("--max-age-days", type=float, default=30.0, help="drop uncollected data after this")
+    i.add_argument("--max-age-days", type=float, default=30.0, help="drop uncollected data after this (30)")
     i.add_argument("--max-bytes", type=int, default=-1, help="stream size cap in bytes (-1: none)")
-    i.add_argument("--duplicate-window-s", type=float, default=120.0)
+    i.add_argument("--duplicate-window-s", type=float, default=120.0,
+                   help="seconds the broker drops a re-sent message id as a duplicate (120)")
     i.add_argument("--replicas", type=int, default=1, help="3 on a NATS cluster")
-    i.add_argument("--ack-wait-s", type=float, default=60.0)
-    i.add_argument("--max-ack-pending", type=int, default=20000)
-    i.add_argument("--durable", default=DEFAULT_DURABLE)
+    i.add_argument("--ack-wait-s", type=float, default=60.0,
+                   help="seconds before an unacknowledged message is delivered again (60)")
+    i.add_argument("--max-ack-pending", type=int, default=20000,
+                   help="messages delivered to collectors and not yet acknowledged, at most (20000)")
+    i.add_argument("--durable", default=DEFAULT_DURABLE, help="the collectors' durable consumer name")
     i.set_defaults(func=cmd_network_init)
     t = nsub.add_parser("status", help="per sensor: last heartbeat, lag, backlog, availability")
     _nats_options(t)
     _data_dir_option(t, "also read heartbeats from this central store (availability)")
-    t.add_argument("--durable", default=DEFAULT_DURABLE)
+    t.add_argument("--durable", default=DEFAULT_DURABLE, help="the collectors' durable consumer name")
     t.add_argument("--window-h", type=float, default=24.0, help="availability window in hours")
-    t.add_argument("--heartbeat-interval-s", type=float, default=60.0)
-    t.add_argument("--json", action="store_true")
+    t.add_argument("--heartbeat-interval-s", type=float, default=60.0,
+                   help="the sensors' [sensor] heartbeat_interval_s, to tell a missed heartbeat (60)")
+    t.add_argument("--json", action="store_true", help="print the status as one JSON object")
     t.set_defaults(func=cmd_network_status)
 
 
