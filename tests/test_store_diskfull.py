@@ -10,32 +10,36 @@ import hashlib
 import os
 import re
 import smtplib
+import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from conftest import start_sensor
-from spampots.events import SmtpMessage
+from spampots.events import LimitHit, SmtpMessage
 from spampots.store import MessageStore, ReadStats, iter_events, iter_segment_files
 
 CONFIG = """
 [sensor]
 summary_interval_s = 1
+[store]
+min_free_mb = 0
 [limits]
 new_sessions_per_s_per_ip = 100000
 max_sessions_per_ip = 1000
 """
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
+def tmpfs(tmp_path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` as <tmp_path>/var (skips the test without root)."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     mnt = tmp_path / "var"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode(errors='replace').strip()}")
     try:
@@ -44,13 +48,26 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
-def _fill(mnt: Path) -> Path:
-    """Take every free byte of the filesystem with one file."""
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    yield from tmpfs(tmp_path, "4m")
+
+
+@pytest.fixture
+def disk_16m(tmp_path: Path) -> Iterator[Path]:
+    yield from tmpfs(tmp_path, "16m")
+
+
+def _fill(mnt: Path, leave: int = 0) -> Path:
+    """Take every free byte of the filesystem (but about ``leave``) with one file."""
     filler = mnt / "filler"
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         for size in (1 << 20, 65536, 4096, 512, 1):
             while True:
+                st = os.statvfs(mnt)
+                if st.f_bavail * st.f_frsize - size < leave:
+                    break
                 try:
                     os.write(fd, b"\0" * size)
                 except OSError:
@@ -141,6 +158,71 @@ def test_full_disk(small_disk: Path, tmp_path: Path) -> None:
     stored = {ev.subject for ev in iter_events(small_disk, stats=st) if isinstance(ev, SmtpMessage)}
     assert stored == {f"disk full {i}" for i in acked}
     assert st.errors == 0 and st.undecodable == 0
+
+
+def _send_code(port: int, i: int) -> int:
+    """The reply code to the message (250 if taken; DATA's or the body's refusal code)."""
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
+            s.sendmail("spam@bad.example", ["victim@example.com"], _body(i))
+        return 250
+    except smtplib.SMTPDataError as e:
+        return e.smtp_code
+    except (smtplib.SMTPException, OSError):
+        return -1
+
+
+def _until(pred, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_free_space_floor_refuses_mail_and_resumes(disk_16m: Path, tmp_path: Path) -> None:
+    """Below [store] min_free_mb: DATA gets 452 (one log line), the sensor keeps serving,
+    and once there is room again it takes mail without a restart (one more line)."""
+    cfg = CONFIG.replace("min_free_mb = 0", "min_free_mb = 6")
+    sp = start_sensor(tmp_path / "run", config=cfg, data_dir=disk_16m, args=("--user", ""))
+    port = sp.port(25)
+    acked: set[int] = set()
+    codes: list[int] = []
+    n = iter(range(1, 10**6))
+
+    def send() -> int:
+        i = next(n)
+        code = _send_code(port, i)
+        if code == 250:
+            acked.add(i)
+        return code
+
+    try:
+        assert send() == 250
+        filler = _fill(disk_16m, leave=3 << 20)  # about 3 MB left: below the 6 MB floor, not full
+        assert _until(lambda: send() == 452), "no 452 below the floor"  # within a poll or so
+        for _ in range(40):  # below the floor: every DATA refused, never a 250
+            codes.append(send())
+        # still serving sessions: a SOCKS5 greeting is answered
+        with socket.create_connection(("127.0.0.1", sp.port(1080)), timeout=10) as c:
+            c.sendall(b"\x05\x01\x00")
+            assert c.recv(2) == b"\x05\x00"
+        filler.unlink()  # room again
+        assert _until(lambda: send() == 250), "no 250 after space was freed"
+        assert send() == 250
+    finally:
+        assert sp.stop(timeout=30) == 0
+    assert codes == [452] * len(codes), codes
+    log = sp.stderr()
+    assert "Traceback" not in log, log[-3000:]
+    assert log.count("below [store] min_free_mb = 6: refusing mail") == 1, log[-3000:]
+    assert log.count("free again: accepting mail") == 1, log[-3000:]
+    hits = [e for e in iter_events(disk_16m) if isinstance(e, LimitHit) and e.limit == "min_free_mb"]
+    assert hits and sum(e.count for e in hits) >= len(codes), hits
+    assert all(e.value == 6 and e.observed < 6 for e in hits)
+    stored = {ev.subject for ev in iter_events(disk_16m) if isinstance(ev, SmtpMessage)}
+    assert stored == {f"disk full {i}" for i in acked}
 
 
 def test_rate_limited_log_says_how_many_it_left_out(caplog: pytest.LogCaptureFixture) -> None:
