@@ -4,7 +4,7 @@
   ``[store] min_free_mb`` the shared budget's ``disk_low`` is set and SMTP answers DATA
   with ``452 4.3.1`` before taking a body; one log line when that starts, one when it ends.
   Sessions, proxies and events go on as before.
-* Every ``PRUNE_EVERY_S`` (and a minute after start) one retention pass when
+* Every ``PRUNE_EVERY_S`` (and a few seconds after start) one retention pass when
   ``[store] keep_days`` is set (see ``store/retention.py``): the file work runs in a
   worker thread; only the pack deletion itself runs in the recorder's writer thread,
   so no message is stored meanwhile into what is being deleted.
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("spampots.store")
 
 POLL_S = 1.0  # free-space checks: cheap, and a floor of 256 MB takes longer than this to fill
-PRUNE_FIRST_S = 60.0
+PRUNE_FIRST_S = 5.0  # soon after start: a sensor that was down may have old data due
 PRUNE_EVERY_S = 3600.0
 
 
