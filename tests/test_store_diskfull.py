@@ -245,3 +245,34 @@ def test_rate_limited_log_says_how_many_it_left_out(caplog: pytest.LogCaptureFix
                      "write failed: ENOSPC (and 999 more like it since the last such line)",
                      "1 more like this since the last such line, the last: write failed: ENOSPC"]
     assert rl.total == 1002
+
+
+def test_smtp_refuses_data_below_the_floor_before_the_body() -> None:
+    """Sans-IO: with the budget's disk_low set, DATA itself gets 452 4.3.1 (no 354, no body
+    read), recorded as a min_free_mb limit hit; the session goes on; cleared, DATA is 354."""
+    from spampots.protocols.base import Context
+    from spampots.protocols.budget import MemoryBudget
+    from spampots.protocols.smtp import SmtpServer
+
+    pool = MemoryBudget(1 << 20)
+    smtp = SmtpServer(Context(budget=pool.account()).for_session("192.0.2.1", 1, "127.0.0.1", ""), greet=False)
+    pool.disk_low = (256.0, 12.5)
+    acts = smtp.receive(b"EHLO a\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n")
+    out = b"".join(a for a in acts if isinstance(a, bytes))
+    assert out.endswith(b"452 4.3.1 Insufficient system storage\r\n") and b"354" not in out
+    assert [(h.limit, h.value, h.observed) for h in acts if isinstance(h, LimitHit)] == [("min_free_mb", 256.0, 12.5)]
+    pool.disk_low = None
+    acts = smtp.receive(b"DATA\r\n")
+    assert b"".join(a for a in acts if isinstance(a, bytes)).startswith(b"354 ")
+    acts = smtp.receive(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+    assert [a for a in acts if type(a).__name__ == "Durable"]
+
+
+def test_recorder_call_runs_in_the_writer_thread(tmp_path: Path) -> None:
+    import threading
+
+    from spampots.store import Recorder
+
+    with Recorder(tmp_path / "var", "t") as rec:
+        seen = rec.call_sync(lambda store: (threading.current_thread().name, store.sensor), timeout=10)
+    assert seen == ("spampots-recorder", "t")

@@ -193,3 +193,39 @@ def test_sensor_retention_with_an_unacked_cursor(disk: Path, tmp_path: Path) -> 
     subjects = [ev.subject for ev in iter_events(disk) if isinstance(ev, SmtpMessage)]
     assert subjects.count("shared") == 2 and "new" in subjects
     assert len(iter_segment_files(disk)) >= 3
+
+
+def test_prune_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from spampots.cli import main
+
+    data = tmp_path / "var"
+    f = build(data)
+    assert main(["prune", "--data-dir", str(data)]) == 2  # keep_days = 0: says so, does nothing
+    assert "keep forever" in capsys.readouterr().err
+    assert main(["prune", "--data-dir", str(data), "--keep-days", "5", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "would delete 2 segment(s)" in out and "messages/" + f["pack:old"].name in out
+    assert f["A"].exists() and f["pack:old"].exists()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[sensor]\nid = "{SENSOR}"\n[store]\nkeep_days = 5\n')
+    assert main(["prune", "--config", str(cfg), "--data-dir", str(data)]) == 0
+    assert "deleted 2 segment(s)" in capsys.readouterr().out
+    assert not f["A"].exists() and not f["pack:old"].exists() and f["pack:shared"].exists()
+    assert_consistent(data)
+    assert main(["prune", "--data-dir", str(tmp_path / "nothing"), "--keep-days", "1"]) == 2
+
+
+def test_store_settings_are_validated() -> None:
+    import msgspec
+
+    from spampots import config
+
+    for bad in ("-1", "nan", "inf"):
+        for key in ("min_free_mb", "keep_days"):
+            with pytest.raises(config.ConfigError, match=f"store.{key}"):
+                config.validate(msgspec.toml.decode(f"[store]\n{key} = {bad}\n", type=config.Config))
+    cfg = config.Config()
+    assert (cfg.store.min_free_mb, cfg.store.keep_days) == (256, 0)
+    config.validate(msgspec.toml.decode("[store]\nmin_free_mb = 0\nkeep_days = 0\n", type=config.Config))
+    example = msgspec.toml.decode(config.example_toml(), type=config.Config)
+    assert example.store.min_free_mb == 256 and example.store.keep_days == 0
