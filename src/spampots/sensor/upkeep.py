@@ -42,6 +42,9 @@ class Upkeep:
         self.keep_days = store.keep_days
         self.prune_first_s, self.prune_every_s = PRUNE_FIRST_S, PRUNE_EVERY_S
         self.last_prune: Optional[retention.PruneStats] = None
+        # Old packs a kept event still named on the last pass: they can only become free
+        # when segments go, so without that (or a new candidate) the events are not read again.
+        self._named: set[str] = set()
 
     # -- the free-space floor ------------------------------------------------------------------
 
@@ -79,6 +82,8 @@ class Upkeep:
             await loop.run_in_executor(None, lambda: retention.prune_segments(
                 self.data_dir, cutoff, st, acked=acked, sensor=sensor.sensor_id))
             cands = await loop.run_in_executor(None, retention.pack_candidates, self.data_dir, cutoff)
+            if not st.segments and set(cands) <= self._named:
+                cands = []  # nothing changed for them since the last pass
             others = retention.live_writers(self.data_dir, mine=sensor.sensor_id) if cands else []
             if cands and not others:
                 # Dedup hits from now on are seen by drop_packs (spare); the scan sees the rest.
@@ -86,6 +91,7 @@ class Upkeep:
                 keep = await loop.run_in_executor(None, lambda: retention.referenced(self.data_dir))
                 await sensor.recorder.call(lambda store: retention.drop_packs(
                     store, cands, keep, st, spare=store.hit_packs))
+                self._named = set(st.named)
             elif others:
                 log.info("retention: packs left alone while %s write here too", ", ".join(others))
         except OSError as e:

@@ -55,6 +55,7 @@ class PruneStats:
     pack_bytes: int = 0
     bodies: int = 0  # index rows (bodies) deleted with them
     kept_packs: int = 0  # old closed packs kept because a kept event names one of their bodies
+    named: list[str] = field(default_factory=list)  # those packs
     more: bool = False  # the pass stopped at its bound: more is due
     removed: list[str] = field(default_factory=list)  # "<day>/<segment>" and "messages/<pack>" that went
 
@@ -184,12 +185,10 @@ def drop_packs(
     spared = set(spare)
     db = store._db  # the store's own connection: its writer thread, its transaction
     for name in candidates:
-        if name in spared:
+        shas = [] if name in spared else [r[0] for r in db.execute("SELECT sha256 FROM blobs WHERE pack = ?", (name,))]
+        if name in spared or any(s in keep_shas for s in shas):
             st.kept_packs += 1
-            continue
-        shas = [r[0] for r in db.execute("SELECT sha256 FROM blobs WHERE pack = ?", (name,))]
-        if any(s in keep_shas for s in shas):
-            st.kept_packs += 1
+            st.named.append(name)
             continue
         if st.packs >= max_packs:
             st.more = True
