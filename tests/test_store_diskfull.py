@@ -184,7 +184,7 @@ def _until(pred, timeout: float = 20.0) -> bool:
 def test_free_space_floor_refuses_mail_and_resumes(disk_16m: Path, tmp_path: Path) -> None:
     """Below [store] min_free_mb: DATA gets 452 (one log line), the sensor keeps serving,
     and once there is room again it takes mail without a restart (one more line)."""
-    cfg = CONFIG.replace("min_free_mb = 0", "min_free_mb = 6")
+    cfg = CONFIG.replace("min_free_mb = 0", "min_free_mb = 6").replace("[sensor]\n", "[sensor]\nheartbeat_interval_s = 0.5\n")
     sp = start_sensor(tmp_path / "run", config=cfg, data_dir=disk_16m, args=("--user", ""))
     port = sp.port(25)
     acked: set[int] = set()
@@ -204,6 +204,7 @@ def test_free_space_floor_refuses_mail_and_resumes(disk_16m: Path, tmp_path: Pat
         assert _until(lambda: send() == 452), "no 452 below the floor"  # within a poll or so
         for _ in range(40):  # below the floor: every DATA refused, never a 250
             codes.append(send())
+        assert _until(lambda: any(e.health and e.health.disk_low for e in sp.events("spampots.sensor.heartbeat")))
         # still serving sessions: a SOCKS5 greeting is answered
         with socket.create_connection(("127.0.0.1", sp.port(1080)), timeout=10) as c:
             c.sendall(b"\x05\x01\x00")
@@ -221,6 +222,8 @@ def test_free_space_floor_refuses_mail_and_resumes(disk_16m: Path, tmp_path: Pat
     hits = [e for e in iter_events(disk_16m) if isinstance(e, LimitHit) and e.limit == "min_free_mb"]
     assert hits and sum(e.count for e in hits) >= len(codes), hits
     assert all(e.value == 6 and e.observed < 6 for e in hits)
+    stop = [e for e in iter_events(disk_16m) if type(e).__name__ == "SensorStop"][-1]
+    assert stop.health is not None and not stop.health.disk_low  # resumed
     stored = {ev.subject for ev in iter_events(disk_16m) if isinstance(ev, SmtpMessage)}
     assert stored == {f"disk full {i}" for i in acked}
 
