@@ -279,3 +279,25 @@ def test_recorder_call_runs_in_the_writer_thread(tmp_path: Path) -> None:
     with Recorder(tmp_path / "var", "t") as rec:
         seen = rec.call_sync(lambda store: (threading.current_thread().name, store.sensor), timeout=10)
     assert seen == ("spampots-recorder", "t")
+
+
+def test_free_space_watch_has_hysteresis() -> None:
+    """Below the floor: low; back up only at 5% (at least 1 MB) over it, so a disk hovering
+    at the floor does not flip (and log) on every check. 0 is off; an unknown figure changes nothing."""
+    from spampots.store.space import FreeSpaceWatch
+
+    free = [300_000_000, False]
+    w = FreeSpaceWatch(".", 256, probe=lambda _: (free[0], free[1]))
+    seen = []
+    for mb in (300, 255, 257, 260, 268, 269, 255):
+        free[0] = mb * 1_000_000
+        seen.append(w.poll())
+    assert seen == [None, True, None, None, None, False, True]
+    free[0] = 400_000_000
+    free[1] = True  # no inodes left: low whatever the bytes say
+    assert w.poll() is None and w.low
+    free[1] = False
+    assert w.poll() is False
+    free[0] = -1  # statvfs failed
+    assert w.poll() is None and not w.low
+    assert FreeSpaceWatch(".", 0, probe=lambda _: (0, True)).poll() is None  # off

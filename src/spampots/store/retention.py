@@ -95,12 +95,13 @@ def prune_segments(
     """Delete closed segments of days that ended before ``cutoff`` (and ``acked``, if given)."""
     root = Path(data_dir) / EVENTS_DIR
     for day in _day_dirs(root, None, None):
-        if _day_end(day.name) > cutoff:
-            break  # sorted: every later day is younger
         try:
+            if _day_end(day.name) > cutoff:
+                break  # sorted: every later day is younger
             entries = sorted(os.scandir(day), key=lambda e: e.name)
-        except FileNotFoundError:
+        except (ValueError, FileNotFoundError):  # not a real date (not ours), or gone meanwhile
             continue
+        gone = st.segments
         for e in entries:
             m = SEGMENT_RE.match(e.name)
             if m is None or not m["zst"] or (sensor is not None and m["sensor"] != sensor):
@@ -127,7 +128,8 @@ def prune_segments(
                 st.days += 1
                 fsync_dir(root)
             except OSError:
-                fsync_dir(day)
+                if st.segments > gone:
+                    fsync_dir(day)
 
 
 def pack_candidates(data_dir: Union[str, Path], cutoff: float) -> list[str]:
