@@ -41,6 +41,7 @@ class Upkeep:
         self.watch = FreeSpaceWatch(data_dir, store.min_free_mb)
         self.keep_days = store.keep_days
         self.prune_first_s, self.prune_every_s = PRUNE_FIRST_S, PRUNE_EVERY_S
+        self.next_prune = 0.0  # loop time of the next retention pass (set by run)
         self.last_prune: Optional[retention.PruneStats] = None
         # Old packs a kept event still named on the last pass: they can only become free
         # when segments go, so without that (or a new candidate) the events are not read again.
@@ -101,13 +102,28 @@ class Upkeep:
         self.last_prune = st
         return st
 
+    async def _prune_pass(self) -> None:
+        try:
+            await self.prune()
+        except Exception:  # a bug, a bad cursor file, a stopping recorder: the next pass retries
+            log.exception("retention pass failed; the next one is due in %g s", self.prune_every_s)
+            self.last_prune = None
+        more = self.last_prune is not None and self.last_prune.more
+        self.next_prune = asyncio.get_running_loop().time() + (POLL_S if more else self.prune_every_s)
+
     async def run(self) -> None:
+        """The floor every POLL_S; retention passes beside it, in their own task, so a long
+        pass (reading the kept events) never delays a free-space check."""
         loop = asyncio.get_running_loop()
-        next_prune = loop.time() + self.prune_first_s
-        while True:
-            await asyncio.sleep(POLL_S)
-            self.poll()
-            if self.keep_days > 0 and loop.time() >= next_prune:
-                await self.prune()
-                more = self.last_prune is not None and self.last_prune.more
-                next_prune = loop.time() + (POLL_S if more else self.prune_every_s)
+        self.next_prune = loop.time() + self.prune_first_s
+        pruning: Optional[asyncio.Task] = None
+        try:
+            while True:
+                await asyncio.sleep(POLL_S)
+                self.poll()
+                if (self.keep_days > 0 and loop.time() >= self.next_prune
+                        and (pruning is None or pruning.done())):
+                    pruning = loop.create_task(self._prune_pass())
+        finally:
+            if pruning is not None:
+                pruning.cancel()
