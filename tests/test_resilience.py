@@ -60,15 +60,21 @@ async def served_promptly(sp, src: str, until: float, every: float = 0.2) -> lis
 
 # -- floods --------------------------------------------------------------------------------
 def test_flood_from_one_source_does_not_starve_another(tmp_path):
+    """One source floods (60 clients at once, half holding their connections); another
+    source's sessions all complete meanwhile, and the flood is held by its own per-source
+    limits. Nothing here depends on how fast the machine is: the victim runs a fixed number
+    of sessions with generous timeouts, and the flood lasts until they are done (and at
+    least FLOOD_MIN attempts). Latency and throughput figures: bench/flood_fairness.py."""
     sp = start_sensor(tmp_path, config="[limits]\nmax_sessions_per_ip = 20\nnew_sessions_per_s_per_ip = 20\n"
                                        "idle_timeout_s = 3\n")
     flooder, victim = "127.0.0.2", "127.0.0.3"
     attempts = Counter()
+    FLOOD_MIN, VICTIM_SESSIONS = 200, 8
 
-    async def flood(until: float, hold: bool) -> None:
-        while time.monotonic() < until:
+    async def flood(done: asyncio.Event, deadline: float, hold: bool) -> None:
+        while time.monotonic() < deadline and not (done.is_set() and sum(attempts.values()) >= FLOOD_MIN):
             try:
-                conn = await connect(sp.port(1080), flooder, timeout=2)
+                conn = await connect(sp.port(1080), flooder, timeout=5)
             except (OSError, asyncio.TimeoutError):
                 attempts["refused"] += 1
                 continue
@@ -77,38 +83,56 @@ def test_flood_from_one_source_does_not_starve_another(tmp_path):
                 await conn.to_eof(timeout=1.0)
             conn.close()
 
-    async def main() -> list[float]:
-        until = time.monotonic() + 4.0
-        floods = [asyncio.ensure_future(flood(until, hold=i % 2 == 0)) for i in range(60)]
+    async def victim_sessions() -> int:
+        served = 0
+        for i in range(VICTIM_SESSIONS):
+            plan = smtp_plan() if i % 2 else smtp_plan("socks5", 1080)
+            result = await asyncio.wait_for(spam_session(sp.port(plan.port), plan, victim, timeout=30), 60)
+            assert result.messages == 1 and result.recipients == 3, result
+            served += 1
+        return served
+
+    async def main() -> int:
+        done = asyncio.Event()
+        deadline = time.monotonic() + 45.0  # a bound for a broken sensor, not a speed target
+        floods = [asyncio.ensure_future(flood(done, deadline, hold=i % 2 == 0)) for i in range(60)]
         await asyncio.sleep(0.3)  # the flood is on
-        latencies = await served_promptly(sp, victim, until - 0.3)
-        await asyncio.gather(*floods)
-        return latencies
+        try:
+            served = await victim_sessions()
+            flooding = sum(not f.done() for f in floods)  # the flood was still running at the end
+            assert flooding == len(floods), flooding
+        finally:
+            done.set()
+            await asyncio.gather(*floods)
+        return served
 
     try:
         t0 = time.time()
-        latencies = asyncio.run(main())
+        assert asyncio.run(main()) == VICTIM_SESSIONS  # every victim session completed under the flood
         elapsed = time.time() - t0
-        assert len(latencies) >= 10 and max(latencies) < 2.0, latencies
-        assert attempts["connected"] > 300, attempts  # it really was a flood
-        hits = [e for e in sp.events("spampots.limit.hit") if e.src_ip == flooder]
-        kinds = Counter(e.limit for e in hits)
-        assert kinds["new_sessions_per_s_per_ip"] > 0 and kinds["max_sessions_per_ip"] > 0, kinds
-        assert not [e for e in sp.events("spampots.limit.hit") if e.src_ip == victim]
-        # per-source limits held: at most 20 at once, at most 20/s (+ a 40-session burst)
-        timeline = sorted((e.ts, 1 if name_of(e) == "spampots.session.open" else -1)
-                          for e in sp.events() if e.src_ip == flooder
-                          and name_of(e) in ("spampots.session.open", "spampots.session.close"))
-        level = peak = 0
-        for _, step in timeline:
-            level += step
-            peak = max(peak, level)
-        admitted = sum(1 for _, step in timeline if step == 1)
-        assert peak <= 20, peak
-        assert admitted <= 20 * elapsed + 40 + 5, (admitted, elapsed)
+        assert sum(attempts.values()) >= FLOOD_MIN, attempts  # it really was a flood
         assert_healthy(sp)
     finally:
-        sp.stop()
+        assert sp.stop() == 0
+    # hits are coalesced per source and limit: a hit event stands for `count` refusals
+    hits = [e for e in sp.events("spampots.limit.hit") if e.src_ip == flooder]
+    refused = Counter()
+    for e in hits:
+        refused[e.limit] += e.count
+    assert refused["max_sessions_per_ip"] > 0, refused  # 30 holders, 20 allowed at once
+    assert not [e for e in sp.events("spampots.limit.hit") if e.src_ip == victim]
+    # per-source limits held: at most 20 at once, at most 20/s (+ a 40-session burst)
+    timeline = sorted((e.ts, 1 if name_of(e) == "spampots.session.open" else -1)
+                      for e in sp.events() if e.src_ip == flooder
+                      and name_of(e) in ("spampots.session.open", "spampots.session.close"))
+    level = peak = 0
+    for _, step in timeline:
+        level += step
+        peak = max(peak, level)
+    admitted = sum(1 for _, step in timeline if step == 1)
+    assert peak <= 20, peak
+    assert admitted <= 20 * elapsed + 40 + 5, (admitted, elapsed)
+    assert admitted + sum(refused.values()) >= attempts["connected"] * 0.9, (admitted, refused, attempts)
 
 
 # -- slow-loris ------------------------------------------------------------------------------

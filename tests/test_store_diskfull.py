@@ -10,32 +10,36 @@ import hashlib
 import os
 import re
 import smtplib
+import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from conftest import start_sensor
-from spampots.events import SmtpMessage
+from spampots.events import LimitHit, SmtpMessage
 from spampots.store import MessageStore, ReadStats, iter_events, iter_segment_files
 
 CONFIG = """
 [sensor]
 summary_interval_s = 1
+[store]
+min_free_mb = 0
 [limits]
 new_sessions_per_s_per_ip = 100000
 max_sessions_per_ip = 1000
 """
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
+def tmpfs(tmp_path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` as <tmp_path>/var (skips the test without root)."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     mnt = tmp_path / "var"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode(errors='replace').strip()}")
     try:
@@ -44,13 +48,26 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
-def _fill(mnt: Path) -> Path:
-    """Take every free byte of the filesystem with one file."""
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    yield from tmpfs(tmp_path, "4m")
+
+
+@pytest.fixture
+def disk_16m(tmp_path: Path) -> Iterator[Path]:
+    yield from tmpfs(tmp_path, "16m")
+
+
+def _fill(mnt: Path, leave: int = 0) -> Path:
+    """Take every free byte of the filesystem (but about ``leave``) with one file."""
     filler = mnt / "filler"
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         for size in (1 << 20, 65536, 4096, 512, 1):
             while True:
+                st = os.statvfs(mnt)
+                if st.f_bavail * st.f_frsize - size < leave:
+                    break
                 try:
                     os.write(fd, b"\0" * size)
                 except OSError:
@@ -143,6 +160,74 @@ def test_full_disk(small_disk: Path, tmp_path: Path) -> None:
     assert st.errors == 0 and st.undecodable == 0
 
 
+def _send_code(port: int, i: int) -> int:
+    """The reply code to the message (250 if taken; DATA's or the body's refusal code)."""
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
+            s.sendmail("spam@bad.example", ["victim@example.com"], _body(i))
+        return 250
+    except smtplib.SMTPDataError as e:
+        return e.smtp_code
+    except (smtplib.SMTPException, OSError):
+        return -1
+
+
+def _until(pred, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_free_space_floor_refuses_mail_and_resumes(disk_16m: Path, tmp_path: Path) -> None:
+    """Below [store] min_free_mb: DATA gets 452 (one log line), the sensor keeps serving,
+    and once there is room again it takes mail without a restart (one more line)."""
+    cfg = CONFIG.replace("min_free_mb = 0", "min_free_mb = 6").replace("[sensor]\n", "[sensor]\nheartbeat_interval_s = 0.5\n")
+    sp = start_sensor(tmp_path / "run", config=cfg, data_dir=disk_16m, args=("--user", ""))
+    port = sp.port(25)
+    acked: set[int] = set()
+    codes: list[int] = []
+    n = iter(range(1, 10**6))
+
+    def send() -> int:
+        i = next(n)
+        code = _send_code(port, i)
+        if code == 250:
+            acked.add(i)
+        return code
+
+    try:
+        assert send() == 250
+        filler = _fill(disk_16m, leave=3 << 20)  # about 3 MB left: below the 6 MB floor, not full
+        assert _until(lambda: send() == 452), "no 452 below the floor"  # within a poll or so
+        for _ in range(40):  # below the floor: every DATA refused, never a 250
+            codes.append(send())
+        assert _until(lambda: any(e.health and e.health.disk_low for e in sp.events("spampots.sensor.heartbeat")))
+        # still serving sessions: a SOCKS5 greeting is answered
+        with socket.create_connection(("127.0.0.1", sp.port(1080)), timeout=10) as c:
+            c.sendall(b"\x05\x01\x00")
+            assert c.recv(2) == b"\x05\x00"
+        filler.unlink()  # room again
+        assert _until(lambda: send() == 250), "no 250 after space was freed"
+        assert send() == 250
+    finally:
+        assert sp.stop(timeout=30) == 0
+    assert codes == [452] * len(codes), codes
+    log = sp.stderr()
+    assert "Traceback" not in log, log[-3000:]
+    assert log.count("below [store] min_free_mb = 6: refusing mail") == 1, log[-3000:]
+    assert log.count("free again: accepting mail") == 1, log[-3000:]
+    hits = [e for e in iter_events(disk_16m) if isinstance(e, LimitHit) and e.limit == "min_free_mb"]
+    assert hits and sum(e.count for e in hits) >= len(codes), hits
+    assert all(e.value == 6 and e.observed < 6 for e in hits)
+    stop = [e for e in iter_events(disk_16m) if type(e).__name__ == "SensorStop"][-1]
+    assert stop.health is not None and not stop.health.disk_low  # resumed
+    stored = {ev.subject for ev in iter_events(disk_16m) if isinstance(ev, SmtpMessage)}
+    assert stored == {f"disk full {i}" for i in acked}
+
+
 def test_rate_limited_log_says_how_many_it_left_out(caplog: pytest.LogCaptureFixture) -> None:
     import logging
 
@@ -163,3 +248,56 @@ def test_rate_limited_log_says_how_many_it_left_out(caplog: pytest.LogCaptureFix
                      "write failed: ENOSPC (and 999 more like it since the last such line)",
                      "1 more like this since the last such line, the last: write failed: ENOSPC"]
     assert rl.total == 1002
+
+
+def test_smtp_refuses_data_below_the_floor_before_the_body() -> None:
+    """Sans-IO: with the budget's disk_low set, DATA itself gets 452 4.3.1 (no 354, no body
+    read), recorded as a min_free_mb limit hit; the session goes on; cleared, DATA is 354."""
+    from spampots.protocols.base import Context
+    from spampots.protocols.budget import MemoryBudget
+    from spampots.protocols.smtp import SmtpServer
+
+    pool = MemoryBudget(1 << 20)
+    smtp = SmtpServer(Context(budget=pool.account()).for_session("192.0.2.1", 1, "127.0.0.1", ""), greet=False)
+    pool.disk_low = (256.0, 12.5)
+    acts = smtp.receive(b"EHLO a\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n")
+    out = b"".join(a for a in acts if isinstance(a, bytes))
+    assert out.endswith(b"452 4.3.1 Insufficient system storage\r\n") and b"354" not in out
+    assert [(h.limit, h.value, h.observed) for h in acts if isinstance(h, LimitHit)] == [("min_free_mb", 256.0, 12.5)]
+    pool.disk_low = None
+    acts = smtp.receive(b"DATA\r\n")
+    assert b"".join(a for a in acts if isinstance(a, bytes)).startswith(b"354 ")
+    acts = smtp.receive(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+    assert [a for a in acts if type(a).__name__ == "Durable"]
+
+
+def test_recorder_call_runs_in_the_writer_thread(tmp_path: Path) -> None:
+    import threading
+
+    from spampots.store import Recorder
+
+    with Recorder(tmp_path / "var", "t") as rec:
+        seen = rec.call_sync(lambda store: (threading.current_thread().name, store.sensor), timeout=10)
+    assert seen == ("spampots-recorder", "t")
+
+
+def test_free_space_watch_has_hysteresis() -> None:
+    """Below the floor: low; back up only at 5% (at least 1 MB) over it, so a disk hovering
+    at the floor does not flip (and log) on every check. 0 is off; an unknown figure changes nothing."""
+    from spampots.store.space import FreeSpaceWatch
+
+    free = [300_000_000, False]
+    w = FreeSpaceWatch(".", 256, probe=lambda _: (free[0], free[1]))
+    seen = []
+    for mb in (300, 255, 257, 260, 268, 269, 255):
+        free[0] = mb * 1_000_000
+        seen.append(w.poll())
+    assert seen == [None, True, None, None, None, False, True]
+    free[0] = 400_000_000
+    free[1] = True  # no inodes left: low whatever the bytes say
+    assert w.poll() is None and w.low
+    free[1] = False
+    assert w.poll() is False
+    free[0] = -1  # statvfs failed
+    assert w.poll() is None and not w.low
+    assert FreeSpaceWatch(".", 0, probe=lambda _: (0, True)).poll() is None  # off

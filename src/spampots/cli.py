@@ -521,9 +521,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .loadgen import cli as loadgen_cli
     from .policy import cli as policy_cli
     from .transport import cli as transport_cli
+    from . import prune as prune_cli
     from . import status as status_cli
 
-    for group in (analysis_cli, policy_cli, loadgen_cli, transport_cli, status_cli):
+    for group in (analysis_cli, policy_cli, loadgen_cli, transport_cli, status_cli, prune_cli):
         group.register(sub)
     return p
 

@@ -111,6 +111,8 @@ class StoreSection(_Base):
     fsync: bool = True
     segment_max_mb: float = 64.0
     segment_max_age_s: float = 3600.0
+    min_free_mb: float = 256.0  # below this much free space mail is refused with 452 4.3.1; 0 = off
+    keep_days: float = 0.0  # delete closed data older than this many days; 0 = keep forever
 
 
 class MetricsSection(_Base):
@@ -337,6 +339,8 @@ _FLOORS: dict[str, tuple[float, str]] = {
     "limits.limit_hit_interval_s": (0.1, ">="),  # below it coalescing would no longer bound the events
     "store.segment_max_mb": (1.0, ">="),
     "store.segment_max_age_s": (1.0, ">="),
+    "store.min_free_mb": (0.0, ">="),  # 0: no floor
+    "store.keep_days": (0.0, ">="),  # 0: keep forever
 }
 # Ceilings for delays a client waits out: an hour is already absurd, and keeps them finite.
 _CEILINGS: dict[str, float] = {
@@ -463,6 +467,8 @@ trusted = []                # e.g. ["127.0.0.1", "10.0.0.0/8"]: front ends allow
 fsync = true                # a 250 after DATA is sent only once message and event are fsynced
 segment_max_mb = 64         # at least 1
 segment_max_age_s = 3600    # at least 1
+min_free_mb = 256           # below this much free space in the data dir, mail gets 452 4.3.1; 0 = off
+keep_days = 0               # delete closed events and message packs older than this; 0 = keep forever
 
 [metrics]                   # Prometheus endpoint (GET /metrics) in the sensor process
 enable = false              # also `spampots run --metrics PORT`

@@ -72,6 +72,7 @@ class Health(msgspec.Struct, kw_only=True):
     disk_free_bytes: int = -1  # in the data dir; -1: unknown
     ship_backlog_bytes: int = -1  # not yet acked by the broker; -1: no transport
     ship_last_ack_age_s: float = -1.0  # since the broker's last ack; -1: none yet, or no transport
+    disk_low: bool = False  # below [store] min_free_mb: DATA is answered 452 until there is room
 
 
 class SensorStart(Event, tag="spampots.sensor.start"):

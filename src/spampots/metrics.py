@@ -95,6 +95,8 @@ def disk_free_bytes(path: str | os.PathLike = ".") -> int:
 
 def sensor_health(sensor: "Sensor") -> Health:
     h = Health(sessions_open=len(sensor.sessions), disk_free_bytes=disk_free_bytes("."))
+    upkeep = getattr(sensor, "upkeep", None)
+    h.disk_low = bool(upkeep is not None and upkeep.watch.low)
     rec = sensor.recorder
     if rec is not None:
         st = rec.stats
@@ -186,6 +188,8 @@ class SensorMetrics:
         yield _gauge("spampots_sessions_open", "Sessions open now.", h.sessions_open)
         yield _gauge("spampots_disk_free_bytes", "Free bytes in the data dir (for an unprivileged writer).",
                      h.disk_free_bytes)
+        yield _gauge("spampots_disk_low", "1 while the data dir is below [store] min_free_mb and mail "
+                     "is refused (452).", int(h.disk_low))
         if s.recorder is not None:
             yield _gauge("spampots_recorder_queue_depth",
                          "Events and messages waiting for the store's writer thread.", h.recorder_queue)

@@ -157,7 +157,8 @@ def report(data_dir: Path, sensor: str, *, min_free_mb: float, ship_stale_s: flo
     if free >= 0:
         lines.append(f"disk: {_mb(free)} free in {data_dir} (floor {min_free_mb:g} MB)")
         if free < min_free_mb * 1e6:
-            bad.append(f"disk: {_mb(free)} free in {data_dir}, below the floor of {min_free_mb:g} MB")
+            bad.append(f"disk: {_mb(free)} free in {data_dir}, below the floor of {min_free_mb:g} MB "
+                       "(a sensor with this [store] min_free_mb refuses mail with 452 until there is room)")
     lines += _shipping(data_dir, sensor, st, now, ship_stale_s, shipping, bad)
     return lines, bad
 
@@ -226,7 +227,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="sensor id (default: the config's, else the only sensor in the data dir, "
                         "else the host name)")
     p.add_argument("--min-free-mb", type=float, default=None,
-                   help=f"unhealthy below this much free space in the data dir (default {DEFAULT_MIN_FREE_MB:g})")
+                   help="unhealthy below this much free space in the data dir (default: the config's "
+                        f"[store] min_free_mb, where the sensor refuses mail; {DEFAULT_MIN_FREE_MB:g} when that is 0)")
     p.add_argument("--ship-stale-s", type=float, default=DEFAULT_SHIP_STALE_S,
                    help="with shipping: unhealthy when bytes wait and nothing was acked for this long "
                         f"(default {DEFAULT_SHIP_STALE_S:g})")

@@ -14,6 +14,7 @@ Plain accounting, sans-IO: no clock, no I/O, no locks (one event loop).
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 __all__ = ["Account", "MemoryBudget", "unlimited"]
 
@@ -21,7 +22,7 @@ __all__ = ["Account", "MemoryBudget", "unlimited"]
 class MemoryBudget:
     """Bytes all sessions together may hold; ``used`` is what they hold now."""
 
-    __slots__ = ("limit", "used", "refused")
+    __slots__ = ("limit", "used", "refused", "disk_low")
 
     def __init__(self, limit: float) -> None:
         if not (limit > 0):  # also refuses NaN
@@ -29,6 +30,10 @@ class MemoryBudget:
         self.limit = limit
         self.used = 0
         self.refused = 0  # reservations turned down, for the summary and tests
+        # The glue's free-space watch sets this below ``[store] min_free_mb``: then there is
+        # no room for bodies either, and DATA gets the same 452 before any body is read.
+        # (min_free_mb, free MB now) while low, None otherwise.
+        self.disk_low: Optional[tuple[float, float]] = None
 
     def account(self) -> "Account":
         return Account(self)

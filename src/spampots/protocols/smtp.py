@@ -37,7 +37,8 @@ capture over pedantry where the two differ):
 * A DATA body is held in memory against the sensor's memory budget
   (``ctx.budget``). When the budget is spent the body is read to its end
   marker but not kept, and answered ``452 4.3.1`` (try later), as a full
-  queue is by Postfix.
+  queue is by Postfix. Below the data dir's free-space floor (the glue sets
+  ``budget.pool.disk_low``) DATA itself gets that ``452``, before any body.
 * Error replies use Postfix's texts for every persona; the persona table
   styles the banner, greeting, 250/354/221/214 texts and the queue id.
 * Close reasons: QUIT -> ``client_eof``, limits -> ``limit``, too many errors
@@ -713,6 +714,10 @@ class SmtpServer:
             return self._refuse("smtp.bad_sequence", "need_mail", line)
         if not self._rcpts:
             return self._refuse("smtp.bad_sequence", "need_rcpt", line)
+        low = self.ctx.budget.pool.disk_low
+        if low is not None:  # the data dir is below its free-space floor: refuse before the body
+            self._emit(limit_event("min_free_mb", low[0], low[1]))
+            return self._say("no_room")
         self._say("data")
         self._state = _DATA
         self._body = bytearray()

@@ -35,6 +35,7 @@ from ..metrics import MetricsEndpoint, Tally, is_loopback, sensor_figures
 from . import privileges, tlscert
 from .limits import ConnectionGate, HitCoalescer, ProgressOrder, plan_descriptors, raise_nofile
 from .session import Session
+from .upkeep import Upkeep
 
 log = logging.getLogger("spampots.sensor")
 
@@ -97,6 +98,7 @@ class Sensor:
         self.tally = Tally()  # per listener port and protocol, errors and limits by kind (metrics)
         self.shipper = None  # the Shipper, when [transport.nats] is set
         self.metrics: Optional[MetricsEndpoint] = None
+        self.upkeep: Optional[Upkeep] = None  # made with the listeners' budget (_runtimes)
         self.listeners: list[ListenerRuntime] = []
         self.failed: list[Listener] = []
         self.started_at = time.time()
@@ -221,6 +223,7 @@ class Sensor:
         limits = self.cfg.protocol_limits()
         # one memory budget for every listener; each session opens its own account on it
         budget = MemoryBudget(self.cfg.limits.memory_budget_mb * 2**20).account()
+        self.upkeep = Upkeep(self, budget.pool)  # the free-space floor refuses mail through it
         out = []
         for lst in self.cfg.listeners:
             speaks_first = lst.kind in ("smtp", "submission", "smtps")  # smtps: the handshake, at once
@@ -371,6 +374,9 @@ class Sensor:
             except (OSError, RuntimeError) as exc:  # e.g. another writer holds this sensor's packs
                 self.recorder = None  # type: ignore[assignment]
                 raise StartupError(f"cannot open the store in {data_dir}: {exc}") from None
+            if self.upkeep is not None:
+                self.upkeep.shown_dir = data_dir
+                self.upkeep.poll()  # below the floor already: refuse mail from the first session
             for rt in self.listeners:
                 assert rt.server is not None
                 await rt.server.start_serving()
@@ -396,10 +402,13 @@ class Sensor:
         )))
         self._tell_started(data_dir)
         ticker = self.loop.create_task(self._tick())
+        upkeep = self.loop.create_task(self.upkeep.run()) if self.upkeep is not None else None
         shipping = self._start_shipper()
         await self._start_metrics()  # after the shipper: its figures are there from the first scrape
         await self._stop.wait()
         ticker.cancel()
+        if upkeep is not None:
+            upkeep.cancel()
         await self._shutdown(limits)
         if shipping is not None:
             # Store and forward: everything is already on local disk; the shipper

@@ -195,6 +195,7 @@ class MessageStore:
         self._dirty = False
         self._dirs_to_sync: list[Path] = []
         self._foreign: set[str] = set()  # packs of dedup hits, fsynced on our next sync()
+        self.hit_packs: set[str] = set()  # packs of dedup hits since retention last cleared it
         self._sync_error: Optional[OSError] = None
         self._closed = False
         if readonly:
@@ -407,6 +408,7 @@ class MessageStore:
             if self._intact(sha, loc):
                 if loc.pack != self._pack:
                     self._foreign.add(loc.pack)  # maybe not yet fsynced by its writer
+                    self.hit_packs.add(loc.pack)  # named again: retention keeps it (retention.py)
                 return sha, False
             log.warning("index row for %s points at bad bytes: storing the body again", sha)
         comp = self._cctx.compress(body)
@@ -495,6 +497,13 @@ class MessageStore:
                 self.fsyncs += 1
             finally:
                 os.close(fd)
+
+    def forget_pack(self, name: str) -> None:
+        """Retention deleted ``name`` (its index rows first): close our reader of it."""
+        fd = self._readers.pop(name, None)
+        if fd is not None:
+            os.close(fd)
+        self._foreign.discard(name)
 
     # -- reading ---------------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ import time
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from ..events import Event, SmtpMessage, encode
 from .messages import MessageStore
@@ -47,7 +47,8 @@ _IDLE_TICK_S = 0.5  # how often an idle writer checks segment age
 _PLAIN_SYNC_S = 0.05  # the longest plain events stay queued, or written but not synced
 _PLAIN_MAX_QUEUED = 1024  # plain events that wake the writer before the tick
 _FAIL_LOG_S = 10.0  # one log line per failure kind per this many seconds (a full disk fails every batch)
-_EVENT, _DURABLE, _BARRIER, _CLOSE = range(4)  # kinds >= _DURABLE need a sync before they resolve
+# kinds _DURABLE.._CLOSE need a sync before they resolve; _CALL runs a function in the writer thread
+_EVENT, _DURABLE, _BARRIER, _CLOSE, _CALL = range(5)
 
 
 class LatencyHistogram:
@@ -116,7 +117,7 @@ class _SyncWaiter:
 
 
 class _Item:
-    __slots__ = ("kind", "line", "event", "body", "fut", "loop", "waiter", "result", "exc")
+    __slots__ = ("kind", "line", "event", "body", "fut", "loop", "waiter", "result", "exc", "fn")
 
     def __init__(
         self,
@@ -128,8 +129,9 @@ class _Item:
         fut: Optional[asyncio.Future] = None,
         loop: Optional[asyncio.AbstractEventLoop] = None,
         waiter: Optional[_SyncWaiter] = None,
+        fn: Optional[Callable[[MessageStore], Any]] = None,
     ) -> None:
-        self.kind, self.line, self.event, self.body = kind, line, event, body
+        self.kind, self.line, self.event, self.body, self.fn = kind, line, event, body, fn
         self.fut, self.loop, self.waiter = fut, loop, waiter
         self.result: Any = None
         self.exc: Optional[BaseException] = None
@@ -338,6 +340,19 @@ class Recorder:
         self._put(_Item(_DURABLE, event=event, body=bytes(body), waiter=waiter), blocking=True)
         return waiter.wait(timeout)
 
+    def call(self, fn: Callable[[MessageStore], Any]) -> "asyncio.Future[Any]":
+        """Run ``fn(store)`` in the writer thread, between two batches (nothing is put
+        meanwhile); the future gives its result. Keep it short: 250s wait behind it."""
+        loop = self._loop or asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._put(_Item(_CALL, fn=fn, fut=fut, loop=loop))
+        return fut
+
+    def call_sync(self, fn: Callable[[MessageStore], Any], timeout: Optional[float] = None) -> Any:
+        waiter = _SyncWaiter()
+        self._put(_Item(_CALL, fn=fn, waiter=waiter), blocking=True)
+        return waiter.wait(timeout)
+
     @property
     def stats(self) -> RecorderStats:
         """A snapshot of the counters."""
@@ -362,6 +377,7 @@ class Recorder:
                     self._rotate()
                     continue
                 self._commit(batch)
+                self._calls(batch)
                 close = next((it for it in batch if it.kind == _CLOSE), None)
                 if close is not None:
                     self._shutdown(close)
@@ -415,7 +431,7 @@ class Recorder:
         assert store is not None and seg is not None
         durable = [it for it in batch if it.kind == _DURABLE]
         # Only messages, flushes and closes are waited on; plain events ride along.
-        must_sync = self._fsync and any(it.kind >= _DURABLE for it in batch)
+        must_sync = self._fsync and any(_DURABLE <= it.kind <= _CLOSE for it in batch)
         if durable:
             try:
                 with store.batch():
@@ -447,7 +463,18 @@ class Recorder:
         if must_sync and not lines and batch_exc is None:
             batch_exc = self._sync_segment()  # a flush: earlier plain events may be unsynced
         st.batches += 1
-        self._resolve([it for it in batch if it.kind != _CLOSE], batch_exc)
+        self._resolve([it for it in batch if it.kind < _CLOSE], batch_exc)
+
+    def _calls(self, batch: list[_Item]) -> None:
+        calls = [it for it in batch if it.kind == _CALL]
+        for it in calls:
+            try:
+                it.result = it.fn(self._store)  # type: ignore[misc]
+            except Exception as e:
+                it.exc = e
+                log.error("store maintenance failed: %r", e)
+        if calls:
+            self._resolve(calls, None)
 
     def _store_bodies(self, store: MessageStore, durable: list[_Item]) -> None:
         """Put each body (its failure is its own), then fsync the pack once for all of them."""

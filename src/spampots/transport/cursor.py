@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import BinaryIO, Optional
+from typing import BinaryIO, Callable, Optional
 
 import msgspec
 import zstandard
@@ -64,6 +64,24 @@ def mark_done(cur: Cursor, seg: str, pending: list[str]) -> Cursor:
     since = max(since, cur.since_day)
     return Cursor(segment="", offset=0, since_day=since,
                   done=sorted((d for d in done if d.partition("/")[0] >= since), key=segment_key))
+
+
+def is_acked(cur: Cursor, seg: str) -> bool:
+    """Whether the broker acknowledged all of segment ``seg`` (``<day>/<stem>``): what
+    retention may delete when shipping is on."""
+    return seg.partition("/")[0] < cur.since_day or seg in cur.done
+
+
+def acked_checker(cursor_path: Path, sensor: str) -> "Callable[[Path], bool]":
+    """For retention: a segment file of ``sensor`` the broker has acknowledged, per the cursor
+    on disk now (none yet: nothing is acknowledged). Other sensors' segments: never."""
+    cur = load_cursor(cursor_path)
+
+    def acked(path: Path) -> bool:
+        m = SEGMENT_RE.match(path.name)
+        return m is not None and m["sensor"] == sensor and is_acked(cur, segment_id(path))
+
+    return acked
 
 
 def load_cursor(path: Path) -> Cursor:
