@@ -214,7 +214,7 @@ def test_index(data: Path, tmp_path: Path) -> None:
     assert doc["networks"][0] == {
         "rank": 1, "network": "AS22548", "as_number": 22548, "as_name": "NIC.br", "countries": ["BR"], "ips": 2,
         "sessions": 4, "emails": 5, "recipients": 17, "first_seen": "2026-01-05T10:00:02Z",
-        "last_seen": "2026-02-10T10:00:03Z", "files": "AS22548"}
+        "last_seen": "2026-02-10T10:00:03Z", "files": "AS22548", "contact": ""}
 
 
 def test_default_body(data: Path, tmp_path: Path) -> None:
@@ -319,8 +319,8 @@ def test_cli(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert [(r["network"], r["emails"], r["first_day"]) for r in doc["tables"]["notify_networks"]["rows"]] == \
         [("BR", 5, "2026-01-05"), ("US", 2, "2026-01-05")]
     assert doc["meta"]["title"] == "spampots notify"
-    assert sorted(p.name for p in out.iterdir()) == ["BR.csv", "BR.json", "BR.txt", "US.csv", "US.json", "US.txt",
-                                                     "index.csv", "index.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["BR.csv", "BR.eml", "BR.json", "BR.txt", "US.csv", "US.eml",
+                                                     "US.json", "US.txt", "index.csv", "index.json"]
     assert "To the abuse team of US\n" in (out / "US.txt").read_text()
     # the terminal summary, nothing written without --out
     assert policy_main(["notify", "--data-dir", var, "--asn-db", tsv, "--min-emails", "0"]) == 0

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 # Shared with `spampots report`: the same options mean the same thing.
 from spampots.analysis.cli import (_common, _count, _data_dir, add_selection, check_store, describe_filters,
@@ -17,6 +18,10 @@ if TYPE_CHECKING:
     import duckdb
 
     from spampots.analysis.enrich import Enricher
+
+    from .contacts import Contacts
+    from .notify import Notification
+    from .send import Relay
 
 
 def _positive(s: str) -> int:
@@ -63,6 +68,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     n.add_argument("--template", type=Path, metavar="FILE",
                    help="the notification template (string.Template $placeholders; default: the packaged one)")
     n.add_argument("--no-compact", action="store_true", help="do not compact closed segments first")
+    r = n.add_argument_group("reports ready to send (with --out: <network>.eml per network)")
+    r.add_argument("--report", choices=("arf", "xarf"), default="arf",
+                   help="format of <network>.eml: RFC 5965 ARF (default) or X-ARF v0.2")
+    r.add_argument("--sample", choices=("rfc822", "headers"), default="rfc822",
+                   help="enclose the sample message whole (message/rfc822, default) or its headers only")
+    r.add_argument("--reporter", metavar="ADDRESS",
+                   help="From: of the reports (default: the relay's sender, else spampots@localhost)")
+    r.add_argument("--contacts", type=Path, metavar="FILE",
+                   help="CSV of network,address rows (AS64500 or a CIDR, an abuse address): the recipients")
+    r.add_argument("--send", action="store_true",
+                   help="submit the reports through the relay (STARTTLS, AUTH), once per network and period")
+    r.add_argument("--relay-config", type=Path, metavar="FILE",
+                   help="TOML with a [relay] table; SPAMPOTS_RELAY_* variables override it (never the password "
+                        "on the command line)")
     n.set_defaults(func=cmd_notify)
 
 
@@ -128,14 +147,28 @@ def cmd_notify(args: argparse.Namespace) -> int:
     except notify.TemplateError as e:
         print(f"{prog}: --template {args.template or '(packaged)'}: {e}", file=sys.stderr)
         return 2
+    prepared = _prepare_reports(args, prog)
+    if prepared is None:
+        return 2
+    book, relay = prepared
     opened = _open(args, prog)
     if opened is None:
         return 2
     con, enricher = opened
+    from .arf import ArfOptions
+
+    reporter = args.reporter or (relay.sender if relay else "") or "spampots@localhost"
+    store = _message_reader(data_dir) if args.out else None
     opts = notify.Options(by=args.by, min_emails=args.min_emails, top=args.top, evidence=args.evidence,
-                          body_ips=args.body_ips)
+                          body_ips=args.body_ips,
+                          arf=ArfOptions(report=args.report, sample=args.sample, reporter=reporter,
+                                         read_sample=store))
     note = notify.collect(con, enricher=enricher, opts=opts, days=(args.day_from, args.day_to))
     note.meta.update(data_dir=str(data_dir), filters=describe_filters(args))
+    if book is not None:
+        for net in note.networks:
+            net.contacts = book.for_ips(net.ip_rows)
+        note.meta["contacts"] = str(args.contacts)
     if args.out:
         notify.write(args.out, note, template, opts, quiet=args.quiet)
     if not note.networks:
@@ -152,7 +185,90 @@ def cmd_notify(args: argparse.Namespace) -> int:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     if args.out and not args.quiet:
         print(f"{prog}: wrote {len(note.networks):,} network reports and the index into {args.out}", file=sys.stderr)
+    if args.send:
+        assert relay is not None and args.out is not None
+        return _send(note, relay, args.out, prog)
     return 0
+
+
+def _prepare_reports(args: argparse.Namespace, prog: str) -> Optional[tuple[Optional["Contacts"], Optional["Relay"]]]:
+    """The contacts and relay settings, checked before any lake work; None after saying why not."""
+    from .contacts import ContactsError, load, valid_address
+    from .send import RelayError, load_relay
+
+    if args.reporter is not None and not valid_address(args.reporter):
+        print(f"{prog}: --reporter must be a plain address (user@domain)", file=sys.stderr)
+        return None
+    book = relay = None
+    if args.contacts is not None:
+        try:
+            book = load(args.contacts)
+        except ContactsError as e:
+            print(f"{prog}: --contacts {args.contacts}: {e}", file=sys.stderr)
+            return None
+    if args.send:
+        if args.out is None or book is None:
+            print(f"{prog}: --send needs --out DIR (the reports it sends) and --contacts FILE (their recipients)",
+                  file=sys.stderr)
+            return None
+        try:
+            relay = load_relay(args.relay_config)
+        except RelayError as e:
+            print(f"{prog}: relay: {e}", file=sys.stderr)
+            return None
+    return book, relay
+
+
+def _message_reader(data_dir: Path) -> Callable[[str], Optional[bytes]]:
+    """sha256 -> the stored message, None when the store does not have it (or cannot be read)."""
+    from spampots.store.messages import MessageStore
+
+    store: list[Optional[MessageStore]] = []
+
+    def read(sha: str) -> Optional[bytes]:
+        if not store:  # opened on first use: a store without messages is no error
+            try:
+                store.append(MessageStore(data_dir, readonly=True))
+            except (OSError, ValueError, RuntimeError, sqlite3.Error):
+                store.append(None)
+        try:
+            return store[0].get(sha) if store[0] is not None else None
+        except (KeyError, OSError, ValueError):  # CorruptRecord is a ValueError
+            return None
+    return read
+
+
+def _send(note: "Notification", relay: "Relay", out: Path, prog: str) -> int:
+    """Exit 0 when every report with a recipient went (or had gone before), 1 otherwise."""
+    import smtplib
+    import ssl
+
+    from .send import Outgoing, RelayError, SentLog, send_all
+
+    period = tuple(d.isoformat() if d else "" for d in note.period)
+    items = []
+    for n in note.networks:
+        if not n.contacts:
+            continue
+        raw = (out / f"{n.stem}.eml").read_bytes()
+        mid = next((ln.split(b":", 1)[1].strip().decode() for ln in raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+                    if ln.lower().startswith(b"message-id:")), "")
+        items.append(Outgoing(n.key, period, n.contacts, raw, mid))  # type: ignore[arg-type]
+    try:
+        log = SentLog(Path(relay.sent_log))
+    except (OSError, RelayError) as e:
+        print(f"{prog}: sent log: {e}", file=sys.stderr)
+        return 1
+    try:
+        res = send_all(items, relay, log, say=lambda s: print(f"{prog}: {s}", file=sys.stderr))
+    except (OSError, smtplib.SMTPException, ssl.SSLError, RelayError) as e:
+        print(f"{prog}: relay {relay.host}:{relay.port}: {e} (the sent log holds what went)", file=sys.stderr)
+        return 1
+    finally:
+        log.close()
+    print(f"{prog}: sent {len(res.sent):,}, already sent before {len(res.skipped):,}, refused "
+          f"{len(res.failed):,}; sent log {relay.sent_log}", file=sys.stderr)
+    return 1 if res.failed else 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -48,12 +48,13 @@ BASES: dict[str, tuple[str, str]] = {
         """WITH u AS (
               SELECT session, ip_key, src_ip, src_port, ts, listener_port, depth, 'request' AS kind,
                      proxy AS hop, upper(command) AS command, target_host, target_port, url,
-                     0 AS emails, 0 AS rcpts, NULL::VARCHAR AS helo, NULL::VARCHAR AS subject
+                     0 AS emails, 0 AS rcpts, NULL::VARCHAR AS helo, NULL::VARCHAR AS subject,
+                     NULL::VARCHAR AS mail_from, NULL::VARCHAR AS sha256
               FROM proxy_request
               UNION ALL
               SELECT session, ip_key, src_ip, src_port, ts, listener_port, depth, 'email',
                      CASE WHEN proxy <> '' THEN proxy WHEN submission THEN 'submission' ELSE 'smtp' END,
-                     'MAIL', target_host, target_port, NULL, 1, n_rcpts, helo, subject
+                     'MAIL', target_host, target_port, NULL, 1, n_rcpts, helo, subject, mail_from, sha256
               FROM smtp_message)
             , s AS (SELECT session, arg_min(hop, (depth, ts)) AS protocol FROM u GROUP BY session)
             SELECT u.*, s.protocol FROM u JOIN s USING (session)"""),
@@ -113,6 +114,15 @@ BASES: dict[str, tuple[str, str]] = {
                   r.target_host AS target_host, r.target_port AS target_port, r.url AS url, r.rcpts AS rcpts,
                   r.helo AS helo, r.subject AS subject
            FROM ranked WHERE rn <= {evidence} ORDER BY network, ts, ip_key"""),
+    "nf_sample": (
+        "The sample message of each network, for the ARF report's third part: its earliest email (ties by "
+        "session, then IP): time, source IP and port, envelope sender, HELO and the body's SHA-256 in the "
+        "message store.",
+        """SELECT p.network, min_by(struct_pack(ts := u.ts, src_ip := u.src_ip, src_port := u.src_port,
+                                                 mail_from := u.mail_from, helo := u.helo, sha256 := u.sha256),
+                                     (u.ts, u.session, u.ip_key)) AS s
+           FROM nf_uses u JOIN nf_ips p USING (ip_key) JOIN nf_networks n USING (network)
+           WHERE u.kind = 'email' GROUP BY p.network"""),
 }
 NETWORK_KEY = {
     # AS: the number when known, else the name; never the enrichment's private/unknown/invalid markers.
@@ -130,6 +140,7 @@ class Options:
     top: Optional[int] = None  # None: every network
     evidence: int = 5  # evidence lines per network
     body_ips: int = 50  # IPs listed in the text body (the CSV/JSON have all)
+    arf: Optional[Any] = None  # arf.ArfOptions: also write <stem>.eml, a report ready to send
 
 
 @dataclass
@@ -149,6 +160,8 @@ class Network:
     services: list[dict[str, Any]] = field(default_factory=list)
     evidence: list[dict[str, Any]] = field(default_factory=list)
     stem: str = ""  # file name stem, set by assign_stems
+    sample: Optional[dict[str, Any]] = None  # nf_sample: the earliest email (ts, src_ip, sha256...)
+    contacts: list[str] = field(default_factory=list)  # abuse addresses (policy/contacts.py), set by the caller
 
 
 @dataclass
@@ -193,6 +206,8 @@ def collect(con: duckdb.DuckDBPyConnection, *, enricher: Enricher, opts: Options
         nets[r.pop("network")].services.append(r)
     for r in _dicts(con, "SELECT * EXCLUDE (ip_key) FROM nf_evidence"):
         nets[r.pop("network")].evidence.append(r)
+    for r in _dicts(con, "SELECT * FROM nf_sample"):
+        nets[r["network"]].sample = r["s"]
 
     first, last = con.execute("SELECT min(ts), max(ts) FROM nf_uses").fetchone()
     nl = con.execute("""SELECT count(*), coalesce(sum(sessions), 0), coalesce(sum(emails), 0)
@@ -403,7 +418,7 @@ def body(template: string.Template, n: Network, note: Notification, opts: Option
 IP_COLUMNS = ["ip", "first_seen", "last_seen", "sessions", "emails", "recipients", "our_ports", "protocols",
               "target_ports", "as_number", "as_name", "country"]
 INDEX_COLUMNS = ["rank", "network", "as_number", "as_name", "countries", "ips", "sessions", "emails",
-                 "recipients", "first_seen", "last_seen", "files"]
+                 "recipients", "first_seen", "last_seen", "files", "contact"]
 
 
 def _ip_record(r: dict[str, Any]) -> dict[str, Any]:
@@ -425,7 +440,7 @@ def _index_record(n: Network) -> dict[str, Any]:
     return {"rank": n.rank, "network": n.key, "as_number": n.as_number, "as_name": n.as_name,
             "countries": n.countries, "ips": n.ips, "sessions": n.sessions, "emails": n.emails,
             "recipients": n.rcpts, "first_seen": utc(n.first_seen), "last_seen": utc(n.last_seen),
-            "files": n.stem}
+            "files": n.stem, "contact": " ".join(n.contacts)}
 
 
 def network_json(n: Network, note: Notification, generated: str) -> dict[str, Any]:
@@ -467,9 +482,11 @@ def _write_json(path: Path, doc: Any) -> None:
 
 def write(out: Path, note: Notification, template: string.Template, opts: Options = Options(), *,
           now: Optional[dt.datetime] = None, quiet: bool = True) -> list[Path]:
-    """Write <stem>.csv, <stem>.json, <stem>.txt per network and index.csv/index.json into `out`
-    (created if missing). Returns the paths written."""
+    """Write <stem>.csv, <stem>.json, <stem>.txt (and <stem>.eml with `opts.arf`, policy/arf.py) per
+    network and index.csv/index.json into `out` (created if missing). Returns the paths written."""
     generated = utc(now) if now else note.meta.get("generated") or utc(dt.datetime.now(dt.timezone.utc))
+    made = (now.replace(tzinfo=dt.timezone.utc) if now and now.tzinfo is None else now) or \
+        dt.datetime.now(dt.timezone.utc)
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
     with progress.bar("writing reports", total=len(note.networks), quiet=quiet) as tick:
@@ -477,8 +494,14 @@ def write(out: Path, note: Notification, template: string.Template, opts: Option
             base = out / n.stem
             _write_csv(base.with_name(n.stem + ".csv"), IP_COLUMNS, [_ip_record(r) for r in n.ip_rows])
             _write_json(base.with_name(n.stem + ".json"), network_json(n, note, generated))
-            base.with_name(n.stem + ".txt").write_text(body(template, n, note, opts, generated), encoding="utf-8")
+            text = body(template, n, note, opts, generated)
+            base.with_name(n.stem + ".txt").write_text(text, encoding="utf-8")
             paths += [base.with_name(n.stem + s) for s in (".csv", ".json", ".txt")]
+            if opts.arf is not None:
+                from . import arf
+
+                paths.append(base.with_name(n.stem + ".eml"))
+                paths[-1].write_bytes(arf.build(n, note, text, opts.arf, made))
             tick()
     index = [_index_record(n) for n in note.networks]
     _write_csv(out / "index.csv", INDEX_COLUMNS, index)
@@ -501,12 +524,18 @@ def summary(note: Notification) -> Report:
             Column("countries", "Countries"), Column("ips", "IPs", "int"), Column("sessions", "Sessions", "int"),
             Column("emails", "Emails", "int"), Column("recipients", "Recipients", "int"),
             Column("first_day", "First day (UTC)", "date"), Column("last_day", "Last day (UTC)", "date"),
-            Column("files", "Files")]
+            Column("files", "Files"), Column("contact", "Contact")]
     # by AS name (no --asn-db) the name is the key: not shown twice
     rows = [(n.rank, n.key, n.as_name if n.as_name != n.key else "", ", ".join(n.countries), n.ips, n.sessions,
-             n.emails, n.rcpts, n.first_seen.date(), n.last_seen.date(), n.stem) for n in note.networks]
+             n.emails, n.rcpts, n.first_seen.date(), n.last_seen.date(), n.stem, " ".join(n.contacts))
+            for n in note.networks]
     nl = note.not_located
     notes = []
+    if note.meta.get("contacts"):
+        lost = [neutralise(n.key) for n in note.networks if not n.contacts]
+        if lost:
+            notes.append(f"{len(lost):,} networks have no abuse contact in {note.meta['contacts']} and are not "
+                         "mailed: " + ", ".join(lost) + ".")
     if nl["ips"]:
         notes.append(f"{nl['ips']:,} source IPs ({nl['emails']:,} emails) are in no network (private, reserved "
                      "or not located) and are not notified.")
