@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import json
-import re
 import uuid
 from dataclasses import dataclass
 from email.charset import QP, Charset
@@ -33,6 +32,7 @@ from typing import Any, Callable, Optional
 
 from spampots import __version__
 
+from .contacts import valid_address
 from .notify import Network, Notification, network_name, neutralise, utc
 
 REPORTS = ("arf", "xarf")
@@ -44,7 +44,6 @@ XARF_SCHEMA = "http://www.x-arf.org/schema/abuse_mail-spam_0.1.0.json"
 _POLICY = compat32.clone(linesep="\r\n")
 _UTF8_QP = Charset("utf-8")
 _UTF8_QP.body_encoding = QP
-_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+")
 
 
 @dataclass
@@ -128,9 +127,8 @@ def _feedback_fields(n: Network, note: Notification) -> list[tuple[str, str]]:
         fields.append(("Original-Mail-From", _angle(s["mail_from"])))
     fields += [("Arrival-Date", _date(s.get("ts") or n.first_seen)), ("Source-IP", neutralise(ip)),
                ("Incidents", str(max(n.emails, 1)))]
-    domain = (s.get("mail_from") or "").rpartition("@")[2]
-    if _HOST.fullmatch(domain or ""):
-        fields.append(("Reported-Domain", domain.lower()))
+    if valid_address(s.get("mail_from") or ""):  # a plain address only: no domain after an injected line
+        fields.append(("Reported-Domain", s["mail_from"].rpartition("@")[2].lower()))
     return fields
 
 

@@ -182,7 +182,7 @@ def send_all(items: list[Outgoing], relay: Relay, log: SentLog, *, sleep: Callab
                 res.failed.append((item.network, str(e)))
                 say(f"{item.network}: refused by the relay: {e}")
                 continue
-            log.add((item.network, *item.period), to=item.recipients, message_id=item.message_id,
+            log.add((item.network, *item.period), recipients=item.recipients, message_id=item.message_id,
                     sent=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
             res.sent.append(item.network)
             say(f"{item.network}: sent to {', '.join(item.recipients)}")
