@@ -184,7 +184,7 @@ class Relay:
 
         def auth(server, session, envelope, mechanism, data):
             ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"reporter", b"s3cret pw")
-            return AuthResult(success=ok)
+            return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 535
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
