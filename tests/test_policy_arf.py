@@ -9,7 +9,6 @@ import json
 import socket
 import ssl
 import subprocess
-import threading
 import time
 from email.message import EmailMessage
 from pathlib import Path
@@ -173,9 +172,16 @@ class Relay:
         ctx.load_cert_chain(self.cert, key)
         self.received: list[tuple[float, str, list[str], bytes, bool]] = []
         self.peers: list[str] = []
+        self.refuse: set[str] = set()  # recipients answered 550
         relay = self
 
         class Handler:
+            async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+                if address in relay.refuse:
+                    return "550 5.1.1 no such mailbox"
+                envelope.rcpt_tos.append(address)
+                return "250 OK"
+
             async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's hook name)
                 relay.peers.append(session.peer[0])
                 relay.received.append((time.monotonic(), envelope.mail_from, list(envelope.rcpt_tos),
@@ -244,6 +250,16 @@ def test_send_refusals(data: Path, tmp_path: Path, relay: Relay, monkeypatch: py
     assert notify(data, tmp_path / "a", "--send", "--relay-config", conf) == 1
     assert relay.received == [] and (tmp_path / "notify-sent.jsonl").read_text() == ""
     capsys.readouterr()
+    # a recipient the relay refuses: the others go, that one is not logged, and the next run tries it again
+    monkeypatch.setenv("SPAMPOTS_RELAY_PASSWORD", "s3cret pw")
+    relay.refuse = {"abuse@nic.example"}
+    assert notify(data, tmp_path / "r1", "--send", "--relay-config", conf) == 1
+    assert "AS22548: refused by the relay" in capsys.readouterr().err
+    assert sorted(r[2][0] for r in relay.received) == ["abuse@evil.example", "cidr@quad9.example"]
+    relay.refuse = set()
+    assert notify(data, tmp_path / "r2", "--send", "--relay-config", conf) == 0
+    assert "sent 1, already sent before 2, refused 0" in capsys.readouterr().err
+    assert [r[2] for r in relay.received[2:]] == [["abuse@nic.example"]]
     # no secrets on the command line, and --send needs contacts and --out
     with pytest.raises(SystemExit):
         notify(data, tmp_path / "b", "--send", "--relay-password", "x")

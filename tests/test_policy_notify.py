@@ -231,7 +231,7 @@ def test_default_body(data: Path, tmp_path: Path) -> None:
             "      8080  http      25                  1       1           2\n") in text
     assert ("  2026-01-05T10:00:03Z  200.160.2.3 port 40000 -> our port 1080/socks5: email to mx.a.example:25, "
             "3 recipients, HELO \"pc1\", subject \"hi\"\n") in text
-    assert "The attached AS22548.csv and AS22548.json" in text
+    assert "The same data, with every address, is in AS22548.csv and AS22548.json\n(attached, or on request)" in text
     assert text.endswith("Report made by spampots on 2026-03-01T12:00:00Z for 2026-01-05 to 2026-02-10 (UTC).\n")
     relay = (tmp_path / "out" / "AS6805.txt").read_text()
     assert "-> our port 25/smtp: email (direct), 4 recipients\n" in relay

@@ -7,7 +7,7 @@ import argparse
 import sqlite3
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 # Shared with `spampots report`: the same options mean the same thing.
 from spampots.analysis.cli import (_common, _count, _data_dir, add_selection, check_store, describe_filters,
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import duckdb
 
     from spampots.analysis.enrich import Enricher
+    from spampots.store.messages import MessageStore
 
     from .contacts import Contacts
     from .notify import Notification
@@ -158,7 +159,7 @@ def cmd_notify(args: argparse.Namespace) -> int:
     from .arf import ArfOptions
 
     reporter = args.reporter or (relay.sender if relay else "") or "spampots@localhost"
-    store = _message_reader(data_dir) if args.out else None
+    store = _MessageReader(data_dir) if args.out else None
     opts = notify.Options(by=args.by, min_emails=args.min_emails, top=args.top, evidence=args.evidence,
                           body_ips=args.body_ips,
                           arf=ArfOptions(report=args.report, sample=args.sample, reporter=reporter,
@@ -170,7 +171,11 @@ def cmd_notify(args: argparse.Namespace) -> int:
             net.contacts = book.for_ips(net.ip_rows)
         note.meta["contacts"] = str(args.contacts)
     if args.out:
-        notify.write(args.out, note, template, opts, quiet=args.quiet)
+        try:
+            notify.write(args.out, note, template, opts, quiet=args.quiet)
+        finally:
+            if store is not None:
+                store.close()
     if not note.networks:
         print(f"{prog}: no network to notify in this selection"
               + (f" ({note.meta['filters']})" if note.meta["filters"] else "")
@@ -219,23 +224,32 @@ def _prepare_reports(args: argparse.Namespace, prog: str) -> Optional[tuple[Opti
     return book, relay
 
 
-def _message_reader(data_dir: Path) -> Callable[[str], Optional[bytes]]:
-    """sha256 -> the stored message, None when the store does not have it (or cannot be read)."""
-    from spampots.store.messages import MessageStore
+class _MessageReader:
+    """sha256 -> the stored message, None when the store does not have it (or cannot be read).
+    The store is opened on first use: a selection without email never touches it."""
 
-    store: list[Optional[MessageStore]] = []
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.store: Optional["MessageStore"] = None
+        self.tried = False
 
-    def read(sha: str) -> Optional[bytes]:
-        if not store:  # opened on first use: a store without messages is no error
+    def __call__(self, sha: str) -> Optional[bytes]:
+        from spampots.store.messages import MessageStore
+
+        if not self.tried:
+            self.tried = True
             try:
-                store.append(MessageStore(data_dir, readonly=True))
+                self.store = MessageStore(self.data_dir, readonly=True)
             except (OSError, ValueError, RuntimeError, sqlite3.Error):
-                store.append(None)
+                self.store = None
         try:
-            return store[0].get(sha) if store[0] is not None else None
+            return self.store.get(sha) if self.store is not None else None
         except (KeyError, OSError, ValueError):  # CorruptRecord is a ValueError
             return None
-    return read
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
 
 
 def _send(note: "Notification", relay: "Relay", out: Path, prog: str) -> int:

@@ -365,7 +365,7 @@ def ip_table(n: Network, limit: int = 50) -> str:
     text = _text_table(["IP address", f"First seen ({TIME_ZONE})", f"Last seen ({TIME_ZONE})", "Sessions",
                         "Emails", "Recipients"], rows, {3, 4, 5})
     more = len(n.ip_rows) - len(rows)
-    return text + (f"\n  ... and {more:,} more (see the attached CSV)" if more > 0 else "")
+    return text + (f"\n  ... and {more:,} more (see the CSV)" if more > 0 else "")
 
 
 def services_table(n: Network) -> str:
