@@ -112,7 +112,8 @@ def _outer(msg: Message, n: Network, note: Notification, opts: ArfOptions, now: 
     msg["From"] = opts.reporter
     if n.contacts:
         msg["To"] = ", ".join(n.contacts)
-    msg["Subject"] = _header(f"Abuse report: {network_name(n)}, spam through a honeypot, {first} to {last}")
+    what = "spam through a honeypot" if n.emails else "abuse of a honeypot"  # --min-emails 0: proxy use only
+    msg["Subject"] = _header(f"Abuse report: {network_name(n)}, {what}, {first} to {last}")
     msg["Date"] = email.utils.format_datetime(now)
     domain = opts.reporter.rpartition("@")[2] or "localhost"
     msg["Message-ID"] = email.utils.make_msgid("spampots", domain=domain)
