@@ -9,6 +9,7 @@ configuration can pin any of them.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 from .base import Persona
 
@@ -23,9 +24,18 @@ PROXY_STYLES = HTTP_STYLES + ("wingate", "dante", "mydoom")
 #: such as nmap settle on SOCKS. The rest serve any protocol on any port: CCProxy,
 #: WinGate and 3proxy do so themselves, and for single-protocol HTTP proxies a SOCKS
 #: greeting is a free capture that costs no fingerprint nmap looks for.
-SOCKS_ONLY: dict[str, frozenset[str]] = {
-    "dante": frozenset({"socks4", "socks5"}),
-    "mydoom": frozenset({"socks4"}),
+@dataclass(frozen=True, slots=True)
+class SocksOnly:
+    speaks: frozenset[str]  # "socks4", "socks5"
+    refusal: bytes = b""  # sent to any other first byte before the close
+
+
+SOCKS_ONLY: dict[str, SocksOnly] = {
+    # Dante reads one version byte; anything but 4 or 5 is dropped without a word.
+    "dante": SocksOnly(frozenset({"socks4", "socks5"})),
+    # MyDoom's backdoor proxy (3127) speaks SOCKS4 and refuses anything else with a
+    # SOCKS4-looking reply (nmap-service-probes, probe "mydoom": "MyDoom virus backdoor").
+    "mydoom": SocksOnly(frozenset({"socks4"}), b"\x04\x5b" + bytes(6)),
 }
 
 #: The default persona of each of the talk's ports (README.md gives the reasons).
