@@ -76,15 +76,124 @@ class ProxyStyle:
 # Squid as Debian ships it (5.7): the English templates, the stylesheet as Squid embeds
 # it, the footer dated. Measured against the real one (tests/test_personas_real.py).
 _SQUID = "squid/{version}"
+# Squid embeds its stylesheet (Debian: /etc/squid/errorpage.css) in every error page.
+_SQUID_CSS = """
+ /*
+ * Copyright (C) 1996-2022 The Squid Software Foundation and contributors
+ *
+ * Squid software is distributed under GPLv2+ license and includes
+ * contributions from numerous individuals and organizations.
+ * Please see the COPYING and CONTRIBUTORS files for details.
+ */
+
+/*
+ Stylesheet for Squid Error pages
+ Adapted from design by Free CSS Templates
+ http://www.freecsstemplates.org
+ Released for free under a Creative Commons Attribution 2.5 License
+*/
+
+/* Page basics */
+* {
+\tfont-family: verdana, sans-serif;
+}
+
+html body {
+\tmargin: 0;
+\tpadding: 0;
+\tbackground: #efefef;
+\tfont-size: 12px;
+\tcolor: #1e1e1e;
+}
+
+/* Page displayed title area */
+#titles {
+\tmargin-left: 15px;
+\tpadding: 10px;
+\tpadding-left: 100px;
+\tbackground: url('/squid-internal-static/icons/SN.png') no-repeat left;
+}
+
+/* initial title */
+#titles h1 {
+\tcolor: #000000;
+}
+#titles h2 {
+\tcolor: #000000;
+}
+
+/* special event: FTP success page titles */
+#titles ftpsuccess {
+\tbackground-color:#00ff00;
+\twidth:100%;
+}
+
+/* Page displayed body content area */
+#content {
+\tpadding: 10px;
+\tbackground: #ffffff;
+}
+
+/* General text */
+p {
+}
+
+/* error brief description */
+#error p {
+}
+
+/* some data which may have caused the problem */
+#data {
+}
+
+/* the error message received from the system or other software */
+#sysmsg {
+}
+
+pre {
+}
+
+/* special event: FTP / Gopher directory listing */
+#dirmsg {
+    font-family: courier, monospace;
+    color: black;
+    font-size: 10pt;
+}
+#dirlisting {
+    margin-left: 2%;
+    margin-right: 2%;
+}
+#dirlisting tr.entry td.icon,td.filename,td.size,td.date {
+    border-bottom: groove;
+}
+#dirlisting td.size {
+    width: 50px;
+    text-align: right;
+    padding-right: 5px;
+}
+
+/* horizontal lines */
+hr {
+\tmargin: 0;
+}
+
+/* page displayed footer area */
+#footer {
+\tfont-size: 9px;
+\tpadding-left: 10px;
+}
+
+
+body
+:lang(fa) { direction: rtl; font-size: 100%; font-family: Tahoma, Roya, sans-serif; float: right; }
+:lang(he) { direction: rtl; }
+ """
 _SQUID_HEAD = """<!DOCTYPE html PUBLIC "-//W3C//DTD HTML 4.01//EN" "http://www.w3.org/TR/html4/strict.dtd">
 <html><head>
 <meta type="copyright" content="Copyright (C) 1996-2021 The Squid Software Foundation and contributors">
 <meta http-equiv="Content-Type" content="text/html; charset=utf-8">
 <title>ERROR: The requested URL could not be retrieved</title>
-<style type="text/css"><!-- \n \n\nbody
-:lang(fa) { direction: rtl; font-size: 100%; font-family: Tahoma, Roya, sans-serif; float: right; }
-:lang(he) { direction: rtl; }
- --></style>
+<style type="text/css"><!-- """ + _SQUID_CSS + """--></style>
 </head><body id={error}>
 <div id="titles">
 <h1>ERROR</h1>
