@@ -525,7 +525,7 @@ class HttpServer:
         self._buf.clear()
         self._state = _DONE
         self._release()
-        head = "HTTP/1.1 200 Connection established\r\n" + "".join(
+        head = self._style.connect_line + "\r\n" + "".join(
             f"{k}: {self._mine(v)}\r\n" for k, v in self._style.connect_headers) + "\r\n"
         self._out += [
             ProxyRequest(proxy="http", command="connect", target_host=host, target_port=port,
@@ -740,6 +740,10 @@ class HttpServer:
         if answer.head is not None:
             return self._render_head(answer, answer.head, keep=keep)
         lines = [f"HTTP/1.1 {answer.status} {HTTPStatus(answer.status).phrase}"]
+        relay = [f"{k}: {self._mine(v)}" for k, v in self._style.relay_headers] if req is not None and req.proxied else []
+        if self._style.relay_first:
+            lines += relay
+            relay = []
         if self._date:
             lines.append(f"Date: {self._date}")
         lines += [f"{k}: {v}" for k, v in answer.headers]
@@ -747,8 +751,7 @@ class HttpServer:
             if answer.content_type:
                 lines.append(f"Content-Type: {answer.content_type}")
             lines.append(f"Content-Length: {len(answer.body)}")
-        if req is not None and req.proxied:
-            lines += [f"{k}: {self._mine(v)}" for k, v in self._style.relay_headers]
+        lines += relay
         lines.append("Connection: keep-alive" if keep else "Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
         if (req is not None and req.method.upper() == "HEAD") or answer.status in (204, 304):

@@ -57,8 +57,8 @@ class Head:
 @dataclass(frozen=True, slots=True)
 class ProxyStyle:
     server: str  # Server header of the proxy's own answers ({version}: its release, personas.VERSIONS)
-    connect_headers: Headers = ()  # after "HTTP/1.1 200 Connection established"
-    relay_headers: Headers = ()  # appended to every response relayed from an origin
+    connect_headers: Headers = ()  # after the connect_line
+    relay_headers: Headers = ()  # added to every response relayed from an origin
     error_headers: Headers = ()  # extra headers on the proxy's own error answers
     error_content_type: str = HTML
     error_page: str = ""
@@ -71,6 +71,8 @@ class ProxyStyle:
     # the proxy itself), "garbage" (not HTTP at all); others use "" and error_page
     error_names: dict[str, str] = field(default_factory=dict)
     error_pages: dict[str, str] = field(default_factory=dict)
+    connect_line: str = "HTTP/1.1 200 Connection established"
+    relay_first: bool = False  # relay_headers go right after the status line (else last)
 
 
 # Squid as Debian ships it (5.7): the English templates, the stylesheet as Squid embeds
@@ -351,7 +353,9 @@ STYLES: dict[str, ProxyStyle] = {
     "tinyproxy": ProxyStyle(
         server=_TINYPROXY,
         connect_headers=(("Proxy-agent", _TINYPROXY),),
+        connect_line="HTTP/1.0 200 Connection established",
         relay_headers=(("Via", "1.1 {host} (tinyproxy/{version})"),),
+        relay_first=True,
         error_content_type="text/html",
         error_page=_TINYPROXY_ERROR,
         error_head=Head(version="HTTP/1.0", headers=(
