@@ -45,7 +45,7 @@ from ..events import Event, HttpRequest, ProxyRequest
 from .base import MAIL_PORTS, Action, Close, Context, Durable, Tunnel, error_event, limit_event
 from .http_persona import (
     GENERIC_SITES, HTTPBIN_HEADERS, HTTPBIN_HOSTS, JUDGE_HEADERS, JUDGE_LAYOUTS, JUDGE_MARKERS, NOT_FOUND, SITES, STYLES,
-    Head, Headers, JudgeLayout, Page, ProxyStyle, Site,
+    Head, Headers, JudgeLayout, ProxyStyle, Site,
 )
 from .personas import version as product_version
 from .smtp import SmtpServer
@@ -740,7 +740,7 @@ class HttpServer:
         if answer.head is not None:
             return self._render_head(answer, answer.head, keep=keep)
         lines = [f"HTTP/1.1 {answer.status} {HTTPStatus(answer.status).phrase}"]
-        relay = [f"{k}: {self._mine(v)}" for k, v in self._style.relay_headers] if req is not None and req.proxied else []
+        relay = [f"{k}: {self._mine(v)}" for k, v in self._style.relay_headers] if req and req.proxied else []
         if self._style.relay_first:
             lines += relay
             relay = []
