@@ -27,11 +27,28 @@ command -v podman >/dev/null || need+=(podman)
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)  # Spark's engine (tests/test_spark.py)
 command -v prometheus >/dev/null || need+=(prometheus)  # scrapes a sensor (tests/test_metrics.py)
+# the real products the personas are compared with (tests/test_personas_real.py), each run
+# by the test in a network namespace of its own (unshare from util-linux, ip from iproute2)
+command -v squid >/dev/null || need+=(squid)
+command -v tinyproxy >/dev/null || need+=(tinyproxy)
+command -v danted >/dev/null || need+=(dante-server)
+command -v postfix >/dev/null || need+=(postfix)
+command -v ip >/dev/null || need+=(iproute2)
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing Debian packages: ${need[*]}"
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    # Their postinst scripts would start the system's squid, tinyproxy, danted and postfix
+    # (through invoke-rc.d when there is no systemd). A policy-rc.d that says 101 (refused)
+    # keeps every service down; the tests start their own instances. One already there is kept.
+    guard=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && guard=1
+    fi
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null || status=$?
+    [ -z "$guard" ] || rm -f /usr/sbin/policy-rc.d
+    [ "${status:-0}" = 0 ] || exit "$status"
   else
     echo "missing tools (${need[*]}): run as root or install them; their tests will be skipped" >&2
   fi

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from spampots.events import Event, HttpRequest, LimitHit, ProtocolError, ProxyRequest, SmtpMessage
 from spampots.protocols.base import Close, Context, Durable, Limits, Persona, StartTLS, Tunnel
 from spampots.protocols.http import HttpServer, parse_authority, parse_proxy_auth
+from spampots.protocols import personas
 from spampots.protocols.http_persona import STYLES
 
 ACTION_TYPES = (bytes, Event, Durable, Tunnel, StartTLS, Close)
@@ -103,7 +104,7 @@ def test_connect_ipv6_and_persona_headers():
     out = h.receive(b"CONNECT [2001:DB8::1]:25 HTTP/1.1\r\n\r\n")
     ev = of(out, ProxyRequest)[0]
     assert (ev.target_host, ev.target_port) == ("2001:db8::1", 25)
-    assert wire(out) == b"HTTP/1.1 200 Connection established\r\nProxy-agent: tinyproxy/1.11.1\r\n\r\n"
+    assert wire(out) == b"HTTP/1.0 200 Connection established\r\nProxy-agent: tinyproxy/1.11.1\r\n\r\n"  # as tinyproxy 1.11
     assert of(out, Tunnel)[0].host == "2001:db8::1"
 
 
@@ -389,22 +390,46 @@ def test_origin_role_errors_come_from_the_site_not_the_proxy():
     assert kinds(out) == ["http.malformed"] and isinstance(out[-1], Close)
 
 
-@pytest.mark.parametrize("style,status", [("squid", 400), ("apache", 200), ("tinyproxy", 400)])
+def shown_server(style: str) -> str:
+    """The Server header a persona with variant 0 shows."""
+    return STYLES[style].server.replace("{version}", personas.version(style, 0))
+
+
+@pytest.mark.parametrize("style,status", [("squid", 400), ("apache", 200), ("tinyproxy", 400), ("ccproxy", 401),
+                                          ("proxyplus", 407)])
 def test_origin_form_to_the_proxy_itself(style, status):
     out = server(style=style).receive(b"GET / HTTP/1.1\r\nHost: 192.0.2.1:3128\r\n\r\n")
-    code, headers, body = responses(wire(out))[0]
-    assert code == status and headers["server"] == STYLES[style].server
+    top = wire(out).split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    assert re.match(rf"HTTP/1\.[01] {status} ", top[0]), top
+    if style != "proxyplus":  # Proxy+ names itself only in its realm
+        assert f"Server: {shown_server(style)}" in top, top
     ev = of(out, HttpRequest)[0]
     assert ev.role == "origin" and ev.port == 3128 and not of(out, ProxyRequest)
+    if status >= 400:  # the proxy refuses and closes, as the real ones do
+        assert isinstance(out[-1], Close)
 
 
 @pytest.mark.parametrize("style", sorted(STYLES))
 def test_every_style_renders(style):
-    h = server(style=style)
-    out = h.receive(b"GET http://a.example/ HTTP/1.1\r\n\r\nBROKEN\r\n\r\n")
-    (s1, _, _), (s2, h2, b2) = responses(wire(out))
-    assert (s1, s2) == (200, 400) and h2["server"] == STYLES[style].server
-    assert not re.search(rb"\{(host|port|code|reason|ip)\}", b2)  # every placeholder filled
+    out = server(style=style).receive(b"GET http://a.example/ HTTP/1.1\r\n\r\n")
+    assert responses(wire(out))[0][0] == 200
+    out = server(style=style).receive(b"BROKEN\r\n\r\n")
+    raw = wire(out)
+    assert isinstance(out[-1], Close) and raw
+    if style != "analogx":  # AnalogX answers with a bare page, no status line
+        assert re.match(rb"HTTP/1\.[01] 400 ", raw), raw[:80]
+        assert f"Server: {shown_server(style)}".encode() in raw
+    assert not re.search(rb"\{(host|port|code|reason|ip|version|server|error|detail|url|date)\}", raw)
+
+
+def test_squid_error_head_is_in_squids_order():
+    out = server(style="squid", now="Sun, 06 Dec 2026 04:06:13 +0000").receive(b"GET / HTTP/1.0\r\n\r\n")
+    top, _, body = wire(out).partition(b"\r\n\r\n")
+    names = [line.split(b":", 1)[0] for line in top.split(b"\r\n")[1:]]
+    assert names == [b"Server", b"Mime-Version", b"Date", b"Content-Type", b"Content-Length", b"X-Squid-Error",
+                     b"Vary", b"Content-Language", b"X-Cache", b"X-Cache-Lookup", b"Via", b"Connection"]
+    assert b"X-Squid-Error: ERR_INVALID_URL 0" in top and b"<body id=ERR_INVALID_URL>" in body
+    assert b"Generated Sun, 06 Dec 2026 04:06:13 GMT by proxy.example.net (squid/5.7)" in body
 
 
 # -- limits and malformed input ------------------------------------------------------
@@ -560,5 +585,5 @@ def test_fuzz_never_raises_and_emits_valid_actions(ctx, role, chunks, split):
     for d in of(out, Durable):
         assert d.event.sha256 == hashlib.sha256(d.body).hexdigest()
     data_out = wire(out)
-    if data_out:
-        assert data_out.startswith(b"HTTP/1.1 ")
+    if data_out and ctx.persona.http_style != "analogx":  # AnalogX's errors are a bare page
+        assert data_out.startswith((b"HTTP/1.1 ", b"HTTP/1.0 "))

@@ -50,7 +50,9 @@ def test_socks_open_proxy(sensor):
     assert "www.google.com" in dns.queries
     for p in ports:
         assert "status: open" in out.get(p, ""), f"port {p}:\n{out.get(p)}"
-        assert re.search(r"versions:\s*\n\|\s+socks4\s*\n\|_?\s+socks5", out[p]), out[p]
+    # 1080 plays Dante (SOCKS 4 and 5); 3127 MyDoom's proxy, which speaks SOCKS4 only
+    assert re.search(r"versions:\s*\n\|\s+socks4\s*\n\|_?\s+socks5", out[ports[0]]), out[ports[0]]
+    assert re.search(r"versions:\s*\n\|_?\s+socks4\s*$", out[ports[1]]), out[ports[1]]
     hits = sensor.events("spampots.proxy.request")
     assert {e.proxy for e in hits if e.target_host == ANSWER_IP} >= {"socks4", "socks5"}
 
@@ -79,3 +81,32 @@ def test_service_detection_sees_proxies_and_mta_not_ssl(sensor):
     assert "smtp" in lines[sensor.port(25)]
     for p in ports[:2]:
         assert "ssl" not in lines[p] and "smtp" not in lines[p], lines[p]
+
+
+#: What nmap's own signatures (nmap-service-probes) call each talk port's default persona.
+#: nmap knows no SOCKS server by name: for Dante, as for the real one, it names the protocol.
+SERVICE_NAMES = {
+    1080: r"socks5\s+\(",
+    3127: r"mydoom\s+MyDoom virus backdoor",
+    8080: r"http-proxy\s+CCProxy http proxy",
+    80: r"http\s+Apache httpd 2\.4\.\d+ \(\(Debian\)\)",
+    3128: r"http-proxy\s+Squid http proxy 5\.\d",
+    8000: r"http-proxy\s+tinyproxy 1\.11\.\d",
+    6588: r"http-proxy\s+AnalogX web proxy",
+    4480: r"http-proxy\s+Proxy\+ http proxy",
+    3382: r"http-proxy\s+WinGate httpd \d",
+    81: r"http-proxy\s+Squid http proxy 5\.\d",
+    25: r"smtp\s+\S",
+}
+
+
+def test_version_detection_names_every_talk_port(sensor):
+    """nmap -sV --version-all names each default port as the product its persona claims."""
+    ports = {sensor.port(p): p for p in SERVICE_NAMES}
+    r = subprocess.run(["nmap", "-n", "-Pn", "-sT", "-sV", "--version-all", "-p", ",".join(map(str, ports)),
+                        "127.0.0.1"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    lines = {int(m.group(1)): m.group(2) for m in re.finditer(r"^(\d+)/tcp\s+open\s+(.*)$", r.stdout, re.M)}
+    named = {talk: lines.get(port, "") for port, talk in ports.items()}
+    wrong = {talk: line for talk, line in named.items() if not re.match(SERVICE_NAMES[talk], line)}
+    assert not wrong, f"named {len(named) - len(wrong)} of {len(named)}; wrong: {wrong}\n{r.stdout}"

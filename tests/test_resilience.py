@@ -187,7 +187,7 @@ def test_slowloris_sessions_are_closed_and_others_served(tmp_path):
 
 # -- garbage ------------------------------------------------------------------------------------
 TUNNEL_KINDS = (("socks4", False, 1080), ("socks4a", False, 1080), ("socks5", False, 1080),
-                ("socks5", True, 3127), ("http", False, 8080), ("http", True, 3128))
+                ("socks5", True, 3382), ("http", False, 8080), ("http", True, 3128))
 
 
 def openings(rng: random.Random) -> list[bytes]:

@@ -48,7 +48,8 @@ def _wait(sensor, name, pred, timeout=5.0):
     ("--socks5-hostname", "http://socks5h.example.com/", "socks5h.example.com"),
 ])
 def test_curl_socks(sensor, flag, target, host):
-    for talk_port in (1080, 3127, 8080):  # SOCKS on an HTTP port is served as SOCKS too
+    # SOCKS on an HTTP port is served as SOCKS too; 3127 (MyDoom's proxy) speaks SOCKS4 only
+    for talk_port in (1080, 3127, 8080) if flag.startswith("--socks4") else (1080, 3382, 8080):
         r = curl(flag, f"127.0.0.1:{sensor.port(talk_port)}", "-D", "-", target)
         assert r.returncode == 0, r.stderr
         assert r.stdout.startswith(b"HTTP/1.1 200"), r.stdout[:200]
@@ -106,7 +107,7 @@ def test_judge_page_echoes_headers(sensor):
 # -- smtplib through every tunnel kind -------------------------------------------
 @pytest.mark.parametrize("scheme,talk_port,rdns", [
     ("socks4", 1080, False), ("socks4", 3127, True), ("socks5", 1080, True),
-    ("socks5", 3127, False), ("http", 8080, None), ("http", 3128, None),
+    ("socks5", 3382, False), ("http", 8080, None), ("http", 3128, None),
 ])
 def test_smtplib_through_tunnels(sensor, scheme, talk_port, rdns):
     target = "mx.victim-%s-%d.example" % (scheme, talk_port)

@@ -134,8 +134,8 @@ def test_ehlo_is_one_write_with_all_keywords():
     s = Session(ctx(tls_available=True))
     out = s.send(b"EHLO client.example\r\n")
     assert out == [
-        b"250-mail.example.net\r\n250-PIPELINING\r\n250-SIZE 10485760\r\n250-VRFY\r\n250-STARTTLS\r\n"
-        b"250-AUTH PLAIN LOGIN\r\n250-ENHANCEDSTATUSCODES\r\n250 8BITMIME\r\n"
+        b"250-mail.example.net\r\n250-PIPELINING\r\n250-SIZE 10485760\r\n250-VRFY\r\n250-ETRN\r\n250-STARTTLS\r\n"
+        b"250-AUTH PLAIN LOGIN\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-DSN\r\n250 SMTPUTF8\r\n"
     ]
 
 
@@ -829,8 +829,8 @@ def test_smtplib_dialogue():
     for line in s.actions[-1].split(CRLF)[1:-1]:  # smtplib.SMTP.ehlo's parser, simplified
         kw, _, params = line[4:].decode().partition(" ")
         features[kw.lower()] = params
-    assert features == {"pipelining": "", "size": "10485760", "vrfy": "", "auth": "PLAIN LOGIN",
-                        "enhancedstatuscodes": "", "8bitmime": ""}
+    assert features == {"pipelining": "", "size": "10485760", "vrfy": "", "etrn": "", "auth": "PLAIN LOGIN",
+                        "enhancedstatuscodes": "", "8bitmime": "", "dsn": "", "smtputf8": ""}
     s.send(b"AUTH PLAIN " + b64(b"\0user\0pass") + b"\r\n")  # smtplib prefers PLAIN of PLAIN/LOGIN
     s.send(b"mail FROM:<a@example.org> size=%d\r\n" % len(msg))
     s.send(b"rcpt TO:<b@victim.example>\r\n")

@@ -110,3 +110,50 @@ def test_fuzz_near_prefixes(prefix, tail):
     for earlier, later in zip(answers, answers[1:]):
         assert earlier is None or earlier == later
     assert all(a is not None for a in answers[SNIFF_MAX - 1 :])
+
+
+# -- SOCKS-only personas (protocols/dispatch.py) and the default port personas (config.py) --
+
+from spampots.config import Config, HttpSection, default_listeners, validate  # noqa: E402
+from spampots.events import ProtocolError, ProxyRequest  # noqa: E402
+from spampots.protocols.base import Close, Context, Persona  # noqa: E402
+from spampots.protocols.dispatch import listener_handler  # noqa: E402
+from spampots.protocols.personas import PORT_PERSONAS  # noqa: E402
+
+_SOCKS4 = b"\x04\x01\x00\x16\x7f\x00\x00\x01root\x00"
+
+
+def _listener(style: str, kind: str = "socks"):
+    return listener_handler(Context(persona=Persona(http_style=style)), kind=kind)
+
+
+@pytest.mark.parametrize("first", [b"GET / HTTP/1.0\r\n\r\n", b"\r\r", b"\x16\x03\x01\x00", b"G"])
+def test_dante_drops_other_first_bytes_without_a_word(first):
+    out = _listener("dante").receive(first)
+    assert not [a for a in out if isinstance(a, bytes)]  # as Dante: no reply at all
+    assert isinstance(out[-1], Close) and any(isinstance(a, ProtocolError) for a in out)
+
+
+@pytest.mark.parametrize("first", [b"\r\r", b"GET / HTTP/1.0\r\n\r\n", b"\x05\x01\x00"])
+def test_mydoom_refuses_all_but_socks4_as_nmap_knows_it(first):
+    out = _listener("mydoom").receive(first)
+    assert out[0] == b"\x04\x5b" + bytes(6) and isinstance(out[-1], Close)
+
+
+@pytest.mark.parametrize("style,first", [("dante", b"\x05\x01\x00"), ("dante", _SOCKS4), ("mydoom", _SOCKS4)])
+def test_socks_only_personas_still_serve_their_socks(style, first):
+    out = _listener(style).receive(first)
+    assert out and not isinstance(out[-1], Close)
+    assert first[0] == 5 or any(isinstance(a, ProxyRequest) and a.outcome == "granted" for a in out)
+
+
+def test_other_personas_serve_any_protocol_on_any_port():
+    for style in ("squid", "ccproxy", "wingate"):
+        assert _listener(style, "http").receive(b"\x05\x01\x00") == [b"\x05\x00"]
+
+
+def test_default_ports_carry_their_persona_and_http_persona_pins_them():
+    assert {lst.port: lst.persona for lst in default_listeners()} == {**PORT_PERSONAS, 25: ""}
+    cfg = Config(http=HttpSection(persona="squid"))
+    validate(cfg)
+    assert {lst.persona for lst in cfg.listeners if lst.kind != "smtp"} == {"squid"}

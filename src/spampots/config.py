@@ -19,7 +19,7 @@ import msgspec
 
 from .protocols.base import Limits as ProtocolLimits
 from .transport.config import NatsSection, example_toml as _nats_example
-from .protocols.personas import HTTP_STYLES, JUDGE_STYLES, SMTP_STYLES
+from .protocols.personas import JUDGE_STYLES, PORT_PERSONAS, PROXY_STYLES, SMTP_STYLES
 from .protocols.smtp import AUTH_MECHANISMS, AUTH_POLICIES, AuthPolicy
 from .store.segments import check_sensor
 
@@ -48,7 +48,9 @@ class ListenerConfig(_Base):
     # | submission (banner, STARTTLS, AUTH) | smtps (TLS handshake first, then as submission)
     kind: str = "http"
     address: str = ""  # "" = every interface (IPv4 and IPv6)
-    persona: str = ""  # smtp style / http style for this listener; "" = the sensor's
+    # smtp style / proxy product for this listener; "" = the sensor's ([smtp] / [http] persona,
+    # else picked from the sensor id). Without [[listener]] each talk port has its own (PORT_PERSONAS).
+    persona: str = ""
 
 
 class SensorSection(_Base):
@@ -99,7 +101,9 @@ class SubmissionSection(_Base):
 
 
 class HttpSection(_Base):
-    persona: str = ""  # squid | tinyproxy | ccproxy | apache | analogx | proxyplus; "" = chosen
+    # squid | tinyproxy | ccproxy | apache | analogx | proxyplus | wingate | dante | mydoom;
+    # "" = each default port's own product (PORT_PERSONAS), other listeners' picked from the sensor id
+    persona: str = ""
     judge_style: str = ""  # azenv | plain | table; "" = chosen
 
 
@@ -144,7 +148,7 @@ class Config(_Base):
 
     @property
     def listeners(self) -> list[ListenerConfig]:
-        out = self.listener or default_listeners()
+        out = self.listener or default_listeners(self.http.persona)
         if self.submission.enable:
             # a listener of one's own of that kind, or on that port, wins
             kinds, ports = {lst.kind for lst in out}, {lst.port for lst in out}
@@ -174,10 +178,11 @@ class Config(_Base):
         return [ipaddress.ip_network(t, strict=False) for t in self.proxy_protocol.trusted]
 
 
-def default_listeners() -> list[ListenerConfig]:
+def default_listeners(proxy_persona: str = "") -> list[ListenerConfig]:
+    """The talk's ports, each proxy port with its own product unless ``[http] persona`` pins one."""
     return (
-        [ListenerConfig(port=p, kind="socks") for p in SOCKS_PORTS]
-        + [ListenerConfig(port=p, kind="http") for p in HTTP_PORTS]
+        [ListenerConfig(port=p, kind="socks", persona=proxy_persona or PORT_PERSONAS.get(p, "")) for p in SOCKS_PORTS]
+        + [ListenerConfig(port=p, kind="http", persona=proxy_persona or PORT_PERSONAS.get(p, "")) for p in HTTP_PORTS]
         + [ListenerConfig(port=p, kind="smtp") for p in SMTP_PORTS]
     )
 
@@ -260,7 +265,7 @@ def validate(cfg: Config) -> None:
             except ValueError:
                 errors.append(f"{where}: address {lst.address!r} is not an IPv4/IPv6 address")
         if lst.persona:
-            styles = SMTP_STYLES if lst.kind in SPEAKS_FIRST_KINDS else HTTP_STYLES
+            styles = SMTP_STYLES if lst.kind in SPEAKS_FIRST_KINDS else PROXY_STYLES
             if lst.persona not in styles:
                 errors.append(f"{where}: persona for kind {lst.kind!r} must be one of {', '.join(styles)}, "
                               f"not {lst.persona!r}")
@@ -277,8 +282,8 @@ def validate(cfg: Config) -> None:
         errors.append(f"sensor.log_level must be one of {', '.join(LOG_LEVELS)}")
     if cfg.smtp.persona and cfg.smtp.persona not in SMTP_STYLES:
         errors.append(f"smtp.persona must be one of {', '.join(SMTP_STYLES)}")
-    if cfg.http.persona and cfg.http.persona not in HTTP_STYLES:
-        errors.append(f"http.persona must be one of {', '.join(HTTP_STYLES)}")
+    if cfg.http.persona and cfg.http.persona not in PROXY_STYLES:
+        errors.append(f"http.persona must be one of {', '.join(PROXY_STYLES)}")
     if cfg.http.judge_style and cfg.http.judge_style not in JUDGE_STYLES:
         errors.append(f"http.judge_style must be one of {', '.join(JUDGE_STYLES)}")
     sub = cfg.submission
@@ -457,7 +462,9 @@ remember_sources = 65536    # source addresses whose failure counts are kept
 # These rules also play the far end of tunnels to 587 and 465, enabled or not.
 
 [http]
-persona = ""                # squid | tinyproxy | ccproxy | apache | analogx | proxyplus
+persona = ""                # squid | tinyproxy | ccproxy | apache | analogx | proxyplus | wingate
+                            # | dante | mydoom (SOCKS only); "" = each talk port's own product
+                            # (README: "What each port looks like"); set: every default proxy port
 judge_style = ""            # azenv | plain | table
 
 [proxy_protocol]
@@ -478,9 +485,12 @@ port = 9464
 # Listeners: without any [[listener]] the talk's ports are used:
 # SOCKS 1080 3127; HTTP 8080 80 3128 8000 6588 4480 3382 81; SMTP 25
 # (and submission 587, smtps 465 with [submission] enable = true).
-# Any port serves any protocol (the first bytes decide). kind says what the port is known
-# for: who speaks first (smtp and submission send a banner, smtps expects a TLS handshake)
-# and how unknown bytes are answered (http: 400 Bad Request; socks: closed).
+# Any port serves any protocol (the first bytes decide), except with a SOCKS-only persona
+# (dante, mydoom). kind says what the port is known for: who speaks first (smtp and
+# submission send a banner, smtps expects a TLS handshake) and how unknown bytes are
+# answered (http: 400 Bad Request; socks: closed). persona: the product this port plays
+# (an [smtp] style for smtp, submission, smtps; an [http] one for the others);
+# "" = the sensor's.
 # [[listener]]
 # port = 1080
 # kind = "socks"            # socks | http | smtp | submission | smtps

@@ -21,6 +21,8 @@ from typing import Any, Optional, Union
 
 import msgspec
 
+from ..protocols.personas import PORT_PERSONAS, SOCKS_ONLY
+
 PROXY_FAMILIES = ("socks", "http")
 SOCKS_VARIANTS = ("socks4", "socks4a", "socks5", "socks5_auth")
 HTTP_VARIANTS = ("connect", "connect_auth")
@@ -185,6 +187,9 @@ class Mix:
         elif family == "socks":
             variant = _draw(rng, self.socks)
             protocol = "socks5" if variant == "socks5_auth" else variant
+            only = SOCKS_ONLY.get(PORT_PERSONAS.get(port, ""))
+            if only is not None and protocol.rstrip("a") not in only.speaks:
+                variant = protocol = "socks4"  # MyDoom's 3127 speaks SOCKS4 only, as abusers knew
             plan = Plan(port, protocol, _draw(rng, self.outbound["socks"]), auth=variant == "socks5_auth", seed=seed)
         else:
             variant = _draw(rng, self.http)

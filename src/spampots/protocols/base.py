@@ -56,6 +56,7 @@ class Persona:
     judge_style: str = "azenv"  # azenv, plain, table
     smtp_tls: bool = True  # advertise and implement STARTTLS
     smtp_auth: bool = True  # advertise AUTH PLAIN LOGIN
+    variant: int = 0  # a stable number from the sensor id: which release a product shows (personas.version)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from typing import Optional
 
 from .base import MAIL_PORTS, Action, Close, Context, Handler, Tunnel, limit_event
 from .http import HttpServer
+from .personas import SOCKS_ONLY, SocksOnly
 from .raw import RawCapture
 from .smtp import AuthPolicy, SmtpServer
 from .sniff import SMTP_VERBS, sniff
@@ -66,10 +67,11 @@ class Sniffer:
 
     ``greeter`` (SMTP listeners, mail far ends) speaks first; the sniffer then
     keeps it unless the client's first bytes are clearly another protocol.
-    ``fallback`` names what unrecognised first bytes become.
+    ``fallback`` names what unrecognised first bytes become. ``only`` (a SOCKS-only
+    product's listener) judges the first byte alone, as such a server does.
     """
 
-    __slots__ = ("ctx", "greeter", "fallback", "delegate", "_buf")
+    __slots__ = ("ctx", "greeter", "fallback", "only", "delegate", "_buf")
 
     def __init__(
         self,
@@ -77,10 +79,12 @@ class Sniffer:
         *,
         greeter: Optional[Handler] = None,
         fallback: str = "unknown",
+        only: Optional[SocksOnly] = None,
     ) -> None:
         self.ctx = ctx
         self.greeter = greeter
         self.fallback = fallback
+        self.only = only
         self.delegate: Optional[Handler] = None
         self._buf = b""
 
@@ -99,6 +103,8 @@ class Sniffer:
         if self.greeter is not None and not self._buf and data[:5].upper() in _SMTP_STARTS:
             self.delegate = self.greeter
             return self.greeter.receive(data)
+        if self.only is not None:
+            return self._socks_only(self.only, data)
         self._buf += data
         kind = sniff(self._buf)
         if kind is None and len(self._buf) < 16:
@@ -118,6 +124,15 @@ class Sniffer:
             # A handler chosen after the fact never greets; only its replies matter.
         data, self._buf = self._buf, b""
         return self.delegate.receive(data)
+
+    def _socks_only(self, only: SocksOnly, data: bytes) -> list[Action]:
+        version = {4: "socks4", 5: "socks5"}.get(data[0], "")
+        if version in only.speaks:
+            self.delegate = _handler_for(version, self.ctx, data)
+            return self.delegate.receive(data)
+        self.delegate = RawCapture(self.ctx)  # records the bytes and closes
+        actions = self.delegate.receive(data)
+        return [only.refusal, *actions] if only.refusal else actions
 
     def eof(self) -> list[Action]:
         if self.delegate is not None:
@@ -145,8 +160,9 @@ def listener_handler(ctx: Context, *, kind: str, auth: Optional[AuthPolicy] = No
 
     Any port serves any protocol; the kind only says who speaks first and how
     unrecognised bytes are answered: an HTTP proxy says 400, a SOCKS server
-    just closes, an SMTP server keeps talking SMTP. An ``smtps`` listener
-    (implicit TLS) is the exception: its first bytes must be a TLS handshake.
+    just closes, an SMTP server keeps talking SMTP. The exceptions: an ``smtps``
+    listener (implicit TLS) wants a TLS handshake first, and a listener playing a
+    SOCKS-only product (``personas.SOCKS_ONLY``) serves only its SOCKS versions.
     """
     if kind == "smtp":
         return Sniffer(ctx, greeter=SmtpServer(ctx, now=ctx.now or None))
@@ -154,6 +170,9 @@ def listener_handler(ctx: Context, *, kind: str, auth: Optional[AuthPolicy] = No
         return Sniffer(ctx, greeter=_submission(ctx, auth))
     if kind == "smtps" and ctx.tls_available:
         return _submission(ctx, auth, implicit_tls=True)
+    only = SOCKS_ONLY.get(ctx.persona.http_style)
+    if only is not None and ctx.depth == 0:
+        return Sniffer(ctx, only=only)
     return Sniffer(ctx, fallback="http" if kind == "http" else "unknown")
 
 

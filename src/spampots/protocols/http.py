@@ -45,8 +45,9 @@ from ..events import Event, HttpRequest, ProxyRequest
 from .base import MAIL_PORTS, Action, Close, Context, Durable, Tunnel, error_event, limit_event
 from .http_persona import (
     GENERIC_SITES, HTTPBIN_HEADERS, HTTPBIN_HOSTS, JUDGE_HEADERS, JUDGE_LAYOUTS, JUDGE_MARKERS, NOT_FOUND, SITES, STYLES,
-    Headers, JudgeLayout, Page, ProxyStyle, Site,
+    Head, Headers, JudgeLayout, ProxyStyle, Site,
 )
+from .personas import version as product_version
 from .smtp import SmtpServer
 
 __all__ = ["HttpServer", "parse_authority", "parse_proxy_auth"]
@@ -180,6 +181,8 @@ class _Answer:
     body: bytes
     headers: Headers = ()
     role: str = "origin"  # HttpRequest.role
+    head: Optional[Head] = None  # the proxy product's own layout (http_persona.Head)
+    error: str = ""  # the product's name for what went wrong ({error} in its templates)
 
 
 class HttpServer:
@@ -192,7 +195,9 @@ class HttpServer:
             raise ValueError(f"role must be 'proxy' or 'origin', not {role!r}")
         self.ctx = ctx
         self.role = role
-        self._style: ProxyStyle = STYLES.get(ctx.persona.http_style) or STYLES["squid"]
+        style_name = ctx.persona.http_style if ctx.persona.http_style in STYLES else "squid"
+        self._style: ProxyStyle = STYLES[style_name]
+        self._version = product_version(style_name, ctx.persona.variant)
         self._judge: JudgeLayout = JUDGE_LAYOUTS.get(ctx.persona.judge_style) or JUDGE_LAYOUTS["azenv"]
         self._date, self._epoch = http_date(ctx.now)
         # the port we serve on: the tunnel's target when we play a chained proxy
@@ -520,7 +525,7 @@ class HttpServer:
         self._buf.clear()
         self._state = _DONE
         self._release()
-        head = "HTTP/1.1 200 Connection established\r\n" + "".join(
+        head = self._style.connect_line + "\r\n" + "".join(
             f"{k}: {self._mine(v)}\r\n" for k, v in self._style.connect_headers) + "\r\n"
         self._out += [
             ProxyRequest(proxy="http", command="connect", target_host=host, target_port=port,
@@ -561,7 +566,8 @@ class HttpServer:
 
     def _mine(self, template: str) -> str:
         """A proxy-style template about ourselves."""
-        return fill(template, host=self.ctx.persona.hostname, port=str(self._port))
+        template = template.replace("{server}", self._style.server)
+        return fill(template, host=self.ctx.persona.hostname, port=str(self._port), version=self._version)
 
     def _respond(self) -> None:
         req = self._req
@@ -572,13 +578,15 @@ class HttpServer:
         else:
             answer = self._answer(req)
         self._record(req, answer.status, answer.role)
-        self._out.append(self._render(req, answer, keep=req.keep_alive))
+        # a proxy refusing a visit to itself closes, as Squid and tinyproxy do
+        keep = req.keep_alive and not (self.role == "proxy" and not req.proxied and answer.status >= 400)
+        self._out.append(self._render(req, answer, keep=keep))
         self._answered += 1
         self._req = None
         self._release()
         self._state = _LINE
-        if not req.keep_alive:
-            self._finish("client_eof")
+        if not keep:
+            self._finish("client_eof" if not req.keep_alive else "protocol")
         elif self._answered >= self.ctx.limits.messages_per_session:
             limit = self.ctx.limits.messages_per_session
             self._out.append(limit_event("messages_per_session", limit, self._answered))
@@ -588,7 +596,7 @@ class HttpServer:
         """The emulated response: the proxy's own page, a judge page or the site's page."""
         assert req.host is not None
         if self.role == "proxy" and not req.proxied:
-            return self._self_page()
+            return self._self_page(req)
         method = req.method.upper()
         path = req.path.split("?", 1)[0].split("#", 1)[0]
         if method in ("GET", "HEAD", "POST") and self._is_judge(req.host, path):
@@ -687,26 +695,55 @@ class HttpServer:
         body = json.dumps(doc, indent=2, sort_keys=True, separators=(", ", ": "), ensure_ascii=False) + "\n"
         return _Answer(200, "application/json", body.encode("utf-8", "replace"), HTTPBIN_HEADERS, "judge")
 
-    def _self_page(self) -> _Answer:
+    def _self_page(self, req: _Request) -> _Answer:
         style = self._style
-        page: Page = style.self_page or Page(400, style.error_content_type, style.error_page)
-        if page.status >= 400:
-            return self._error_answer(page.status)
+        page = style.self_page
+        if page is None:  # a forward proxy refuses a visit to itself as a bad URL
+            return self._error_answer(400, "visit", url=html.escape(req.target))
         return _Answer(page.status, page.content_type, self._mine(page.body).encode("utf-8"),
-                       (("Server", style.server),))
+                       (("Server", self._mine(style.server)),), head=style.self_head)
 
-    def _error_answer(self, status: int) -> _Answer:
+    def _error_answer(self, status: int, why: str = "", *, url: str = "") -> _Answer:
+        """The proxy's own error page; ``why`` is "visit", "garbage" or "" (see ProxyStyle)."""
         if self.role == "origin":  # the site's web server refuses, not a proxy
             site = self._site(self.ctx.target_host or "")
             server = tuple((k, v) for k, v in site.headers if k == "Server" and v)
             return _Answer(status, NOT_FOUND.content_type, self._status_page(status), server)
         style = self._style
-        body = fill(self._mine(style.error_page), code=str(status), reason=HTTPStatus(status).phrase)
-        headers = (("Server", style.server),) + tuple((k, self._mine(v)) for k, v in style.error_headers)
-        return _Answer(status, style.error_content_type, body.encode("utf-8"), headers)
+        error = style.error_names.get(why, style.error_names.get("", ""))
+        page = style.error_pages.get(why, style.error_page)
+        body = fill(self._mine(page), code=str(status), reason=HTTPStatus(status).phrase, error=error,
+                    detail=error, url=url, date=self._date)
+        headers = (("Server", self._mine(style.server)),) + tuple((k, self._mine(v)) for k, v in style.error_headers)
+        return _Answer(status, style.error_content_type, body.encode("utf-8"), headers,
+                       head=style.error_head, error=error)
+
+    def _render_head(self, answer: _Answer, head: Head, *, keep: bool) -> bytes:
+        """The product's own layout: its status-line version and reason, its header order."""
+        if not head.version:
+            return answer.body
+        lines = [f"{head.version} {answer.status} {head.reason or HTTPStatus(answer.status).phrase}"]
+        for name, value in head.headers:
+            if value:
+                lines.append(f"{name}: {fill(self._mine(value), error=answer.error)}")
+            elif name == "Date" and self._date:
+                lines.append(f"Date: {self._date}")
+            elif name == "Content-Type" and answer.content_type:
+                lines.append(f"Content-Type: {answer.content_type}")
+            elif name == "Content-Length":
+                lines.append(f"Content-Length: {len(answer.body)}")
+            elif name == "Connection":
+                lines.append("Connection: keep-alive" if keep else "Connection: close")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + answer.body
 
     def _render(self, req: Optional[_Request], answer: _Answer, *, keep: bool) -> bytes:
+        if answer.head is not None:
+            return self._render_head(answer, answer.head, keep=keep)
         lines = [f"HTTP/1.1 {answer.status} {HTTPStatus(answer.status).phrase}"]
+        relay = [f"{k}: {self._mine(v)}" for k, v in self._style.relay_headers] if req and req.proxied else []
+        if self._style.relay_first:
+            lines += relay
+            relay = []
         if self._date:
             lines.append(f"Date: {self._date}")
         lines += [f"{k}: {v}" for k, v in answer.headers]
@@ -714,8 +751,7 @@ class HttpServer:
             if answer.content_type:
                 lines.append(f"Content-Type: {answer.content_type}")
             lines.append(f"Content-Length: {len(answer.body)}")
-        if req is not None and req.proxied:
-            lines += [f"{k}: {self._mine(v)}" for k, v in self._style.relay_headers]
+        lines += relay
         lines.append("Connection: keep-alive" if keep else "Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
         if (req is not None and req.method.upper() == "HEAD") or answer.status in (204, 304):
@@ -741,16 +777,16 @@ class HttpServer:
     # -- failures
 
     def _malformed(self, detail: str, line: bytes) -> bool:
-        return self._fail(400, error_event("http.malformed", detail, line), "protocol")
+        return self._fail(400, error_event("http.malformed", detail, line), "protocol", why="garbage")
 
-    def _fail(self, status: int, event: Event, reason: str, *, record: bool = False) -> bool:
+    def _fail(self, status: int, event: Event, reason: str, *, record: bool = False, why: str = "") -> bool:
         """Record why, answer with the proxy's error page, close. ``record``: the
         request target is known, so the request itself is recorded too."""
         self._out.append(event)
         req = self._req
         if record and req is not None and req.host is not None:
             self._record(req, status, "proxy" if req.proxied else "origin", rejected=True)
-        self._out.append(self._render(None, self._error_answer(status), keep=False))
+        self._out.append(self._render(None, self._error_answer(status, why), keep=False))
         self._finish(reason)
         return False
 

@@ -40,28 +40,163 @@ class Page:
 
 
 @dataclass(frozen=True, slots=True)
+class Head:
+    """How a product lays out one kind of its own answers, when it differs from ours.
+
+    ``headers`` are in the product's order; an empty value on Date, Content-Type,
+    Content-Length or Connection marks where the renderer puts that field (one not
+    listed is not sent). Values are templates: ``{server}``, ``{host}``, ``{port}``,
+    ``{version}``, ``{error}``.
+    """
+
+    version: str = "HTTP/1.1"  # of the status line; "": no status line or headers, the body alone
+    reason: str = ""  # "": the standard phrase
+    headers: Headers = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ProxyStyle:
-    server: str  # Server header of the proxy's own answers
-    connect_headers: Headers = ()  # after "HTTP/1.1 200 Connection established"
-    relay_headers: Headers = ()  # appended to every response relayed from an origin
+    server: str  # Server header of the proxy's own answers ({version}: its release, personas.VERSIONS)
+    connect_headers: Headers = ()  # after the connect_line
+    relay_headers: Headers = ()  # added to every response relayed from an origin
     error_headers: Headers = ()  # extra headers on the proxy's own error answers
     error_content_type: str = HTML
     error_page: str = ""
     # answer to an origin-form request (a browser or scanner visiting the proxy
     # itself); None: the error page with 400, as a forward proxy does
     self_page: Optional[Page] = None
+    error_head: Optional[Head] = None  # the product's own layout of its errors
+    self_head: Optional[Head] = None  # ... and of its self_page
+    # error names ({error}) and pages by what went wrong: "visit" (an origin-form request to
+    # the proxy itself), "garbage" (not HTTP at all); others use "" and error_page
+    error_names: dict[str, str] = field(default_factory=dict)
+    error_pages: dict[str, str] = field(default_factory=dict)
+    connect_line: str = "HTTP/1.1 200 Connection established"
+    relay_first: bool = False  # relay_headers go right after the status line (else last)
 
 
-_SQUID = "squid/5.7"
-_SQUID_ERROR = """<!DOCTYPE html PUBLIC "-//W3C//DTD HTML 4.01//EN" "http://www.w3.org/TR/html4/strict.dtd">
+# Squid as Debian ships it (5.7): the English templates, the stylesheet as Squid embeds
+# it, the footer dated. Measured against the real one (tests/test_personas_real.py).
+_SQUID = "squid/{version}"
+# Squid embeds its stylesheet (Debian: /etc/squid/errorpage.css) in every error page.
+_SQUID_CSS = """
+ /*
+ * Copyright (C) 1996-2022 The Squid Software Foundation and contributors
+ *
+ * Squid software is distributed under GPLv2+ license and includes
+ * contributions from numerous individuals and organizations.
+ * Please see the COPYING and CONTRIBUTORS files for details.
+ */
+
+/*
+ Stylesheet for Squid Error pages
+ Adapted from design by Free CSS Templates
+ http://www.freecsstemplates.org
+ Released for free under a Creative Commons Attribution 2.5 License
+*/
+
+/* Page basics */
+* {
+\tfont-family: verdana, sans-serif;
+}
+
+html body {
+\tmargin: 0;
+\tpadding: 0;
+\tbackground: #efefef;
+\tfont-size: 12px;
+\tcolor: #1e1e1e;
+}
+
+/* Page displayed title area */
+#titles {
+\tmargin-left: 15px;
+\tpadding: 10px;
+\tpadding-left: 100px;
+\tbackground: url('/squid-internal-static/icons/SN.png') no-repeat left;
+}
+
+/* initial title */
+#titles h1 {
+\tcolor: #000000;
+}
+#titles h2 {
+\tcolor: #000000;
+}
+
+/* special event: FTP success page titles */
+#titles ftpsuccess {
+\tbackground-color:#00ff00;
+\twidth:100%;
+}
+
+/* Page displayed body content area */
+#content {
+\tpadding: 10px;
+\tbackground: #ffffff;
+}
+
+/* General text */
+p {
+}
+
+/* error brief description */
+#error p {
+}
+
+/* some data which may have caused the problem */
+#data {
+}
+
+/* the error message received from the system or other software */
+#sysmsg {
+}
+
+pre {
+}
+
+/* special event: FTP / Gopher directory listing */
+#dirmsg {
+    font-family: courier, monospace;
+    color: black;
+    font-size: 10pt;
+}
+#dirlisting {
+    margin-left: 2%;
+    margin-right: 2%;
+}
+#dirlisting tr.entry td.icon,td.filename,td.size,td.date {
+    border-bottom: groove;
+}
+#dirlisting td.size {
+    width: 50px;
+    text-align: right;
+    padding-right: 5px;
+}
+
+/* horizontal lines */
+hr {
+\tmargin: 0;
+}
+
+/* page displayed footer area */
+#footer {
+\tfont-size: 9px;
+\tpadding-left: 10px;
+}
+
+
+body
+:lang(fa) { direction: rtl; font-size: 100%; font-family: Tahoma, Roya, sans-serif; float: right; }
+:lang(he) { direction: rtl; }
+ """
+_SQUID_HEAD = """<!DOCTYPE html PUBLIC "-//W3C//DTD HTML 4.01//EN" "http://www.w3.org/TR/html4/strict.dtd">
 <html><head>
-<meta type="copyright" content="Copyright (C) 1996-2022 The Squid Software Foundation and contributors">
+<meta type="copyright" content="Copyright (C) 1996-2021 The Squid Software Foundation and contributors">
 <meta http-equiv="Content-Type" content="text/html; charset=utf-8">
 <title>ERROR: The requested URL could not be retrieved</title>
-<style type="text/css"><!--
-body{font-family:verdana,sans-serif}pre{font-family:sans-serif}
---></style>
-</head><body id=ERR_INVALID_REQ>
+<style type="text/css"><!-- """ + _SQUID_CSS + """--></style>
+</head><body id={error}>
 <div id="titles">
 <h1>ERROR</h1>
 <h2>The requested URL could not be retrieved</h2>
@@ -69,9 +204,46 @@ body{font-family:verdana,sans-serif}pre{font-family:sans-serif}
 <hr>
 
 <div id="content">
-<p><b>Invalid Request</b> error was encountered while trying to process the request:</p>
+"""
+_SQUID_FOOT = """
+<p>Your cache administrator is <a href="mailto:webmaster">webmaster</a>.</p>
+<br>
+</div>
 
-<p>Some aspect of the HTTP Request is invalid. Possible problems:</p>
+<hr>
+<div id="footer">
+<p>Generated {date} by {host} (squid/{version})</p>
+<!-- {error} -->
+</div>
+</body></html>
+"""
+_SQUID_INVALID_URL = _SQUID_HEAD + """<p>The following error was encountered while trying to retrieve the URL: <a href="{url}">{url}</a></p>
+
+<blockquote id="error">
+<p><b>Invalid URL</b></p>
+</blockquote>
+
+<p>Some aspect of the requested URL is incorrect.</p>
+
+<p>Some possible problems are:</p>
+<ul>
+<li><p>Missing or incorrect access protocol (should be <q>http://</q> or similar)</p></li>
+<li><p>Missing hostname</p></li>
+<li><p>Illegal double-escape in the URL-Path</p></li>
+<li><p>Illegal character in hostname; underscores are not allowed.</p></li>
+</ul>
+""" + _SQUID_FOOT
+_SQUID_PROTOCOL_UNKNOWN = _SQUID_HEAD + """<p>The following error was encountered while trying to retrieve the URL: <a href="error:invalid-request">error:invalid-request</a></p>
+
+<blockquote id="error">
+<p><b>Unsupported Protocol</b></p>
+</blockquote>
+
+<p>Squid does not support some access protocols. For example, the SSH protocol is currently not supported.</p>
+""" + _SQUID_FOOT
+_SQUID_ERROR = _SQUID_HEAD + """<p><b>Invalid Request</b> error was encountered while trying to process the request:</p>
+
+<p>Some possible problems are:</p>
 <ul>
 <li id="missing-method"><p>Missing or unknown request method.</p></li>
 <li id="missing-url"><p>Missing URL.</p></li>
@@ -81,42 +253,24 @@ body{font-family:verdana,sans-serif}pre{font-family:sans-serif}
 <li><p>Illegal character in hostname; underscores are not allowed.</p></li>
 <li><p>HTTP/1.1 <q>Expect:</q> feature is being asked from an HTTP/1.0 software.</p></li>
 </ul>
+""" + _SQUID_FOOT
 
-<p>Your cache administrator is <a href="mailto:webmaster">webmaster</a>.</p>
-<br>
-</div>
-
-<hr>
-<div id="footer">
-<p>Generated by {host} (squid/5.7)</p>
-<!-- ERR_INVALID_REQ -->
-</div>
-</body></html>
-"""
-
-_TINYPROXY = "tinyproxy/1.11.1"
+# tinyproxy 1.11 as Debian ships it: HTTP/1.0 errors without Date or Content-Length.
+_TINYPROXY = "tinyproxy/{version}"
 _TINYPROXY_ERROR = """<?xml version="1.0" encoding="UTF-8" ?>
-<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Strict//EN" "http://www.w3.org/TR/xhtml1/DTD/xhtml1-strict.dtd">
-<html xmlns="http://www.w3.org/1999/xhtml" xml:lang="en">
-
+<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.1//EN" "http://www.w3.org/TR/xhtml11/DTD/xhtml11.dtd">
+<html>
 <head><title>{code} {reason}</title></head>
-
 <body>
-
 <h1>{reason}</h1>
-
-<p>Unable to parse request.</p>
-
+<p>{detail}</p>
 <hr />
-
-<p><em>Generated by <a href="https://tinyproxy.github.io/">tinyproxy</a> version 1.11.1.</em></p>
-
+<p><em>Generated by tinyproxy version {version}.</em></p>
 </body>
-
 </html>
 """
 
-_APACHE = "Apache/2.4.57 (Debian)"
+_APACHE = "Apache/{version} (Debian)"
 _APACHE_ERROR = """<!DOCTYPE HTML PUBLIC "-//IETF//DTD HTML 2.0//EN">
 <html><head>
 <title>{code} {reason}</title>
@@ -125,7 +279,7 @@ _APACHE_ERROR = """<!DOCTYPE HTML PUBLIC "-//IETF//DTD HTML 2.0//EN">
 <p>Your browser sent a request that this server could not understand.<br />
 </p>
 <hr>
-<address>Apache/2.4.57 (Debian) Server at {host} Port {port}</address>
+<address>Apache/{version} (Debian) Server at {host} Port {port}</address>
 </body></html>
 """
 _APACHE_ITWORKS = """<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Transitional//EN" "http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd">
@@ -156,11 +310,9 @@ _CCPROXY_ERROR = """<HTML><HEAD><TITLE>CCProxy</TITLE>
 <HR><ADDRESS>CCProxy 8.0</ADDRESS></BODY></HTML>
 """
 
-_ANALOGX_ERROR = """<HTML><HEAD><TITLE>{code} {reason}</TITLE></HEAD>
-<BODY><H1>{reason}</H1>
-AnalogX Proxy could not process your request.<P>
-<HR><ADDRESS>AnalogX Proxy 4.15</ADDRESS>
-</BODY></HTML>
+_WINGATE_ERROR = """<HTML><HEAD><TITLE>{code} {reason}</TITLE></HEAD>
+<BODY><H1>{reason}</H1><P>The request could not be understood by WinGate.</P>
+<HR><ADDRESS>WinGate {version}</ADDRESS></BODY></HTML>
 """
 
 _PROXYPLUS_ERROR = """<html><head><title>Proxy+ - {code} {reason}</title></head>
@@ -169,32 +321,47 @@ _PROXYPLUS_ERROR = """<html><head><title>Proxy+ - {code} {reason}</title></head>
 <hr><i>Proxy+ 5.00 www.proxyplus.cz</i></body></html>
 """
 
+# AnalogX Proxy answers what it cannot serve with a bare HTML page, no status line
+# (nmap-service-probes: "AnalogX web proxy").
+_ANALOGX_ERROR = ('<HTML><BODY bgColor=#FFFFFF link=#0000CC text=#000000 vLink=#CCCC88><TITLE>An error has '
+                  'occurred...</TITLE><CENTER><TABLE width=600 border=0 cellpadding=2 cellspacing=1><TR '
+                  'bgcolor=#FFFFFF vAlign=top><TD width="90%" colspan=2 bgcolor=#707888><FONT face=Arial '
+                  'color=#FFFFFF size=2><B>AnalogX Proxy</B></FONT></TD></TR><TR><TD colspan=2><FONT face=Arial '
+                  'size=2><BR>The requested item could not be retrieved: the request was not understood.'
+                  '<BR><BR></FONT></TD></TR></TABLE></CENTER></BODY></HTML>')
+
 STYLES: dict[str, ProxyStyle] = {
     "squid": ProxyStyle(
         server=_SQUID,
         relay_headers=(
             ("X-Cache", "MISS from {host}"),
             ("X-Cache-Lookup", "MISS from {host}:{port}"),
-            ("Via", "1.1 {host} (squid/5.7)"),
-        ),
-        error_headers=(
-            ("Mime-Version", "1.0"),
-            ("X-Squid-Error", "ERR_INVALID_REQ 0"),
-            ("Vary", "Accept-Language"),
-            ("Content-Language", "en"),
-            ("X-Cache", "MISS from {host}"),
-            ("X-Cache-Lookup", "NONE from {host}:{port}"),
-            ("Via", "1.1 {host} (squid/5.7)"),
+            ("Via", "1.1 {host} (squid/{version})"),
         ),
         error_content_type="text/html;charset=utf-8",
         error_page=_SQUID_ERROR,
+        error_head=Head(headers=(
+            ("Server", "{server}"), ("Mime-Version", "1.0"), ("Date", ""), ("Content-Type", ""),
+            ("Content-Length", ""), ("X-Squid-Error", "{error} 0"), ("Vary", "Accept-Language"),
+            ("Content-Language", "en"), ("X-Cache", "MISS from {host}"),
+            ("X-Cache-Lookup", "NONE from {host}:{port}"), ("Via", "1.1 {host} (squid/{version})"),
+            ("Connection", ""),
+        )),
+        error_names={"visit": "ERR_INVALID_URL", "garbage": "ERR_PROTOCOL_UNKNOWN", "": "ERR_INVALID_REQ"},
+        error_pages={"visit": _SQUID_INVALID_URL, "garbage": _SQUID_PROTOCOL_UNKNOWN},
     ),
     "tinyproxy": ProxyStyle(
         server=_TINYPROXY,
         connect_headers=(("Proxy-agent", _TINYPROXY),),
-        relay_headers=(("Via", "1.1 {host} (tinyproxy/1.11.1)"),),
+        connect_line="HTTP/1.0 200 Connection established",
+        relay_headers=(("Via", "1.1 {host} (tinyproxy/{version})"),),
+        relay_first=True,
         error_content_type="text/html",
         error_page=_TINYPROXY_ERROR,
+        error_head=Head(version="HTTP/1.0", headers=(
+            ("Server", "{server}"), ("Content-Type", ""), ("Connection", ""))),
+        error_names={"visit": "You tried to connect to the machine the proxy is running on",
+                     "": "Request has an invalid format"},
     ),
     "apache": ProxyStyle(
         server=_APACHE,
@@ -204,23 +371,45 @@ STYLES: dict[str, ProxyStyle] = {
         error_page=_APACHE_ERROR,
         self_page=Page(200, "text/html", _APACHE_ITWORKS),
     ),
+    # CCProxy asks a visitor of its own port for the account its web admin wants
+    # (nmap-service-probes: "CCProxy http proxy"); proxy requests pass.
     "ccproxy": ProxyStyle(
         server="CCProxy",
         connect_headers=(("Proxy-agent", "CCProxy"),),
         error_content_type="text/html",
         error_page=_CCPROXY_ERROR,
+        self_page=Page(401, "text/html", "<Html><Body><H1> Unauthorized ...</H1></Body></Html>"),
+        self_head=Head(version="HTTP/1.0", headers=(
+            ("Server", "CCProxy"), ("WWW-Authenticate", 'Basic realm="CCProxy Authorization"'),
+            ("Content-Type", ""), ("Content-Length", ""), ("Connection", ""))),
     ),
     "analogx": ProxyStyle(
         server="AnalogX Proxy 4.15",
         error_content_type="text/html",
         error_page=_ANALOGX_ERROR,
+        error_head=Head(version=""),
     ),
+    # Proxy+ (Fortech) on its HTTP proxy port asks a visitor for its account
+    # (nmap-service-probes: "Proxy+ http proxy").
     "proxyplus": ProxyStyle(
         server="Proxy+ 5.00",
         connect_headers=(("Proxy-agent", "Proxy+ 5.00"),),
         relay_headers=(("Via", "1.0 {host} (Proxy+ 5.00)"),),
         error_content_type="text/html",
         error_page=_PROXYPLUS_ERROR,
+        self_page=Page(407, "text/html", "<html><body><h3>Proxy authentication required</h3></body></html>"),
+        self_head=Head(version="HTTP/1.0", reason="Proxy Authentication required", headers=(
+            ("Date", ""), ("Content-Type", ""), ("Proxy-Authenticate", 'Basic realm="Proxy+ HTTP Proxy service"'),
+            ("Content-Length", ""), ("Connection", ""))),
+    ),
+    # WinGate serves HTTP and SOCKS on one port (nmap-service-probes: "WinGate httpd").
+    "wingate": ProxyStyle(
+        server="WinGate {version}",
+        connect_headers=(("Proxy-agent", "WinGate {version}"),),
+        error_content_type="text/html",
+        error_page=_WINGATE_ERROR,
+        error_head=Head(reason="Malformed Request", headers=(
+            ("Server", "{server}"), ("Date", ""), ("Content-Type", ""), ("Content-Length", ""), ("Connection", ""))),
     ),
 }
 

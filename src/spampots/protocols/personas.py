@@ -9,11 +9,64 @@ configuration can pin any of them.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 from .base import Persona
 
 SMTP_STYLES = ("postfix", "exim", "sendmail", "exchange")
+#: HTTP proxies a sensor's unpinned listeners may be (picked from the sensor id)
 HTTP_STYLES = ("squid", "tinyproxy", "ccproxy", "apache", "analogx", "proxyplus")
+#: every proxy product a listener can play (``Persona.http_style``)
+PROXY_STYLES = HTTP_STYLES + ("wingate", "dante", "mydoom")
+
+#: Products that speak only SOCKS on their port, with the versions they speak. Other
+#: first bytes are answered as the product does (see ``dispatch.py``), so scanners
+#: such as nmap settle on SOCKS. The rest serve any protocol on any port: CCProxy,
+#: WinGate and 3proxy do so themselves, and for single-protocol HTTP proxies a SOCKS
+#: greeting is a free capture that costs no fingerprint nmap looks for.
+@dataclass(frozen=True, slots=True)
+class SocksOnly:
+    speaks: frozenset[str]  # "socks4", "socks5"
+    refusal: bytes = b""  # sent to any other first byte before the close
+
+
+SOCKS_ONLY: dict[str, SocksOnly] = {
+    # Dante reads one version byte; anything but 4 or 5 is dropped without a word.
+    "dante": SocksOnly(frozenset({"socks4", "socks5"})),
+    # MyDoom's backdoor proxy (3127) speaks SOCKS4 and refuses anything else with a
+    # SOCKS4-looking reply (nmap-service-probes, probe "mydoom": "MyDoom virus backdoor").
+    "mydoom": SocksOnly(frozenset({"socks4"}), b"\x04\x5b" + bytes(6)),
+}
+
+#: The default persona of each of the talk's ports (README.md gives the reasons).
+PORT_PERSONAS: dict[int, str] = {
+    1080: "dante",
+    3127: "mydoom",
+    8080: "ccproxy",
+    80: "apache",
+    3128: "squid",
+    8000: "tinyproxy",
+    6588: "analogx",
+    4480: "proxyplus",
+    3382: "wingate",
+    81: "squid",
+}
+
+#: Releases a product is shown as, one per sensor (``Persona.variant``): two sensors
+#: playing Squid need not share one version string. Only releases whose pages and
+#: headers match our templates are listed.
+VERSIONS: dict[str, tuple[str, ...]] = {
+    "squid": ("5.7", "5.6", "5.5"),
+    "tinyproxy": ("1.11.1", "1.11.0"),
+    "apache": ("2.4.57", "2.4.56", "2.4.59", "2.4.62"),
+    "wingate": ("6.6.4 (Build 1432)", "7.0.2 (Build 1607)", "7.2.1 (Build 1816)"),
+}
+
+
+def version(style: str, variant: int) -> str:
+    """The release of ``style`` this sensor shows ("" for products we show unversioned)."""
+    options = VERSIONS.get(style, ())
+    return options[variant % len(options)] if options else ""
 JUDGE_STYLES = ("azenv", "plain", "table")
 
 # Host names like the ones small offices and home servers use for their MTA.
@@ -44,7 +97,9 @@ def choose(
         n = int.from_bytes(hashlib.sha256(f"n\0{sensor_id}".encode()).digest()[:2], "big") % 90 + 1
         prefix = _pick(sensor_id, "host", _HOST_PREFIXES)
         hostname = f"{prefix}{n if prefix.startswith(('server', 'srv', 'host')) else ''}.{_pick(sensor_id, 'dom', _HOST_DOMAINS)}"
+    variant = int.from_bytes(hashlib.sha256(f"v\0{sensor_id}".encode()).digest()[:2], "big")
     return Persona(
+        variant=variant,
         smtp_style=smtp_style or _pick(sensor_id, "smtp", SMTP_STYLES),
         hostname=hostname,
         http_style=http_style or _pick(sensor_id, "http", HTTP_STYLES),

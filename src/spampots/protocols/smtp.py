@@ -164,7 +164,9 @@ STYLES: dict[str, Style] = {
             "queued": "250 2.0.0 Ok: queued as {qid}",
             "bye": "221 2.0.0 Bye",
         },
-        keywords=("PIPELINING", "SIZE", "VRFY", "STARTTLS", "AUTH", "ENHANCEDSTATUSCODES", "8BITMIME"),
+        # Debian's Postfix 3.7 order (tests/test_personas_real.py); not CHUNKING: BDAT is not served
+        keywords=("PIPELINING", "SIZE", "VRFY", "ETRN", "STARTTLS", "AUTH", "ENHANCEDSTATUSCODES", "8BITMIME",
+                  "DSN", "SMTPUTF8"),
         dated="",
         qid=_qid_postfix,
     ),

@@ -2,7 +2,9 @@
 
 Abusers scan every port with every protocol, so the listener does not trust
 its port number: a SOCKS5 greeting on :8080 is served as SOCKS5. Silence
-(server-speaks-first SMTP) is the glue's business, decided by a timer.
+(server-speaks-first SMTP) is the glue's business, decided by a timer. A port
+playing a SOCKS-only product does not sniff at all: ``dispatch.Sniffer`` judges
+its first byte alone, as that product does.
 
 :func:`sniff` returns None while the bytes so far are a prefix of more than
 one possibility (``b"GE"``, a lone ``b"\\x05"``); after :data:`SNIFF_MAX`
