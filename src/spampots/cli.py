@@ -207,7 +207,7 @@ def _tell_damage(stats: "ReadStats", prog: str) -> None:
 
 def _message_events(data_dir: Path, prog: str) -> dict[str, object]:
     from .events import SmtpMessage
-    from .store.segments import ReadStats, iter_events
+    from .store.catalog import ReadStats, iter_events
 
     out: dict[str, object] = {}
     st = ReadStats()
@@ -253,7 +253,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 2
     if args.event:
         from .events import encode
-        from .store.segments import ReadStats, iter_events
+        from .store.catalog import ReadStats, iter_events
         found = 0
         st = ReadStats()
         for ev in iter_events(data_dir, stats=st):
@@ -407,7 +407,7 @@ def event_names(given: Iterable[str]) -> set[str]:
 
 def cmd_events(args: argparse.Namespace) -> int:
     from .events import encode
-    from .store.segments import ReadStats, iter_events
+    from .store.catalog import ReadStats, iter_events
 
     try:
         wanted = event_names(args.event or ())

@@ -23,7 +23,8 @@ import msgspec
 from .. import __version__
 from ..config import TLS_KINDS, Config, effective_limits
 from ..events import (
-    Event, LimitHit, Listener, SensorHeartbeat, SensorStart, SensorStop, name_of, now_iso, stamp,
+    MESSAGE, PROTOCOL_ERROR, PROXY_REQUEST, SESSION_OPEN, Event, LimitHit, Listener, SensorHeartbeat, SensorStart,
+    SensorStop, name_of, now_iso, stamp,
 )
 from ..protocols import personas
 from ..protocols.base import Context, Persona
@@ -512,9 +513,9 @@ class Sensor:
 
     def _summary(self) -> str:
         c = self.counters
-        return (f"sessions {c['spampots.session.open']} (open now {len(self.sessions)}), "
-                f"messages {c['spampots.smtp.message']}, proxy requests {c['spampots.proxy.request']}, "
-                f"errors {c['spampots.protocol.error']}, limits hit {self.limit_hits}")
+        return (f"sessions {c[SESSION_OPEN]} (open now {len(self.sessions)}), "
+                f"messages {c[MESSAGE]}, proxy requests {c[PROXY_REQUEST]}, "
+                f"errors {c[PROTOCOL_ERROR]}, limits hit {self.limit_hits}")
 
     async def _tick(self) -> None:
         summary_every = self.cfg.sensor.summary_interval_s
