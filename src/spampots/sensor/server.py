@@ -26,6 +26,7 @@ from ..events import (
     MESSAGE, PROTOCOL_ERROR, PROXY_REQUEST, SESSION_OPEN, Event, LimitHit, Listener, SensorHeartbeat, SensorStart,
     SensorStop, name_of, now_iso, stamp,
 )
+from .. import outputs
 from ..protocols import personas
 from ..protocols.base import Context, Persona
 from ..protocols.budget import MemoryBudget
@@ -358,6 +359,7 @@ class Sensor:
                 import nats.js  # noqa: F401
 
                 from ..transport import shipper as _preloaded  # noqa: F401
+            outputs.preload(self.cfg.output)  # likewise
             if acct is not None:
                 log.info("dropped root privileges: now %s", privileges.drop_to(acct, dir_fd))
             else:
@@ -405,12 +407,15 @@ class Sensor:
         ticker = self.loop.create_task(self._tick())
         upkeep = self.loop.create_task(self.upkeep.run()) if self.upkeep is not None else None
         shipping = self._start_shipper()
+        feeding = outputs.start(self.cfg.output, Path("."))  # tasks reading the store: never block capture
         await self._start_metrics()  # after the shipper: its figures are there from the first scrape
         await self._stop.wait()
         ticker.cancel()
         if upkeep is not None:
             upkeep.cancel()
         await self._shutdown(limits)
+        if feeding is not None:
+            await feeding.stop()  # after the last events are on disk: they go out too
         if shipping is not None:
             # Store and forward: everything is already on local disk; the shipper
             # gets a moment to send the last of it, and resumes from its cursor next time.
