@@ -66,9 +66,11 @@ class Background:
         ready.wait(10)
 
     def caught_up(self, timeout: float = 60.0) -> bool:
+        """Everything stored before the call was taken: two reads since found nothing new."""
+        seen = self.runner.idle_reads
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.runner.caught_up and self.runner.reader.cursor == self.runner.reader._read:
+            if self.runner.idle_reads >= seen + 2 and self.runner.caught_up:
                 return True
             time.sleep(0.05)
         return False

@@ -82,6 +82,7 @@ class Runner:
         self.sent = 0  # events the receiver took since start
         self.failures = 0
         self.caught_up = False
+        self.idle_reads = 0  # reads that found nothing new: a read after a write of the store
         self._logged = 0.0
         (self.data_dir / OUTPUTS_DIR).mkdir(mode=0o750, exist_ok=True)
         self.reader = Reader(self.data_dir, cursor_path=self.data_dir / OUTPUTS_DIR / f"{self.name}.cursor",
@@ -96,6 +97,7 @@ class Runner:
             self.reader.commit()  # the receiver took it: never sent again
         self.sent += len(batch)
         self.caught_up = self.reader.caught_up
+        self.idle_reads += self.caught_up
         return len(batch)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -129,6 +131,7 @@ class Runner:
 
     def _fail(self, e: Exception, started: bool) -> None:
         self.failures += 1
+        self.caught_up = False
         self.reader.rewind()  # what the receiver may not have taken is sent again
         if started:
             try:

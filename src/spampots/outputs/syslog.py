@@ -20,6 +20,7 @@ by nature: nothing tells the sender what was dropped.
 from __future__ import annotations
 
 import fcntl
+import select
 import socket
 import ssl
 import struct
@@ -119,13 +120,16 @@ class SyslogOutput(Output):
         """Until the peer's TCP acknowledged all we sent; raise if it closed or never does."""
         raw = self._sock.fileno()  # type: ignore[union-attr]
         deadline = time.monotonic() + _ACK_WAIT_S
+        poll = select.poll()
+        poll.register(raw, select.POLLIN | select.POLLERR | select.POLLHUP)
         while True:
             left = struct.unpack("i", fcntl.ioctl(raw, _SIOCOUTQ, b"\0\0\0\0"))[0]
             if left == 0:
                 break
+            if poll.poll(5):  # a reset or a close: the queue would never drain
+                break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"receiver did not take {left} bytes within {_ACK_WAIT_S:g} s")
-            time.sleep(0.005)
         try:  # a receiver that closed (killed, restarted) shows as EOF or a reset here
             self._sock.setblocking(False)  # type: ignore[union-attr]
             got = self._sock.recv(1)  # type: ignore[union-attr]
@@ -137,6 +141,8 @@ class SyslogOutput(Output):
                 self._sock.settimeout(self.cfg.timeout_s)
         if not got:
             raise ConnectionError("receiver closed the connection")
+        if left:
+            raise ConnectionError(f"receiver went away with {left} bytes not taken")
 
     def stop(self) -> None:
         if self._sock is not None:
