@@ -268,7 +268,7 @@ input(type="imudp" port="{port}" address="127.0.0.1" ruleset="r")
 def test_forward_command_and_example_config(tmp_path):
     import sys
 
-    out = subprocess.run([sys.executable, "-c", "from spampots.cli import main; main()", "example-config"],
+    out = subprocess.run([sys.executable, "-c", "import sys; from spampots.cli import main; sys.exit(main())", "example-config"],
                          capture_output=True, text=True, check=True).stdout
     for key in ("kind = \"jsonl\"", "max_mb", "keep", "kind = \"syslog\"", "transport", "ca_file", "max_value"):
         assert key in out
@@ -279,7 +279,7 @@ def test_forward_command_and_example_config(tmp_path):
         emit(rec, 0, 50, sensor="c2")
     conf = tmp_path / "fwd.toml"
     conf.write_text('[[output]]\nkind = "jsonl"\npath = "feed.jsonl"\npoll_s = 0.05\n')
-    p = subprocess.Popen([sys.executable, "-c", "from spampots.cli import main; main()", "forward",
+    p = subprocess.Popen([sys.executable, "-c", "import sys; from spampots.cli import main; sys.exit(main())", "forward",
                           "--data-dir", str(data), "--config", str(conf)])
     try:
         want = stored(data)
