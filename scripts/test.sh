@@ -27,6 +27,10 @@ command -v podman >/dev/null || need+=(podman)
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)  # Spark's engine (tests/test_spark.py)
 command -v prometheus >/dev/null || need+=(prometheus)  # scrapes a sensor (tests/test_metrics.py)
+# receives the outputs (tests/test_outputs.py): imfile, imtcp/imudp, TLS through the gtls driver
+command -v rsyslogd >/dev/null || need+=(rsyslog)
+[ -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so ] || [ -n "$(find /usr/lib -name lmnsd_gtls.so 2>/dev/null | head -1)" ] \
+  || need+=(rsyslog-gnutls)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing Debian packages: ${need[*]}"
