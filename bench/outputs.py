@@ -156,6 +156,13 @@ def main() -> int:
                 try:
                     rate = run_output(data, keys, f"{kind}-{run}", args.batch, rs if killing else None, port)
                     lost, dup = count(got, data, n, 30 if kind != "udp" else 5)
+                    if kind == "jsonl" and killing:  # our side: the files themselves
+                        files = sorted(tmp.glob("feed.jsonl*"), key=lambda p: -int(p.suffix[1:] or 0)
+                                       if p.suffix[1:].isdigit() else 0)
+                        own = tmp / "own.log"
+                        own.write_bytes(b"".join(p.read_bytes() for p in files))
+                        flost, fdup = count(own, data, n, 1)
+                        print(f"jsonl files themselves, receiver killed: lost {flost}, dup {fdup}")
                 finally:
                     rs.stop()
                 if not killing:
@@ -164,7 +171,8 @@ def main() -> int:
                     row.append(f"| {'':>12} {rate:>9,.0f} {lost:>5} {dup:>4}")
             print(" ".join(row), flush=True)
     print("udp: lossy by nature (no acknowledgement, the receiver's socket buffer overflows); "
-          "jsonl: the file is complete, the count is what imfile delivered")
+          "jsonl: the count is what rsyslog's imfile delivered (a rotation while it is down loses the "
+          "rest of the renamed file: imfile follows one name)")
     return 0
 
 
