@@ -309,3 +309,38 @@ def test_forward_command_and_example_config(tmp_path):
         p.send_signal(signal.SIGTERM)
         assert p.wait(30) == 0
     assert json.loads((data / "outputs" / "jsonl.cursor").read_bytes())["done"]
+
+
+def test_sensor_runs_its_outputs_and_sends_the_last_events_at_stop(tmp_path):
+    """A real sensor with a jsonl [[output]]: SMTP mail shows up in the file, and what was
+    captured just before a clean stop too (the output drains before the sensor exits)."""
+    import smtplib
+
+    from conftest import start_sensor
+
+    port = free_port()
+    got = tmp_path / "syslog.log"
+    rs = Rsyslog(tmp_path / "rs", f"""module(load="imtcp")
+{SYSLOG_TEMPLATE}
+ruleset(name="r") {{ action(type="omfile" file="{got}" template="rec") }}
+input(type="imtcp" port="{port}" address="127.0.0.1" ruleset="r")
+""") if RSYSLOGD else None
+    conf = '[[output]]\nkind = "jsonl"\npoll_s = 0.05\n'
+    if rs is not None:
+        rs.start(wait_port=port)
+        conf += f'[[output]]\nkind = "syslog"\ntransport = "tcp"\nport = {port}\npoll_s = 0.05\n'
+    sp = start_sensor(tmp_path / "s", config=conf, wait_port=25)
+    try:
+        with smtplib.SMTP("127.0.0.1", sp.port(25), timeout=30) as c:
+            c.sendmail("a@example.com", ["v@example.net"], b"Subject: feed me\r\n\r\nhello\r\n")
+        assert sp.stop() == 0
+        want = stored(sp.data_dir)
+        assert any(b"spampots.sensor.stop" in ln for ln in want)
+        feed = sp.data_dir / "outputs" / "jsonl.jsonl"
+        assert collections.Counter(feed.read_bytes().splitlines()) == want
+        if rs is not None:
+            assert _json_of(_received(got, sum(want.values()))) == want
+    finally:
+        sp.stop()
+        if rs is not None:
+            rs.stop()

@@ -106,6 +106,7 @@ class Runner:
         started = False
         try:
             while True:
+                draining = stop.is_set()  # a read that starts after the stop sees everything
                 try:
                     if not started:
                         await asyncio.to_thread(self.output.start)
@@ -121,9 +122,10 @@ class Runner:
                     if await _wait(stop, delay):
                         return
                     continue
-                if n == 0 and (stop.is_set() or await _wait(stop, self.cfg.poll_s)):
-                    if stop.is_set() and self.reader.caught_up:
+                if n == 0:
+                    if draining:
                         return
+                    await _wait(stop, self.cfg.poll_s)
         finally:
             if started:
                 await asyncio.to_thread(self.output.stop)
