@@ -604,7 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--follow", "-f", action="store_true",
                    help="keep reading: print new events as the sensor writes them (like tail -F), "
                         "until interrupted")
-    v.add_argument("--poll", type=float, default=0.5, metavar="S", help=argparse.SUPPRESS)
+    v.add_argument("--poll", type=float, default=0.5, metavar="S",
+                   help="with --follow: look for new events this often when there were none (default 0.5)")
     add_data_dir_options(v)
     v.set_defaults(func=cmd_events)
 
@@ -613,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "outputs) and feed the config's [[output]] tables, each from its "
                                     "own cursor, until stopped (SIGINT/SIGTERM).")
     add_data_dir_options(fw)
-    fw.add_argument("--log-level", choices=config.LOG_LEVELS, default="info")
+    fw.add_argument("--log-level", choices=config.LOG_LEVELS, default="info", help="stderr detail (default info)")
     add_log_format(fw)
     fw.set_defaults(func=cmd_forward)
 
