@@ -462,7 +462,7 @@ def cmd_forward(args: argparse.Namespace) -> int:
     """Run the config's [[output]] tables over a data dir (a collector's, say) until stopped."""
     import signal
 
-    from .outputs import Runner
+    from .outputs import run_outputs
 
     try:
         cfg = _load_config(args)
@@ -484,9 +484,7 @@ def cmd_forward(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        runners = [Runner(c, data_dir) for c in cfg.output]
-        await asyncio.gather(*(r.run(stop) for r in runners))
-        for r in runners:
+        for r in await run_outputs(cfg.output, data_dir, stop):
             logging.getLogger("spampots.outputs").info("output %s: %d events sent, %d failures",
                                                        r.name, r.sent, r.failures)
 
