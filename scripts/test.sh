@@ -35,6 +35,10 @@ command -v danted >/dev/null || need+=(dante-server)
 command -v postfix >/dev/null || need+=(postfix)
 command -v ip >/dev/null || need+=(iproute2)
 command -v openssl >/dev/null || need+=(openssl)
+# receives the outputs (tests/test_outputs.py): imfile, imtcp/imudp, TLS through the gtls driver
+command -v rsyslogd >/dev/null || need+=(rsyslog)
+[ -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so ] || [ -n "$(find /usr/lib -name lmnsd_gtls.so 2>/dev/null | head -1)" ] \
+  || need+=(rsyslog-gnutls)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing Debian packages: ${need[*]}"

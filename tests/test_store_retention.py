@@ -21,7 +21,7 @@ from spampots.events import SmtpMessage, encode
 from spampots.store import MessageStore, iter_events, iter_segment_files
 from spampots.store.retention import DAY_S, live_writers, prune
 from spampots.store.segments import SegmentWriter
-from spampots.transport.cursor import Cursor, acked_checker, save_cursor
+from spampots.store.catalog import Cursor, acked_checker, save_cursor
 
 SENSOR = "test-sensor"
 NOW = time.time()

@@ -129,7 +129,7 @@ def test_config_validation_names_each_problem(tmp_path):
 
 
 def test_tail_follows_a_growing_segment_through_rotation(tmp_path):
-    from spampots.transport.cursor import SegmentTail, segment_id
+    from spampots.store.catalog import SegmentTail, segment_id
 
     rec = Recorder(tmp_path, "edge")
     rec.start()

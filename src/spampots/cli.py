@@ -8,12 +8,14 @@ import logging
 import os
 import re
 import sys
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 from . import __version__, config
 
 if TYPE_CHECKING:
+    from .events import Event
     from .store.segments import ReadStats
 
 _HEX64 = re.compile(rb"^[0-9a-fA-F]{64}$")
@@ -207,7 +209,7 @@ def _tell_damage(stats: "ReadStats", prog: str) -> None:
 
 def _message_events(data_dir: Path, prog: str) -> dict[str, object]:
     from .events import SmtpMessage
-    from .store.segments import ReadStats, iter_events
+    from .store.catalog import ReadStats, iter_events
 
     out: dict[str, object] = {}
     st = ReadStats()
@@ -253,7 +255,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 2
     if args.event:
         from .events import encode
-        from .store.segments import ReadStats, iter_events
+        from .store.catalog import ReadStats, iter_events
         found = 0
         st = ReadStats()
         for ev in iter_events(data_dir, stats=st):
@@ -405,12 +407,25 @@ def event_names(given: Iterable[str]) -> set[str]:
     return out
 
 
+def event_filter(args: argparse.Namespace) -> "Callable[[Event], bool]":
+    """What `events` keeps: --event (full or short names; unknown ones raise ValueError),
+    --since (a UTC day or time, ISO 8601), --sensor, --src-ip."""
+    wanted = event_names(args.event or ())
+    since, sensor, src_ip = args.since or "", args.sensor, args.src_ip
+
+    def keep(ev: "Event") -> bool:
+        return ((not wanted or type(ev).__struct_config__.tag in wanted) and ev.ts >= since
+                and (sensor is None or ev.sensor == sensor) and (src_ip is None or ev.src_ip == src_ip))
+
+    return keep
+
+
 def cmd_events(args: argparse.Namespace) -> int:
     from .events import encode
-    from .store.segments import ReadStats, iter_events
+    from .store.catalog import ReadStats, Reader, iter_events
 
     try:
-        wanted = event_names(args.event or ())
+        keep = event_filter(args)
     except ValueError as e:
         print(f"spampots events: {e}", file=sys.stderr)
         return 2
@@ -419,11 +434,65 @@ def cmd_events(args: argparse.Namespace) -> int:
         print(f"spampots events: no data directory {data_dir}", file=sys.stderr)
         return 2
     st = ReadStats()
-    for ev in iter_events(data_dir, stats=st):
-        if wanted and type(ev).__struct_config__.tag not in wanted:
-            continue
-        sys.stdout.buffer.write(encode(ev))
+    since_day = args.since[:10] if args.since else None
+    out = sys.stdout.buffer
+    try:
+        if not args.follow:
+            for ev in iter_events(data_dir, since_day=since_day, sensor=args.sensor, stats=st):
+                if keep(ev):
+                    out.write(encode(ev))
+        else:  # until interrupted: the reader follows new lines and segments like tail -F
+            reader = Reader(data_dir, sensor=args.sensor, since_day=since_day, stats=st)
+            while True:
+                got = reader.read_events(1000)
+                out.write(b"".join(encode(ev) for _, ev in got if keep(ev)))
+                out.flush()
+                if reader.caught_up:
+                    time.sleep(args.poll)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:  # | head
+        sys.stderr.close()
+        return 0
     _tell_damage(st, "spampots events")
+    return 0
+
+
+def cmd_forward(args: argparse.Namespace) -> int:
+    """Run the config's [[output]] tables over a data dir (a collector's, say) until stopped."""
+    import signal
+
+    from .outputs import run_outputs
+
+    try:
+        cfg = _load_config(args)
+    except config.ConfigError as e:
+        print(f"spampots forward: {e}", file=sys.stderr)
+        return 2
+    data_dir = _data_dir(args, cfg)
+    if not cfg.output:
+        print("spampots forward: the config has no [[output]] table (see `spampots example-config`)",
+              file=sys.stderr)
+        return 2
+    if not data_dir.is_dir():
+        print(f"spampots forward: no data directory {data_dir}", file=sys.stderr)
+        return 2
+    configure_logging(args.log_level, args.log_format)
+
+    async def forward() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        for r in await run_outputs(cfg.output, data_dir, stop):
+            logging.getLogger("spampots.outputs").info("output %s: %d events sent, %d failures",
+                                                       r.name, r.sent, r.failures)
+
+    try:
+        asyncio.run(forward())
+    except RuntimeError as e:  # an unreadable cursor
+        print(f"spampots forward: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -437,6 +506,19 @@ def _day(s: str) -> str:
     except ValueError:
         pass
     raise argparse.ArgumentTypeError(f"not a UTC day (YYYY-MM-DD): {s!r}")
+
+
+def _since(s: str) -> str:
+    """A UTC day or time, as the prefix of event timestamps it is compared with."""
+    import datetime as dt
+
+    try:
+        t = dt.datetime.fromisoformat(s.removesuffix("Z"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a UTC day or time (2024-03-01, 2024-03-01T12:00): {s!r}") from None
+    if t.tzinfo is not None:
+        t = t.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return t.date().isoformat() if len(s) == 10 else t.isoformat()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -513,8 +595,26 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--event", action="append", metavar="NAME",
                    help="only this event, by full or short name (smtp.message, proxy.request, "
                         "session.open, ...; repeatable)")
+    v.add_argument("--since", type=_since, metavar="WHEN",
+                   help="only events from this UTC day or time on (2024-03-01, 2024-03-01T12:00)")
+    v.add_argument("--sensor", help="only this sensor's events")
+    v.add_argument("--src-ip", help="only events from this source address")
+    v.add_argument("--follow", "-f", action="store_true",
+                   help="keep reading: print new events as the sensor writes them (like tail -F), "
+                        "until interrupted")
+    v.add_argument("--poll", type=float, default=0.5, metavar="S",
+                   help="with --follow: look for new events this often when there were none (default 0.5)")
     add_data_dir_options(v)
     v.set_defaults(func=cmd_events)
+
+    fw = sub.add_parser("forward", help="send the store's events to the config's [[output]]s",
+                        description="Follow a data dir (a collector's, or a sensor's run without "
+                                    "outputs) and feed the config's [[output]] tables, each from its "
+                                    "own cursor, until stopped (SIGINT/SIGTERM).")
+    add_data_dir_options(fw)
+    fw.add_argument("--log-level", choices=config.LOG_LEVELS, default="info", help="stderr detail (default info)")
+    add_log_format(fw)
+    fw.set_defaults(func=cmd_forward)
 
     # Command groups that live with their subsystem register themselves.
     from .analysis import cli as analysis_cli

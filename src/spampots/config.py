@@ -13,7 +13,7 @@ import math
 import socket
 import tomllib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import msgspec
 
@@ -129,6 +129,46 @@ class TransportSection(_Base):
     nats: Optional[NatsSection] = None  # ship to NATS JetStream (docs/network.md); None: local store only
 
 
+class OutputBase(_Base, tag_field="kind"):
+    """Keys every [[output]] has; one subclass per kind (spampots.outputs.<kind>)."""
+
+    name: str = ""  # its cursor's name (<data_dir>/outputs/<name>.cursor); "" = the kind
+    batch: int = 500  # events per write
+    poll_s: float = 1.0  # how often the store is looked at when there was nothing new
+    retry_max_s: float = 30.0  # backoff ceiling while the receiver fails
+
+    @property
+    def kind(self) -> str:
+        return type(self).__struct_config__.tag  # type: ignore[return-value]
+
+
+class JsonlOutput(OutputBase, tag="jsonl"):
+    path: str = ""  # relative to the data dir; "" = outputs/<name>.jsonl
+    max_mb: float = 100.0  # rotated past this size (renamed to .1, .2, ...)
+    keep: int = 5  # rotated files kept
+    fsync: bool = True  # each batch on disk before the cursor moves
+
+
+class SyslogOutput(OutputBase, tag="syslog"):
+    host: str = "127.0.0.1"
+    port: int = 514  # 6514 is the usual port for TLS
+    transport: str = "udp"  # udp | tcp | tls
+    ca_file: str = ""  # tls: the CA that signed the receiver's certificate; "" = the system's
+    cert_file: str = ""  # tls: our client certificate, if the receiver asks for one
+    key_file: str = ""
+    server_name: str = ""  # tls: the name checked in the receiver's certificate; "" = host
+    facility: str = "local0"
+    app_name: str = "spampots"
+    max_value: int = 1024  # bytes of one structured-data value (the JSON in MSG is whole)
+    max_datagram: int = 8192  # udp: longer messages are cut (the receiver's limit may be lower)
+    timeout_s: float = 10.0
+
+
+OUTPUT_KINDS = (JsonlOutput, SyslogOutput)
+OutputConfig = Union[JsonlOutput, SyslogOutput]
+SYSLOG_TRANSPORTS = ("udp", "tcp", "tls")
+
+
 class Config(_Base):
     sensor: SensorSection = msgspec.field(default_factory=SensorSection)
     limits: LimitsSection = msgspec.field(default_factory=LimitsSection)
@@ -140,6 +180,7 @@ class Config(_Base):
     transport: TransportSection = msgspec.field(default_factory=TransportSection)
     metrics: MetricsSection = msgspec.field(default_factory=MetricsSection)
     listener: list[ListenerConfig] = msgspec.field(default_factory=list)
+    output: list[OutputConfig] = msgspec.field(default_factory=list)
 
     # -- derived views ------------------------------------------------------
     @property
@@ -310,12 +351,50 @@ def validate(cfg: Config) -> None:
             errors.append(f"sensor.id {sid!r}: use ASCII letters, digits, '.', '_' and '-' (at most 128, "
                           "starting with a letter or digit)")
     errors += _number_problems(cfg)
+    errors += output_problems(cfg.output)
     errors += metrics_problems(cfg.metrics)
     if cfg.transport.nats is not None:
         errors += [f"transport.nats: {e}" if not e.startswith("transport.nats") else e
                    for e in cfg.transport.nats.validate()]
     if errors:
         raise ConfigError("\n".join(errors))
+
+
+def output_problems(outputs: list) -> list[str]:
+    """[[output]] tables: unique names (each has its own cursor), sane numbers, known choices."""
+    from .outputs import output_name
+
+    errors: list[str] = []
+    names: set[str] = set()
+    for i, out in enumerate(outputs):
+        name = output_name(out)
+        where = f"output[{i}] ({out.kind} {name!r})"
+        try:
+            check_sensor(name)  # the store's rule for names that end up in file names
+        except ValueError:
+            errors.append(f"{where}: name must be letters, digits, '.', '_', '-'")
+        if name in names:
+            errors.append(f"{where}: another output has this name; give each a name = \"...\"")
+        names.add(name)
+        for key in out.__struct_fields__:
+            value = getattr(out, key)
+            if key == "port":
+                continue  # checked below
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not (
+                    math.isfinite(value) and value > 0):
+                if not (key == "keep" and value == 0):
+                    errors.append(f"{where}: {key} must be a positive number, not {value}")
+        if isinstance(out, SyslogOutput):
+            if out.transport not in SYSLOG_TRANSPORTS:
+                errors.append(f"{where}: transport must be one of {', '.join(SYSLOG_TRANSPORTS)}")
+            if not 1 <= out.port <= 65535:
+                errors.append(f"{where}: port must be 1..65535")
+            from .outputs.syslog import FACILITIES
+            if out.facility not in FACILITIES:
+                errors.append(f"{where}: facility must be one of {', '.join(FACILITIES)}")
+            if out.key_file and not out.cert_file:
+                errors.append(f"{where}: key_file needs cert_file")
+    return errors
 
 
 def metrics_problems(m: MetricsSection) -> list[str]:
@@ -496,4 +575,37 @@ port = 9464
 # kind = "socks"            # socks | http | smtp | submission | smtps
 # address = ""              # "" = all interfaces; "::" / "0.0.0.0" / one address
 # persona = ""
+
+# Outputs (README, "Feeding your SOC"): none without [[output]] tables. Each follows the store
+# on its own cursor (<data_dir>/outputs/<name>.cursor), so a slow or dead receiver never holds
+# up capture, and loses nothing: it gets what waited once it is back. Also `spampots forward`.
+# Keys every output has:
+#   name = ""               # the cursor's name; "" = the kind (two outputs of a kind need names)
+#   batch = 500             # events per write
+#   poll_s = 1.0            # how often the store is looked at when nothing was new
+#   retry_max_s = 30        # backoff ceiling while the receiver fails
+#
+# JSON lines file, one event per line as stored, for Filebeat, Vector, Fluent Bit, rsyslog imfile:
+# [[output]]
+# kind = "jsonl"
+# path = ""                 # relative to the data dir; "" = outputs/<name>.jsonl
+# max_mb = 100              # rotated past this size: renamed to .1, .2, ... (never truncated)
+# keep = 5                  # rotated files kept
+# fsync = true              # each batch on disk before the cursor moves
+#
+# Syslog, RFC 5424 with structured data (event, session, src_ip, ...; the JSON line as MSG):
+# [[output]]
+# kind = "syslog"
+# host = "127.0.0.1"
+# port = 514                # 6514 is the usual port for tls
+# transport = "udp"         # udp (lossy by nature) | tcp (octet counting, RFC 6587) | tls (RFC 5425)
+# ca_file = ""              # tls: CA of the receiver's certificate; "" = the system's CAs
+# cert_file = ""            # tls: client certificate, if the receiver asks for one
+# key_file = ""
+# server_name = ""          # tls: name checked in the receiver's certificate; "" = host
+# facility = "local0"
+# app_name = "spampots"
+# max_value = 1024          # bytes of one structured-data value (cut; the JSON in MSG is whole)
+# max_datagram = 8192       # udp: longer messages are cut
+# timeout_s = 10
 """

@@ -21,6 +21,23 @@ import msgspec
 SCHEMA_VERSION = 1
 
 
+# Event names: the only place they are spelled (tests/test_event_names.py checks src/).
+SENSOR_START = "spampots.sensor.start"
+SENSOR_STOP = "spampots.sensor.stop"
+HEARTBEAT = "spampots.sensor.heartbeat"
+SESSION_OPEN = "spampots.session.open"
+SESSION_CLOSE = "spampots.session.close"
+PROXY_REQUEST = "spampots.proxy.request"
+HTTP_REQUEST = "spampots.http.request"
+SMTP_AUTH = "spampots.smtp.auth"
+SMTP_TLS = "spampots.smtp.tls"
+MESSAGE = "spampots.smtp.message"
+TUNNEL_PAYLOAD = "spampots.tunnel.payload"
+TLS_HELLO = "spampots.tls.hello"
+PROTOCOL_ERROR = "spampots.protocol.error"
+LIMIT_HIT = "spampots.limit.hit"
+
+
 class Event(msgspec.Struct, tag_field="event", kw_only=True, omit_defaults=False):
     """Common fields, present on every event."""
 
@@ -75,7 +92,7 @@ class Health(msgspec.Struct, kw_only=True):
     disk_low: bool = False  # below [store] min_free_mb: DATA is answered 452 until there is room
 
 
-class SensorStart(Event, tag="spampots.sensor.start"):
+class SensorStart(Event, tag=SENSOR_START):
     version: str
     listeners: list[Listener] = []
     failed: list[Listener] = []
@@ -84,7 +101,7 @@ class SensorStart(Event, tag="spampots.sensor.start"):
     heartbeat_interval_s: float = 0.0  # 0: not recorded (older sensors)
 
 
-class SensorStop(Event, tag="spampots.sensor.stop"):
+class SensorStop(Event, tag=SENSOR_STOP):
     version: str
     uptime_s: float = 0.0
     listeners: list[Listener] = []
@@ -96,7 +113,7 @@ class SensorStop(Event, tag="spampots.sensor.stop"):
     health: Optional[Health] = None
 
 
-class SensorHeartbeat(Event, tag="spampots.sensor.heartbeat"):
+class SensorHeartbeat(Event, tag=HEARTBEAT):
     version: str
     uptime_s: float = 0.0
     counters: dict[str, int] = {}
@@ -106,19 +123,19 @@ class SensorHeartbeat(Event, tag="spampots.sensor.heartbeat"):
     health: Optional[Health] = None
 
 
-class SessionOpen(Event, tag="spampots.session.open"):
+class SessionOpen(Event, tag=SESSION_OPEN):
     listener_addr: str = ""
     proxied_by: Optional[str] = None  # trusted PROXY-protocol front end, if any
 
 
-class SessionClose(Event, tag="spampots.session.close"):
+class SessionClose(Event, tag=SESSION_CLOSE):
     duration_s: float = 0.0
     bytes_in: int = 0
     bytes_out: int = 0
     reason: str = ""  # client_eof, idle, lifetime, limit, protocol, server, shutdown, error
 
 
-class ProxyRequest(Event, tag="spampots.proxy.request"):
+class ProxyRequest(Event, tag=PROXY_REQUEST):
     proxy: str  # socks4, socks4a, socks5, http
     command: str  # connect, bind, udp_associate, get, post, head, put, ...
     target_host: str = ""
@@ -131,7 +148,7 @@ class ProxyRequest(Event, tag="spampots.proxy.request"):
     reply_code: int = 0  # SOCKS reply byte or HTTP status sent
 
 
-class HttpRequest(Event, tag="spampots.http.request"):
+class HttpRequest(Event, tag=HTTP_REQUEST):
     role: str  # proxy (absolute-form through us), origin (we play the site), judge
     method: str
     target: str  # request-target as sent
@@ -145,7 +162,7 @@ class HttpRequest(Event, tag="spampots.http.request"):
     status: int = 0  # status we answered
 
 
-class SmtpAuth(Event, tag="spampots.smtp.auth"):
+class SmtpAuth(Event, tag=SMTP_AUTH):
     mechanism: str
     username: Optional[str] = None
     password: Optional[str] = None  # for CRAM-MD5: the client's response digest
@@ -156,7 +173,7 @@ class SmtpAuth(Event, tag="spampots.smtp.auth"):
     challenge: Optional[str] = None  # CRAM-MD5: the challenge we sent, e.g. <123.1700000000@mx.example>
 
 
-class SmtpTls(Event, tag="spampots.smtp.tls"):
+class SmtpTls(Event, tag=SMTP_TLS):
     outcome: str  # established, failed
     detail: str = ""
     target_host: Optional[str] = None
@@ -164,7 +181,7 @@ class SmtpTls(Event, tag="spampots.smtp.tls"):
     sni: Optional[str] = None  # server name the client asked for in its ClientHello
 
 
-class SmtpMessage(Event, tag="spampots.smtp.message"):
+class SmtpMessage(Event, tag=MESSAGE):
     helo: Optional[str] = None
     mail_from: str = ""
     rcpts: list[str] = []
@@ -182,14 +199,14 @@ class SmtpMessage(Event, tag="spampots.smtp.message"):
     submission: bool = False  # taken by a submission server (587/465, RFC 6409) after AUTH
 
 
-class TunnelPayload(Event, tag="spampots.tunnel.payload"):
+class TunnelPayload(Event, tag=TUNNEL_PAYLOAD):
     target_host: str = ""
     target_port: int = 0
     size: int = 0  # bytes received in the tunnel (may exceed what is kept)
     data_b64: str = ""  # the first bytes kept (payload_keep limit)
 
 
-class TlsHello(Event, tag="spampots.tls.hello"):
+class TlsHello(Event, tag=TLS_HELLO):
     target_host: str = ""
     target_port: int = 0
     sni: Optional[str] = None
@@ -198,13 +215,13 @@ class TlsHello(Event, tag="spampots.tls.hello"):
     cipher_count: int = 0
 
 
-class ProtocolError(Event, tag="spampots.protocol.error"):
+class ProtocolError(Event, tag=PROTOCOL_ERROR):
     kind: str  # dotted: socks5.bad_version, http.malformed, smtp.bad_command, ...
     detail: str = ""
     data_b64: str = ""  # up to 256 offending bytes
 
 
-class LimitHit(Event, tag="spampots.limit.hit"):
+class LimitHit(Event, tag=LIMIT_HIT):
     limit: str  # name of the limit in [limits]
     value: int | float = 0  # configured limit
     observed: int | float = 0  # what the client tried (the latest, when count > 1)

@@ -23,16 +23,12 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
-from .events import Event, Health, ListenerTally
+from .events import MESSAGE, PROTOCOL_ERROR, PROXY_REQUEST, SESSION_CLOSE, Event, Health, ListenerTally
 
 if TYPE_CHECKING:
     from .sensor.server import Sensor
     from .transport.collector import Collector
 
-SESSION_CLOSE = "spampots.session.close"
-MESSAGE = "spampots.smtp.message"
-PROXY_REQUEST = "spampots.proxy.request"
-PROTOCOL_ERROR = "spampots.protocol.error"
 MAX_KINDS = 64  # distinct error kinds / limit names kept apart; the rest are counted as "other"
 
 

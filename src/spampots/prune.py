@@ -34,7 +34,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     sensor = cfg.sensor_id
     acked = None
     if cfg.transport.nats is not None:  # only what the broker acknowledged
-        from .transport.cursor import acked_checker
+        from .store.catalog import acked_checker
         from .transport.shipper import SHIP_DIR
 
         acked = acked_checker(data_dir / SHIP_DIR / f"{sensor}.cursor", sensor)

@@ -25,7 +25,8 @@ import msgspec
 from . import config
 from .events import SensorHeartbeat, SensorStart, SensorStop, decode
 from .metrics import disk_free_bytes
-from .store.segments import SEGMENT_RE, ReadStats, iter_file_lines, iter_segment_files
+from .store.catalog import iter_segment_files
+from .store.segments import SEGMENT_RE, ReadStats, iter_file_lines
 
 STALE_BEATS = 3  # heartbeats missed before a running sensor counts as gone
 DEFAULT_MIN_FREE_MB = 100.0
@@ -165,7 +166,7 @@ def report(data_dir: Path, sensor: str, *, min_free_mb: float, ship_stale_s: flo
 
 def _shipping(data_dir: Path, sensor: str, st: SensorState, now: float, stale_s: float,
               configured: bool, bad: list[str]) -> list[str]:
-    from .transport.cursor import load_cursor
+    from .store.catalog import load_cursor
     from .transport.shipper import SHIP_DIR, backlog
 
     cursor_path = data_dir / SHIP_DIR / f"{sensor}.cursor"

@@ -46,7 +46,8 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
     fcntl = None  # type: ignore[assignment]
 
-from ..store.segments import ReadStats, iter_file_events, iter_segment_files
+from ..store.catalog import iter_file_events, iter_segment_files
+from ..store.segments import ReadStats
 from . import progress, schema
 
 MANIFEST = "_manifest.jsonl"

@@ -196,7 +196,7 @@ def print_truth(truth: dict[str, Any]) -> None:
 
 def verify(truth: dict[str, Any], data_dir: Path, port_offset: int, since: str, wait: float = 5.0) -> list[str]:
     """Compare with the sensor's stored events, waiting a little for group commit."""
-    from ..store.segments import iter_events
+    from ..store.catalog import iter_events
 
     deadline = time.time() + wait
     while True:

@@ -23,8 +23,10 @@ import msgspec
 from .. import __version__
 from ..config import TLS_KINDS, Config, effective_limits
 from ..events import (
-    Event, LimitHit, Listener, SensorHeartbeat, SensorStart, SensorStop, name_of, now_iso, stamp,
+    MESSAGE, PROTOCOL_ERROR, PROXY_REQUEST, SESSION_OPEN, Event, LimitHit, Listener, SensorHeartbeat, SensorStart,
+    SensorStop, name_of, now_iso, stamp,
 )
+from .. import outputs
 from ..protocols import personas
 from ..protocols.base import Context, Persona
 from ..protocols.budget import MemoryBudget
@@ -357,6 +359,7 @@ class Sensor:
                 import nats.js  # noqa: F401
 
                 from ..transport import shipper as _preloaded  # noqa: F401
+            outputs.preload(self.cfg.output)  # likewise
             if acct is not None:
                 log.info("dropped root privileges: now %s", privileges.drop_to(acct, dir_fd))
             else:
@@ -404,12 +407,15 @@ class Sensor:
         ticker = self.loop.create_task(self._tick())
         upkeep = self.loop.create_task(self.upkeep.run()) if self.upkeep is not None else None
         shipping = self._start_shipper()
+        feeding = outputs.start(self.cfg.output, Path("."))  # tasks reading the store: never block capture
         await self._start_metrics()  # after the shipper: its figures are there from the first scrape
         await self._stop.wait()
         ticker.cancel()
         if upkeep is not None:
             upkeep.cancel()
         await self._shutdown(limits)
+        if feeding is not None:
+            await feeding.stop()  # after the last events are on disk: they go out too
         if shipping is not None:
             # Store and forward: everything is already on local disk; the shipper
             # gets a moment to send the last of it, and resumes from its cursor next time.
@@ -512,9 +518,9 @@ class Sensor:
 
     def _summary(self) -> str:
         c = self.counters
-        return (f"sessions {c['spampots.session.open']} (open now {len(self.sessions)}), "
-                f"messages {c['spampots.smtp.message']}, proxy requests {c['spampots.proxy.request']}, "
-                f"errors {c['spampots.protocol.error']}, limits hit {self.limit_hits}")
+        return (f"sessions {c[SESSION_OPEN]} (open now {len(self.sessions)}), "
+                f"messages {c[MESSAGE]}, proxy requests {c[PROXY_REQUEST]}, "
+                f"errors {c[PROTOCOL_ERROR]}, limits hit {self.limit_hits}")
 
     async def _tick(self) -> None:
         summary_every = self.cfg.sensor.summary_interval_s

@@ -74,7 +74,7 @@ class Upkeep:
         cutoff = retention.cutoff_of(self.keep_days)
         acked = None
         if sensor.cfg.transport.nats is not None:
-            from ..transport.cursor import acked_checker
+            from ..store.catalog import acked_checker
             from ..transport.shipper import SHIP_DIR
 
             path = self.data_dir / SHIP_DIR / f"{sensor.sensor_id}.cursor"

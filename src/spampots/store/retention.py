@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Union
 
+from ..events import MESSAGE
+from .catalog import iter_segment_files
 from .messages import MESSAGES_DIR, PACK_RE, MessageStore
-from .segments import (
-    EVENTS_DIR, SEGMENT_RE, ReadStats, _day_dirs, fsync_dir, iter_file_lines, iter_segment_files, try_lock,
-)
+from .segments import EVENTS_DIR, SEGMENT_RE, ReadStats, _day_dirs, fsync_dir, iter_file_lines, try_lock
 
 log = logging.getLogger("spampots.store")
 
@@ -42,7 +42,7 @@ __all__ = ["PruneStats", "prune_segments", "pack_candidates", "referenced", "dro
 
 DAY_S = 86400.0
 _SHA_FIELD = re.compile(rb'"sha256":"([0-9a-f]{64})"')
-_MESSAGE_TAG = b'"event":"spampots.smtp.message"'
+_MESSAGE_TAG = b'"event":"%s"' % MESSAGE.encode()
 
 
 @dataclass

@@ -28,10 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional, Union
 
-import msgspec
 import zstandard
-
-from ..events import Event, decode
 
 try:  # POSIX; elsewhere there is no cross-process protection (documented)
     import fcntl
@@ -488,50 +485,6 @@ def _day_dirs(root: Path, since: Optional[str], until: Optional[str]) -> list[Pa
     return [root / d for d in days]
 
 
-def _segment_order(name: str) -> tuple:
-    """Write order: sensor, opening second, pid, then the sequence as a number (9 before 10)."""
-    m = SEGMENT_RE.match(name)
-    if m is None:
-        return (name, "", 0, 0)
-    return (m["sensor"], m["opened"], int(m["pid"]), int(m["seq"]))
-
-
-def iter_segment_files(
-    data_dir: Union[str, Path],
-    *,
-    since_day: DayLike = None,
-    until_day: DayLike = None,
-    sensor: Optional[str] = None,
-    stats: Optional[ReadStats] = None,
-) -> list[Path]:
-    """Segments (open .jsonl and closed .jsonl.zst), days inclusive, sorted by day then name.
-
-    When both ``x.jsonl`` and ``x.jsonl.zst`` exist (compression in progress or
-    interrupted), only the complete ``.zst`` is listed. A ``*.jsonl[.zst]`` whose name
-    is not a segment's is not ours: it is left out, and counted in ``stats.ignored``.
-    """
-    root = Path(data_dir) / EVENTS_DIR
-    out: list[Path] = []
-    for day in _day_dirs(root, _day(since_day), _day(until_day)):
-        try:
-            names = {e.name for e in os.scandir(day) if not e.name.startswith(".")}
-        except FileNotFoundError:  # removed meanwhile (retention)
-            continue
-        for name in sorted(names, key=_segment_order):
-            m = SEGMENT_RE.match(name)
-            if m is None:
-                if stats is not None and name.endswith((".jsonl", ".jsonl.zst")):
-                    stats.ignored += 1
-                    stats.note(day / name)
-                continue
-            if sensor is not None and m["sensor"] != sensor:
-                continue
-            if not m["zst"] and name + ".zst" in names:
-                continue
-            out.append(day / name)
-    return out
-
-
 class _Truncated(OSError):
     """A compressed segment that ends before its zstd frame does."""
 
@@ -626,47 +579,14 @@ def iter_file_lines(path: Path, stats: ReadStats) -> Iterator[bytes]:
             stats.note(path)
 
 
-def iter_event_lines(
-    data_dir: Union[str, Path],
-    *,
-    since_day: DayLike = None,
-    until_day: DayLike = None,
-    sensor: Optional[str] = None,
-    stats: Optional[ReadStats] = None,
-) -> Iterator[bytes]:
-    """Every complete line (without its newline), file by file, streaming.
-
-    Never raises for what it finds on disk: a half-written last line of an open segment is
-    skipped (``stats.torn``); damaged files are counted and named (see :class:`ReadStats`).
-    """
-    st = stats if stats is not None else ReadStats()
-    for path in iter_segment_files(data_dir, since_day=since_day, until_day=until_day, sensor=sensor, stats=st):
-        yield from iter_file_lines(path, st)
+# Listing and reading in order live in the catalog (the one place that knows the layout);
+# these names stay importable from here.
+_MOVED = ("iter_segment_files", "iter_event_lines", "iter_events", "iter_file_events")
 
 
-def iter_file_events(path: Path, stats: ReadStats) -> Iterator[tuple[bytes, Event]]:
-    """(line, event) for every valid event line of one segment; the rest counted as damage."""
-    for line in iter_file_lines(path, stats):
-        try:
-            ev = decode(line)
-        except (msgspec.DecodeError, ValueError):
-            stats.undecodable += 1
-            stats.note(path)
-            continue
-        stats.events += 1
-        yield line, ev
+def __getattr__(name: str):  # noqa: ANN202 - PEP 562
+    if name in _MOVED:
+        from . import catalog
 
-
-def iter_events(
-    data_dir: Union[str, Path],
-    *,
-    since_day: DayLike = None,
-    until_day: DayLike = None,
-    sensor: Optional[str] = None,
-    stats: Optional[ReadStats] = None,
-) -> Iterator[Event]:
-    """Decoded events; undecodable lines are skipped and counted in ``stats.undecodable``."""
-    st = stats if stats is not None else ReadStats()
-    for path in iter_segment_files(data_dir, since_day=since_day, until_day=until_day, sensor=sensor, stats=st):
-        for _, ev in iter_file_events(path, st):
-            yield ev
+        return getattr(catalog, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from ..events import SensorHeartbeat, SensorStart, SensorStop
-from ..store.segments import iter_events
+from ..store.catalog import iter_events
 
 START, BEAT, STOP = "start", "heartbeat", "stop"
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import sqlite3
 import time
@@ -39,10 +38,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import msgspec
-import zstandard
 
+from ..events import MESSAGE
+from ..store.catalog import complete_length
 from ..store.messages import MessageStore
-from ..store.segments import EVENTS_DIR, SegmentWriter, check_sensor, recover, try_lock
+from ..store.segments import SegmentWriter, check_sensor, recover
 from .config import NatsSection
 from .wire import (
     H_OBJECT, H_SHA, MSG_ID, AuthFailed, Backoff, connect, decode_body, headers_of, reconnect_loop,
@@ -54,6 +54,7 @@ COLLECT_DIR = "collect"
 DEFAULT_DURABLE = "spampots-collector"
 _BODY_WAIT_DELIVERIES = 20  # naks while an event waits for its body, then it is stored anyway
 _NAK_DELAY_S = 1.0
+_MESSAGE_NAME = b'"%s"' % MESSAGE.encode()
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (
@@ -100,29 +101,6 @@ class CollectorStats:
     # newest one had waited there; both 0 once a fetch finds nothing (caught up)
     pending: int = 0
     lag_s: float = 0.0
-
-
-def _content_size(path: Path) -> int:
-    with open(path, "rb") as f:
-        size = zstandard.get_frame_parameters(f.read(18)).content_size
-    if size in (0, zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR):
-        with open(path, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as z:
-            size = 0
-            while chunk := z.read(1 << 20):
-                size += len(chunk)
-    return size
-
-
-def _unlocked_complete_length(path: Path) -> Optional[int]:
-    """Bytes up to the last newline of a .jsonl nobody writes; None if a writer holds it."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if not try_lock(fd):
-            return None
-        data = os.pread(fd, os.fstat(fd).st_size, 0)
-    finally:
-        os.close(fd)
-    return data.rfind(b"\n") + 1
 
 
 class Collector:
@@ -198,14 +176,9 @@ class Collector:
         assert db is not None
         segs = [r[0] for r in db.execute("SELECT DISTINCT seg FROM seen WHERE done = 0")]
         for seg in segs:
-            path = self.data_dir / EVENTS_DIR / seg
-            zst = path.with_name(path.name + ".zst")
-            if path.exists():
-                size = _unlocked_complete_length(path)
-                if size is None:
-                    continue  # a live collector's segment: its own business
-            else:
-                size = _content_size(zst) if zst.exists() else 0
+            size = complete_length(self.data_dir, seg)
+            if size is None:
+                continue  # a live collector's segment: its own business
             db.execute("BEGIN IMMEDIATE")
             lost = db.execute("DELETE FROM seen WHERE seg = ? AND done = 0 AND end > ?", (seg, size)).rowcount
             db.execute("UPDATE seen SET done = 1 WHERE seg = ? AND done = 0", (seg,))
@@ -466,7 +439,7 @@ class Collector:
     def _body_missing(self, m: Any) -> bool:
         """An smtp.message whose body is not here yet (another collector, or still in flight):
         wait for it a little, then store the event anyway."""
-        if b'"spampots.smtp.message"' not in m.data:
+        if _MESSAGE_NAME not in m.data:
             return False
         try:
             sha = _peek.decode(m.data).sha256

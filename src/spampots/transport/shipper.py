@@ -30,12 +30,12 @@ import msgspec
 from nats.js.errors import NoStreamResponseError
 
 from .. import __version__
-from ..events import SensorHeartbeat, decode, now_iso
+from ..events import HEARTBEAT, MESSAGE, SensorHeartbeat, decode, now_iso
+from ..store.catalog import Cursor, Line, Reader, pending_segments, segment_files
 from ..store.messages import MessageStore
-from ..store.segments import EVENTS_DIR, check_sensor, fsync_dir
+from ..store.segments import check_sensor, fsync_dir
 from .availability import ts_seconds
 from .config import NatsSection
-from .cursor import Cursor, SegmentTail, load_cursor, mark_done, pending_segments, save_cursor
 from .wire import (
     H_ENCODING, H_OBJECT, H_SHA, H_SIZE, MSG_ID, PAYLOAD_HEADROOM, AuthFailed, Backoff, Heartbeat,
     ShipStatus, TlsFailed, body_msg_id, connect, encode_body, event_msg_id, is_auth_error, reconnect_loop, sleep_or_stop,
@@ -64,21 +64,20 @@ def _peek_line(line: bytes) -> _Peek:
         return _Peek()  # shipped as it is; the collector's readers skip it like ours do
 
 
-def backlog(data_dir: Path, sensor: str, cursor: Cursor, finished: str = "") -> tuple[int, int]:
+def backlog(data_dir: Path, sensor: str, cursor: Cursor, finished: tuple[str, ...] = ()) -> tuple[int, int]:
     """(bytes, segments) of ``sensor`` not yet acked past ``cursor``, as on disk (a compressed
-    segment counts whole); ``finished``: a segment fully acked whose file may be gone. Reads
+    segment counts whole); ``finished``: segments fully read whose file may be gone. Reads
     only: ``spampots status`` uses it on a data dir it must not change."""
     total = count = 0
     for seg in pending_segments(data_dir, sensor, cursor):
-        day, _, stem = seg.partition("/")
-        path = data_dir / EVENTS_DIR / day / stem
+        path, zst = segment_files(data_dir, seg)
         try:
-            left = path.stat().st_size - (cursor.offset if seg == cursor.segment else 0)
+            left = path.stat().st_size - cursor.position(seg)
         except FileNotFoundError:
-            if seg == finished:
+            if seg in finished:
                 continue
             try:
-                left = path.with_name(stem + ".zst").stat().st_size
+                left = zst.stat().st_size
             except FileNotFoundError:
                 continue
         if left > 0:
@@ -117,8 +116,7 @@ class Shipper:
         self.stats = ShipperStats()
         self._db: Optional[sqlite3.Connection] = None
         self._store: Optional[MessageStore] = None
-        self._cursor = Cursor()
-        self._tail: Optional[SegmentTail] = None
+        self._reader: Optional[Reader] = None
         self._last_hb: Optional[Heartbeat] = None
         self._last_ts = ""
         self._logged: dict[str, float] = {}  # problem state -> when it was last logged
@@ -131,7 +129,7 @@ class Shipper:
 
     async def run(self, stop: asyncio.Event) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._cursor = load_cursor(self.cursor_path)
+        self._reader = Reader(self.data_dir, cursor_path=self.cursor_path, sensor=self.sensor)
         self._db = sqlite3.connect(self.dir / f"{self.sensor}.bodies.sqlite", isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=OFF")  # a lost row re-ships one body: harmless
@@ -143,6 +141,7 @@ class Shipper:
             if self._store is not None:
                 self._store.close()
             self._db.close()
+            self._reader.close()
 
     async def _round(self, stop: asyncio.Event, backoff: Backoff) -> float:
         """One connection's worth of shipping; returns how long to wait before the next."""
@@ -211,78 +210,60 @@ class Shipper:
 
     # -- shipping --------------------------------------------------------------------------------
 
+    @property
+    def _cursor(self) -> Cursor:
+        return self._reader.cursor if self._reader is not None else Cursor()
+
     async def _ship(self, nc: Any, stop: asyncio.Event, backoff: Backoff) -> None:
         js = nc.jetstream(timeout=self.cfg.ack_timeout_s)
         max_body = nc.max_payload - PAYLOAD_HEADROOM
-        tail: Optional[SegmentTail] = None
+        reader = self._reader
+        assert reader is not None
+        reader.rewind()  # from the last ack: what the broker did not ack is sent again
         next_status = 0.0
-        try:
-            while not stop.is_set():
-                if nc.is_closed or not nc.is_connected:
-                    raise ConnectionError("connection lost")
-                if time.monotonic() >= next_status:
-                    await self._publish_status(js)
-                    next_status = time.monotonic() + self.cfg.status_interval_s
-                if tail is None:
-                    tail = self._tail = self._open_tail()
-                lines = tail.read(self.cfg.batch_size) if tail is not None else []
-                self.stats.caught_up = False
-                if tail is not None and lines:
-                    await self._publish_lines(js, tail.seg, lines, max_body)
-                    self._cursor = msgspec.structs.replace(self._cursor, segment=tail.seg, offset=tail.offset)
-                    save_cursor(self.cursor_path, self._cursor)
-                    backoff.reset()
-                    continue
-                if tail is not None and tail.finished:  # every line acked, none will follow
-                    pending = pending_segments(self.data_dir, self.sensor, self._cursor)
-                    self._cursor = mark_done(self._cursor, tail.seg, pending)
-                    save_cursor(self.cursor_path, self._cursor)
-                    if self.cfg.prune_after_ack and not tail.missing:
-                        self._prune(tail.seg)
-                    tail.close()
-                    tail = self._tail = None
-                    if len(pending) > 1:
-                        continue
-                self.stats.caught_up = True
-                await sleep_or_stop(stop, self.cfg.poll_interval_s)
-            await self._publish_status(js)
-        finally:
-            self._tail = None
-            if tail is not None:
-                tail.close()
+        while not stop.is_set():
+            if nc.is_closed or not nc.is_connected:
+                raise ConnectionError("connection lost")
+            if time.monotonic() >= next_status:
+                await self._publish_status(js)
+                next_status = time.monotonic() + self.cfg.status_interval_s
+            lines = reader.read(self.cfg.batch_size)
+            self.stats.caught_up = False
+            if lines:
+                await self._publish_lines(js, lines, max_body)
+                backoff.reset()
+            if lines or reader.finished:
+                for seg in reader.commit():
+                    if self.cfg.prune_after_ack:
+                        self._prune(seg)
+                continue
+            self.stats.caught_up = True
+            await sleep_or_stop(stop, self.cfg.poll_interval_s)
+        await self._publish_status(js)
 
-    def _open_tail(self) -> Optional[SegmentTail]:
-        """The cursor's segment at its offset, else the first pending one."""
-        pending = pending_segments(self.data_dir, self.sensor, self._cursor)
-        if not pending:
-            return None
-        seg = self._cursor.segment if self._cursor.segment in pending else pending[0]
-        offset = self._cursor.offset if seg == self._cursor.segment else 0
-        return SegmentTail(self.data_dir, seg, offset)
-
-    async def _publish_lines(self, js: Any, seg: str, lines: list[tuple[int, bytes]], max_body: int) -> None:
-        peeks = [_peek_line(line) for _, line in lines]
+    async def _publish_lines(self, js: Any, lines: list[Line], max_body: int) -> None:
+        peeks = [_peek_line(ln.data) for ln in lines]
         # Bodies first: an event on the broker always has its body there before it.
         shas: list[str] = []
         for p in peeks:
-            if p.event == "spampots.smtp.message" and p.sha256 and p.sha256 not in shas:
+            if p.event == MESSAGE and p.sha256 and p.sha256 not in shas:
                 shas.append(p.sha256)
         if shas:
             await self._publish_bodies(js, self._unshipped(shas), max_body)
         futs = []
-        for off, line in lines:
-            hdr = {MSG_ID: event_msg_id(self.sensor, seg, off)}
-            futs.append(await js.publish_async(self._subj_events, line, headers=hdr))
+        for ln in lines:
+            hdr = {MSG_ID: event_msg_id(self.sensor, ln.seg, ln.offset)}
+            futs.append(await js.publish_async(self._subj_events, ln.data, headers=hdr))
         acks = await self._acks(futs)
         self.stats.events += len(acks)
         self.stats.duplicates += sum(1 for a in acks if a.duplicate)
         self.stats.rounds += 1
-        for (_, line), p in zip(lines, peeks):
+        for ln, p in zip(lines, peeks):
             if p.ts:
                 self._last_ts = p.ts
-            if p.event == "spampots.sensor.heartbeat":
+            if p.event == HEARTBEAT:
                 try:
-                    hb = decode(line)
+                    hb = decode(ln.data)
                 except (msgspec.DecodeError, ValueError):
                     continue
                 if isinstance(hb, SensorHeartbeat):
@@ -357,9 +338,8 @@ class Shipper:
 
     def _backlog(self) -> tuple[int, int]:
         """(bytes, segments) not yet acked, as on disk (a compressed segment counts whole)."""
-        tail = self._tail
         return backlog(self.data_dir, self.sensor, self._cursor,
-                       finished=tail.seg if tail is not None and tail.finished else "")
+                       finished=tuple(self._reader.finished) if self._reader is not None else ())
 
     def status(self) -> ShipStatus:
         """The report published on the status subject (also useful in-process)."""
@@ -382,8 +362,7 @@ class Shipper:
             log.debug("status report not published: %r", e)
 
     def _prune(self, seg: str) -> None:
-        day, _, stem = seg.partition("/")
-        path = self.data_dir / EVENTS_DIR / day / (stem + ".zst")
+        path = segment_files(self.data_dir, seg)[1]
         try:
             path.unlink()
         except FileNotFoundError:
