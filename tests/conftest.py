@@ -24,7 +24,7 @@ ALL_PORTS = SOCKS_PORTS + HTTP_PORTS + SMTP_PORTS
 LAUNCHER = Path(__file__).with_name("sensor_launcher.py")
 
 
-def _free(port: int, host: str = "127.0.0.1") -> bool:
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -38,7 +38,7 @@ def pick_offset() -> int:
     for _ in range(200):
         # below the ephemeral range (32768+), where our own client sockets could take a port
         off = random.randrange(2000, 24000, 7)
-        if all(_free(p + off) for p in ALL_PORTS):
+        if all(port_free(p + off) for p in ALL_PORTS):
             return off
     raise RuntimeError("no free port offset")
 

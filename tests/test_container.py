@@ -31,7 +31,7 @@ import pytest
 
 import spampots
 from clients import make_message
-from conftest import _free, wait_listening
+from conftest import port_free, wait_listening
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTAINERFILE = ROOT / "deploy" / "container" / "Containerfile"
@@ -200,7 +200,7 @@ def test_image_sensor_captures_a_message(box):
     for _ in range(100):
         host = f"127.{random.randrange(1, 255)}.{random.randrange(0, 256)}.{random.randrange(2, 255)}"
         offset = random.randrange(2000, 24000, 7)
-        if _free(25 + offset, host) and _free(1080 + offset, host):
+        if port_free(25 + offset, host) and port_free(1080 + offset, host):
             break
     cmd = box.command("run", "--data-dir", "/var/lib/spampots", "--address", host, "--port-offset", str(offset),
                       "--sensor-id", "container-test")

@@ -15,7 +15,6 @@ import resource
 import shlex
 import shutil
 import smtplib
-import socket
 import stat
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import pytest
 
 import spampots
 from clients import ProxySMTP, make_message
-from conftest import LAUNCHER, SensorProc, searchable_dir, wait_listening
+from conftest import LAUNCHER, SensorProc, port_free, searchable_dir, wait_listening
 
 ROOT = Path(__file__).resolve().parents[1]
 UNITS = ROOT / "deploy" / "systemd"
@@ -125,20 +124,10 @@ def test_sensor_unit_never_runs_as_root_and_holds_one_capability():
 
 
 # -- the sensor started as the unit starts it -------------------------------------------------
-def _free(port: int, host: str) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 def _loopback_with_25_and_80_free() -> str:
     for _ in range(100):
         host = f"127.{random.randrange(1, 255)}.{random.randrange(0, 256)}.{random.randrange(2, 255)}"
-        if _free(25, host) and _free(80, host):
+        if port_free(25, host) and port_free(80, host):
             return host
     pytest.skip("no 127.x address with 25 and 80 free")
 

@@ -26,7 +26,7 @@ def free_offset() -> int:
     """An offset under which the talk's ports and 587/465 are all free."""
     for _ in range(50):
         off = pick_offset()
-        if _free(587 + off) and _free(465 + off):
+        if port_free(587 + off) and port_free(465 + off):
             return off
     raise RuntimeError("no free port offset for 587/465")
 

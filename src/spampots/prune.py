@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from . import config
 
@@ -21,8 +20,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from .store.messages import MessageStore
     from .store.retention import PruneStats, live_writers, prune
 
-    cfg = config.load(Path(args.config) if args.config else None)
-    data_dir = config.resolve_data_dir(args.data_dir, cfg)
+    cfg = config.load(getattr(args, "config", None))
+    data_dir = config.resolve_data_dir(getattr(args, "data_dir", None), cfg)
     if not (data_dir / "events").is_dir() and not (data_dir / "messages").is_dir():
         print(f"spampots prune: {data_dir} holds no spampots data", file=sys.stderr)
         return 2
@@ -66,16 +65,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from .cli import add_data_dir_options
+
     p = subparsers.add_parser(
         "prune", help="delete data older than [store] keep_days (closed segments, whole message packs)",
         description="One retention pass over a data dir: closed event segments of days older than "
                     "keep_days, and whole message packs none of whose bodies a kept event names. With "
                     "[transport.nats] configured, only segments the broker acknowledged. A running "
                     "sensor does this by itself every hour.")
-    p.add_argument("--config", "-c", help="the TOML config ([store] keep_days, data dir, sensor id, transport)")
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help="the data dir (default: the config's, else "
-                        f"{config.ROOT_DATA_DIR} as root, ./var otherwise)")
+    add_data_dir_options(p)  # --data-dir and --config, as every reader of a data dir
     p.add_argument("--keep-days", type=float, default=None, help="override [store] keep_days (days, > 0)")
     p.add_argument("--dry-run", "-n", action="store_true", help="list what would go, delete nothing")
     p.add_argument("--verbose", "-v", action="store_true", help="list every file deleted")

@@ -192,8 +192,8 @@ def _shipping(data_dir: Path, sensor: str, st: SensorState, now: float, stale_s:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    cfg = config.load(Path(args.config) if args.config else None)
-    data_dir = config.resolve_data_dir(args.data_dir, cfg)
+    cfg = config.load(getattr(args, "config", None))
+    data_dir = config.resolve_data_dir(getattr(args, "data_dir", None), cfg)
     if not data_dir.is_dir():
         print(f"spampots status: no data directory {data_dir}", file=sys.stderr)
         return 2
@@ -215,15 +215,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from .cli import add_data_dir_options
+
     p = subparsers.add_parser(
         "status", help="one sensor's health and figures from its data dir; exit 1 when unhealthy",
         description="Print one sensor's figures (from its newest heartbeat or stop, and the disk now) "
                     "and judge its health, reading only. Exit 0 healthy, 1 unhealthy (with one "
                     "'unhealthy:' line per reason), 2 nothing to judge.")
-    p.add_argument("--config", "-c", help="the sensor's TOML config (data dir, sensor id, heartbeat interval)")
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help="the sensor's data dir (default: the config's, else "
-                        f"{config.ROOT_DATA_DIR} as root, ./var otherwise)")
+    add_data_dir_options(p)  # --data-dir and --config, as every reader of a data dir
     p.add_argument("--sensor", default=None,
                    help="sensor id (default: the config's, else the only sensor in the data dir, "
                         "else the host name)")
