@@ -16,7 +16,7 @@ import pytest
 from python_socks.sync import Proxy
 
 from clients import ProxySMTP, make_message
-from conftest import _free, pick_offset, start_sensor
+from conftest import pick_offset, port_free, start_sensor
 
 TLS = ssl._create_unverified_context()
 CONFIG = "[submission]\nenable = true\n[limits]\nnew_sessions_per_s_per_ip = 1000\nmax_sessions_per_ip = 500\n"
