@@ -164,8 +164,34 @@ class SyslogOutput(OutputBase, tag="syslog"):
     timeout_s: float = 10.0
 
 
-OUTPUT_KINDS = (JsonlOutput, SyslogOutput)
-OutputConfig = Union[JsonlOutput, SyslogOutput]
+class HpfeedsOutput(OutputBase, tag="hpfeeds"):
+    host: str = "127.0.0.1"
+    port: int = 10000
+    ident: str = ""
+    secret: str = ""  # "" = the environment's SPAMPOTS_HPFEEDS_SECRET
+    channel: str = "spampots.events"
+    confirm: bool = True  # subscribe to the channel and wait for our own events back (needs subscribe rights)
+    timeout_s: float = 10.0
+
+
+class MispOutput(OutputBase, tag="misp"):
+    path: str = ""  # the feed directory, relative to the data dir; "" = outputs/<name>
+    org: str = "spampots"  # the creator organisation's name in the events
+    tags: list[str] = msgspec.field(default_factory=lambda: ["tlp:green"])
+    distribution: int = 0  # MISP distribution: 0 your organisation only .. 3 all communities
+    max_attributes: int = 50000  # per day's event; further distinct values are counted, not added
+    url: str = ""  # also push each day's event to this MISP server ("" = feed directory only)
+    key: str = ""  # its API key; "" = the environment's SPAMPOTS_MISP_KEY
+    verify_tls: bool = True
+
+
+class StixOutput(OutputBase, tag="stix"):
+    path: str = ""  # the bundle directory, relative to the data dir; "" = outputs/<name>
+    identity: str = "spampots"  # the name of the identity that creates the objects
+
+
+OUTPUT_KINDS = (JsonlOutput, SyslogOutput, HpfeedsOutput, MispOutput, StixOutput)
+OutputConfig = Union[JsonlOutput, SyslogOutput, HpfeedsOutput, MispOutput, StixOutput]
 SYSLOG_TRANSPORTS = ("udp", "tcp", "tls")
 
 
@@ -382,7 +408,7 @@ def output_problems(outputs: list) -> list[str]:
                 continue  # checked below
             if isinstance(value, (int, float)) and not isinstance(value, bool) and not (
                     math.isfinite(value) and value > 0):
-                if not (key == "keep" and value == 0):
+                if not (key in ("keep", "distribution") and value == 0):
                     errors.append(f"{where}: {key} must be a positive number, not {value}")
         if isinstance(out, SyslogOutput):
             if out.transport not in SYSLOG_TRANSPORTS:
@@ -394,6 +420,17 @@ def output_problems(outputs: list) -> list[str]:
                 errors.append(f"{where}: facility must be one of {', '.join(FACILITIES)}")
             if out.key_file and not out.cert_file:
                 errors.append(f"{where}: key_file needs cert_file")
+        if isinstance(out, HpfeedsOutput):
+            if not 1 <= out.port <= 65535:
+                errors.append(f"{where}: port must be 1..65535")
+            for key in ("ident", "channel"):  # the protocol packs them with a one-byte length
+                if not 0 < len(getattr(out, key).encode()) < 256:
+                    errors.append(f"{where}: {key} must be 1..255 bytes")
+        if isinstance(out, MispOutput):
+            if not 0 <= out.distribution <= 3:
+                errors.append(f"{where}: distribution must be 0..3")
+            if out.url and not out.url.startswith(("https://", "http://")):
+                errors.append(f"{where}: url must be an http(s) URL")
     return errors
 
 
@@ -608,4 +645,36 @@ port = 9464
 # max_value = 1024          # bytes of one structured-data value (cut; the JSON in MSG is whole)
 # max_datagram = 8192       # udp: longer messages are cut
 # timeout_s = 10
+#
+# hpfeeds (needs `pip install spampots[outputs]`): each event's JSON line published on a channel:
+# [[output]]
+# kind = "hpfeeds"
+# host = "127.0.0.1"
+# port = 10000
+# ident = ""                # the broker's ident for this sensor
+# secret = ""               # "" = the environment's SPAMPOTS_HPFEEDS_SECRET
+# channel = "spampots.events"
+# confirm = true            # wait until the broker sent our own events back (the ident needs
+#                           # subscribe rights on the channel); false = sent is taken
+# timeout_s = 10
+#
+# MISP feed directory (needs spampots[outputs]): one MISP event per day and sensor, with the day's
+# source IPs, senders, subjects, target hosts and message hashes; a MISP instance pulls it as a feed.
+# [[output]]
+# kind = "misp"
+# path = ""                 # relative to the data dir; "" = outputs/<name>
+# org = "spampots"          # the creator organisation's name
+# tags = ["tlp:green"]
+# distribution = 0          # 0 your organisation only, 1 this community, 2 connected, 3 all
+# max_attributes = 50000    # per event; further distinct values are only counted
+# url = ""                  # also push to this MISP server (not tested against a live MISP)
+# key = ""                  # its API key; "" = the environment's SPAMPOTS_MISP_KEY
+# verify_tls = true
+#
+# STIX 2.1 bundles (needs spampots[outputs]): per batch, indicators and observed data for the
+# source addresses and the message hashes, one bundle file each.
+# [[output]]
+# kind = "stix"
+# path = ""                 # relative to the data dir; "" = outputs/<name>
+# identity = "spampots"     # the name of the identity that creates the objects
 """

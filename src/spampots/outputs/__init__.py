@@ -31,8 +31,16 @@ from ..store.segments import ReadStats
 log = logging.getLogger("spampots.outputs")
 
 OUTPUTS_DIR = "outputs"
-KINDS = ("jsonl", "syslog")  # kind -> module spampots.outputs.<kind>
+KINDS = ("jsonl", "syslog", "hpfeeds", "misp", "stix")  # kind -> module spampots.outputs.<kind>
 _REPEAT_LOG_S = 600.0
+
+
+def need_extra(module: str) -> Any:
+    """Import a receiver's library, or say which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"{module} is not installed: pip install 'spampots[outputs]' ({e})") from None
 
 
 class Output:

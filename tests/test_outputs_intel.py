@@ -1,0 +1,174 @@
+"""Threat-intel outputs against real receivers: hpfeeds (its own broker, started here on
+loopback), the MISP feed directory (read back with PyMISP) and STIX 2.1 bundles (read back
+with stix2, checked by the official validator when it is installed)."""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from rsyslog import free_port
+from spampots.outputs import Runner
+from test_outputs import Background, emit, output, stored
+
+BROKER = shutil.which("hpfeeds-broker")
+
+
+def _broker_runs() -> bool:
+    if BROKER is None:
+        return False
+    r = subprocess.run([BROKER, "--help"], capture_output=True, timeout=60)
+    return r.returncode == 0  # its extra (aiorun, aiohttp, ...) installed
+
+
+needs_broker = pytest.mark.skipif(not _broker_runs(), reason="hpfeeds-broker not installed (pip install 'hpfeeds[broker]')")
+
+
+class Broker:
+    """hpfeeds-broker on loopback; idents from its environment authenticator."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.proc: subprocess.Popen | None = None
+        self.env = dict(os.environ,
+                        HPFEEDS_SENSOR_SECRET="s3cret", HPFEEDS_SENSOR_PUBCHANS="spampots.events",
+                        HPFEEDS_SENSOR_SUBCHANS="spampots.events",
+                        HPFEEDS_SOC_SECRET="soc", HPFEEDS_SOC_SUBCHANS="spampots.events", HPFEEDS_SOC_PUBCHANS="")
+
+    def start(self) -> "Broker":
+        self.proc = subprocess.Popen([BROKER, "--bind", f"127.0.0.1:{self.port}", "--auth", "env"], env=self.env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("hpfeeds-broker did not listen")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(sig)
+            self.proc.wait(30)
+            self.proc = None
+
+
+class Subscriber:
+    """The SOC's side: ident ``soc`` subscribed to the channel, reconnecting when the broker goes."""
+
+    def __init__(self, port: int) -> None:
+        from hpfeeds import protocol as p
+
+        self.p, self.port = p, port
+        self.got: list[bytes] = []
+        self.connected = threading.Event()
+        self._stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        p = self.p
+        while not self._stop:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.settimeout(0.2)
+                    un = p.Unpacker()
+                    while not self._stop:
+                        try:
+                            data = s.recv(65536)
+                        except socket.timeout:
+                            continue
+                        if not data:
+                            break
+                        un.feed(data)
+                        while un.ready():
+                            op, msg = un.pop()
+                            if op == p.OP_INFO:
+                                s.sendall(p.msgauth(p.readinfo(msg)[1], "soc", "soc")
+                                          + p.msgsubscribe("soc", "spampots.events"))
+                                self.connected.set()
+                            elif op == p.OP_PUBLISH:
+                                self.got.append(p.readpublish(msg)[2])
+            except OSError:
+                pass
+            self.connected.clear()
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stop = True
+        self.thread.join(10)
+
+
+def wait_count(sub: Subscriber, n: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(sub.got) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@needs_broker
+def test_hpfeeds_every_event_once_through_the_broker_killed_and_back(tmp_path):
+    from spampots.store.recorder import Recorder
+
+    data, port = tmp_path / "data", free_port()
+    broker = Broker(port).start()
+    sub = Subscriber(port)
+    try:
+        assert sub.connected.wait(30)
+        cfg = output(kind="hpfeeds", port=port, ident="sensor", secret="s3cret", batch=50, timeout_s=20)
+        with Recorder(data, "edge", segment_max_bytes=1 << 14) as rec:
+            emit(rec, 0, 200)
+            bg = Background(Runner(cfg, data))
+            assert bg.caught_up()
+            want = stored(data)
+            wait_count(sub, sum(want.values()))
+            assert collections.Counter(sub.got) == want  # every event once, as stored
+            broker.stop(signal.SIGKILL)
+            emit(rec, 200, 150)  # while the broker is dead: they wait in the store
+            time.sleep(1.5)
+            assert bg.runner.failures >= 1
+            broker.start()
+            assert sub.connected.wait(30)
+            assert bg.caught_up()
+            want = stored(data)
+            wait_count(sub, sum(want.values()))
+            bg.stop()
+        got = collections.Counter(sub.got)
+        assert sum((want - got).values()) == 0, "lost"
+        assert sum(n - 1 for n in got.values() if n > 1) == 0, "duplicated"
+        assert got == want
+    finally:
+        sub.stop()
+        broker.stop(signal.SIGKILL)
+
+
+@needs_broker
+def test_hpfeeds_wrong_secret_is_refused_and_nothing_is_taken(tmp_path):
+    from spampots.store.recorder import Recorder
+
+    data, port = tmp_path / "data", free_port()
+    broker = Broker(port).start()
+    try:
+        cfg = output(kind="hpfeeds", port=port, ident="sensor", secret="wrong", timeout_s=5)
+        with Recorder(data, "edge") as rec:
+            emit(rec, 0, 10)
+        runner = Runner(cfg, data)
+        runner.output.start()
+        with pytest.raises((ConnectionError, OSError)):
+            runner.step()
+        runner.output.stop()
+        runner.reader.rewind()
+        assert runner.reader.read_events(100)  # the cursor did not move: all still to send
+        runner.reader.close()
+    finally:
+        broker.stop(signal.SIGKILL)
