@@ -5,6 +5,8 @@ with stix2, checked by the official validator when it is installed)."""
 from __future__ import annotations
 
 import collections
+import hashlib
+import json
 import os
 import shutil
 import signal
@@ -172,3 +174,85 @@ def test_hpfeeds_wrong_secret_is_refused_and_nothing_is_taken(tmp_path):
         runner.reader.close()
     finally:
         broker.stop(signal.SIGKILL)
+
+
+def _misp_loaded(feed: Path) -> dict:
+    """Every event of the feed directory, loaded back with PyMISP: {uuid: MISPEvent}."""
+    from pymisp import MISPEvent
+
+    manifest = json.loads((feed / "manifest.json").read_text())
+    events = {}
+    for uid in manifest:
+        ev = MISPEvent()
+        ev.load_file(feed / f"{uid}.json")
+        events[uid] = ev
+    return events
+
+
+def test_misp_feed_one_event_per_day_and_sensor_grown_atomically(tmp_path):
+    pytest.importorskip("pymisp")
+    from spampots.events import ProxyRequest, SmtpMessage, stamp
+    from spampots.store.recorder import Recorder
+
+    data = tmp_path / "data"
+    cfg = output(kind="misp", name="feed", batch=40)
+    feed = data / "outputs" / "feed"
+    with Recorder(data, "edge") as rec:
+        emit(rec, 0, 100)
+        common = dict(sensor="edge", session="p1", src_ip="127.9.9.9", src_port=5, listener_port=1080,
+                      protocol="socks5", depth=0)
+        rec.emit(stamp(ProxyRequest(proxy="socks5", command="connect", target_host="MX.Example.NET",
+                                    target_port=25), **common))
+        rec.emit(stamp(SmtpMessage(mail_from="b@example.org", subject="Cheap " + "x" * 3000, size=1,
+                                   sha256="ab" * 32, target_host="192.0.2.7", target_port=25), **common))
+        rec.flush_sync(10)
+    with Recorder(data, "other") as rec:
+        emit(rec, 0, 5, sensor="other")
+    runner = Runner(cfg, data)
+    while runner.step():
+        pass
+    events = _misp_loaded(feed)
+    assert len(events) == 2  # one per sensor for the one day
+    by_sensor = {("edge" if "edge" in ev.info else "other"): ev for ev in events.values()}
+    edge = {(a.type, a.value) for a in by_sensor["edge"].attributes}
+    assert ("ip-src", "127.0.0.1") in edge and ("ip-src", "127.9.9.9") in edge
+    assert ("email-src", "a0@example.com") in edge and ("email-src", "b@example.org") in edge
+    assert ("sha256", "ab" * 32) in edge and ("hostname", "mx.example.net") in edge and ("ip-dst", "192.0.2.7") in edge
+    subjects = [v for t, v in edge if t == "email-subject"]
+    assert subjects and max(map(len, subjects)) <= 1024
+    assert len(edge) == len(by_sensor["edge"].attributes)  # each value once
+    # hashes.csv: MD5 of each value, with its event, as MISP's feed correlation reads it
+    rows = {tuple(r.split(",")) for r in (feed / "hashes.csv").read_text().splitlines()}
+    uid = by_sensor["edge"].uuid
+    assert (hashlib.md5(b"127.9.9.9").hexdigest(), uid) in rows
+    before = len(by_sensor["edge"].attributes)
+    runner.reader.close()
+    # the day's event grows; a batch sent again (crash before the cursor moved) adds nothing
+    with Recorder(data, "edge") as rec:
+        emit(rec, 100, 50)
+    runner = Runner(cfg, data)
+    runner.step()
+    runner.reader.rewind()  # as after a failure: the same batch again
+    while runner.step():
+        pass
+    runner.reader.close()
+    events = _misp_loaded(feed)
+    grown = {(a.type, a.value) for a in events[uid].attributes}
+    assert len(events) == 2 and len(grown) == len(events[uid].attributes) > before
+    assert ("ip-src", "127.0.0.150") in grown
+    assert not list(feed.glob(".*tmp"))  # written, then renamed
+
+
+def test_misp_bounds_attributes_per_event(tmp_path):
+    pytest.importorskip("pymisp")
+    from spampots.store.recorder import Recorder
+
+    data = tmp_path / "data"
+    with Recorder(data, "edge") as rec:
+        emit(rec, 0, 300)
+    runner = Runner(output(kind="misp", max_attributes=50), data)
+    while runner.step():
+        pass
+    runner.reader.close()
+    (ev,) = _misp_loaded(data / "outputs" / "misp").values()
+    assert len(ev.attributes) == 50

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -41,6 +42,33 @@ def need_extra(module: str) -> Any:
         return importlib.import_module(module)
     except ImportError as e:
         raise ImportError(f"{module} is not installed: pip install 'spampots[outputs]' ({e})") from None
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``: a reader (or a crash) sees the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself survives a crash
+    finally:
+        os.close(fd)
+
+
+def output_dir(cfg: Any, data_dir: Path) -> Path:
+    """The directory an output writes its files to: ``path`` (relative to the data dir) or
+    ``outputs/<name>``."""
+    d = Path(data_dir) / (cfg.path or f"{OUTPUTS_DIR}/{output_name(cfg)}")
+    d.mkdir(mode=0o750, parents=True, exist_ok=True)
+    return d
 
 
 class Output:
