@@ -256,3 +256,54 @@ def test_misp_bounds_attributes_per_event(tmp_path):
     runner.reader.close()
     (ev,) = _misp_loaded(data / "outputs" / "misp").values()
     assert len(ev.attributes) == 50
+
+
+def test_stix_bundles_parse_and_validate_and_a_resent_batch_changes_nothing(tmp_path):
+    stix2 = pytest.importorskip("stix2")
+    from spampots.store.recorder import Recorder
+
+    data = tmp_path / "data"
+    with Recorder(data, "edge") as rec:
+        emit(rec, 0, 120)
+    runner = Runner(output(kind="stix", batch=50), data)
+    while runner.step():
+        pass
+    out = data / "outputs" / "stix"
+    files = sorted(out.glob("bundle-*.json"))
+    assert len(files) == len(list(range(0, sum(stored(data).values()), 50)))
+    ips, hashes = set(), set()
+    for f in files:
+        bundle = stix2.parse(f.read_text(), allow_custom=False)
+        by_type = collections.defaultdict(list)
+        for o in bundle.objects:
+            by_type[o.type].append(o)
+        ips |= {o.value for o in by_type["ipv4-addr"]}
+        hashes |= {o.hashes["SHA-256"] for o in by_type["file"]}
+        assert len(by_type["indicator"]) == len(by_type["observed-data"]) == len(by_type["relationship"])
+        refs = {o.id for o in bundle.objects}
+        assert all(r in refs for o in by_type["observed-data"] for r in o.object_refs)
+        assert all(o.created_by_ref in refs for o in by_type["indicator"])
+    assert ips == {f"127.0.0.{i + 1}" for i in range(120)} and hashes == {"0" * 64}
+    try:
+        from stix2validator import ValidationOptions, validate_string
+    except ImportError:
+        validate_string = None
+    if validate_string is not None:  # the official validator, strict on the 2.1 spec
+        for f in files:
+            result = validate_string(f.read_text(), ValidationOptions(version="2.1"))
+            assert result.is_valid, [str(e) for e in result.errors]
+    before = {f.name: f.read_bytes() for f in files}
+    runner.reader.rewind()
+    runner.reader.close()
+    runner = Runner(output(kind="stix", batch=50), data)  # same cursor: nothing is new
+    assert runner.step() == 0
+    runner.reader.close()
+    # a batch written again (the crash between write and cursor): the same file, the same objects
+    again = Runner(output(kind="stix", name="stix2", batch=50, path="outputs/stix"), data)
+    while again.step():
+        pass
+    again.reader.close()
+    after = {f.name: json.loads(f.read_bytes()) for f in sorted(out.glob("bundle-*.json"))}
+    assert after.keys() == before.keys()
+    ids = lambda b: sorted(o["id"] for o in b["objects"])  # noqa: E731
+    assert all(ids(after[n]) == ids(json.loads(before[n])) for n in before)
