@@ -1,4 +1,7 @@
 """Events per second through each output, and what a receiver killed and started again costs.
+Also the threat-intel outputs (when their libraries are installed): hpfeeds through a
+test-started ``hpfeeds-broker`` to a subscriber (confirmed by the broker echoing our events
+back, and without), the MISP feed directory and STIX 2.1 bundles (files: no receiver to kill).
 
     python bench/outputs.py [--events 20000] [--batch 500]
 
@@ -128,10 +131,53 @@ def count(got: Path, data: Path, wait_for: int, timeout: float) -> tuple[int, in
     return lost, dup
 
 
+def intel(td: Path, data: Path, n: int, batch: int) -> None:
+    """hpfeeds (plain and with its broker killed and back), MISP feed and STIX bundles."""
+    import importlib.util
+
+    from test_outputs_intel import Broker, Subscriber, _broker_runs
+
+    if _broker_runs():
+        for confirm in (True, False):
+            row = [f"{'hpfeeds' + ('' if confirm else '*'):<8}"]
+            for run, killing in (("plain", False), ("kill", True)):
+                port = free_port()
+                broker = Broker(port).start()
+                sub = Subscriber(port)
+                sub.connected.wait(30)
+                keys = dict(kind="hpfeeds", port=port, ident="sensor", secret="s3cret", confirm=confirm)
+                try:
+                    rate = run_output(data, keys, f"hp-{run}-{confirm}", batch, broker if killing else None, 0)
+                    deadline = time.monotonic() + 30
+                    while len(sub.got) < n and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    time.sleep(0.5)
+                    want = collections.Counter(iter_event_lines(data))
+                    have = collections.Counter(sub.got)
+                    lost = sum((want - have).values())
+                    dup = sum(k - 1 for k in have.values() if k > 1)
+                finally:
+                    sub.stop()
+                    broker.stop(signal.SIGKILL)
+                row.append(f"{rate:>10,.0f} {n - lost:>9}" if not killing else
+                           f"| {'':>12} {rate:>9,.0f} {lost:>5} {dup:>4}")
+            print(" ".join(row), flush=True)
+        print("hpfeeds*: confirm = false (a batch is taken once sent; the broker keeps nothing)")
+    else:
+        print("hpfeeds: hpfeeds-broker not installed (pip install 'hpfeeds[broker]')")
+    for kind, module in (("misp", "pymisp"), ("stix", "stix2")):
+        if importlib.util.find_spec(module) is None:
+            print(f"{kind}: {module} not installed")
+            continue
+        rate = run_output(data, dict(kind=kind, path=str(td / kind)), f"{kind}-plain", batch, None, 0)
+        print(f"{kind:<8} {rate:>10,.0f} {'(files)':>9}", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=20000)
     ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--only", default="jsonl,udp,tcp,tls,intel", help="outputs to measure (intel: hpfeeds, misp, stix)")
     args = ap.parse_args()
     if RSYSLOGD is None:
         print("rsyslogd is not installed (apt-get install rsyslog rsyslog-gnutls)", file=sys.stderr)
@@ -143,7 +189,7 @@ def main() -> int:
         print(f"{n} events in the store; batch {args.batch}")
         print(f"baseline: the store's reader alone {baseline(data):,.0f} events/s")
         print(f"{'output':<8} {'events/s':>10} {'received':>9} | killed+back: {'events/s':>9} {'lost':>5} {'dup':>4}")
-        for kind in ("jsonl", "udp", "tcp", "tls"):
+        for kind in [k for k in ("jsonl", "udp", "tcp", "tls") if k in args.only.split(",")]:
             row = [f"{kind:<8}"]
             for run, killing in (("plain", False), ("kill", True)):
                 tmp = Path(td) / f"{kind}-{run}"
@@ -170,6 +216,8 @@ def main() -> int:
                 else:
                     row.append(f"| {'':>12} {rate:>9,.0f} {lost:>5} {dup:>4}")
             print(" ".join(row), flush=True)
+        if "intel" in args.only.split(","):
+            intel(Path(td), data, n, args.batch)
     print("udp: lossy by nature (no acknowledgement, the receiver's socket buffer overflows); "
           "jsonl: the count is what rsyslog's imfile delivered (a rotation while it is down loses the "
           "rest of the renamed file: imfile follows one name)")

@@ -47,7 +47,7 @@ class Broker:
                         HPFEEDS_SENSOR_SUBCHANS="spampots.events",
                         HPFEEDS_SOC_SECRET="soc", HPFEEDS_SOC_SUBCHANS="spampots.events", HPFEEDS_SOC_PUBCHANS="")
 
-    def start(self) -> "Broker":
+    def start(self, wait_port: object = None) -> "Broker":
         self.proc = subprocess.Popen([BROKER, "--bind", f"127.0.0.1:{self.port}", "--auth", "env"], env=self.env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
