@@ -137,10 +137,18 @@ def test_hpfeeds_every_event_once_through_the_broker_killed_and_back(tmp_path):
             assert collections.Counter(sub.got) == want  # every event once, as stored
             broker.stop(signal.SIGKILL)
             emit(rec, 200, 150)  # while the broker is dead: they wait in the store
-            time.sleep(1.5)
+            deadline = time.monotonic() + 30
+            while bg.runner.failures < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
             assert bg.runner.failures >= 1
+            # the broker keeps nothing: an event published before the subscriber is back is
+            # gone for it. So the output restarts once the subscriber is in again (from its cursor).
+            bg.stop()
+            while sub.connected.is_set() and time.monotonic() < deadline:
+                time.sleep(0.05)
             broker.start()
             assert sub.connected.wait(30)
+            bg = Background(Runner(cfg, data))
             assert bg.caught_up()
             want = stored(data)
             wait_count(sub, sum(want.values()))
@@ -307,3 +315,20 @@ def test_stix_bundles_parse_and_validate_and_a_resent_batch_changes_nothing(tmp_
     assert after.keys() == before.keys()
     ids = lambda b: sorted(o["id"] for o in b["objects"])  # noqa: E731
     assert all(ids(after[n]) == ids(json.loads(before[n])) for n in before)
+
+
+def test_example_config_shows_every_key_and_a_missing_library_names_the_extra():
+    import subprocess
+    import sys
+
+    from spampots import config
+    from spampots.outputs import need_extra
+
+    out = subprocess.run([sys.executable, "-c", "import sys; from spampots.cli import main; sys.exit(main())",
+                          "example-config"], capture_output=True, text=True, check=True).stdout
+    for struct in (config.HpfeedsOutput, config.MispOutput, config.StixOutput):
+        block = out.split(f'# kind = "{struct.__struct_config__.tag}"', 1)[1].split("[[output]]", 1)[0]
+        for key in set(struct.__struct_fields__) - set(config.OutputBase.__struct_fields__):
+            assert f"\n# {key} " in block, (struct.__name__, key)
+    with pytest.raises(ImportError, match=r"spampots\[outputs\]"):
+        need_extra("spampots_no_such_library")

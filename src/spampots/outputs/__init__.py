@@ -103,7 +103,12 @@ def preload(cfgs: Sequence[Any]) -> None:
     """Import the configured plug-ins now (before the sensor drops root, which may make the
     interpreter's own files unreadable)."""
     for cfg in cfgs:
-        importlib.import_module(f"{__name__}.{cfg.kind}")
+        module = importlib.import_module(f"{__name__}.{cfg.kind}")
+        if getattr(module, "REQUIRES", ""):  # its receiver's library, imported lazily
+            try:
+                need_extra(module.REQUIRES)
+            except ImportError:
+                pass  # the runner logs it, naming the extra
 
 
 class Runner:

@@ -22,12 +22,13 @@ from ..store.catalog import Line
 from . import Output, need_extra
 
 log = logging.getLogger("spampots.outputs")
+REQUIRES = "hpfeeds.protocol"  # spampots[outputs]
 
 
 class HpfeedsOutput(Output):
     def __init__(self, cfg: Any, data_dir: Path) -> None:
         super().__init__(cfg, data_dir)
-        self.proto = need_extra("hpfeeds.protocol")
+        self.proto = need_extra(REQUIRES)
         self.secret = cfg.secret or os.environ.get("SPAMPOTS_HPFEEDS_SECRET", "")
         self.too_big = 0  # lines over the protocol's message limit, skipped
         self._sock: Optional[socket.socket] = None

@@ -32,6 +32,7 @@ from ..store.catalog import Line
 from . import Output, need_extra, output_dir, output_name, write_atomic
 
 log = logging.getLogger("spampots.outputs")
+REQUIRES = "pymisp"  # spampots[outputs]
 _NS = uuid.UUID("6f1c3a52-6d0e-4c43-9a55-7d1f3c5e8a10")  # spampots' namespace for derived UUIDs
 _MAX_VALUE = 1024  # characters of one attribute value (subjects are the abuser's)
 
@@ -79,7 +80,7 @@ class _Day:
 class MispOutput(Output):
     def __init__(self, cfg: Any, data_dir: Path) -> None:
         super().__init__(cfg, data_dir)
-        self.pymisp = need_extra("pymisp")
+        self.pymisp = need_extra(REQUIRES)
         self.dir = output_dir(cfg, data_dir)
         self.key = cfg.key or os.environ.get("SPAMPOTS_MISP_KEY", "")
         self.org_uuid = str(uuid.uuid5(_NS, f"org/{cfg.org}"))

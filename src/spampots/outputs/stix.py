@@ -23,6 +23,7 @@ from ..events import Event, SmtpMessage
 from ..store.catalog import Line
 from . import Output, need_extra, output_dir, write_atomic
 
+REQUIRES = "stix2"  # spampots[outputs]
 _NS = uuid.UUID("0b0e1c5e-1f43-4b8a-9e54-5d1e6a3c2f71")  # spampots' namespace for derived STIX ids
 
 
@@ -45,7 +46,7 @@ class _Seen:
 class StixOutput(Output):
     def __init__(self, cfg: Any, data_dir: Path) -> None:
         super().__init__(cfg, data_dir)
-        self.stix2 = need_extra("stix2")
+        self.stix2 = need_extra(REQUIRES)
         self.dir = output_dir(cfg, data_dir)
 
     def write(self, batch: Sequence[tuple[Line, Event]]) -> None:
