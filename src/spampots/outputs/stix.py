@@ -14,7 +14,6 @@ consumers see no duplicates. Files are written, then renamed; a reader sees whol
 from __future__ import annotations
 
 import ipaddress
-import json
 import uuid
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,6 +24,9 @@ from . import Output, need_extra, output_dir, write_atomic
 
 REQUIRES = "stix2"  # spampots[outputs]
 _NS = uuid.UUID("0b0e1c5e-1f43-4b8a-9e54-5d1e6a3c2f71")  # spampots' namespace for derived STIX ids
+
+
+_HEX = frozenset("0123456789abcdef")  # a hash goes into a pattern: nothing else may
 
 
 def _id(kind: str, *parts: str) -> str:
@@ -64,7 +66,7 @@ class StixOutput(Output):
             ts = ev.ts or "1970-01-01T00:00:00Z"
             if ev.src_ip:
                 sources.setdefault(ev.src_ip, _Seen(ts)).add(ts)
-            if isinstance(ev, SmtpMessage) and len(ev.sha256) == 64:
+            if isinstance(ev, SmtpMessage) and len(ev.sha256) == 64 and all(c in _HEX for c in ev.sha256.lower()):
                 files.setdefault(ev.sha256.lower(), _Seen(ts)).add(ts)
         if not sources and not files:
             return None
