@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -45,22 +44,10 @@ def need_extra(module: str) -> Any:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``: a reader (or a crash) sees the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename itself survives a crash
-    finally:
-        os.close(fd)
+    """Replace ``path`` with ``data``, durably (the feed files others pull)."""
+    from ..store.export import write_atomic as _write
+
+    _write(path, [data], durable=True)
 
 
 def output_dir(cfg: Any, data_dir: Path) -> Path:

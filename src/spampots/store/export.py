@@ -21,6 +21,7 @@ from typing import Iterable, Literal, Mapping, Optional, Union
 
 from ..events import SmtpMessage
 from .messages import CorruptRecord, MessageStore
+from .segments import fsync_dir
 
 log = logging.getLogger("spampots.store")
 
@@ -81,16 +82,23 @@ def read_mbox(path: Union[str, Path]) -> list[bytes]:
     return out
 
 
-def _atomic_write(path: Path, chunks: Iterable[bytes]) -> None:
+def write_atomic(path: Path, chunks: Iterable[bytes], *, durable: bool = False) -> None:
+    """Replace ``path`` with the chunks: a reader (or a crash) sees the old file or the new one.
+    ``durable``: fsync the file and the rename too (feeds others pull); exports need not pay it."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if durable:
+        fsync_dir(path.parent)
 
 
 def _check_fmt(fmt: str) -> None:
@@ -144,9 +152,9 @@ def export_messages(
 
     if fmt == "eml":
         for sha, body in bodies():
-            _atomic_write(out / f"{sha}.eml", [body])
+            write_atomic(out / f"{sha}.eml", [body])
     else:
-        _atomic_write(out / MBOX_NAME, (_mbox_entry(body, events.get(sha)) for sha, body in bodies()))
+        write_atomic(out / MBOX_NAME, (_mbox_entry(body, events.get(sha)) for sha, body in bodies()))
     return count
 
 
@@ -158,5 +166,5 @@ def export_raw(body: bytes, fmt: Format, out_dir: Union[str, Path], name: str) -
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.{fmt}"
-    _atomic_write(path, [body if fmt == "eml" else _mbox_entry(body, None)])
+    write_atomic(path, [body if fmt == "eml" else _mbox_entry(body, None)])
     return path
