@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import socket
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -73,6 +74,21 @@ class Output:
 
     def stop(self) -> None:
         """Close; called after a failure too, before ``start`` again."""
+
+
+class SocketOutput(Output):
+    """An output that keeps one connection to its receiver (``_sock``), closed by ``stop``."""
+
+    def __init__(self, cfg: Any, data_dir: Path) -> None:
+        super().__init__(cfg, data_dir)
+        self._sock: Optional[socket.socket] = None
+
+    def stop(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock = None
 
 
 def output_name(cfg: Any) -> str:

@@ -15,23 +15,22 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 from ..events import Event
 from ..store.catalog import Line
-from . import Output, need_extra
+from . import SocketOutput, need_extra
 
 log = logging.getLogger("spampots.outputs")
 REQUIRES = "hpfeeds.protocol"  # spampots[outputs]
 
 
-class HpfeedsOutput(Output):
+class HpfeedsOutput(SocketOutput):
     def __init__(self, cfg: Any, data_dir: Path) -> None:
         super().__init__(cfg, data_dir)
         self.proto = need_extra(REQUIRES)
         self.secret = cfg.secret or os.environ.get("SPAMPOTS_HPFEEDS_SECRET", "")
         self.too_big = 0  # lines over the protocol's message limit, skipped
-        self._sock: Optional[socket.socket] = None
         self._unpacker: Any = None
 
     def start(self) -> None:
@@ -85,13 +84,6 @@ class HpfeedsOutput(Output):
                 raise ConnectionError("broker closed the connection")
             self._unpacker.feed(data)
         return self._unpacker.pop()
-
-    def stop(self) -> None:
-        if self._sock is not None:
-            try:
-                self._sock.close()
-            finally:
-                self._sock = None
 
 
 PLUGIN = HpfeedsOutput

@@ -26,11 +26,11 @@ import ssl
 import struct
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 from ..events import COMMON_FIELDS, Event, name_of
 from ..store.catalog import Line
-from . import Output
+from . import SocketOutput
 
 SD_ID = "spampots@32473"
 _SIOCOUTQ = 0x5411  # Linux: bytes in the send queue not yet acknowledged by the peer
@@ -80,11 +80,10 @@ def format_message(ev: Event, line: bytes, facility: int, app_name: str, max_val
     return head.encode("utf-8") + b"\xef\xbb\xbf" + line
 
 
-class SyslogOutput(Output):
+class SyslogOutput(SocketOutput):
     def __init__(self, cfg, data_dir: Path) -> None:  # type: ignore[no-untyped-def]
         super().__init__(cfg, data_dir)
         self.facility = FACILITIES[cfg.facility]
-        self._sock: Optional[socket.socket] = None
 
     def start(self) -> None:
         cfg = self.cfg
@@ -143,13 +142,6 @@ class SyslogOutput(Output):
             raise ConnectionError("receiver closed the connection")
         if left:
             raise ConnectionError(f"receiver went away with {left} bytes not taken")
-
-    def stop(self) -> None:
-        if self._sock is not None:
-            try:
-                self._sock.close()
-            finally:
-                self._sock = None
 
 
 PLUGIN = SyslogOutput
