@@ -159,3 +159,39 @@ def test_bad_asn_db_is_an_error(tmp_path: Path) -> None:
     bad.write_bytes(b"nope")
     with pytest.raises(Exception):
         Enricher(asn_db=bad)
+
+
+# -- what the summary counts with AS numbers ----------------------------------------------------
+def _summary_with_asn_db(tmp_path: Path, tsv: Path, ips: list[str]) -> dict:
+    from spampots.analysis import metrics, ports
+    from spampots.analysis.lake import Lake
+    from test_analysis_pipeline import Capture
+
+    c = Capture(tmp_path / "data")
+    for ip in ips:
+        c.session(ip, 1080).request("socks5", "mx.a.example", 25).mail(1, "socks5:mx.a.example:25")
+    c.flush()
+    lake = Lake(tmp_path / "data")
+    lake.compact()
+    rep = metrics.run(lake.connect(), ports=ports.load(), enricher=Enricher(asn_db=tsv), opts=metrics.Options())
+    r = rep.get("summary")
+    return dict(zip([col.key for col in r.columns], r.rows[0]))
+
+
+@pytest.mark.parametrize("named", [True, False])
+def test_unique_asns_count_numbers_even_without_names(tmp_path: Path, named: bool) -> None:
+    # A dated table may have AS numbers and no names: 8 ASes are 8 ASes either way.
+    tsv = tmp_path / "dated.tsv"
+    lines = [f"{n}.0.0.0\t{n}.255.255.255\t{64500 + n}\tUS\t{f'AS-{n}' if named else ''}\n" for n in range(11, 19)]
+    tsv.write_text("".join(lines))
+    s = _summary_with_asn_db(tmp_path, tsv, [f"{n}.1.2.3" for n in range(11, 19)])
+    assert (s["asns_all"], s["asns_mail"]) == (8, 8)
+
+
+def test_sources_without_an_as_are_unlocated(tmp_path: Path) -> None:
+    # 8.8.8.8 and 9.9.9.9 are not in the table: they have a country (bundled data) but no AS.
+    tsv = tmp_path / "dated.tsv"
+    tsv.write_text("11.0.0.0\t11.255.255.255\t64511\tUS\tAS-11\n12.0.0.0\t12.255.255.255\t64512\tUS\tAS-12\n")
+    s = _summary_with_asn_db(tmp_path, tsv, ["11.1.2.3", "12.1.2.3", "8.8.8.8", "9.9.9.9", "10.1.2.3"])
+    assert s["asns_all"] == 2 and s["cc_all"] == 1
+    assert s["unlocated"] == 3  # the two without an AS, and the private 10.1.2.3

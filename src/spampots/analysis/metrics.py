@@ -223,13 +223,16 @@ METRICS: list[Metric] = [
         "with 250). Emails/day: emails / days collected. Recipients: the accepted RCPTs of those "
         "messages. Recipients/spam: recipients / emails. Unique IPs, ASNs and country codes are counted "
         "over the sources that sent email and over all sources (every source that opened a session); "
-        "private, unknown and invalid addresses count as IPs but never as an ASN or country.",
+        "an AS is counted by its number when one is known (named or not), otherwise by its name. "
+        "Private, unknown and invalid addresses count as IPs but never as an ASN or country. "
+        "Sources without AS/country: sources with no AS or no country, or not public.",
         """
         WITH days AS (SELECT day FROM msg_cube UNION SELECT day FROM sess_cube
                       UNION SELECT day FROM sensor_start UNION SELECT day FROM sensor_heartbeat),
-        senders AS (SELECT i.* FROM msg_by_ip m JOIN ip_info i USING (ip_key)),
-        sources AS (SELECT i.* FROM ip_info i WHERE ip_key IN (SELECT ip_key FROM src_by_ip)
-                                                 OR ip_key IN (SELECT ip_key FROM msg_by_ip))
+        info AS (SELECT *, (asn IS NOT NULL OR as_name <> 'unknown') AS has_as FROM ip_info),
+        senders AS (SELECT i.* FROM msg_by_ip m JOIN info i USING (ip_key)),
+        sources AS (SELECT i.* FROM info i WHERE ip_key IN (SELECT ip_key FROM src_by_ip)
+                                              OR ip_key IN (SELECT ip_key FROM msg_by_ip))
         SELECT (SELECT min(day) FROM days) AS first_day, (SELECT max(day) FROM days) AS last_day,
                (SELECT count(*) FROM days) AS days,
                (SELECT coalesce(sum(emails), 0) FROM msg_cube) AS emails,
@@ -238,11 +241,11 @@ METRICS: list[Metric] = [
                (SELECT sum(rcpts) / nullif(sum(emails), 0) FROM msg_cube) AS rcpts_per_spam,
                (SELECT count(*) FROM senders) AS ips_mail,
                (SELECT count(*) FROM sources) AS ips_all,
-               (SELECT count(DISTINCT as_id) FROM senders WHERE kind = 'public' AND as_name <> 'unknown') AS asns_mail,
-               (SELECT count(DISTINCT as_id) FROM sources WHERE kind = 'public' AND as_name <> 'unknown') AS asns_all,
+               (SELECT count(DISTINCT as_id) FROM senders WHERE kind = 'public' AND has_as) AS asns_mail,
+               (SELECT count(DISTINCT as_id) FROM sources WHERE kind = 'public' AND has_as) AS asns_all,
                (SELECT count(DISTINCT country) FROM senders WHERE country <> '--') AS cc_mail,
                (SELECT count(DISTINCT country) FROM sources WHERE country <> '--') AS cc_all,
-               (SELECT count(*) FROM sources WHERE kind <> 'public' OR country = '--') AS unlocated
+               (SELECT count(*) FROM sources WHERE kind <> 'public' OR country = '--' OR NOT has_as) AS unlocated
         """,
         [C("first_day", "First day", "date"), C("last_day", "Last day", "date"),
          C("days", "Days collected", "int"), C("emails", "Total emails", "int"),
