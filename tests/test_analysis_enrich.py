@@ -195,3 +195,40 @@ def test_sources_without_an_as_are_unlocated(tmp_path: Path) -> None:
     s = _summary_with_asn_db(tmp_path, tsv, ["11.1.2.3", "12.1.2.3", "8.8.8.8", "9.9.9.9", "10.1.2.3"])
     assert s["asns_all"] == 2 and s["cc_all"] == 1
     assert s["unlocated"] == 3  # the two without an AS, and the private 10.1.2.3
+
+
+# -- the geoip2fast data file, read directly ----------------------------------------------------
+def test_installed_geoip2fast_is_the_pinned_data_format() -> None:
+    from importlib import metadata
+
+    from spampots.analysis import enrich
+
+    installed = metadata.version("geoip2fast")
+    assert installed in enrich.GEOIP2FAST_TESTED, (
+        f"geoip2fast {installed} is installed, but enrich.py reads the private data file of "
+        f"{enrich.GEOIP2FAST_TESTED} only: check the layout (enrich._check_layout) and add the version")
+    bundled()  # and the file really is in that layout
+
+
+def test_other_data_layouts_fail_clearly() -> None:
+    from spampots.analysis.enrich import DataFormatError, _check_layout
+
+    info = {"country": True, "asn": True, "city": False}
+    ok = [[0], [0], ["01:Reserved", "AD:Andorra"], ["<unknown>", "X"], [[1]], [[1]], [[1]], [[1]], [[8]], [[8]]]
+    _check_layout(120, info, ok)
+    for version, inf, db, why in [(130, info, ok, "data version 130"),
+                                  (120, {**info, "city": True}, ok, "country-with-ASN"),
+                                  (120, info, ok[:9], "ten lists"),
+                                  (120, info, ok[:4] + [[[1, 2]]] + ok[5:], "different lengths"),
+                                  (120, info, ok[:6] + [[[5]]] + ok[7:], "past its label list")]:
+        with pytest.raises(DataFormatError, match=why) as e:
+            _check_layout(version, inf, db)
+        assert "tested with geoip2fast" in str(e.value)
+
+
+def test_andorra_is_a_country_not_a_private_block() -> None:
+    # geoip2fast marks label indices below 16 as private, and AD is index 15.
+    got = _by_ip(Enricher().enrich(["85.94.160.1", "194.158.64.1", "10.0.0.1"]))
+    assert (got["85.94.160.1"]["kind"], got["85.94.160.1"]["country"]) == ("public", "AD")
+    assert "Andorra" in got["194.158.64.1"]["as_name"]
+    assert got["10.0.0.1"]["kind"] == "private"

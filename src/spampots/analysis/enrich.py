@@ -87,6 +87,19 @@ class Ranges:
         return np.where(ok, self.label[np.clip(i, 0, None)], -1)
 
 
+# The geoip2fast data file is read directly (its public API looks up one address at a time, far
+# too slow for a report's hundreds of thousands of sources), so its private layout is pinned here:
+# a gzipped pickle (version, info, total, db) of the "country with ASN" shape that geoip2fast's own
+# loader unpacks, in the releases below. Any other release fails loudly in Bundled() (a test
+# checks the installed one) rather than mislabelling every source.
+GEOIP2FAST_TESTED = ("1.2.2",)
+GEOIP2FAST_DAT_VERSIONS = (120, 121)
+
+
+class DataFormatError(RuntimeError):
+    """The installed geoip2fast data file is not in the layout this module reads."""
+
+
 class Bundled:
     """The geoip2fast data files, read into numpy ranges."""
 
@@ -97,14 +110,15 @@ class Bundled:
         path = resources.files("geoip2fast").joinpath(self.FILE_V4)
         with gzip.open(str(path), "rb") as f:
             version, info, _total, db = pickle.load(f)
-        if version not in (120, 121) or not (info.get("country") and info.get("asn")) or len(db) != 10:
-            raise RuntimeError(f"unexpected geoip2fast data layout (version {version})")
+        _check_layout(version, info, db)
         (_idx, _idx_asn, names_cc, names_asn, first, first_asn,
          id_cc, id_asn, netlen, netlen_asn) = db
         self.info = str(info.get("info", ""))
-        self.country = self._ranges(first, netlen, id_cc, [n.split(":", 1)[0] for n in names_cc])
-        # Country label indices below 16 are geoip2fast's reserved/private blocks.
-        self.country_private = np.arange(len(names_cc)) < 16
+        codes = [n.split(":", 1)[0] for n in names_cc]
+        # Numeric codes are geoip2fast's reserved/private blocks ("01".."14"); "99" is "not found".
+        # (geoip2fast itself treats every label index below 16 as private, Andorra included.)
+        self.country_private = np.array([c.isdigit() and c != "99" for c in codes], dtype=bool)
+        self.country = self._ranges(first, netlen, id_cc, ["" if c.isdigit() else c for c in codes])
         self.asn = self._ranges(first_asn, netlen_asn, id_asn, list(names_asn))
         self._v6 = None
 
@@ -122,7 +136,7 @@ class Bundled:
         as_i = self.asn.find(ints)
         cc_labels = np.array(self.country.labels + [""], dtype=object)
         private = (cc_i >= 0) & self.country_private[np.clip(cc_i, 0, None)]
-        cc = np.where(private | (cc_i < 0), "", cc_labels[cc_i]).tolist()
+        cc = np.where(private, "", cc_labels[cc_i]).tolist()
         as_labels = np.array(self.asn.labels + [""], dtype=object)
         names = as_labels[as_i].tolist()
         names = ["" if (x == "<unknown>" or p) else x for x, p in zip(names, private)]
@@ -135,7 +149,7 @@ class Bundled:
 
             self._v6 = GeoIP2Fast(geoip2fast_data_file=self.FILE_V6, verbose=False)
         r = self._v6.lookup(ip)
-        cc = r.country_code if r.country_code not in ("--", "") and not r.is_private else ""
+        cc = r.country_code if r.country_code.isalpha() else ""  # not is_private: Andorra is "private"
         return cc, (r.asn_name if r.asn_name not in ("<unknown>", "IANA.ORG") else "")
 
     def public_as_ranges(self) -> tuple[Ranges, list[str]]:
@@ -144,10 +158,38 @@ class Bundled:
         keep = a.label != a.labels.index("<unknown>") if "<unknown>" in a.labels else np.ones(len(a.label), bool)
         mid = a.first + (a.last - a.first) // np.uint64(2)
         cc_i = self.country.find(mid)
-        keep &= (cc_i >= 0) & ~self.country_private[np.clip(cc_i, 0, None)] & ~v4_special(a.first)
+        cc_ok = np.array([bool(c) for c in self.country.labels], dtype=bool)
+        keep &= (cc_i >= 0) & cc_ok[np.clip(cc_i, 0, None)] & ~v4_special(a.first)
         r = Ranges(a.first[keep], a.last[keep], a.label[keep], a.labels)
         countries = [self.country.labels[i] for i in cc_i[keep]]
         return r, countries
+
+
+def _check_layout(version: object, info: object, db: object) -> None:
+    def fail(why: str) -> None:
+        raise DataFormatError(
+            f"geoip2fast {metadata.version('geoip2fast')}: its data file {Bundled.FILE_V4} is not in the "
+            f"layout spampots reads ({why}); tested with geoip2fast {', '.join(GEOIP2FAST_TESTED)}. "
+            "Install one of those, or name an AS database with --asn-db.")
+
+    if version not in GEOIP2FAST_DAT_VERSIONS:
+        fail(f"data version {version!r}, expected one of {GEOIP2FAST_DAT_VERSIONS}")
+    if not (isinstance(info, dict) and info.get("country") is True and info.get("asn") is True
+            and not info.get("city")):
+        fail("not a country-with-ASN file")
+    if not (isinstance(db, (list, tuple)) and len(db) == 10 and all(isinstance(x, list) for x in db)):
+        fail("not ten lists")
+    _i, _ia, names_cc, names_asn, first, first_asn, id_cc, id_asn, netlen, netlen_asn = db
+    for a, b, c in ((first, id_cc, netlen), (first_asn, id_asn, netlen_asn)):
+        if not (len(a) == len(b) == len(c) and all(len(x) == len(y) == len(z) for x, y, z in zip(a, b, c))):
+            fail("range chunks of different lengths")
+    if not all(isinstance(n, str) and ":" in n and n.split(":", 1)[0].isalnum() for n in names_cc):
+        fail("country labels are not 'CC:name'")
+    if "<unknown>" not in names_asn:
+        fail("no '<unknown>' AS label")
+    top = max((max(x) for x in id_cc if x), default=-1), max((max(x) for x in id_asn if x), default=-1)
+    if top[0] >= len(names_cc) or top[1] >= len(names_asn):
+        fail("a range points past its label list")
 
 
 @lru_cache(maxsize=1)
