@@ -232,3 +232,21 @@ def test_andorra_is_a_country_not_a_private_block() -> None:
     assert (got["85.94.160.1"]["kind"], got["85.94.160.1"]["country"]) == ("public", "AD")
     assert "Andorra" in got["194.158.64.1"]["as_name"]
     assert got["10.0.0.1"]["kind"] == "private"
+
+
+# -- the IPFire location database (Debian: libloc-database, python3-location) --------------------
+def test_ipfire_location_db_gives_as_numbers_offline(tmp_path: Path) -> None:
+    from spampots.analysis.enrich import LOCATION_DB, installed_location_db
+
+    db = installed_location_db()
+    if db is None:
+        pytest.skip(f"no readable {LOCATION_DB} (apt-get install libloc-database python3-location)")
+    ips = ["8.8.8.8", "1.1.1.1", "9.9.9.9", "200.160.2.3", "2001:4860:4860::8888", "10.0.0.1", "192.0.2.1"]
+    got = _by_ip(Enricher(asn_db=db, cache_dir=tmp_path).enrich(ips))  # a local file: no network
+    assert (got["8.8.8.8"]["asn"], got["8.8.8.8"]["country"]) == (15169, "US")
+    assert "GOOGLE" in got["8.8.8.8"]["as_name"]
+    assert got["1.1.1.1"]["asn"] == 13335 and got["9.9.9.9"]["asn"] == 19281
+    assert (got["200.160.2.3"]["asn"], got["200.160.2.3"]["country"]) == (22548, "BR")  # NIC.br
+    assert got["2001:4860:4860::8888"]["asn"] == 15169
+    assert got["10.0.0.1"]["kind"] == got["192.0.2.1"]["kind"] == "private"
+    assert all(r["asn"] is None for ip, r in got.items() if r["kind"] != "public")

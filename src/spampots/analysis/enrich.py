@@ -197,14 +197,77 @@ def bundled() -> Bundled:
     return Bundled()
 
 
+# Debian's libloc-database: the IPFire location database (CC BY-SA 4.0), AS numbers, names and
+# countries, offline. Its reader (python3-location) is built for Debian's own python3; it is used
+# from another interpreter only when its extension's ABI tag matches that interpreter.
+LOCATION_DB = Path("/usr/share/libloc-location/location.db")
+LOCATION_PY = Path("/usr/lib/python3/dist-packages")
+
+
+def _location_module():  # -> the `location` module, or None
+    import importlib.machinery
+    import sys
+
+    try:
+        import location  # type: ignore[import-not-found]
+        return location
+    except ImportError:
+        pass
+    suffixes = importlib.machinery.EXTENSION_SUFFIXES
+    if not any((LOCATION_PY / f"_location{x}").exists() for x in suffixes):
+        return None  # absent, or built for another Python
+    sys.path.append(str(LOCATION_PY))  # last: never shadows this interpreter's own packages
+    try:
+        import location  # type: ignore[import-not-found]
+        return location
+    except ImportError:
+        return None
+    finally:
+        sys.path.remove(str(LOCATION_PY))
+
+
+def installed_location_db() -> Path | None:
+    """The installed IPFire location database when this Python can read it, else None."""
+    return LOCATION_DB if LOCATION_DB.is_file() and _location_module() is not None else None
+
+
+class LocationDb:
+    """An IPFire location database (libloc format), read with python3-location."""
+
+    def __init__(self, path: Path) -> None:
+        mod = _location_module()
+        if mod is None:
+            raise RuntimeError("reading a libloc .db needs python3-location (the `location` module) "
+                               "for this Python")
+        self._db = mod.Database(str(path))
+        self._names: dict[int, str] = {}
+
+    def get(self, ip: str) -> tuple[Optional[int], str, str]:
+        try:
+            net = self._db.lookup(ip)
+        except (OSError, ValueError):  # libloc reports "not found" as ENOENT
+            return None, "", ""
+        if net is None:
+            return None, "", ""
+        asn = net.asn or None
+        if asn is not None and asn not in self._names:
+            a = self._db.get_as(asn)
+            self._names[asn] = (a.name or "") if a is not None else ""
+        cc = (net.country_code or "").upper()
+        return asn, (self._names[asn] if asn is not None else ""), (cc if cc.isalpha() and len(cc) == 2 else "")
+
+
 class AsnDb:
-    """A user's AS database: MMDB or iptoasn TSV."""
+    """A user's AS database: MMDB, iptoasn TSV or IPFire location (libloc) database."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         name = self.path.name.lower()
         self._mmdb = None
-        if name.endswith(".mmdb"):
+        self._loc: LocationDb | None = None
+        if name.endswith(".db"):
+            self._loc = LocationDb(self.path)
+        elif name.endswith(".mmdb"):
             import maxminddb
 
             self._mmdb = maxminddb.open_database(str(self.path))
@@ -236,6 +299,8 @@ class AsnDb:
 
     def lookup_v4(self, ints: np.ndarray, ips: list[str]) -> list[tuple[Optional[int], str, str]]:
         """(asn, as_name, country) per address; asn None where not covered/not routed."""
+        if self._loc is not None:
+            return [self._loc.get(ip) for ip in ips]
         if self._mmdb is not None:
             return [self._mmdb_get(ip) for ip in ips]
         idx = self._v4.find(ints) if len(self._v4.first) else np.full(len(ints), -1)
@@ -245,6 +310,8 @@ class AsnDb:
         return out
 
     def lookup_v6(self, ip: str) -> tuple[Optional[int], str, str]:
+        if self._loc is not None:
+            return self._loc.get(ip)
         if self._mmdb is not None:
             return self._mmdb_get(ip)
         n = int(ipaddress.IPv6Address(ip))
