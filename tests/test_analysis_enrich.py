@@ -250,3 +250,11 @@ def test_ipfire_location_db_gives_as_numbers_offline(tmp_path: Path) -> None:
     assert got["2001:4860:4860::8888"]["asn"] == 15169
     assert got["10.0.0.1"]["kind"] == got["192.0.2.1"]["kind"] == "private"
     assert all(r["asn"] is None for ip, r in got.items() if r["kind"] != "public")
+
+
+def test_asn_db_default_is_the_installed_location_db(tmp_path: Path) -> None:
+    from spampots.analysis.enrich import installed_location_db, resolve_asn_db
+
+    assert resolve_asn_db(None) == installed_location_db()  # the IPFire database when installed
+    assert resolve_asn_db(Path("none")) is None  # the bundled data alone
+    assert resolve_asn_db(tmp_path / "x.tsv") == tmp_path / "x.tsv"

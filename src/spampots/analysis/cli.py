@@ -176,7 +176,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="outbound attempts: count the first request per connection (default), per source IP, "
                         "or every request")
     p.add_argument("--top", type=int, default=10, metavar="N", help="rows in the top-N tables (default 10)")
-    p.add_argument("--asn-db", type=Path, metavar="FILE", help="AS database: MaxMind/IPinfo .mmdb or iptoasn .tsv[.gz]")
+    p.add_argument("--asn-db", type=Path, metavar="FILE", help="AS database: MaxMind/IPinfo .mmdb, iptoasn .tsv[.gz] or IPFire location .db "
+                   "(default: the installed IPFire database, if any; none: the bundled data alone)")
     p.add_argument("--ports", type=Path, action="append", default=[], metavar="FILE",
                    help="extra port table (TOML, like spampots/data/ports.toml); repeatable")
     p.add_argument("--locale", choices=("en", "pt"), default="en",
@@ -228,7 +229,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from . import charts as charts_mod
     from . import metrics, ports
-    from .enrich import Enricher
+    from .enrich import Enricher, resolve_asn_db
     from .ports import PortTableError
 
     data_dir = _data_dir(args)
@@ -281,7 +282,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         con = lake.connect(day_from=args.day_from, day_to=args.day_to, sensors=args.sensor,
                            threads=args.threads, memory_limit=args.memory_limit)
     try:
-        enricher = Enricher(args.asn_db, cache_dir=cache_dir, quiet=args.quiet)
+        enricher = Enricher(resolve_asn_db(args.asn_db), cache_dir=cache_dir, quiet=args.quiet)
     except (OSError, ValueError, RuntimeError) as e:  # maxminddb's InvalidDatabaseError is a RuntimeError
         print(f"spampots report: --asn-db {args.asn_db}: {e}", file=sys.stderr)
         return 2

@@ -6,6 +6,9 @@ Sources, all local files (these machines never look anything up on the network):
   country + AS *name*, IPv4 and IPv6). It has no AS numbers, so with it alone an "AS"
   is identified by its name. IPv4 is looked up vectorised (numpy over the sorted
   ranges); IPv6 through geoip2fast's own lookup, loaded only when an IPv6 source shows up.
+* the IPFire location database (Debian's ``libloc-database``, read with ``python3-location``):
+  AS numbers, names and countries; the default for ``--asn-db`` when installed and readable
+  from this Python (``resolve_asn_db``), also ``--asn-db FILE.db``.
 * ``--asn-db FILE.mmdb``: a MaxMind GeoLite2-ASN / GeoIP2-ISP or IPinfo MMDB (``maxminddb``).
 * ``--asn-db FILE.tsv[.gz]``: the iptoasn.com TSV (ip_range_start, ip_range_end,
   AS_number, country_code, AS_description), IPv4 and/or IPv6, dotted or u32 starts.
@@ -229,6 +232,14 @@ def _location_module():  # -> the `location` module, or None
 def installed_location_db() -> Path | None:
     """The installed IPFire location database when this Python can read it, else None."""
     return LOCATION_DB if LOCATION_DB.is_file() and _location_module() is not None else None
+
+
+def resolve_asn_db(arg: Path | None) -> Path | None:
+    """What --asn-db means: the file named; "none" for the bundled data alone; by default the
+    installed IPFire location database, if any (AS numbers offline, no download at run time)."""
+    if arg is None:
+        return installed_location_db()
+    return None if str(arg).lower() == "none" else Path(arg)
 
 
 class LocationDb:

@@ -296,8 +296,8 @@ METRICS: list[Metric] = [
          C("ips", "IPs (sent email)", "int"), C("sources", "IPs (all sources)", "int")]),
     Metric(
         "top_asns", "Top ASNs",
-        "Emails and source IPs by the AS of the source IP. AS numbers need --asn-db; with the bundled "
-        "data an AS is known by its name only.",
+        "Emails and source IPs by the AS of the source IP. AS numbers come from the installed IPFire "
+        "location database or --asn-db; with the bundled data alone an AS is known by its name only.",
         f"""WITH m AS (SELECT i.as_id, sum(m.emails) AS emails, count(*) AS ips
                        FROM msg_by_ip m JOIN ip_info i USING (ip_key) GROUP BY 1),
                  a AS (SELECT as_id, min(asn) AS asn, min(as_name) AS as_name,

@@ -41,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(q)
     add_selection(q)
     q.add_argument("--top", type=int, default=20, metavar="N", help="rows of the per-country/AS tables (default 20)")
-    q.add_argument("--asn-db", type=Path, metavar="FILE", help="AS database: MaxMind/IPinfo .mmdb or iptoasn .tsv[.gz]")
+    q.add_argument("--asn-db", type=Path, metavar="FILE", help="AS database: MaxMind/IPinfo .mmdb, iptoasn .tsv[.gz] or IPFire location .db "
+                   "(default: the installed IPFire database, if any; none: the bundled data alone)")
     q.add_argument("--locale", choices=("en", "pt"), default="en", help="number style: 1,234.56 or 1.234,56")
     q.add_argument("--no-compact", action="store_true", help="do not compact closed segments first")
     q.set_defaults(func=cmd_port25)
@@ -59,7 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="write the reports into DIR (new or empty); without it, only print the summary")
     n.add_argument("--by", choices=("asn", "country"), default="asn",
                    help="group by AS (default; the AS name when --asn-db gives no number) or by country")
-    n.add_argument("--asn-db", type=Path, metavar="FILE", help="AS database: MaxMind/IPinfo .mmdb or iptoasn .tsv[.gz]")
+    n.add_argument("--asn-db", type=Path, metavar="FILE", help="AS database: MaxMind/IPinfo .mmdb, iptoasn .tsv[.gz] or IPFire location .db "
+                   "(default: the installed IPFire database, if any; none: the bundled data alone)")
     n.add_argument("--min-emails", type=_count, default=1, metavar="N",
                    help="only networks that sent at least N emails (default 1; 0 adds proxy-only networks)")
     n.add_argument("--top", type=_positive, metavar="N", help="only the N networks with most emails (default: all)")
@@ -88,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _open(args: argparse.Namespace, prog: str) -> Optional[tuple["duckdb.DuckDBPyConnection", "Enricher"]]:
     """(lake connection, enricher) for the selection, or None after saying why not (exit 2)."""
-    from spampots.analysis.enrich import Enricher
+    from spampots.analysis.enrich import Enricher, resolve_asn_db
 
     lake = open_lake(_data_dir(args), args, prog)
     if lake is None:
@@ -96,7 +98,7 @@ def _open(args: argparse.Namespace, prog: str) -> Optional[tuple["duckdb.DuckDBP
     con = lake.connect(day_from=args.day_from, day_to=args.day_to, sensors=args.sensor)
     tell_damage(lake.damage, prog)
     try:
-        enricher = Enricher(args.asn_db, cache_dir=lake.root / "_cache", quiet=args.quiet)
+        enricher = Enricher(resolve_asn_db(args.asn_db), cache_dir=lake.root / "_cache", quiet=args.quiet)
     except (OSError, ValueError, RuntimeError) as e:  # maxminddb's InvalidDatabaseError is a RuntimeError
         print(f"{prog}: --asn-db {args.asn_db}: {e}", file=sys.stderr)
         return None
