@@ -258,3 +258,21 @@ def test_asn_db_default_is_the_installed_location_db(tmp_path: Path) -> None:
     assert resolve_asn_db(None) == installed_location_db()  # the IPFire database when installed
     assert resolve_asn_db(Path("none")) is None  # the bundled data alone
     assert resolve_asn_db(tmp_path / "x.tsv") == tmp_path / "x.tsv"
+
+
+def test_installed_location_db_gaps_keep_the_bundled_as_name(tmp_path: Path) -> None:
+    from spampots.analysis.enrich import installed_location_db
+
+    db = installed_location_db()
+    if db is None:
+        pytest.skip("no readable IPFire location database")
+    ranges, _ = bundled().public_as_ranges()
+    ips = [str(ipaddress.IPv4Address(int(x))) for x in ranges.first[::97]]
+    both = zip(Enricher(asn_db=db).enrich(ips).to_pylist(), Enricher().enrich(ips).to_pylist())
+    gaps = [(a, b) for a, b in both if a["asn"] is None]
+    assert len(gaps) < len(ips) // 4
+    assert all(a["as_name"] == b["as_name"] != "unknown" for a, b in gaps)
+    # a named file is not filled in: it may be a table of another date
+    tsv = tmp_path / "dated.tsv"
+    tsv.write_text("11.0.0.0\t11.255.255.255\t64511\tUS\tAS-11\n")
+    assert Enricher(asn_db=tsv).enrich(["8.8.8.8"]).to_pylist()[0]["as_name"] == "unknown"

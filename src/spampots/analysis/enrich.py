@@ -381,6 +381,10 @@ class Enricher:
             parts.append(self.asn_db.fingerprint())
         self.fingerprint = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
         self.lookups = 0  # addresses actually looked up (not served from the cache)
+        # The installed IPFire database is a current source, as the bundled data is: where it has
+        # no AS (Debian's copy is older), the bundled AS name fills in. A file named with --asn-db
+        # may be a dated table, so it is never mixed with today's names.
+        self._fill_names = self.asn_db is not None and self.asn_db.path == LOCATION_DB
 
     @property
     def source(self) -> str:
@@ -459,7 +463,7 @@ class Enricher:
                     cc[i], name[i] = b_cc[j], b_name[j]
                     if user:
                         asn[i], nm, c = user[j]
-                        name[i] = nm if asn[i] is not None else ""
+                        name[i] = nm if asn[i] is not None else (name[i] if self._fill_names else "")
                         cc[i] = c or cc[i]
                 tick(len(v4_pos))
         for i in range(n):
