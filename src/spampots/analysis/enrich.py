@@ -376,15 +376,15 @@ class Enricher:
         self.asn_db = AsnDb(asn_db) if asn_db else None
         self.cache_dir = cache_dir
         self.quiet = quiet
-        parts = [f"geoip2fast {metadata.version('geoip2fast')}"]
-        if self.asn_db:
-            parts.append(self.asn_db.fingerprint())
-        self.fingerprint = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-        self.lookups = 0  # addresses actually looked up (not served from the cache)
         # The installed IPFire database is a current source, as the bundled data is: where it has
         # no AS (Debian's copy is older), the bundled AS name fills in. A file named with --asn-db
         # may be a dated table, so it is never mixed with today's names.
         self._fill_names = self.asn_db is not None and self.asn_db.path == LOCATION_DB
+        parts = [f"geoip2fast {metadata.version('geoip2fast')}"]
+        if self.asn_db:
+            parts.append(self.asn_db.fingerprint() + (" +bundled names" if self._fill_names else ""))
+        self.fingerprint = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+        self.lookups = 0  # addresses actually looked up (not served from the cache)
 
     @property
     def source(self) -> str:
