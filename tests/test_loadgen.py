@@ -195,7 +195,7 @@ def test_proxy_protocol_sources_and_modes(tmp_path):
 
 
 def test_register_adds_the_subcommand():
-    """What the lead wires into `spampots`: register(subparsers) gives a parser for `loadgen`."""
+    """How `spampots` wires it in: register(subparsers) gives a parser for `loadgen`."""
     import argparse
 
     from spampots.loadgen.cli import cmd_loadgen, register
