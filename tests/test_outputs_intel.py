@@ -250,31 +250,32 @@ def test_misp_feed_one_event_per_day_and_sensor_grown_atomically(tmp_path):
     assert not list(feed.glob(".*tmp"))  # written, then renamed
 
 
-def test_misp_bounds_attributes_per_event(tmp_path):
-    pytest.importorskip("pymisp")
+def run_over(data: Path, n: int, cfg, close: bool = True) -> Runner:
+    """Store ``n`` events of sensor edge, then run the output over all of them."""
     from spampots.store.recorder import Recorder
 
-    data = tmp_path / "data"
     with Recorder(data, "edge") as rec:
-        emit(rec, 0, 300)
-    runner = Runner(output(kind="misp", max_attributes=50), data)
+        emit(rec, 0, n)
+    runner = Runner(cfg, data)
     while runner.step():
         pass
-    runner.reader.close()
+    if close:
+        runner.reader.close()
+    return runner
+
+
+def test_misp_bounds_attributes_per_event(tmp_path):
+    pytest.importorskip("pymisp")
+    data = tmp_path / "data"
+    run_over(data, 300, output(kind="misp", max_attributes=50))
     (ev,) = _misp_loaded(data / "outputs" / "misp").values()
     assert len(ev.attributes) == 50
 
 
 def test_stix_bundles_parse_and_validate_and_a_resent_batch_changes_nothing(tmp_path):
     stix2 = pytest.importorskip("stix2")
-    from spampots.store.recorder import Recorder
-
     data = tmp_path / "data"
-    with Recorder(data, "edge") as rec:
-        emit(rec, 0, 120)
-    runner = Runner(output(kind="stix", batch=50), data)
-    while runner.step():
-        pass
+    runner = run_over(data, 120, output(kind="stix", batch=50), close=False)
     out = data / "outputs" / "stix"
     files = sorted(out.glob("bundle-*.json"))
     assert len(files) == len(list(range(0, sum(stored(data).values()), 50)))
