@@ -87,7 +87,7 @@ def test_wrong_sha_fails_only_that_future(tmp_path: Path) -> None:
 
 def test_flush_makes_plain_events_durable(tmp_path: Path) -> None:
     async def main() -> None:
-        rec = Recorder(tmp_path, "t1", group_commit_ms=50)
+        rec = Recorder(tmp_path, "t1")
         rec.start(asyncio.get_running_loop())
         ev = SessionOpen(session="a")
         rec.emit(ev)

@@ -23,7 +23,7 @@ def body(i):
     return b"Subject: %d\r\n\r\n" % i + hashlib.shake_256(b"%d" % i).digest(n)
 
 async def main():
-    rec = Recorder(sys.argv[1], "crash", group_commit_ms=1.0)
+    rec = Recorder(sys.argv[1], "crash")
     rec.start(asyncio.get_running_loop())
     slots = asyncio.Semaphore(32)
 

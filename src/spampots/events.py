@@ -302,8 +302,23 @@ def name_of(event: Event) -> str:
     return type(event).__struct_config__.tag  # type: ignore[return-value]
 
 
-def fields_of(event_type: type[Event]) -> tuple[str, ...]:
-    return event_type.__struct_fields__
+class Peek(msgspec.Struct):
+    """The few fields the transport reads off an event line without decoding all of it."""
+
+    event: str = ""
+    ts: str = ""
+    sha256: str = ""
+
+
+_peek = msgspec.json.Decoder(Peek)
+
+
+def peek(line: bytes) -> Peek:
+    """Peek at a raw event line; a line that does not decode gives an empty Peek."""
+    try:
+        return _peek.decode(line)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return Peek()
 
 
 def stamp(

@@ -1,6 +1,6 @@
 """`spampots report`, `spampots compact`, `spampots synth`.
 
-The lead's spampots/cli.py calls :func:`register`; ``python -m spampots.analysis.cli``
+spampots/cli.py calls :func:`register`; ``python -m spampots.analysis.cli``
 runs the same subcommands standalone.
 """
 
@@ -10,7 +10,9 @@ import argparse
 import datetime as dt
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Optional
+
+from spampots.cli import main  # the one entry point; `python -m` this module runs it
 
 if TYPE_CHECKING:
     from ..store.segments import ReadStats
@@ -356,11 +358,6 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="spampots")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -18,15 +18,8 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 
-if __name__ == "__main__" and not __package__:
-    # `spark-submit .../spampots/analysis/spark.py ARGS` runs this file as a script: run the installed
-    # package's `spampots report --engine spark ARGS` (spark-submit's --master and --conf apply).
-    from spampots.analysis.cli import main as _cli_main
-
-    sys.exit(_cli_main(["report", "--engine", "spark", *sys.argv[1:]]))
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""`spampots policy port25` and `spampots notify`. The lead's spampots/cli.py calls :func:`register`;
+"""`spampots policy port25` and `spampots notify`. spampots/cli.py calls :func:`register`;
 ``python -m spampots.policy.cli`` runs them standalone."""
 
 from __future__ import annotations
@@ -7,11 +7,12 @@ import argparse
 import sqlite3
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Optional
 
 # Shared with `spampots report`: the same options mean the same thing.
 from spampots.analysis.cli import (_common, _count, _data_dir, add_selection, check_store, describe_filters,
                                    open_lake, output_format, tell_damage, write_report)
+from spampots.cli import main  # the one entry point; `python -m` this module runs it
 
 
 if TYPE_CHECKING:
@@ -287,11 +288,6 @@ def _send(note: "Notification", relay: "Relay", out: Path, prog: str) -> int:
     return 1 if res.failed else 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="spampots")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ A handler is fed bytes and answers with a list of *actions*, in order:
                        how "250 after DATA only once the message is durable"
                        is expressed without I/O in the protocol.
 * :class:`Tunnel`      the client was granted a connection to host:port; from
-                       now on we play that far end (see ``farend.py``). Any
-                       bytes after the request are in ``rest``.
+                       now on we play that far end (the sensor hands the
+                       rest of the session to the SMTP handler for port 25,
+                       else to the sniffer). Any bytes after the request
+                       are in ``rest``.
 * :class:`StartTLS`    upgrade the connection to TLS (server side) now; the
                        handler keeps receiving the decrypted bytes.
 * :class:`Close`       close the connection after sending what came before.
@@ -22,6 +24,7 @@ about their surroundings is in :class:`Context`.
 from __future__ import annotations
 
 import base64
+import zlib
 from dataclasses import dataclass, field
 from typing import Optional, Protocol, Union
 
@@ -130,6 +133,17 @@ class Handler(Protocol):
     def eof(self) -> list[Action]:
         """The client closed or the session ends: flush what is pending."""
         ...
+
+
+# Linux's default ephemeral port range (net.ipv4.ip_local_port_range).
+_EPHEMERAL_LO, _EPHEMERAL_HI = 32768, 60999
+
+
+def dialled_port(ctx: "Context", host: str, port: int) -> int:
+    """The local port we would have used dialling host:port for this client: stable per
+    (client address, target), inside Linux's ephemeral range, so answers agree across requests."""
+    key = f"{ctx.src_ip}|{ctx.src_port}|{host}|{port}".encode("utf-8", "backslashreplace")
+    return _EPHEMERAL_LO + zlib.crc32(key) % (_EPHEMERAL_HI - _EPHEMERAL_LO + 1)
 
 
 def error_event(kind: str, detail: str = "", data: bytes = b"") -> ProtocolError:

@@ -42,7 +42,7 @@ from typing import Optional
 from urllib.parse import parse_qs
 
 from ..events import Event, HttpRequest, ProxyRequest
-from .base import MAIL_PORTS, Action, Close, Context, Durable, Tunnel, error_event, limit_event
+from .base import MAIL_PORTS, Action, Close, Context, Durable, Tunnel, dialled_port, error_event, limit_event
 from .http_persona import (
     GENERIC_SITES, HTTPBIN_HEADERS, HTTPBIN_HOSTS, JUDGE_HEADERS, JUDGE_LAYOUTS, JUDGE_MARKERS, NOT_FOUND, SITES, STYLES,
     Head, Headers, JudgeLayout, ProxyStyle, Site,
@@ -641,7 +641,7 @@ class HttpServer:
         key = f"{self.ctx.src_ip}|{self.ctx.src_port}|{req.host}|{req.port}".encode("utf-8", "replace")
         variables += [
             ("REMOTE_ADDR", self.ctx.local_ip),
-            ("REMOTE_PORT", str(32768 + zlib.crc32(key) % (60999 - 32768 + 1))),  # as if we had dialled out
+            ("REMOTE_PORT", str(dialled_port(self.ctx, req.host, req.port))),
             ("REQUEST_METHOD", req.method),
             ("REQUEST_URI", req.path),
         ]

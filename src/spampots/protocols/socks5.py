@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-import zlib
 from typing import Optional
 
 from ..events import ProxyRequest
-from .base import Action, Close, Context, Tunnel, error_event
+from .base import Action, Close, Context, Tunnel, dialled_port, error_event
 
 VERSION = 5
 AUTH_VERSION = 1
@@ -192,7 +191,7 @@ class Socks5Server:
         )
         if not granted:  # BIND / UDP ASSOCIATE would need real sockets of ours
             return [event, reply(rep), Close("server")]
-        return [event, reply(SUCCEEDED, self._bound_ip(), self._bound_port(host, port)),
+        return [event, reply(SUCCEEDED, self._bound_ip(), dialled_port(self.ctx, host, port)),
                 Tunnel("socks5", host, port, rest=rest)]
 
     def _fail(self, kind: str, detail: str, answer: bytes = b"", data: Optional[bytes] = None) -> list[Action]:
@@ -210,7 +209,3 @@ class Socks5Server:
             ip = ip.ipv4_mapped
         return ip.packed if ip.version == 4 else bytes(4)
 
-    def _bound_port(self, host: str, port: int) -> int:
-        """A stable port in Linux's ephemeral range, as if we had dialled out."""
-        key = f"{self.ctx.src_ip}|{self.ctx.src_port}|{host}|{port}".encode("utf-8", "backslashreplace")
-        return 32768 + zlib.crc32(key) % (60999 - 32768 + 1)

@@ -374,17 +374,6 @@ class SegmentTail:
         newline of a finished segment are a torn line that recovery drops)."""
         return self._eof
 
-    @property
-    def size_left(self) -> int:
-        """Bytes on disk not yet returned (approximate for a compressed segment)."""
-        try:
-            return max(0, self._jsonl.stat().st_size - self.offset)
-        except FileNotFoundError:
-            try:
-                return self._zst.stat().st_size if self.offset == 0 else 0
-            except FileNotFoundError:
-                return 0
-
     def close(self) -> None:
         f = self._raw if self._raw is not None else self._f  # a .zst: the file under the decoder
         if f is not None:

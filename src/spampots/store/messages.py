@@ -341,13 +341,6 @@ class MessageStore:
             if lock_fd is not None:
                 os.close(lock_fd)
 
-    def rebuild_index(self) -> int:
-        """Drop and rebuild the index from the packs; returns the number of records."""
-        self._check_writable()
-        self._db.execute("DELETE FROM blobs")
-        self._reconcile()
-        return len(self)
-
     # -- writing ---------------------------------------------------------------------------------
 
     def _check_writable(self) -> None:

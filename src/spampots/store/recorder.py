@@ -155,7 +155,6 @@ class Recorder:
         data_dir: Union[str, Path],
         sensor: str,
         *,
-        group_commit_ms: float = 2.0,
         fsync: bool = True,
         segment_max_bytes: int = 64 << 20,
         segment_max_age_s: float = 3600.0,
@@ -163,7 +162,6 @@ class Recorder:
     ) -> None:
         self.data_dir = Path(data_dir)
         self.sensor = sensor
-        # group_commit_ms is accepted for compatibility: natural group commit needs no linger.
         self._fsync = fsync
         self._seg_args = dict(max_bytes=segment_max_bytes, max_age_s=segment_max_age_s)
         self._pack_max = pack_max_bytes

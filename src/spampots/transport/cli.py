@@ -1,6 +1,6 @@
 """`spampots ship`, `spampots collect`, `spampots network init|status`.
 
-The lead's spampots/cli.py calls :func:`register`; ``python -m spampots.transport.cli``
+spampots/cli.py calls :func:`register`; ``python -m spampots.transport.cli``
 runs the same subcommands standalone.
 """
 
@@ -12,7 +12,9 @@ import signal
 import sys
 import tomllib
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
+
+from spampots.cli import main  # the one entry point; `python -m` this module runs it
 
 from .config import NatsSection, load_section
 
@@ -255,11 +257,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.set_defaults(func=cmd_network_status)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="spampots")
-    register(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(argv)
-    return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":

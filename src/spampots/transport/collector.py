@@ -37,9 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import msgspec
 
-from ..events import MESSAGE
+from ..events import MESSAGE, peek
 from ..store.catalog import complete_length
 from ..store.messages import MessageStore
 from ..store.segments import SegmentWriter, check_sensor, recover
@@ -67,14 +66,6 @@ CREATE TABLE IF NOT EXISTS seen (
 CREATE INDEX IF NOT EXISTS seen_pending ON seen (seg) WHERE done = 0;
 CREATE INDEX IF NOT EXISTS seen_t ON seen (t);
 """
-
-
-class _Peek(msgspec.Struct):
-    event: str = ""
-    sha256: str = ""
-
-
-_peek = msgspec.json.Decoder(_Peek)
 
 
 class _Writer(SegmentWriter):
@@ -441,10 +432,7 @@ class Collector:
         wait for it a little, then store the event anyway."""
         if _MESSAGE_NAME not in m.data:
             return False
-        try:
-            sha = _peek.decode(m.data).sha256
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return False
+        sha = peek(m.data).sha256
         if not sha or sha in self._store:  # type: ignore[operator]
             return False
         if m.metadata.num_delivered < _BODY_WAIT_DELIVERIES:

@@ -30,7 +30,7 @@ import msgspec
 from nats.js.errors import NoStreamResponseError
 
 from .. import __version__
-from ..events import HEARTBEAT, MESSAGE, SensorHeartbeat, decode, now_iso
+from ..events import HEARTBEAT, MESSAGE, SensorHeartbeat, decode, now_iso, peek
 from ..store.catalog import Cursor, Line, Reader, pending_segments, segment_files
 from ..store.messages import MessageStore
 from ..store.segments import check_sensor, fsync_dir
@@ -46,22 +46,6 @@ log = logging.getLogger("spampots.transport")
 SHIP_DIR = "ship"
 _BODY_ROUND_BYTES = 32 << 20  # bodies published per ack round, at most
 _REPEAT_LOG_S = 600.0  # an unchanged problem is logged again this often
-
-
-class _Peek(msgspec.Struct):
-    event: str = ""
-    ts: str = ""
-    sha256: str = ""
-
-
-_peek = msgspec.json.Decoder(_Peek)
-
-
-def _peek_line(line: bytes) -> _Peek:
-    try:
-        return _peek.decode(line)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return _Peek()  # shipped as it is; the collector's readers skip it like ours do
 
 
 def backlog(data_dir: Path, sensor: str, cursor: Cursor, finished: tuple[str, ...] = ()) -> tuple[int, int]:
@@ -242,7 +226,7 @@ class Shipper:
         await self._publish_status(js)
 
     async def _publish_lines(self, js: Any, lines: list[Line], max_body: int) -> None:
-        peeks = [_peek_line(ln.data) for ln in lines]
+        peeks = [peek(ln.data) for ln in lines]
         # Bodies first: an event on the broker always has its body there before it.
         shas: list[str] = []
         for p in peeks:
