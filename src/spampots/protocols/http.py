@@ -43,6 +43,7 @@ from urllib.parse import parse_qs
 
 from ..events import Event, HttpRequest, ProxyRequest
 from .base import MAIL_PORTS, Action, Close, Context, Durable, Tunnel, dialled_port, error_event, limit_event
+from .receivebuffer import LineTooLong, ReceiveBuffer
 from .http_persona import (
     GENERIC_SITES, HTTPBIN_HEADERS, HTTPBIN_HOSTS, JUDGE_HEADERS, JUDGE_LAYOUTS, JUDGE_MARKERS, NOT_FOUND, SITES, STYLES,
     Head, Headers, JudgeLayout, ProxyStyle, Site,
@@ -202,8 +203,7 @@ class HttpServer:
         self._date, self._epoch = http_date(ctx.now)
         # the port we serve on: the tunnel's target when we play a chained proxy
         self._port = ctx.target_port if ctx.depth and ctx.target_port else ctx.listener_port
-        self._buf = bytearray()
-        self._scan = 0  # line states: this much of _buf holds no LF
+        self._buf = ReceiveBuffer()
         self._state = _LINE
         self._req: Optional[_Request] = None
         self._head_bytes = 0
@@ -255,21 +255,9 @@ class HttpServer:
 
     def _line(self) -> object:
         """The next line without its LF (and CR), None for more bytes, or _TOO_LONG."""
-        limit = self.ctx.limits.line_length
-        i = self._buf.find(b"\n", self._scan)
-        if i < 0:
-            if len(self._buf) > limit + 1:  # + 1: a trailing CR may yet be followed by LF
-                self._overlong = len(self._buf)
-                return _TOO_LONG
-            self._scan = len(self._buf)
-            return None
-        line = bytes(self._buf[:i])
-        del self._buf[: i + 1]
-        self._scan = 0
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if len(line) > limit:
-            self._overlong = len(line)
+        line = self._buf.next_line(self.ctx.limits.line_length, skip_overlong=False)
+        if isinstance(line, LineTooLong):
+            self._overlong = line.observed
             return _TOO_LONG
         return line
 
@@ -423,7 +411,7 @@ class HttpServer:
         req = self._req
         assert req is not None and req.sha is not None
         chunk = bytes(self._buf[:n])
-        del self._buf[:n]
+        self._buf.drop(n)
         self._remaining -= n
         req.body_size += n
         req.sha.update(chunk)
@@ -464,7 +452,7 @@ class HttpServer:
     def _chunk_end(self) -> bool:
         buf = self._buf
         if buf[:2] == b"\r\n" or buf[:1] == b"\n":
-            del buf[: 2 if buf[:1] == b"\r" else 1]
+            buf.drop(2 if buf[:1] == b"\r" else 1)
             self._state = _CHUNK_SIZE
             return True
         if len(buf) < 2 and buf[:1] in (b"", b"\r"):

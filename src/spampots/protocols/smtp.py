@@ -56,6 +56,7 @@ from typing import Callable, Optional
 
 from ..events import SmtpAuth, SmtpMessage, SmtpTls
 from .base import Action, Close, Context, Durable, StartTLS, error_event, limit_event
+from .receivebuffer import LineTooLong, ReceiveBuffer
 
 __all__ = ["AUTH_MECHANISMS", "AUTH_POLICIES", "AuthPolicy", "SmtpServer", "STYLES"]
 
@@ -399,9 +400,7 @@ class SmtpServer:
         self._policy = auth or AuthPolicy()
         self._failures = self._policy.failures  # this source's rejected attempts, ours included
         self._challenge: Optional[str] = None  # CRAM-MD5 challenge of the exchange in progress
-        self._buf = bytearray()
-        self._scan = 0  # command mode: this much of _buf is known to hold no LF
-        self._skip_line = False  # dropping the rest of an overlong line
+        self._buf = ReceiveBuffer()
         self._state = _CMD
         self._bad = 0  # refused commands in a row
         self._pending: list[bytes] = []  # replies not yet turned into an action
@@ -441,7 +440,7 @@ class SmtpServer:
             # Fast paths for what non-pipelining clients send: one whole command line per
             # read, or a whole message body with its end marker in one read. Each does
             # exactly what the general loop below would do with the same bytes.
-            if state == _CMD and not self._skip_line:
+            if state == _CMD and not self._buf.skipping:
                 j = data.find(b"\n")
                 if j == len(data) - 1 and j <= self.ctx.limits.line_length:
                     self._command(data[:-2] if data[-2:-1] == b"\r" else data[:-1])
@@ -478,7 +477,7 @@ class SmtpServer:
                 "smtp.truncated_data",
                 f"client left after {seen} bytes of DATA without the end marker; not captured",
                 (bytes(self._body[-256:]) + bytes(self._buf))[-256:]))
-        elif self._buf and not self._skip_line:
+        elif self._buf and not self._buf.skipping:
             self._emit(error_event("smtp.truncated_line", "unterminated command at end", bytes(self._buf)))
         self._state = _CLOSED
         self._buf.clear()
@@ -560,36 +559,13 @@ class SmtpServer:
 
     def _line(self) -> Optional[bytes]:
         """The next complete line without its line ending, or None for "need more"."""
-        buf = self._buf
-        limit = self.ctx.limits.line_length
         while True:
-            j = buf.find(b"\n", self._scan)
-            if j < 0:
-                if self._skip_line:
-                    buf.clear()
-                    self._scan = 0
-                elif len(buf) > limit + 1:  # +1: the CR
-                    self._too_long(len(buf), bytes(buf[:256]))
-                    self._skip_line = True
-                    buf.clear()
-                    self._scan = 0
-                else:
-                    self._scan = len(buf)
+            line = self._buf.next_line(self.ctx.limits.line_length)
+            if not isinstance(line, LineTooLong):
+                return line
+            self._too_long(line.observed, line.head)
+            if self._state == _CLOSED:
                 return None
-            line = bytes(buf[:j])
-            del buf[: j + 1]
-            self._scan = 0
-            if self._skip_line:
-                self._skip_line = False
-                continue
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if len(line) > limit:
-                self._too_long(len(line), line[:256])
-                if self._state == _CLOSED:
-                    return None
-                continue
-            return line
 
     def _too_long(self, observed: int, head: bytes) -> None:
         self._emit(limit_event("line_length", self.ctx.limits.line_length, observed))
@@ -912,7 +888,7 @@ class SmtpServer:
             self._keep(buf, i, j + 1)
             i = j + 1
             self._bol = True
-        del buf[: end if end >= 0 else i]
+        buf.drop(end if end >= 0 else i)
         return end >= 0
 
     def _keep(self, buf: bytearray, start: int, stop: int) -> None:
