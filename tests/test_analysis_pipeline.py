@@ -37,8 +37,8 @@ class Capture:
         self.t += dt.timedelta(seconds=1)
         return self.t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
-    def session(self, ip: str, port: int, protocol: str = "unknown") -> "Sess":
-        return Sess(self, ip, port, protocol)
+    def session(self, ip: str, port: int, protocol: str = "unknown", tcp_sig: Optional[str] = None) -> "Sess":
+        return Sess(self, ip, port, protocol, tcp_sig)
 
     def add(self, e: ev.Event, s: "Sess", depth: int = 0, protocol: Optional[str] = None) -> None:
         ev.stamp(e, sensor=self.sensor, session=s.id, src_ip=s.ip, src_port=40000, listener_port=s.port,
@@ -59,10 +59,10 @@ class Capture:
 
 
 class Sess:
-    def __init__(self, cap: Capture, ip: str, port: int, protocol: str) -> None:
+    def __init__(self, cap: Capture, ip: str, port: int, protocol: str, tcp_sig: Optional[str] = None) -> None:
         self.cap, self.ip, self.port, self.protocol = cap, ip, port, protocol
         self.id = f"s{next(_ids):06d}"
-        cap.add(ev.SessionOpen(listener_addr="0.0.0.0"), self)
+        cap.add(ev.SessionOpen(listener_addr="0.0.0.0", tcp_sig=tcp_sig), self)
 
     def request(self, proxy: str, host: str, port: int, command: str = "connect", depth: int = 0,
                 **kw) -> "Sess":

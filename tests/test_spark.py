@@ -58,6 +58,13 @@ def _odd_cases(c: Capture) -> None:
                       tls_version="TLS1.3"), t, 1, "tls")
     c.add(ev.TlsHello(target_host="1.2.3.4", target_port=443, sni=None, tls_version="TLS1.2"), t, 1, "tls")
     c.session("10.1.2.3", 6588).error("raw.unknown_protocol")
+    # SYN fingerprints (source_os, campaign_os): Windows, Linux, one no signature matches, one garbled
+    for sig in ("4:113+15:0:1460:8192,8:mss,nop,ws,nop,nop,sok:df,id+:0",
+                "4:57+7:0:1460:mss*20,10:mss,sok,ts,nop,ws:df,id+:0",
+                "4:57+7:0:1460:mss*20,10:mss,sok,ts,nop,ws:df,id+:0",
+                "4:200+55:0:0:1024,0::ecn:0", "not a signature"):
+        c.session("198.51.100.7", 1080, tcp_sig=sig).request("socks5", "mx.b.example", 25) \
+            .mail(2, "socks5:mx.b.example:25", subject="Fingerprinted 1")
 
 
 def _beats(data_dir: Path, sensor: str, t0: dt.datetime, kinds: list[tuple[float, str]]) -> None:
@@ -147,7 +154,7 @@ def test_cli_with_filters(spark, data_dir: Path, tmp_path: Path) -> None:
                      "--out", str(tmp_path / "s.json")]) == 0
     d, s = (json.loads((tmp_path / f).read_text()) for f in ("d.json", "s.json"))
     assert s["meta"]["engine"] == "spark" and d["tables"] == s["tables"]
-    assert d["tables"]["summary"]["rows"][0]["emails"] == 10  # the capture's emails only
+    assert d["tables"]["summary"]["rows"][0]["emails"] == 15  # the capture's emails only (10, and 5 fingerprinted)
     assert spark.conf.get("spark.sql.session.timeZone") == "UTC"
 
 

@@ -126,6 +126,9 @@ class SensorHeartbeat(Event, tag=HEARTBEAT):
 class SessionOpen(Event, tag=SESSION_OPEN):
     listener_addr: str = ""
     proxied_by: Optional[str] = None  # trusted PROXY-protocol front end, if any
+    # p0f raw signature of the connection's SYN (protocols/synfp.py); None behind a PROXY front end
+    # (its SYN is the front end's) or where the kernel kept none
+    tcp_sig: Optional[str] = None
 
 
 class SessionClose(Event, tag=SESSION_CLOSE):

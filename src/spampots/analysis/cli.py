@@ -180,6 +180,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=10, metavar="N", help="rows in the top-N tables (default 10)")
     p.add_argument("--asn-db", type=Path, metavar="FILE", help="AS database: MaxMind/IPinfo .mmdb, iptoasn .tsv[.gz] or IPFire location .db "
                    "(default: the installed IPFire database, if any; none: the bundled data alone)")
+    p.add_argument("--p0f-db", type=Path, metavar="FILE",
+                   help="p0f.fp classifying the sources' SYN fingerprints (default: Debian's /etc/p0f/p0f.fp "
+                        "when the p0f package is installed)")
     p.add_argument("--ports", type=Path, action="append", default=[], metavar="FILE",
                    help="extra port table (TOML, like spampots/data/ports.toml); repeatable")
     p.add_argument("--locale", choices=("en", "pt"), default="en",
@@ -288,8 +291,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     except (OSError, ValueError, RuntimeError) as e:  # maxminddb's InvalidDatabaseError is a RuntimeError
         print(f"spampots report: --asn-db {args.asn_db}: {e}", file=sys.stderr)
         return 2
+    if args.p0f_db is not None:
+        from .fingerprints import load_db
+        try:
+            if not load_db(str(args.p0f_db)).refs:
+                raise ValueError("no [tcp:request] signatures in it")
+        except (OSError, ValueError) as e:
+            print(f"spampots report: --p0f-db {args.p0f_db}: {e}", file=sys.stderr)
+            return 2
     opts = metrics.Options(first_per=args.first_per, top=args.top, exact_limit=args.exact_limit,
-                           talk_only=args.talk_only)
+                           talk_only=args.talk_only, p0f_db=str(args.p0f_db or ""))
     try:
         report = metrics.run(con, ports=port_table, enricher=enricher, opts=opts)
     finally:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 import duckdb
 import pyarrow as pa
 
-from . import schema
+from . import fingerprints, schema
 from .enrich import Enricher
 from .ports import PortInfo
 
@@ -52,6 +52,7 @@ class Options:
     top: int = 10
     exact_limit: int = 5_000_000  # above this many messages, the heavy top-N tables use the sample
     talk_only: bool = False  # only the talk's tables (and the base tables they need)
+    p0f_db: str = ""  # p0f.fp classifying the SYN fingerprints; "" = Debian's when installed
 
 
 @dataclass
@@ -453,6 +454,42 @@ METRICS: list[Metric] = [
            FROM m FULL JOIN s USING (day) ORDER BY day""",
         [C("day", "Day", "date"), C("emails", "Emails", "int"), C("rcpts", "Recipients", "int"),
          C("sessions", "Sessions", "int")], section="detail"),
+    Metric(
+        "source_os", "Source operating systems (SYN fingerprints)",
+        "Sessions whose SYN the sensor fingerprinted (session.open tcp_sig, p0f's raw signature; none "
+        "behind a PROXY-protocol front end) by the operating system p0f's database gives for the "
+        "signature (table sig_os; \"(fuzzy)\": p0f's fuzzy match, \"unknown\": no signature matched) and "
+        "by the protocol of the listener port (port_names), with distinct source IPs. % is of "
+        "fingerprinted sessions.",
+        """WITH s AS (SELECT o.tcp_sig, o.ip_key, coalesce(p.protocol, '?') AS protocol
+                      FROM session_open o LEFT JOIN port_names p ON p.port = o.listener_port
+                      WHERE o.tcp_sig IS NOT NULL)
+           SELECT coalesce(f.os, 'unknown') AS os, s.protocol AS protocol, count(*) AS sessions,
+                  count(DISTINCT s.ip_key) AS ips,
+                  100.0 * count(*) / (SELECT nullif(count(*), 0) FROM s) AS pct
+           FROM s LEFT JOIN sig_os f ON f.tcp_sig = s.tcp_sig
+           GROUP BY 1, 2 ORDER BY sessions DESC, os, protocol LIMIT {top}""",
+        [C("os", "OS (p0f)"), C("protocol", "Protocol"), C("sessions", "Sessions", "int"),
+         C("ips", "Source IPs", "int"), C("pct", "%", "pct")]),
+    Metric(
+        "campaign_os", "Campaigns by source operating system",
+        "For the campaigns (macro campaign_key) with the most fingerprinted emails: the emails of each "
+        "by the operating system of the session that carried them (as in source_os), and their share "
+        "of the campaign's fingerprinted emails. Bots on compromised desktops and spammers' own "
+        "servers show up as different systems.",
+        """WITH so AS (SELECT o.session, coalesce(f.os, 'unknown') AS os
+                       FROM session_open o LEFT JOIN sig_os f ON f.tcp_sig = o.tcp_sig
+                       WHERE o.tcp_sig IS NOT NULL),
+                m AS (SELECT m.subject, so.os FROM smtp_message m JOIN so ON so.session = m.session),
+                j AS (SELECT campaign_key(subject) AS campaign, os, count(*) AS emails
+                      FROM m GROUP BY 1, 2),
+                tot AS (SELECT campaign, sum(emails) AS total FROM j WHERE campaign IS NOT NULL
+                        GROUP BY campaign ORDER BY total DESC, campaign LIMIT {top})
+           SELECT j.campaign, j.os, j.emails, 100.0 * j.emails / tot.total AS pct
+           FROM j JOIN tot ON tot.campaign = j.campaign
+           ORDER BY tot.total DESC, j.campaign, j.emails DESC, j.os""",
+        [C("campaign", "Campaign"), C("os", "OS (p0f)"), C("emails", "Emails", "int"),
+         C("pct", "% of campaign", "pct")]),
 ]
 
 OUTBOUND_DEFINITION = (
@@ -561,6 +598,13 @@ def run(con: duckdb.DuckDBPyConnection, *, ports: dict[int, PortInfo], enricher:
     t0 = time.perf_counter()
     port_table(con, ports)
     selected = [m for m in METRICS if m.section == "talk" or not opts.talk_only]
+    fp_source = ""
+    if any(re.search(r"\bsig_os\b", m.sql) for m in selected):
+        t = time.perf_counter()
+        db = fingerprints.load_db(opts.p0f_db)
+        fingerprints.build_sig_os(con, db)
+        fp_source = fingerprints.db_source(db)
+        timings["fingerprints"] = time.perf_counter() - t
     approx_ips = build_bases(con, timings, opts, selected)
     t = time.perf_counter()
     build_ip_info(con, enricher)
@@ -590,7 +634,8 @@ def run(con: duckdb.DuckDBPyConnection, *, ports: dict[int, PortInfo], enricher:
         if m.name == "ports_sessions":
             results.extend(outbound_results(con, opts.first_per))
     timings["total"] = time.perf_counter() - t0
-    meta = {"first_per": opts.first_per, "enrichment": enricher.source, "timings": timings,
+    meta = {"first_per": opts.first_per, "enrichment": enricher.source, "fingerprints": fp_source,
+            "timings": timings,
             "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     return Report(results, meta)
 

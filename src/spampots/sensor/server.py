@@ -38,6 +38,7 @@ from . import privileges, tlscert
 from .limits import ConnectionGate, HitCoalescer, ProgressOrder, plan_descriptors, raise_nofile
 from .session import Session
 from .upkeep import Upkeep
+from .synsave import save_syns
 
 log = logging.getLogger("spampots.sensor")
 
@@ -256,6 +257,7 @@ class Sensor:
                 self.failed.append(rt.describe(error=hint))
                 log.warning("cannot listen on %s", hint)
                 continue
+            save_syns(rt.server.sockets)  # passive fingerprints: see sensor/synsave.py
             self.listeners.append(rt)
         if self.failed and self.strict:
             raise StartupError(f"{len(self.failed)} listener(s) could not be bound and --strict is set")

@@ -30,6 +30,7 @@ from ..protocols.dispatch import (
     SUBMISSION_KINDS, SUBMISSION_PORTS, Sniffer, far_end, listener_handler, tunnel_context,
 )
 from ..protocols.proxy_header import V1_PREFIX, V2_SIGNATURE, ProxyHeaderParser
+from .synsave import saved_syn
 
 if TYPE_CHECKING:
     from .server import ListenerRuntime, Sensor
@@ -55,7 +56,7 @@ class Session(asyncio.Protocol):
         "sensor", "listener", "loop", "transport", "handler", "session_id", "src_ip", "src_port",
         "local_ip", "ctx", "admitted", "closed", "close_reason", "paused", "reading_paused", "write_paused",
         "eof_pending", "backlog",
-        "bytes_in", "bytes_out", "started", "last_active", "timer", "header_parser", "proxied_by",
+        "bytes_in", "bytes_out", "started", "last_active", "timer", "header_parser", "proxied_by", "tcp_sig",
         "greet_timer", "greet_on_data", "tls_pending",
         "progress_at",
     )
@@ -87,6 +88,7 @@ class Session(asyncio.Protocol):
         self.timer: Optional[asyncio.TimerHandle] = None
         self.header_parser: Optional[ProxyHeaderParser] = None
         self.proxied_by: Optional[str] = None
+        self.tcp_sig: Optional[str] = None  # see sensor/synsave.py
         self.greet_timer: Optional[asyncio.TimerHandle] = None
         self.greet_on_data = False  # a delayed tunnel greeting goes out before client bytes
         self.tls_pending = False  # a TLS handshake is under way (see _start_tls)
@@ -102,11 +104,13 @@ class Session(asyncio.Protocol):
         self.started = self.last_active = self.progress_at = self.loop.time()
         self.session_id = self.sensor.new_session_id()
         if self.sensor.is_trusted(self.src_ip):
-            # A trusted front end: the real source comes in its PROXY header.
+            # A trusted front end: the real source comes in its PROXY header (and its SYN is
+            # the front end's, so no fingerprint).
             self.proxied_by = self.src_ip
             self.header_parser = ProxyHeaderParser()
             self._arm_timer()
             return
+        self.tcp_sig = saved_syn(transport)
         self._open()
 
     def data_received(self, data: bytes) -> None:
@@ -239,7 +243,7 @@ class Session(asyncio.Protocol):
             return
         self.admitted = True
         self.sensor.session_opened(self)
-        self._record(SessionOpen(listener_addr=self.local_ip, proxied_by=self.proxied_by))
+        self._record(SessionOpen(listener_addr=self.local_ip, proxied_by=self.proxied_by, tcp_sig=self.tcp_sig))
         lst = self.listener
         # Banners and HTTP Date headers show the time; a missing one would stand out.
         self.ctx = lst.context.for_session(self.src_ip, self.src_port, self.local_ip, self.sensor.date_header())
