@@ -116,7 +116,7 @@ def meta_line(report: Report, t: Translator, *, data_dir: bool = False) -> str:
         parts.append(f"{t('data')}: {meta.get('data_dir', '')}")
     parts.append(f"{t('enrichment')}: {meta.get('enrichment', '')}")
     if meta.get("first_per"):
-        parts.append(f"{t('outbound counting: first per')} {t(str(meta['first_per']))}")
+        parts.append(f"{t('outbound counting: first per')} {meta['first_per']}")
     if meta.get("filters"):
         parts.append(f"{t('filters')}: {meta['filters']}")
     return "; ".join(parts)

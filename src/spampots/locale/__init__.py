@@ -61,37 +61,81 @@ class Translator:
     def __call__(self, text: str) -> str:
         if not text:
             return text
+        self.asked.add(text)
         if text in self._cat:
-            self.asked.add(text)
             return self._cat[text]
-        nums = _NUMBER.findall(text)
-        key = text
-        if nums:
-            it = iter(range(len(nums)))
-            key = _NUMBER.sub(lambda _m: "{%d}" % next(it), text)
-        self.asked.add(key)
         if self.locale == "en":
             return text
-        if key in self._cat and nums:
-            style = [_swap(n) for n in nums]
-            return self._cat[key].format(*style)
+        nums = _NUMBER.findall(text)
+        key = self.key(text)
+        if nums and key in self._cat:
+            return self._cat[key].format(*[_swap(n) for n in nums])
         self.missing.add(key)
         return text
 
     def has(self, text: str) -> bool:
-        """Whether the catalog translates `text` (directly or as a template with numbers)."""
-        if self.locale == "en" or text in self._cat:
-            return True
-        return bool(_NUMBER.search(text)) and self._template(text) in self._cat
+        """Whether the catalog translates `text` (as it is, or as a template with numbers)."""
+        return self.locale == "en" or text in self._cat or self.key(text) in self._cat
 
     @staticmethod
-    def _template(text: str) -> str:
-        counter = iter(range(10_000))
+    def key(text: str) -> str:
+        """The catalog key of a text with numbers: each number replaced by {0}, {1}..."""
+        counter = iter(range(1_000_000))
         return _NUMBER.sub(lambda _m: "{%d}" % next(counter), text)
 
 
 def translator(locale: str | None = "en") -> Translator:
     return Translator(locale)
+
+
+def catalog_path(locale: str, suffix: str = ".po") -> Path:
+    return LOCALE_DIR / normalize(locale) / "LC_MESSAGES" / (DOMAIN + suffix)
+
+
+def _unquote(s: str) -> str:
+    return s.strip()[1:-1].encode("latin-1", "backslashreplace").decode("unicode_escape") \
+        if s.strip().startswith('"') else ""
+
+
+def read_po(path: Path) -> dict[str, str]:
+    """msgid -> msgstr of a .po file (plain entries: no plurals or contexts, which we do not use)."""
+    out: dict[str, str] = {}
+    msgid = msgstr = None
+    field = None
+    for line in path.read_text(encoding="utf-8").splitlines() + [""]:
+        if line.startswith("msgid "):
+            if msgid is not None:
+                out[msgid] = msgstr or ""
+            msgid, msgstr, field = _unquote(line[6:]), "", "id"
+        elif line.startswith("msgstr "):
+            msgstr, field = _unquote(line[7:]), "str"
+        elif line.startswith('"') and field == "id":
+            msgid = (msgid or "") + _unquote(line)
+        elif line.startswith('"') and field == "str":
+            msgstr = (msgstr or "") + _unquote(line)
+    if msgid is not None:
+        out[msgid] = msgstr or ""
+    return out
+
+
+def write_mo(entries: dict[str, str], path: Path) -> None:
+    """A GNU .mo file of the translated entries (the header's "" entry included), as msgfmt writes."""
+    import struct
+
+    items = sorted((k.encode(), v.encode()) for k, v in entries.items() if v)
+    ids = b"".join(k + b"\0" for k, _ in items)
+    strs = b"".join(v + b"\0" for _, v in items)
+    n = len(items)
+    keystart = 7 * 4 + 16 * n
+    valuestart = keystart + len(ids)
+    koffsets, voffsets, ko, vo = [], [], 0, 0
+    for k, v in items:
+        koffsets += [len(k), keystart + ko]
+        voffsets += [len(v), valuestart + vo]
+        ko += len(k) + 1
+        vo += len(v) + 1
+    head = struct.pack("Iiiiiii", 0x950412DE, 0, n, 7 * 4, 7 * 4 + 8 * n, 0, 0)
+    path.write_bytes(head + struct.pack(f"{2 * n}i", *koffsets) + struct.pack(f"{2 * n}i", *voffsets) + ids + strs)
 
 
 __all__ = ["Translator", "translator", "normalize", "number_style", "CHOICES", "ALIASES"]
