@@ -141,12 +141,14 @@ def terminal(report: Report, *, locale: str | Translator = "en", file=None, deta
     if width is None and not console.is_terminal and not os.environ.get("COLUMNS"):
         console.width = 120  # files and pipes: wide enough that numbers never wrap
     for r in _shown(report, SHOWN_DETAIL if detail else SHOWN):
+        console.print(Text(t(r.title), style="bold"))  # the console's width, not the table's
         if r.layout == "text":
-            console.print(Text(t(r.title), style="bold"))
             console.print(Text(visible(_paragraph(r, t))))
         else:
             for table in _term_tables(r, t, console):
                 console.print(table)
+        if r.note:
+            console.print(Text(t(r.note)))
         console.print()
 
 
@@ -197,10 +199,8 @@ def _term_tables(r: Result, t: Translator, console) -> list:
             spare -= give
         return w
 
-    def build(cols: list[int], first: bool, last: bool) -> Table:
-        tb = Table(title=Text(t(r.title), style="bold") if first else None, title_justify="left",
-                   caption=Text(t(r.note)) if r.note and last else None, caption_justify="left",
-                   show_header=show_header)
+    def build(cols: list[int]) -> Table:
+        tb = Table(show_header=show_header)
         for i, w in zip(cols, widths(cols) or [None] * len(cols)):
             label, right, atomic = header[i]
             tb.add_column(Text(label), justify="right" if right else "left", width=w, min_width=mins[i],
@@ -216,7 +216,7 @@ def _term_tables(r: Result, t: Translator, console) -> list:
 
     every = list(range(len(header)))
     if len(every) <= 2 or fits(every):
-        return [build(every, True, True)]
+        return [build(every)]
     # Too wide: parts of the table, each led by the row's key (its leading text columns, at most 2).
     key = [0] + ([1] if not header[1][2] and len(every) > 3 else [])
     parts: list[list[int]] = []
@@ -225,7 +225,7 @@ def _term_tables(r: Result, t: Translator, console) -> list:
             parts[-1].append(i)
         else:
             parts.append([i])
-    return [build(key + cols, n == 0, n == len(parts) - 1) for n, cols in enumerate(parts)]
+    return [build(key + cols) for cols in parts]
 
 
 # -- markdown ------------------------------------------------------------------------------

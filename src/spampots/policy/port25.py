@@ -200,7 +200,7 @@ def _ip_info(con: duckdb.DuckDBPyConnection, enricher: Enricher | None) -> None:
     """ip_info(ip_key, country, as_id, as_name, ...) for every source that used us, via the report's code."""
     if enricher is None:
         con.execute("CREATE OR REPLACE TEMP TABLE ip_info AS SELECT NULL::UBIGINT AS ip_key, NULL::VARCHAR AS "
-                    "country, NULL::VARCHAR AS as_id, NULL::VARCHAR AS as_name WHERE false")
+                    "country, NULL::VARCHAR AS as_id, NULL::VARCHAR AS as_name, NULL::BIGINT AS asn WHERE false")
         return
     # metrics.build_ip_info reads the sources from these two names
     con.execute("CREATE OR REPLACE TEMP VIEW msg_by_ip AS SELECT DISTINCT ip_key FROM p25_mail")
