@@ -411,7 +411,8 @@ def to_html(report: Report, *, locale: str | Translator = "en", charts: dict[str
     charts = charts or {}
     chart_after = chart_after or {}
     body = [f"<h1>{_h(title(report))}</h1>", f'<p class="meta">{_h(meta_line(report, t, data_dir=True))}</p>']
-    shown = [r for r in report.results if r.section != "series" or any(n in charts for n in chart_after.get(r.name, []))]
+    shown = [r for r in report.results
+             if r.section != "series" or any(n in charts for n in chart_after.get(r.name, []))]
     body.append("<nav><ul>" + "".join(f'<li><a href="#{_h(r.name)}">{_h(t(r.title))}</a></li>'
                                       for r in shown) + "</ul></nav>")
     for r in shown:

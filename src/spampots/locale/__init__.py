@@ -52,11 +52,8 @@ class Translator:
         self._cat: dict[str, str] = {}
         if self.locale != "en":
             tr = gettext.translation(DOMAIN, localedir=str(LOCALE_DIR), languages=[self.locale])
-            self._cat = {k: v for k, v in tr._catalog.items() if isinstance(k, str) and k and v}  # type: ignore[attr-defined]
-
-    @property
-    def catalog(self) -> dict[str, str]:
-        return dict(self._cat)
+            entries = tr._catalog.items()  # type: ignore[attr-defined]
+            self._cat = {k: v for k, v in entries if isinstance(k, str) and k and v}
 
     def __call__(self, text: str) -> str:
         if not text:
@@ -69,7 +66,10 @@ class Translator:
         nums = _NUMBER.findall(text)
         key = self.key(text)
         if nums and key in self._cat:
-            return self._cat[key].format(*[_swap(n) for n in nums])
+            try:
+                return self._cat[key].format(*[_swap(n) for n in nums])
+            except (IndexError, KeyError, ValueError):  # a translation with a stray brace: keep English
+                pass
         self.missing.add(key)
         return text
 
@@ -82,10 +82,6 @@ class Translator:
         """The catalog key of a text with numbers: each number replaced by {0}, {1}..."""
         counter = iter(range(1_000_000))
         return _NUMBER.sub(lambda _m: "{%d}" % next(counter), text)
-
-
-def translator(locale: str | None = "en") -> Translator:
-    return Translator(locale)
 
 
 def catalog_path(locale: str, suffix: str = ".po") -> Path:
@@ -138,4 +134,4 @@ def write_mo(entries: dict[str, str], path: Path) -> None:
     path.write_bytes(head + struct.pack(f"{2 * n}i", *koffsets) + struct.pack(f"{2 * n}i", *voffsets) + ids + strs)
 
 
-__all__ = ["Translator", "translator", "normalize", "number_style", "CHOICES", "ALIASES"]
+__all__ = ["Translator", "normalize", "number_style", "read_po", "write_mo", "catalog_path", "CHOICES", "ALIASES"]
