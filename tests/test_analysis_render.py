@@ -183,7 +183,7 @@ def _days(ax) -> tuple[dt.date, dt.date]:
 def test_one_day_capture_charts_that_day(rep: Report) -> None:
     figs = _figures(rep)
     try:
-        for name in ("daily", "daily_protocol", "daily_port"):
+        for name in ("daily", "daily_protocol", "daily_port", "daily_sensor"):
             for ax in figs[name].axes:
                 lo, hi = _days(ax)
                 assert dt.date(2026, 1, 4) <= lo and hi <= dt.date(2026, 1, 6), (name, lo, hi)
@@ -250,7 +250,7 @@ def test_html_places_each_chart_in_its_own_section(rep: Report) -> None:
     assert 'id="chart-hours"' in sections["hours"] and "<figure" not in sections["per_sensor"]
     assert 'id="chart-daily"' in sections["daily"] and "<figure" not in sections["summary"]
     for name, chart in (("daily_protocol", "daily_protocol"), ("daily_port", "daily_port"),
-                        ("country_sources", "map"), ("top_countries", "countries")):
+                        ("daily_sensor", "daily_sensor"), ("country_sources", "map"), ("top_countries", "countries")):
         assert f'id="chart-{chart}"' in sections[name], name
     assert 'id="t-daily_protocol"' not in page  # a chart's data: in JSON and CSV, drawn in the page
 

@@ -61,8 +61,8 @@ def test_report_renders_offline_with_tables_charts_and_no_console_errors(hostile
         assert f'id="t-{table}"' in dom, table
     assert "Outbound attempts: SOCKS" in dom and "Out to 25/TCP" in dom
     assert len(re.findall(r"<svg\b", dom)) >= 6  # the charts, inline
-    for name in ("daily", "daily_protocol", "daily_port", "ports", "outbound", "countries", "map", "asns",
-                 "hours"):
+    for name in ("daily", "daily_protocol", "daily_port", "daily_sensor", "ports", "outbound", "countries", "map",
+                 "asns", "hours"):
         assert f'id="chart-{name}"' in dom
         assert (hostile_report.parent / "charts" / f"{name}.svg").stat().st_size > 1000
         assert (hostile_report.parent / "charts" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -27,7 +27,8 @@ from .metrics import CATEGORIES, OUTBOUND_LABELS, Report, Result
 # Which table each chart illustrates (the HTML places it in that table's section).
 CHART_AFTER = {"ports": ["ports"], "outbound_socks": ["outbound"], "top_countries": ["countries"],
                "top_asns": ["asns"], "hours": ["hours"], "daily": ["daily"],
-               "daily_protocol": ["daily_protocol"], "daily_port": ["daily_port"], "country_sources": ["map"]}
+               "daily_protocol": ["daily_protocol"], "daily_port": ["daily_port"], "daily_sensor": ["daily_sensor"],
+               "country_sources": ["map"]}
 _COLORS = ["#2f6690", "#d1495b", "#edae49", "#66a182", "#8d6a9f", "#3a7d44", "#9aa5b1"]
 _PROTO_COLORS = {"SOCKS": _COLORS[0], "HTTP": _COLORS[1], "SMTP": _COLORS[2]}
 Draw = Callable[..., object]
@@ -133,6 +134,11 @@ def _daily_protocol(plt, report: Report, t: Translator):
 
 def _daily_port(plt, report: Report, t: Translator):
     return _stacked_days(plt, _rows(report, "daily_port"), t("Emails per day by port (UTC)"), t,
+                         lambda k, i: _COLORS[-1] if k == "other" else _COLORS[i % (len(_COLORS) - 1)])
+
+
+def _daily_sensor(plt, report: Report, t: Translator):
+    return _stacked_days(plt, _rows(report, "daily_sensor"), t("Emails per day by sensor (UTC)"), t,
                          lambda k, i: _COLORS[-1] if k == "other" else _COLORS[i % (len(_COLORS) - 1)])
 
 
@@ -275,9 +281,10 @@ POLICY_SOURCES = {"port25_month": "port25_by_month"}
 POLICY_CHART_AFTER = {"port25_by_month": ["port25_month"]}
 
 CHARTS: dict[str, Draw] = {"daily": _daily, "daily_protocol": _daily_protocol, "daily_port": _daily_port,
-                           "ports": _ports, "outbound": _outbound, "countries": _countries, "map": _map,
+                           "daily_sensor": _daily_sensor, "ports": _ports, "outbound": _outbound, "countries": _countries, "map": _map,
                            "asns": _asns, "hours": _hours}
-SOURCES = {"daily": "daily", "daily_protocol": "daily_protocol", "daily_port": "daily_port", "ports": "ports",
+SOURCES = {"daily": "daily", "daily_protocol": "daily_protocol", "daily_port": "daily_port",
+           "daily_sensor": "daily_sensor", "ports": "ports",
            "outbound": "outbound_http", "countries": "top_countries", "map": "country_sources",
            "asns": "top_asns", "hours": "hours"}  # the table each chart draws
 

@@ -472,6 +472,15 @@ METRICS: list[Metric] = [
            FROM msg_cube GROUP BY ALL ORDER BY day, port""",
         [C("day", "Day", "date"), C("port", "Port"), C("emails", "Emails", "int")], section="series"),
     Metric(
+        "daily_sensor", "Emails per day by sensor",
+        "Emails per UTC day, split by the sensor that captured them: the six sensors with most emails, the "
+        "rest as `other`.",
+        """WITH top AS (SELECT sensor FROM msg_cube GROUP BY 1 ORDER BY sum(emails) DESC, 1 LIMIT 6)
+           SELECT day, CASE WHEN sensor IN (SELECT sensor FROM top) THEN sensor ELSE 'other' END AS sensor,
+                  sum(emails)::BIGINT AS emails
+           FROM msg_cube GROUP BY ALL ORDER BY day, sensor""",
+        [C("day", "Day", "date"), C("sensor", "Sensor"), C("emails", "Emails", "int")], section="series"),
+    Metric(
         "country_sources", "Sources by country",
         "Every country with a source (an IP that opened a session or sent email), with its number of "
         "source IPs and emails; private, unknown and invalid addresses (`--`) are left out. Drawn as a map.",
