@@ -245,7 +245,8 @@ def test_cli_report_formats(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     md = tmp_path / "r.md"
     assert cli_main(["report", "--data-dir", str(tmp_path), "--out", str(md), "--locale", "pt", "-q"]) == 0
     text = md.read_text()
-    assert "| Out to 25/TCP | 4 | 66,67 |" in text and "| **Total** | **6** | **100,00** |" in text
+    # pt is pt_BR: the talk's numbers and its words
+    assert "| Saída para 25/TCP | 4 | 66,67 |" in text and "| **Total** | **6** | **100,00** |" in text
     assert cli_main(["report", "--data-dir", str(tmp_path), "--format", "csv", "--out", str(tmp_path / "csv"),
                      "-q"]) == 0
     assert (tmp_path / "csv" / "ports.csv").read_text().startswith("port,protocol,service,emails,pct\n")

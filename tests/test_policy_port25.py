@@ -214,3 +214,34 @@ def test_country_and_asn(data: Path) -> None:
     assert units[("AS", "all spam")][5] == pytest.approx(400 / 9)
     assert port25.run(lake.connect(), enricher=None, top=1).get("port25_by_country").rows == \
         [("??", 6, 3, pytest.approx(200 / 3), 6, 5, 21, 6, 4, 4)]
+
+
+def test_statement_is_a_paragraph_to_paste(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The sentence meant for a letter to an ISP is prose in every format, never a number cell."""
+    import re
+
+    assert policy_main(["policy", "port25", "--data-dir", str(data), "--out", str(tmp_path / "p.html")]) == 0
+    page = (tmp_path / "p.html").read_text()
+    para = re.search(r'<p class="statement" id="t-port25_statement">([^<]*)</p>', page)
+    assert para and para.group(1).startswith("66.7% of the captured spam (6 emails")
+    assert not re.search(r"<td[^>]*>[^<]*relied on", page) and "p.statement{" in page
+    assert policy_main(["policy", "port25", "--data-dir", str(data), "--out", str(tmp_path / "p.md")]) == 0
+    md = (tmp_path / "p.md").read_text().splitlines()
+    line = next(x for x in md if "relied on outbound" in x)
+    assert line.startswith("66.7% of the captured spam") and "|" not in line
+    assert policy_main(["policy", "port25", "--data-dir", str(data), "--locale", "pt_BR",
+                        "--out", str(tmp_path / "pt.md")]) == 0
+    assert "66,7% do spam capturado (6 e-mails, de 4 IPs de origem) dependeu de saída para 25/TCP: a Gerência " \
+           "da Porta 25 no provedor o teria barrado." in (tmp_path / "pt.md").read_text()
+
+
+def test_as_named_once(data: Path) -> None:
+    """With AS names alone (no AS numbers), the AS column is empty: the name is shown once."""
+    lake = Lake(data)
+    lake.compact()
+    rep = port25.run(lake.connect(), enricher=Enricher(None, cache_dir=data / "cache"), top=20)
+    rows = rep.get("port25_by_asn").rows
+    assert rows
+    for r in rows:
+        assert r[0] != r[1], r
+        assert r[0] == "" or (r[0].startswith("AS") and r[0][2:].isdigit()), r

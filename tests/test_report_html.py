@@ -61,7 +61,8 @@ def test_report_renders_offline_with_tables_charts_and_no_console_errors(hostile
         assert f'id="t-{table}"' in dom, table
     assert "Outbound attempts: SOCKS" in dom and "Out to 25/TCP" in dom
     assert len(re.findall(r"<svg\b", dom)) >= 6  # the charts, inline
-    for name in ("daily", "ports", "outbound", "countries", "asns", "hours"):
+    for name in ("daily", "daily_protocol", "daily_port", "daily_sensor", "ports", "outbound", "countries", "map",
+                 "asns", "hours"):
         assert f'id="chart-{name}"' in dom
         assert (hostile_report.parent / "charts" / f"{name}.svg").stat().st_size > 1000
         assert (hostile_report.parent / "charts" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -94,3 +95,14 @@ def test_control_page_shows_the_harness_would_catch_execution(tmp_path: Path) ->
     page.write_text(f"<!DOCTYPE html><html><head><title>control</title></head><body>{IMG}{SCRIPT}</body></html>")
     dom, console = chromium(page, tmp_path / "p")
     assert "<title>pwned</title>" in dom and "pwned" in console
+
+
+def test_pt_BR_page_renders_with_the_same_figures(hostile_report: Path, tmp_path: Path) -> None:
+    page = tmp_path / "pt.html"
+    assert cli_main(["report", "--data-dir", str(hostile_report.parent), "--out", str(page), "--locale", "pt_BR",
+                     "-q", "--no-compact"]) == 0
+    dom, console = chromium(page, tmp_path / "profile")
+    assert console == "" and "pwned" not in console and '<html lang="pt-BR">' in dom
+    assert "Resumo da coleta" in dom and "Tentativas de saída de tráfego: SOCKS" in dom and "Saída para 25/TCP" in dom
+    assert "Collection summary" not in dom and "&lt;script&gt;document.title='pwned'" in dom
+    assert "IPs de origem por país" in dom  # the map's title, a chart word

@@ -119,6 +119,15 @@ def add_selection(p: argparse.ArgumentParser, *, output: bool = True) -> None:
                        help="write here instead of stdout (csv: a directory gets one file per table)")
 
 
+def add_locale(p: argparse.ArgumentParser) -> None:
+    """--locale: the report's language and number style (the same for every report-like command)."""
+    from ..locale import CHOICES
+
+    p.add_argument("--locale", choices=CHOICES, default="en",
+                   help="language of titles, labels, definitions and charts, and number style: en (English, "
+                        "1,234.56, default) or pt_BR (Brazilian Portuguese, 1.234,56 as the talk); pt = pt_BR")
+
+
 def describe_filters(args: argparse.Namespace) -> str:
     """The selection options in words, for a report's header ("" when none)."""
     filters = []
@@ -185,8 +194,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "when the p0f package is installed)")
     p.add_argument("--ports", type=Path, action="append", default=[], metavar="FILE",
                    help="extra port table (TOML, like spampots/data/ports.toml); repeatable")
-    p.add_argument("--locale", choices=("en", "pt"), default="en",
-                   help="number style: en 1,234.56 or pt 1.234,56 (as the talk)")
+    add_locale(p)
     p.add_argument("--no-compact", action="store_true",
                    help="do not compact closed segments first (they are read from JSON instead)")
     p.add_argument("--talk-only", action="store_true",
@@ -311,7 +319,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     inline = {}
     if args.charts or fmt == "html":
-        inline = charts_mod.render(report, args.charts, svg=fmt == "html")
+        inline = charts_mod.render(report, args.charts, svg=fmt == "html", locale=args.locale)
     write_report(report, args, fmt, charts=inline, chart_after=charts_mod.CHART_AFTER, detail=args.detail)
     return 0
 

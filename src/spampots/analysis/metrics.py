@@ -31,6 +31,7 @@ class Column:
     key: str
     label: str
     kind: str = "text"  # text | int | pct | num | date
+    translate: bool = False  # the values are the report's own words (translated by --locale), never data
 
 
 @dataclass
@@ -41,7 +42,7 @@ class Result:
     columns: list[Column]
     rows: list[tuple]
     layout: str = "table"  # table | vertical (one row shown as label/value pairs)
-    section: str = "talk"  # talk | more | detail (detail: long tables, not shown in the terminal)
+    section: str = "talk"  # talk | more | detail (long tables) | series (a chart's data: JSON, CSV, HTML chart)
     note: str = ""
     total_row: bool = False  # last row is a total
 
@@ -490,6 +491,42 @@ METRICS: list[Metric] = [
            ORDER BY tot.total DESC, j.campaign, j.emails DESC, j.os""",
         [C("campaign", "Campaign"), C("os", "OS (p0f)"), C("emails", "Emails", "int"),
          C("pct", "% of campaign", "pct")]),
+    # The data of the per-day stacked charts and of the map (section "series": charts, JSON, CSV).
+    Metric(
+        "daily_protocol", "Emails per day by protocol",
+        "Emails per UTC day, split by the protocol that carried them (as in the ports table: SOCKS, HTTP, "
+        "or SMTP when sent to us directly).",
+        """SELECT day, proto_class(proxy) AS protocol, sum(emails)::BIGINT AS emails
+           FROM msg_cube GROUP BY ALL ORDER BY day, protocol""",
+        [C("day", "Day", "date"), C("protocol", "Protocol"), C("emails", "Emails", "int")], section="series"),
+    Metric(
+        "daily_port", "Emails per day by port",
+        "Emails per UTC day, split by the listener port the abuser connected to: the six ports with most "
+        "emails, the rest as `other`.",
+        """WITH top AS (SELECT listener_port FROM msg_cube GROUP BY 1 ORDER BY sum(emails) DESC, 1 LIMIT 6)
+           SELECT day, CASE WHEN listener_port IN (SELECT listener_port FROM top) THEN listener_port::VARCHAR
+                            ELSE 'other' END AS port, sum(emails)::BIGINT AS emails
+           FROM msg_cube GROUP BY ALL ORDER BY day, port""",
+        [C("day", "Day", "date"), C("port", "Port"), C("emails", "Emails", "int")], section="series"),
+    Metric(
+        "daily_sensor", "Emails per day by sensor",
+        "Emails per UTC day, split by the sensor that captured them: the six sensors with most emails, the "
+        "rest as `other`.",
+        """WITH top AS (SELECT sensor FROM msg_cube GROUP BY 1 ORDER BY sum(emails) DESC, 1 LIMIT 6)
+           SELECT day, CASE WHEN sensor IN (SELECT sensor FROM top) THEN sensor ELSE 'other' END AS sensor,
+                  sum(emails)::BIGINT AS emails
+           FROM msg_cube GROUP BY ALL ORDER BY day, sensor""",
+        [C("day", "Day", "date"), C("sensor", "Sensor"), C("emails", "Emails", "int")], section="series"),
+    Metric(
+        "country_sources", "Sources by country",
+        "Every country with a source (an IP that opened a session or sent email), with its number of "
+        "source IPs and emails; private, unknown and invalid addresses (`--`) are left out. Drawn as a map.",
+        """SELECT i.country, count(*) AS sources, coalesce(sum(m.emails), 0)::BIGINT AS emails
+           FROM ip_info i LEFT JOIN msg_by_ip m USING (ip_key)
+           WHERE i.country <> '--' AND (i.ip_key IN (SELECT ip_key FROM src_by_ip) OR m.ip_key IS NOT NULL)
+           GROUP BY 1 ORDER BY sources DESC, country""",
+        [C("country", "Country"), C("sources", "Source IPs", "int"), C("emails", "Emails", "int")],
+        section="series"),
 ]
 
 OUTBOUND_DEFINITION = (
@@ -657,6 +694,6 @@ def outbound_results(con: duckdb.DuckDBPyConnection, first_per: str) -> list[Res
                 for c in cats]
         body.append(("Total", total, 100.0 if total else 0.0))
         out.append(Result(f"outbound_{cls.lower()}", f"Outbound attempts: {cls}", OUTBOUND_DEFINITION,
-                          [Column("type", "Type"), Column("requests", "Requests", "int"),
+                          [Column("type", "Type", translate=True), Column("requests", "Requests", "int"),
                            Column("pct", "%", "pct")], body, section="talk", note=note, total_row=True))
     return out

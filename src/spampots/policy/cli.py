@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 # Shared with `spampots report`: the same options mean the same thing.
-from spampots.analysis.cli import (_common, _count, _data_dir, add_selection, check_store, describe_filters,
-                                   open_lake, output_format, tell_damage, write_report)
+from spampots.analysis.cli import (_common, _count, _data_dir, add_locale, add_selection, check_store,
+                                   describe_filters, open_lake, output_format, tell_damage, write_report)
 from spampots.cli import main  # the one entry point; `python -m` this module runs it
 
 
@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--top", type=int, default=20, metavar="N", help="rows of the per-country/AS tables (default 20)")
     q.add_argument("--asn-db", type=Path, metavar="FILE", help="AS database: MaxMind/IPinfo .mmdb, iptoasn .tsv[.gz] or IPFire location .db "
                    "(default: the installed IPFire database, if any; none: the bundled data alone)")
-    q.add_argument("--locale", choices=("en", "pt"), default="en", help="number style: 1,234.56 or 1.234,56")
+    add_locale(q)
     q.add_argument("--no-compact", action="store_true", help="do not compact closed segments first")
     q.set_defaults(func=cmd_port25)
 
@@ -124,7 +124,8 @@ def cmd_port25(args: argparse.Namespace) -> int:
     con, enricher = opened
     report = port25.run(con, enricher=enricher, top=args.top)
     report.meta.update(data_dir=str(data_dir), filters=describe_filters(args), title="spampots policy port25")
-    svg = (charts.render(report, None, charts=charts.POLICY_CHARTS, sources=charts.POLICY_SOURCES)
+    svg = (charts.render(report, None, charts=charts.POLICY_CHARTS, sources=charts.POLICY_SOURCES,
+                         locale=args.locale)
            if fmt == "html" else None)
     write_report(report, args, fmt, charts=svg, chart_after=charts.POLICY_CHART_AFTER)
     return 0

@@ -68,7 +68,7 @@ BASES: dict[str, tuple[str, str]] = {
         "and UTC month, and the source's country and AS (ip_info, as in `spampots report`; '??' / "
         "'unknown' when the address is not located).",
         f"""SELECT f.*, {OUTCOME} AS outcome, strftime(day, '%Y-%m') AS month,
-                   coalesce(nullif(i.country, ''), '??') AS country, i.as_id, i.as_name FROM (
+                   coalesce(nullif(i.country, ''), '??') AS country, i.as_id, i.as_name, i.asn FROM (
               SELECT ip_key, sensor, day, category, proxy_class, 1 AS sessions, 0 AS emails, 0 AS rcpts
               FROM p25_sessions
               UNION ALL
@@ -119,12 +119,12 @@ QUERIES: list[Query] = [
           "mail at depth 0 on an smtp listener, not submission). Not prevented: tunnels to 587/465/other ports, "
           "web GETs, authenticated submission, direct SMTP on other ports. Sessions, emails and recipients add "
           "up; a source IP can be on both rows, the total counts it once.",
-          [Column("outcome", "Outcome")] + _COUNTS,
+          [Column("outcome", "Outcome", translate=True)] + _COUNTS,
           f"""SELECT * FROM (SELECT outcome, {_SUMS} FROM p25_facts GROUP BY 1 ORDER BY outcome DESC)
               UNION ALL SELECT 'total', {_SUMS} FROM p25_facts""", total_row=True),
     Query("port25_categories", "What the abusers used",
           "Each session and email in its category (see p25_mail, p25_sessions): the rows add up to the total.",
-          [Column("outcome", "Outcome"), Column("category", "Use")] + _COUNTS,
+          [Column("outcome", "Outcome", translate=True), Column("category", "Use", translate=True)] + _COUNTS,
           f"""SELECT * FROM (SELECT outcome, category, {_SUMS} FROM p25_facts GROUP BY 1, 2
                              ORDER BY outcome DESC, emails DESC, category)
               UNION ALL SELECT 'total', 'all', {_SUMS} FROM p25_facts""", total_row=True),
@@ -146,13 +146,20 @@ QUERIES: list[Query] = [
           "The same per AS of the source IP (--asn-db, else the bundled AS names; unknown = not located), "
           "the {top} with most emails.",
           [Column("as_id", "AS"), Column("as_name", "AS name")] + _SPLIT_COLS,
-          _SPLIT.format(dim="coalesce(as_id, 'unknown')", key="as_id, any_value(as_name) AS as_name",
-                        order="emails_prevented + emails_not DESC, 1 LIMIT {top}")),
+          # grouped by as_id (AS number, else the name); the AS column shows the number only, so an AS
+          # known by its name alone is not named twice
+          "SELECT * EXCLUDE (as_key) FROM (" + _SPLIT.format(
+              dim="coalesce(as_id, 'unknown')",
+              key="as_key, coalesce('AS' || any_value(asn)::VARCHAR, '') AS as_id, "
+                  "coalesce(any_value(as_name), 'unknown') AS as_name",
+              order="emails_prevented + emails_not DESC, 1 LIMIT {top}")
+          + ") ORDER BY emails_prevented + emails_not DESC, as_key"),
     Query("port25_concentration", "How concentrated the abuse is",
           "Sources ranked by emails (ties by key); top 1%/10% = the ceil(1%/10% of them) first, at least one; "
           "share = their emails / all emails of the scope. Units: source IP, and AS (located sources only). "
           "Scopes: all captured spam, prevented, not prevented.",
-          [Column("unit", "Unit"), Column("scope", "Scope"), Column("sources", "Sources", "int"),
+          [Column("unit", "Unit", translate=True), Column("scope", "Scope", translate=True),
+           Column("sources", "Sources", "int"),
            Column("emails", "Emails", "int"),
            Column("top1", "Top 1%", "int"), Column("top1_share", "% emails from top 1%", "pct"),
            Column("top10", "Top 10%", "int"), Column("top10_share", "% emails from top 10%", "pct")],
@@ -193,7 +200,7 @@ def _ip_info(con: duckdb.DuckDBPyConnection, enricher: Enricher | None) -> None:
     """ip_info(ip_key, country, as_id, as_name, ...) for every source that used us, via the report's code."""
     if enricher is None:
         con.execute("CREATE OR REPLACE TEMP TABLE ip_info AS SELECT NULL::UBIGINT AS ip_key, NULL::VARCHAR AS "
-                    "country, NULL::VARCHAR AS as_id, NULL::VARCHAR AS as_name WHERE false")
+                    "country, NULL::VARCHAR AS as_id, NULL::VARCHAR AS as_name, NULL::BIGINT AS asn WHERE false")
         return
     # metrics.build_ip_info reads the sources from these two names
     con.execute("CREATE OR REPLACE TEMP VIEW msg_by_ip AS SELECT DISTINCT ip_key FROM p25_mail")
@@ -217,7 +224,7 @@ def run(con: duckdb.DuckDBPyConnection, *, enricher: Enricher | None = None, top
                               q.columns, rows, total_row=q.total_row))
     text = statement(results[0])
     results.insert(0, Result("port25_statement", "In one sentence", STATEMENT_DEF,
-                             [Column("statement", "Summary")], [(text,)], layout="vertical"))
+                             [Column("statement", "Summary", translate=True)], [(text,)], layout="text"))
     meta = {"generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "enrichment": enricher.source if enricher else "none", "statement": text}
     return Report(results, meta)
