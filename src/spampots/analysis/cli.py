@@ -39,6 +39,18 @@ def _count(s: str) -> int:
     return n
 
 
+def _zone(s: str) -> str:
+    """An IANA time zone name (America/Sao_Paulo, UTC), checked against this machine's tz database."""
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(s)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a time zone: {s!r} (an IANA name such as America/Sao_Paulo or UTC)") \
+            from None
+    return "UTC" if s in ("UTC", "Etc/UTC", "Etc/UCT", "UCT", "Zulu", "Etc/Zulu", "Universal", "Etc/Universal") else s
+
+
 def _key_value(s: str) -> tuple[str, str]:
     key, eq, value = s.partition("=")
     if not eq or not key.strip():
@@ -180,6 +192,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "(default: the installed IPFire database, if any; none: the bundled data alone)")
     p.add_argument("--ports", type=Path, action="append", default=[], metavar="FILE",
                    help="extra port table (TOML, like spampots/data/ports.toml); repeatable")
+    p.add_argument("--tz", type=_zone, default="UTC", metavar="ZONE",
+                   help="IANA time zone that days, weeks, months and hours are counted in, e.g. America/Sao_Paulo "
+                        "(default UTC); --from/--to still name UTC days")
     p.add_argument("--locale", choices=("en", "pt"), default="en",
                    help="number style: en 1,234.56 or pt 1.234,56 (as the talk)")
     p.add_argument("--no-compact", action="store_true",
@@ -287,7 +302,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"spampots report: --asn-db {args.asn_db}: {e}", file=sys.stderr)
         return 2
     opts = metrics.Options(first_per=args.first_per, top=args.top, exact_limit=args.exact_limit,
-                           talk_only=args.talk_only)
+                           talk_only=args.talk_only, tz=args.tz)
     try:
         report = metrics.run(con, ports=port_table, enricher=enricher, opts=opts)
     finally:

@@ -173,7 +173,8 @@ def _summary_rows(r: Result, locale: str) -> list[list[str]]:
             ["Unique IPs (sent email / all sources)", f"{f('ips_mail', 'int')} / {f('ips_all', 'int')}"],
             ["Unique ASNs (sent email / all sources)", f"{f('asns_mail', 'int')} / {f('asns_all', 'int')}"],
             ["Country codes (sent email / all sources)", f"{f('cc_mail', 'int')} / {f('cc_all', 'int')}"],
-            ["Sources without AS/country", f("unlocated", "int")]]
+            ["Sources without AS/country", f("unlocated", "int")]] \
+        + ([["Time zone (days, weeks, months, hours)", f("tz", "text")]] if v.get("tz") else [])
 
 
 # -- JSON ----------------------------------------------------------------------------------
