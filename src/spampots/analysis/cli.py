@@ -188,7 +188,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="outbound attempts: count the first request per connection (default), per source IP, "
                         "or every request")
     p.add_argument("--top", type=int, default=10, metavar="N", help="rows in the top-N tables (default 10)")
-    p.add_argument("--asn-db", type=Path, metavar="FILE", help="AS database: MaxMind/IPinfo .mmdb, iptoasn .tsv[.gz] or IPFire location .db "
+    p.add_argument("--asn-db", type=Path, metavar="FILE", help="AS database: MaxMind/IPinfo .mmdb, iptoasn .tsv[.gz], "
+                   "a dated RouteViews pfx2as table [.gz] or IPFire location .db "
                    "(default: the installed IPFire database, if any; none: the bundled data alone)")
     p.add_argument("--ports", type=Path, action="append", default=[], metavar="FILE",
                    help="extra port table (TOML, like spampots/data/ports.toml); repeatable")
