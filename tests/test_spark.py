@@ -60,13 +60,15 @@ def _odd_cases(c: Capture) -> None:
     c.session("10.1.2.3", 6588).error("raw.unknown_protocol")
 
 
-def _beats(data_dir: Path, sensor: str, t0: dt.datetime, kinds: list[tuple[float, str]]) -> None:
+def _beats(data_dir: Path, sensor: str, t0: dt.datetime, kinds: list[tuple[float, str]],
+           labels: tuple[str, str] = ("", "")) -> None:
     cls = {"start": ev.SensorStart, "heartbeat": ev.SensorHeartbeat, "stop": ev.SensorStop}
     evs = []
     for minutes, kind in kinds:
         e = cls[kind](version="test")
         if kind == "start":
             e.listeners = [ev.Listener(address="0.0.0.0", port=21080, kind="socks")]
+            e.isp, e.network = labels
         ev.stamp(e, sensor=sensor, session="", src_ip="", src_port=0, listener_port=0, protocol="", depth=0,
                  ts=(t0 + dt.timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
         evs.append(e)
@@ -84,7 +86,8 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     c.flush()
     t0 = dt.datetime(2026, 1, 5, 10, tzinfo=dt.timezone.utc)
     _beats(d, "br-dsl-1", t0, [(0, "start")] + [(i, "heartbeat") for i in range(1, 30)]
-           + [(i, "heartbeat") for i in range(40, 60)] + [(60, "stop"), (75, "start"), (76, "heartbeat")])
+           + [(i, "heartbeat") for i in range(40, 60)] + [(60, "stop"), (75, "start"), (76, "heartbeat")],
+           ("Telefonica", "ADSL"))
     _beats(d, "us-vps-2", t0, [(0, "start")] + [(i * 0.5, "heartbeat") for i in range(1, 40)])
     Lake(d).compact()
     return d
@@ -116,6 +119,15 @@ def test_every_table_is_identical(both) -> None:
     assert set(names) >= {m.name for m in metrics.METRICS}  # every metric, whoever added it
     assert all(r.rows for r in duck.results), [r.name for r in duck.results if not r.rows]
     assert duck.get("summary").rows[0][3] > 2_000  # the synth set and the capture are both in
+
+
+def test_time_zone_gives_the_same_tables(both) -> None:
+    """--tz: days, weeks, months and hours bucketed in a zone (1:00Z is the day before in Sao Paulo)."""
+    opts = metrics.Options(tz="America/Sao_Paulo")
+    reps = [metrics.run(con, ports=ports.load(), enricher=Enricher(), opts=opts) for con in both[1]]
+    _same(*reps)
+    assert reps[0].get("hours").rows != both[0][0].get("hours").rows  # really shifted
+    assert "Telefonica" in [r[0] for r in reps[0].get("per_isp").rows]  # the labels joined on both
 
 
 @pytest.mark.parametrize("first_per", ["source-ip", "none"])
