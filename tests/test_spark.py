@@ -145,7 +145,7 @@ def test_sampled_tables_read_the_same_sample(both) -> None:
         got = []
         for con in both[1]:
             note, scale = metrics.build_sample(con, metrics.Options(exact_limit=0))
-            got.append((note, scale, con.execute(m.sql.format(top=5)).fetchall()))
+            got.append((note, scale, con.execute(m.query(metrics.Options(top=5))).fetchall()))
         assert got[0] == got[1], m.name
         assert got[0][0] and got[0][2], m.name  # really the sample, and not empty
 

@@ -228,6 +228,11 @@ class Metric:
     post: Optional[Callable[[list[tuple]], list[tuple]]] = None
     total_row: bool = False  # its last row is a total
 
+    def query(self, opts: Options, *, approx_ips: bool = False) -> str:
+        """The SQL with the report's options filled in: {top}, {day}, {hour}, {tz}, {distinct}."""
+        distinct = "approx_count_distinct(ip_key)" if approx_ips else "count(DISTINCT ip_key)"
+        return self.sql.format(top=int(opts.top), distinct=distinct, **time_exprs(opts.tz))
+
 
 C = Column
 TOTAL_EMAILS = "(SELECT nullif(sum(emails), 0) FROM msg_cube)"
@@ -762,7 +767,6 @@ def run(con: duckdb.DuckDBPyConnection, *, ports: dict[int, PortInfo], enricher:
     port_table(con, ports)
     selected = [m for m in METRICS if m.section == "talk" or not opts.talk_only]
     approx_ips = build_bases(con, timings, opts, selected)
-    distinct = "approx_count_distinct(ip_key)" if approx_ips else "count(DISTINCT ip_key)"
     t = time.perf_counter()
     build_ip_info(con, enricher)
     timings["enrichment"] = time.perf_counter() - t
@@ -778,7 +782,7 @@ def run(con: duckdb.DuckDBPyConnection, *, ports: dict[int, PortInfo], enricher:
     results: list[Result] = []
     for m in selected:
         t = time.perf_counter()
-        rows = con.execute(m.sql.format(top=int(opts.top), distinct=distinct, **time_exprs(opts.tz))).fetchall()
+        rows = con.execute(m.query(opts, approx_ips=approx_ips)).fetchall()
         if m.sampled and scale != 1.0:
             rows = [tuple(round(v * scale) if c.kind == "int" and c.key in ("emails", "rcpts") and v is not None
                           else v for v, c in zip(r, m.columns)) for r in rows]
