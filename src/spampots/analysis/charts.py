@@ -51,7 +51,7 @@ def _daily(plt, report: Report):
         ax2.spines["right"].set_visible(True)
         fig.autofmt_xdate()
     ax.set_ylabel("emails per day", color=_COLORS[0])
-    ax.set_title("Emails and recipients per day (UTC)")
+    ax.set_title(f"Emails and recipients per day ({report.meta.get('tz', 'UTC')})")
     return fig
 
 
@@ -111,7 +111,7 @@ def _hours(plt, report: Report):
     fig, ax = plt.subplots(figsize=(7, 2.6))
     ax.bar([r[0] for r in rows], [r[1] for r in rows], color=_COLORS[3])
     ax.set_xticks(range(0, 24, 2))
-    ax.set_xlabel("hour of day (UTC)")
+    ax.set_xlabel(f"hour of day ({report.meta.get('tz', 'UTC')})")
     ax.set_ylabel("sessions")
     ax.set_title("Sessions per hour of day")
     return fig
