@@ -149,7 +149,7 @@ def test_report_tz_option(data_dir: Path, tmp_path: Path, capsys: pytest.Capture
     assert cli_main(["report", "--data-dir", str(data_dir), "-q", "--asn-db", "none", "--tz", SP,
                      "--out", str(tmp_path / "r.txt")]) == 0
     text = (tmp_path / "r.txt").read_text()
-    assert f"Time zone (days, weeks, months, hours)" in text and SP in text
+    assert "Time zone (days, weeks, months, hours)" in text and SP in text
     assert cli_main(["report", "--data-dir", str(data_dir), "-q", "--asn-db", "none", "--format", "json",
                      "--tz", SP, "--out", str(tmp_path / "r.json")]) == 0
     doc = json.loads((tmp_path / "r.json").read_text())

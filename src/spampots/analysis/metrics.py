@@ -506,7 +506,8 @@ TLD_DEFINITION = (
 
 def _series(period: str) -> str:
     """Emails, recipients and sessions per `period` (an expression over the cubes' `day`)."""
-    return f"""WITH m AS (SELECT {period} AS period, sum(emails) AS emails, sum(rcpts) AS rcpts FROM msg_cube GROUP BY 1),
+    return f"""WITH m AS (SELECT {period} AS period, sum(emails) AS emails, sum(rcpts) AS rcpts
+                      FROM msg_cube GROUP BY 1),
                 s AS (SELECT {period} AS period, sum(sessions) AS sessions FROM sess_cube GROUP BY 1)
            SELECT period, coalesce(emails, 0) AS emails, coalesce(rcpts, 0) AS rcpts,
                   coalesce(sessions, 0) AS sessions
