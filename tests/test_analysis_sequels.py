@@ -160,6 +160,14 @@ def test_report_tz_option(data_dir: Path, tmp_path: Path, capsys: pytest.Capture
             cli_main(["report", "--data-dir", str(data_dir), "-q", "--tz", bad])
         assert e.value.code == 2
         assert "--tz: not a time zone" in capsys.readouterr().err
+    # one the system knows and DuckDB's own time zone data does not (when the system has it at all)
+    code = None
+    try:
+        code = cli_main(["report", "--data-dir", str(data_dir), "-q", "--asn-db", "none", "--tz", "posixrules"])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and "--tz" in err and "posixrules" in err and "Traceback" not in err
 
 
 def test_per_isp_and_network(utc: metrics.Report, sao_paulo: metrics.Report) -> None:

@@ -302,6 +302,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     except (OSError, ValueError, RuntimeError) as e:  # maxminddb's InvalidDatabaseError is a RuntimeError
         print(f"spampots report: --asn-db {args.asn_db}: {e}", file=sys.stderr)
         return 2
+    problem = metrics.zone_problem(con, args.tz)
+    if problem:
+        print(f"spampots report: --tz {args.tz}: {problem}", file=sys.stderr)
+        if args.engine == "spark":
+            con.close()
+        return 2
     opts = metrics.Options(first_per=args.first_per, top=args.top, exact_limit=args.exact_limit,
                            talk_only=args.talk_only, tz=args.tz)
     try:

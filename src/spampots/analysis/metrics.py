@@ -709,6 +709,18 @@ def time_exprs(tz: str) -> dict[str, str]:
     return {"day": f"CAST({local} AS DATE)", "hour": f"hour({local})", "tz": tz}
 
 
+def zone_problem(con: duckdb.DuckDBPyConnection, tz: str) -> Optional[str]:
+    """None if the engine knows zone `tz`; else why not. The command line checks the name against
+    the system's tz database, but DuckDB (ICU) and Spark (Java) carry their own."""
+    if tz == "UTC":
+        return None
+    try:
+        con.execute(f"SELECT {time_exprs(tz)['hour']} FROM (SELECT CAST('2000-01-01 00:00:00' AS TIMESTAMP) AS ts)").fetchall()
+    except Exception as e:  # duckdb.Error, Spark's AnalysisException and kin
+        return f"not a time zone this engine knows ({str(e).splitlines()[0][:120]})"
+    return None
+
+
 def build_bases(con: duckdb.DuckDBPyConnection, timings: dict[str, float], opts: Options,
                 metrics: list["Metric"]) -> bool:
     """Create the base tables the given metrics use; True if sensor_ips had to be estimated.
