@@ -715,7 +715,8 @@ def zone_problem(con: duckdb.DuckDBPyConnection, tz: str) -> Optional[str]:
     if tz == "UTC":
         return None
     try:
-        con.execute(f"SELECT {time_exprs(tz)['hour']} FROM (SELECT CAST('2000-01-01 00:00:00' AS TIMESTAMP) AS ts)").fetchall()
+        probe = "SELECT CAST('2000-01-01 00:00:00' AS TIMESTAMP) AS ts"
+        con.execute(f"SELECT {time_exprs(tz)['hour']} FROM ({probe})").fetchall()
     except Exception as e:  # duckdb.Error, Spark's AnalysisException and kin
         return f"not a time zone this engine knows ({str(e).splitlines()[0][:120]})"
     return None
