@@ -276,3 +276,53 @@ def test_installed_location_db_gaps_keep_the_bundled_as_name(tmp_path: Path) -> 
     tsv = tmp_path / "dated.tsv"
     tsv.write_text("11.0.0.0\t11.255.255.255\t64511\tUS\tAS-11\n")
     assert Enricher(asn_db=tsv).enrich(["8.8.8.8"]).to_pylist()[0]["as_name"] == "unknown"
+
+
+# -- dated prefix tables (RouteViews pfx2as) ------------------------------------------------------
+PFX2AS = """\
+# a comment line, then nested prefixes out of order
+11.0.0.0\t8\t64511
+11.1.0.0\t16\t64512
+11.1.2.0\t24\t64513_64514
+11.1.2.128\t25\t64515,64516
+2a00:1450::\t32\t64520
+2a00:1450:1::\t48\t64521
+12.0.0.0\t8\t0
+not a line
+13.0.0.0\t8\tAS-junk
+0.0.0.0\t0\t64599
+"""
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_pfx2as_longest_match_over_nested_prefixes(tmp_path: Path, gz: bool) -> None:
+    path = tmp_path / ("routeviews-rv2-20070101-1200.pfx2as" + (".gz" if gz else ""))
+    if gz:
+        with gzip.open(path, "wt") as f:
+            f.write(PFX2AS)
+    else:
+        path.write_text(PFX2AS)
+    ips = ["11.9.9.9", "11.1.9.9", "11.1.2.3", "11.1.2.200", "11.1.2.127", "2a00:1450:2::1", "2a00:1450:1::5",
+           "12.0.0.1", "13.0.0.1", "8.8.8.8", "10.1.2.3", "2a01::1"]
+    got = {ip: (r["asn"], r["as_name"], r["country"], r["kind"]) for ip, r in _by_ip(
+        Enricher(asn_db=path).enrich(ips)).items()}
+    assert got["11.9.9.9"][0] == 64511  # only the /8 covers it
+    assert got["11.1.9.9"][0] == 64512  # the /16 inside the /8
+    assert got["11.1.2.3"][0] == 64513  # the /24; "64513_64514" (multiple origins): the first
+    assert got["11.1.2.200"][0] == 64515  # the /25 inside the /24; "64515,64516" (an AS set): the first
+    assert got["11.1.2.127"][0] == 64513  # just below the /25
+    assert got["2a00:1450:1::5"][0] == 64521 and got["2a00:1450:2::1"][0] == 64520
+    assert got["12.0.0.1"][0] == 64599 and got["13.0.0.1"][0] == 64599  # AS 0 and junk: the /0 below them
+    assert got["8.8.8.8"][:3] == (64599, "unknown", "US")  # no names in pfx2as; country from the bundled data
+    assert got["10.1.2.3"][3] == "private" and got["10.1.2.3"][0] is None  # never looked up
+    assert got["2a01::1"][0] is None  # no IPv6 /0
+
+
+def test_pfx2as_without_a_default_route_leaves_gaps(tmp_path: Path) -> None:
+    path = tmp_path / "dated.pfx2as"
+    path.write_text("11.0.0.0\t8\t64511\n11.1.0.0\t16\t64512\n")
+    got = _by_ip(Enricher(asn_db=path).enrich(["11.0.0.1", "11.1.0.1", "12.0.0.1", "11.255.255.255"]))
+    assert [got[ip]["asn"] for ip in ("11.0.0.1", "11.1.0.1", "12.0.0.1", "11.255.255.255")] == \
+        [64511, 64512, None, 64511]
+    s = _summary_with_asn_db(tmp_path, path, ["11.0.0.1", "11.1.0.1", "12.0.0.1"])
+    assert s["asns_all"] == 2 and s["unlocated"] == 1  # counted by number though nameless; 12.0.0.1 has none

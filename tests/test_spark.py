@@ -67,13 +67,15 @@ def _odd_cases(c: Capture) -> None:
             .mail(2, "socks5:mx.b.example:25", subject="Fingerprinted 1")
 
 
-def _beats(data_dir: Path, sensor: str, t0: dt.datetime, kinds: list[tuple[float, str]]) -> None:
+def _beats(data_dir: Path, sensor: str, t0: dt.datetime, kinds: list[tuple[float, str]],
+           labels: tuple[str, str] = ("", "")) -> None:
     cls = {"start": ev.SensorStart, "heartbeat": ev.SensorHeartbeat, "stop": ev.SensorStop}
     evs = []
     for minutes, kind in kinds:
         e = cls[kind](version="test")
         if kind == "start":
             e.listeners = [ev.Listener(address="0.0.0.0", port=21080, kind="socks")]
+            e.isp, e.network = labels
         ev.stamp(e, sensor=sensor, session="", src_ip="", src_port=0, listener_port=0, protocol="", depth=0,
                  ts=(t0 + dt.timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
         evs.append(e)
@@ -91,7 +93,8 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     c.flush()
     t0 = dt.datetime(2026, 1, 5, 10, tzinfo=dt.timezone.utc)
     _beats(d, "br-dsl-1", t0, [(0, "start")] + [(i, "heartbeat") for i in range(1, 30)]
-           + [(i, "heartbeat") for i in range(40, 60)] + [(60, "stop"), (75, "start"), (76, "heartbeat")])
+           + [(i, "heartbeat") for i in range(40, 60)] + [(60, "stop"), (75, "start"), (76, "heartbeat")],
+           ("Telefonica", "ADSL"))
     _beats(d, "us-vps-2", t0, [(0, "start")] + [(i * 0.5, "heartbeat") for i in range(1, 40)])
     Lake(d).compact()
     return d
@@ -125,6 +128,15 @@ def test_every_table_is_identical(both) -> None:
     assert duck.get("summary").rows[0][3] > 2_000  # the synth set and the capture are both in
 
 
+def test_time_zone_gives_the_same_tables(both) -> None:
+    """--tz: days, weeks, months and hours bucketed in a zone (1:00Z is the day before in Sao Paulo)."""
+    opts = metrics.Options(tz="America/Sao_Paulo")
+    reps = [metrics.run(con, ports=ports.load(), enricher=Enricher(), opts=opts) for con in both[1]]
+    _same(*reps)
+    assert reps[0].get("hours").rows != both[0][0].get("hours").rows  # really shifted
+    assert "Telefonica" in [r[0] for r in reps[0].get("per_isp").rows]  # the labels joined on both
+
+
 @pytest.mark.parametrize("first_per", ["source-ip", "none"])
 def test_outbound_attempts_in_every_counting(both, first_per: str) -> None:
     out = []
@@ -140,7 +152,7 @@ def test_sampled_tables_read_the_same_sample(both) -> None:
         got = []
         for con in both[1]:
             note, scale = metrics.build_sample(con, metrics.Options(exact_limit=0))
-            got.append((note, scale, con.execute(m.sql.format(top=5)).fetchall()))
+            got.append((note, scale, con.execute(m.query(metrics.Options(top=5))).fetchall()))
         assert got[0] == got[1], m.name
         assert got[0][0] and got[0][2], m.name  # really the sample, and not empty
 

@@ -63,6 +63,8 @@ class SensorSection(_Base):
     heartbeat_interval_s: float = 60.0
     greeting_delay_s: float = 0.0  # wait this long for a client that speaks first on SMTP ports
     tunnel_greeting_delay_s: float = 0.02  # far end's "connect time" before its banner
+    isp: str = ""  # label of the provider the sensor's address belongs to, for per-ISP reports ("": none)
+    network: str = ""  # label of the kind of network (ADSL, cable, hosting...) ("": none)
 
 
 class LimitsSection(_Base):
@@ -376,6 +378,7 @@ def validate(cfg: Config) -> None:
         except ValueError:
             errors.append(f"sensor.id {sid!r}: use ASCII letters, digits, '.', '_' and '-' (at most 128, "
                           "starting with a letter or digit)")
+    errors += label_problems(cfg.sensor)
     errors += _number_problems(cfg)
     errors += output_problems(cfg.output)
     errors += metrics_problems(cfg.metrics)
@@ -384,6 +387,26 @@ def validate(cfg: Config) -> None:
                    for e in cfg.transport.nats.validate()]
     if errors:
         raise ConfigError("\n".join(errors))
+
+
+LABEL_MAX = 64  # characters in [sensor] isp / network: a report's table cell, not a description
+
+
+def label_problems(sensor: SensorSection) -> list[str]:
+    """[sensor] isp and network: unset (""), or printable text with something besides spaces,
+    at most LABEL_MAX characters (they end up in every report's per-ISP tables)."""
+    errors = []
+    for key in ("isp", "network"):
+        value = getattr(sensor, key)
+        if value == "":
+            continue
+        if not value.strip():
+            errors.append(f"sensor.{key} must not be blank (leave it out, or \"\" for none)")
+        elif not value.isprintable():
+            errors.append(f"sensor.{key} {value!r}: only printable characters (no control characters, tabs or newlines)")
+        elif len(value) > LABEL_MAX:
+            errors.append(f"sensor.{key} must be at most {LABEL_MAX} characters, not {len(value)}")
+    return errors
 
 
 def output_problems(outputs: list) -> list[str]:
@@ -535,6 +558,9 @@ summary_interval_s = 60     # one-line operational summary on stderr (at least 0
 heartbeat_interval_s = 60   # spampots.sensor.heartbeat events (at least 0.5)
 greeting_delay_s = 0.0      # SMTP ports: wait this long for a client that speaks first (0..300)
 tunnel_greeting_delay_s = 0.02  # a tunnelled mail server's banner comes this long after the grant (0..300)
+isp = ""                    # label of this sensor's provider, e.g. "Telefonica" (report: per-ISP tables);
+                            # printable, at most 64 characters; "" = none
+network = ""                # label of the kind of network, e.g. "ADSL", "cable", "hosting"; as isp
 
 [limits]                    # every hit is recorded as spampots.limit.hit
 max_sessions = 4096         # concurrent sessions, all sources; when full, the session with the

@@ -99,6 +99,8 @@ class SensorStart(Event, tag=SENSOR_START):
     limits: dict[str, Any] = {}
     personas: dict[str, str] = {}
     heartbeat_interval_s: float = 0.0  # 0: not recorded (older sensors)
+    isp: str = ""  # [sensor] isp: the operator's label for the network's provider ("": none)
+    network: str = ""  # [sensor] network: e.g. "ADSL", "cable", "hosting" ("": none)
 
 
 class SensorStop(Event, tag=SENSOR_STOP):

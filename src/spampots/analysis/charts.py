@@ -97,7 +97,7 @@ def _daily(plt, report: Report, t: Translator):
     for ax, label in ((ax1, t("emails per day")), (ax2, t("recipients per day"))):
         ax.set_ylabel(label)
         ax.set_ylim(bottom=0)
-    ax1.set_title(t("Emails and recipients per day (UTC)"))
+    ax1.set_title(t("Emails and recipients per day") + f" ({report.meta.get('tz', 'UTC')})")
     fig.tight_layout()
     return fig
 
@@ -201,7 +201,7 @@ def _hours(plt, report: Report, t: Translator):
     ax.bar([r[0] for r in rows], [r[1] for r in rows], color=_COLORS[3])
     ax.set_xticks(range(0, 24, 2))
     ax.set_ylim(bottom=0)
-    ax.set_xlabel(t("hour of day (UTC)"))
+    ax.set_xlabel(t("hour of day") + f" ({report.meta.get('tz', 'UTC')})")
     ax.set_ylabel(t("sessions"))
     ax.set_title(t("Sessions per hour of day"))
     return fig

@@ -41,6 +41,18 @@ def _count(s: str) -> int:
     return n
 
 
+def _zone(s: str) -> str:
+    """An IANA time zone name (America/Sao_Paulo, UTC), checked against this machine's tz database."""
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(s)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a time zone: {s!r} (an IANA name such as America/Sao_Paulo or UTC)") \
+            from None
+    return "UTC" if s in ("UTC", "Etc/UTC", "Etc/UCT", "UCT", "Zulu", "Etc/Zulu", "Universal", "Etc/Universal") else s
+
+
 def _key_value(s: str) -> tuple[str, str]:
     key, eq, value = s.partition("=")
     if not eq or not key.strip():
@@ -187,13 +199,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="outbound attempts: count the first request per connection (default), per source IP, "
                         "or every request")
     p.add_argument("--top", type=int, default=10, metavar="N", help="rows in the top-N tables (default 10)")
-    p.add_argument("--asn-db", type=Path, metavar="FILE", help="AS database: MaxMind/IPinfo .mmdb, iptoasn .tsv[.gz] or IPFire location .db "
+    p.add_argument("--asn-db", type=Path, metavar="FILE", help="AS database: MaxMind/IPinfo .mmdb, iptoasn .tsv[.gz], "
+                   "a dated RouteViews pfx2as table [.gz] or IPFire location .db "
                    "(default: the installed IPFire database, if any; none: the bundled data alone)")
     p.add_argument("--p0f-db", type=Path, metavar="FILE",
                    help="p0f.fp classifying the sources' SYN fingerprints (default: Debian's /etc/p0f/p0f.fp "
                         "when the p0f package is installed)")
     p.add_argument("--ports", type=Path, action="append", default=[], metavar="FILE",
                    help="extra port table (TOML, like spampots/data/ports.toml); repeatable")
+    p.add_argument("--tz", type=_zone, default="UTC", metavar="ZONE",
+                   help="IANA time zone that days, weeks, months and hours are counted in, e.g. America/Sao_Paulo "
+                        "(default UTC); --from/--to still name UTC days")
     add_locale(p)
     p.add_argument("--no-compact", action="store_true",
                    help="do not compact closed segments first (they are read from JSON instead)")
@@ -299,6 +315,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     except (OSError, ValueError, RuntimeError) as e:  # maxminddb's InvalidDatabaseError is a RuntimeError
         print(f"spampots report: --asn-db {args.asn_db}: {e}", file=sys.stderr)
         return 2
+    problem = metrics.zone_problem(con, args.tz)
+    if problem:
+        print(f"spampots report: --tz {args.tz}: {problem}", file=sys.stderr)
+        if args.engine == "spark":
+            con.close()
+        return 2
     if args.p0f_db is not None:
         from .fingerprints import load_db
         try:
@@ -308,7 +330,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(f"spampots report: --p0f-db {args.p0f_db}: {e}", file=sys.stderr)
             return 2
     opts = metrics.Options(first_per=args.first_per, top=args.top, exact_limit=args.exact_limit,
-                           talk_only=args.talk_only, p0f_db=str(args.p0f_db or ""))
+                           talk_only=args.talk_only, tz=args.tz, p0f_db=str(args.p0f_db or ""))
     try:
         report = metrics.run(con, ports=port_table, enricher=enricher, opts=opts)
     finally:

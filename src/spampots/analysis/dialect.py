@@ -162,6 +162,9 @@ SPARK_MACROS: dict[str, tuple[tuple[str, ...], str]] = {
            ELSE md5_number_upper(lower(ip))
                 + CASE WHEN md5_number_upper(lower(ip)) < 9223372036854775808
                        THEN CAST(9223372036854775808 AS DECIMAL(20,0)) ELSE CAST(0 AS DECIMAL(20,0)) END END"""),
+    # The session time zone is UTC (spark.py): the naive ts reads as UTC, and the shifted
+    # timestamp's date and hour, read in UTC, are the zone's local ones.
+    "utc_to_local": (("ts", "zone"), "from_utc_timestamp(ts, zone)"),
     "ip_str": (("k",), """
       CASE WHEN k < 4294967296 THEN concat_ws('.',
         CAST((CAST(k AS BIGINT) >> 24) & 255 AS STRING), CAST((CAST(k AS BIGINT) >> 16) & 255 AS STRING),

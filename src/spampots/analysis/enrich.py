@@ -12,6 +12,11 @@ Sources, all local files (these machines never look anything up on the network):
 * ``--asn-db FILE.mmdb``: a MaxMind GeoLite2-ASN / GeoIP2-ISP or IPinfo MMDB (``maxminddb``).
 * ``--asn-db FILE.tsv[.gz]``: the iptoasn.com TSV (ip_range_start, ip_range_end,
   AS_number, country_code, AS_description), IPv4 and/or IPv6, dotted or u32 starts.
+* ``--asn-db FILE[.gz]`` in RouteViews' pfx2as format (``prefix<TAB>length<TAB>AS``, one line
+  per announced prefix): a dated prefix-to-AS table, for captures of years ago. Told from the
+  TSV by its three columns. Nested prefixes: the longest match wins. An AS field that names
+  several (``123_456``: the prefix had several origins; ``123,456``: an AS set) counts as its
+  first number. It has AS numbers only: names stay unknown, countries come from the bundled data.
 
 With ``--asn-db``, AS number and name come from that file; country comes from it when it
 has one, otherwise from the bundled data. Every address gets a row: private, loopback,
@@ -268,20 +273,97 @@ class LocationDb:
         return asn, (self._names[asn] if asn is not None else ""), (cc if cc.isalpha() and len(cc) == 2 else "")
 
 
+def pfx2as_asn(field: str) -> Optional[int]:
+    """The AS of a pfx2as AS field: "123", or the first of "123_456" (multiple origins) and
+    "123,456" (an AS set); None when it is not a number."""
+    first = field.replace(",", "_").split("_", 1)[0].strip()
+    # AS 0 is reserved (RFC 7607): no origin.
+    return int(first) if first.isdigit() and 0 < int(first) < 2**32 else None
+
+
+def _is_pfx2as(path: Path) -> bool:
+    """True if the first data line reads prefix, length, AS (RouteViews pfx2as)."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f):
+            parts = line.split()
+            if not parts or parts[0].startswith("#"):
+                if n > 100:
+                    return False
+                continue
+            return len(parts) == 3 and parts[1].isdigit() and ("." in parts[0] or ":" in parts[0])
+    return False
+
+
+class PrefixTable:
+    """Prefix -> AS by longest match (RouteViews pfx2as). IPv4 is looked up vectorised, one
+    sorted array of networks per prefix length, longest first; IPv6 per address."""
+
+    def __init__(self, path: Path) -> None:
+        v4: dict[int, dict[int, int]] = {}  # length -> {network: AS}
+        self._v6: dict[int, dict[int, int]] = {}
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) != 3 or not parts[1].isdigit():
+                    continue  # a comment or a broken line
+                asn = pfx2as_asn(parts[2])
+                try:
+                    net = ipaddress.ip_network(f"{parts[0]}/{parts[1]}", strict=False)
+                except ValueError:
+                    continue
+                if asn is None:
+                    continue
+                table = v4 if net.version == 4 else self._v6
+                table.setdefault(net.prefixlen, {})[int(net.network_address)] = asn
+        self._v4 = []
+        for length in sorted(v4, reverse=True):
+            nets = np.array(sorted(v4[length]), dtype=np.uint64)
+            asns = np.array([v4[length][int(n)] for n in nets], dtype=np.int64)
+            mask = np.uint64(((1 << length) - 1) << (32 - length))
+            self._v4.append((mask, nets, asns))
+        self._v6_lengths = sorted(self._v6, reverse=True)
+
+    def lookup_v4(self, ints: np.ndarray) -> np.ndarray:
+        """AS per IPv4 integer, -1 where no prefix covers it."""
+        out = np.full(len(ints), -1, dtype=np.int64)
+        for mask, nets, asns in self._v4:
+            todo = out < 0
+            if not todo.any():
+                break
+            masked = ints & mask
+            i = np.clip(np.searchsorted(nets, masked), 0, len(nets) - 1)
+            hit = todo & (nets[i] == masked)
+            out[hit] = asns[i[hit]]
+        return out
+
+    def lookup_v6(self, ip: str) -> Optional[int]:
+        n = int(ipaddress.IPv6Address(ip))
+        for length in self._v6_lengths:
+            asn = self._v6[length].get(n >> (128 - length) << (128 - length))
+            if asn is not None:
+                return asn
+        return None
+
+
 class AsnDb:
-    """A user's AS database: MMDB, iptoasn TSV or IPFire location (libloc) database."""
+    """A user's AS database: MMDB, iptoasn TSV, RouteViews pfx2as or IPFire location (libloc) database."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         name = self.path.name.lower()
         self._mmdb = None
         self._loc: LocationDb | None = None
+        self._pfx: PrefixTable | None = None
         if name.endswith(".db"):
             self._loc = LocationDb(self.path)
         elif name.endswith(".mmdb"):
             import maxminddb
 
             self._mmdb = maxminddb.open_database(str(self.path))
+        elif _is_pfx2as(self.path):
+            self._pfx = PrefixTable(self.path)
         else:
             self._load_tsv()
 
@@ -314,6 +396,8 @@ class AsnDb:
             return [self._loc.get(ip) for ip in ips]
         if self._mmdb is not None:
             return [self._mmdb_get(ip) for ip in ips]
+        if self._pfx is not None:
+            return [(a, "", "") if a >= 0 else (None, "", "") for a in self._pfx.lookup_v4(ints).tolist()]
         idx = self._v4.find(ints) if len(self._v4.first) else np.full(len(ints), -1)
         out = []
         for i in idx.tolist():
@@ -325,6 +409,8 @@ class AsnDb:
             return self._loc.get(ip)
         if self._mmdb is not None:
             return self._mmdb_get(ip)
+        if self._pfx is not None:
+            return self._pfx.lookup_v6(ip), "", ""
         n = int(ipaddress.IPv6Address(ip))
         i = bisect.bisect_right(self._v6_start, n) - 1
         if i >= 0 and n <= self._v6_rec[i][1]:

@@ -54,6 +54,7 @@ class Options:
     exact_limit: int = 5_000_000  # above this many messages, the heavy top-N tables use the sample
     talk_only: bool = False  # only the talk's tables (and the base tables they need)
     p0f_db: str = ""  # p0f.fp classifying the SYN fingerprints; "" = Debian's when installed
+    tz: str = "UTC"  # IANA zone that days, weeks, months and hours are bucketed in (cli checks it)
 
 
 @dataclass
@@ -74,17 +75,17 @@ BASES: dict[str, tuple[str, str]] = {
     "msg_cube": (
         "Emails (smtp.message events, i.e. messages answered 250) and their recipients (len(rcpts)) per "
         "day, listener port, carrying proxy protocol, sensor and depth.",
-        """SELECT day, listener_port, proxy, sensor, depth, count(*) AS emails, sum(n_rcpts)::BIGINT AS rcpts
+        """SELECT {day} AS day, listener_port, proxy, sensor, depth, count(*) AS emails, sum(n_rcpts)::BIGINT AS rcpts
            FROM smtp_message GROUP BY ALL"""),
     "msg_by_ip": (
         "Emails per source IP.",
         "SELECT ip_key, count(*) AS emails FROM smtp_message GROUP BY ip_key"),
     "sess_cube": (
         "Sessions (session.open events) per day, listener port and sensor.",
-        "SELECT day, listener_port, sensor, count(*) AS sessions FROM session_open GROUP BY ALL"),
+        "SELECT {day} AS day, listener_port, sensor, count(*) AS sessions FROM session_open GROUP BY ALL"),
     "sess_hours": (
-        "Sessions per UTC hour of day.",
-        "SELECT hour(ts) AS hour, count(*) AS sessions FROM session_open GROUP BY 1"),
+        "Sessions per hour of day (in the report's time zone).",
+        "SELECT {hour} AS hour, count(*) AS sessions FROM session_open GROUP BY 1"),
     "src_by_ip": (
         "Sessions per source IP: every source that connected, mail or not.",
         "SELECT ip_key, count(*) AS sessions FROM session_open GROUP BY ip_key"),
@@ -95,11 +96,31 @@ BASES: dict[str, tuple[str, str]] = {
     "req_cube": (
         "Proxy requests per day, sensor, proxy protocol, depth, category and whether the request "
         "was the first of its session.",
-        """SELECT day, sensor, proxy, depth, first_in_session,
+        """SELECT {day} AS day, sensor, proxy, depth, first_in_session,
                   CASE WHEN target_port = 25 THEN 'to 25/TCP' WHEN lower(command) = 'get' THEN 'GET'
                        ELSE 'to other ports' END AS category,
                   count(*) AS requests
            FROM proxy_request GROUP BY ALL"""),
+    # After msg_cube and sess_cube, which it reads.
+    "sensor_labels": (
+        "The ISP and network labels (`[sensor] isp` and `network`, carried by spampots.sensor.start) of "
+        "each sensor on each day it has sessions or emails: those of its latest start on or before that "
+        "day (its last start of a day, if several), else those of its first start; `(unlabelled)` when "
+        "the label is empty or no start was recorded.",
+        """WITH st AS (SELECT sensor, {day} AS day, arg_max(isp, ts) AS isp, arg_max(network, ts) AS network
+                       FROM sensor_start_all GROUP BY sensor, {day}),
+                l AS (SELECT sensor, day, isp, network, lead(day) OVER (PARTITION BY sensor ORDER BY day) AS until,
+                             row_number() OVER (PARTITION BY sensor ORDER BY day) AS n FROM st),
+                d AS (SELECT sensor, day FROM sess_cube UNION SELECT sensor, day FROM msg_cube)
+           SELECT d.sensor, d.day, coalesce(nullif(l.isp, ''), '(unlabelled)') AS isp,
+                  coalesce(nullif(l.network, ''), '(unlabelled)') AS network
+           FROM d LEFT JOIN l ON l.sensor = d.sensor AND (d.day >= l.day OR l.n = 1)
+                                 AND (l.until IS NULL OR d.day < l.until)"""),
+    "label_ips": (
+        "The distinct source IPs (of session.open events) of each pair of ISP and network label "
+        "(sensor_labels): one scan of the sessions serves per_isp and per_network, exactly.",
+        """SELECT DISTINCT l.isp, l.network, o.ip_key
+           FROM (SELECT sensor, {day} AS day, ip_key FROM session_open) o JOIN sensor_labels l USING (sensor, day)"""),
 }
 # Addresses that are not IPv4 have a hashed ip_key (top bit set): fetch their text once.
 # Parquet min/max statistics on ip_key let the scan skip every IPv4-only row group.
@@ -212,6 +233,12 @@ class Metric:
     layout: str = "table"
     sampled: bool = False  # runs over smtp_sample when the data set is large
     post: Optional[Callable[[list[tuple]], list[tuple]]] = None
+    total_row: bool = False  # its last row is a total
+
+    def query(self, opts: Options, *, approx_ips: bool = False) -> str:
+        """The SQL with the report's options filled in: {top}, {day}, {hour}, {tz}, {distinct}."""
+        distinct = "approx_count_distinct(ip_key)" if approx_ips else "count(DISTINCT ip_key)"
+        return self.sql.format(top=int(opts.top), distinct=distinct, **time_exprs(opts.tz))
 
 
 C = Column
@@ -220,7 +247,8 @@ TOTAL_EMAILS = "(SELECT nullif(sum(emails), 0) FROM msg_cube)"
 METRICS: list[Metric] = [
     Metric(
         "summary", "Collection summary",
-        "Period: first and last UTC day with any event. Days collected: distinct days with any event "
+        "Period: first and last day with any event (days of the report's time zone, --tz, UTC by default; "
+        "the Time zone row names it). Days collected: distinct days with any event "
         "(sessions, mail, or sensor start/heartbeat). Emails: smtp.message events (messages accepted "
         "with 250). Emails/day: emails / days collected. Recipients: the accepted RCPTs of those "
         "messages. Recipients/spam: recipients / emails. Unique IPs, ASNs and country codes are counted "
@@ -230,7 +258,7 @@ METRICS: list[Metric] = [
         "Sources without AS/country: sources with no AS or no country, or not public.",
         """
         WITH days AS (SELECT day FROM msg_cube UNION SELECT day FROM sess_cube
-                      UNION SELECT day FROM sensor_start UNION SELECT day FROM sensor_heartbeat),
+                      UNION SELECT {day} FROM sensor_start UNION SELECT {day} FROM sensor_heartbeat),
         info AS (SELECT *, (asn IS NOT NULL OR as_name <> 'unknown') AS has_as FROM ip_info),
         senders AS (SELECT i.* FROM msg_by_ip m JOIN info i USING (ip_key)),
         sources AS (SELECT i.* FROM info i WHERE ip_key IN (SELECT ip_key FROM src_by_ip)
@@ -247,7 +275,8 @@ METRICS: list[Metric] = [
                (SELECT count(DISTINCT as_id) FROM sources WHERE kind = 'public' AND has_as) AS asns_all,
                (SELECT count(DISTINCT country) FROM senders WHERE country <> '--') AS cc_mail,
                (SELECT count(DISTINCT country) FROM sources WHERE country <> '--') AS cc_all,
-               (SELECT count(*) FROM sources WHERE kind <> 'public' OR country = '--' OR NOT has_as) AS unlocated
+               (SELECT count(*) FROM sources WHERE kind <> 'public' OR country = '--' OR NOT has_as) AS unlocated,
+               '{tz}' AS tz
         """,
         [C("first_day", "First day", "date"), C("last_day", "Last day", "date"),
          C("days", "Days collected", "int"), C("emails", "Total emails", "int"),
@@ -256,7 +285,7 @@ METRICS: list[Metric] = [
          C("ips_mail", "Unique IPs (sent email)", "int"), C("ips_all", "Unique IPs (all sources)", "int"),
          C("asns_mail", "Unique ASNs (sent email)", "int"), C("asns_all", "Unique ASNs (all sources)", "int"),
          C("cc_mail", "Country codes (sent email)", "int"), C("cc_all", "Country codes (all sources)", "int"),
-         C("unlocated", "Sources without AS/country (private, unknown)", "int")],
+         C("unlocated", "Sources without AS/country (private, unknown)", "int"), C("tz", "Time zone")],
         section="talk", layout="vertical"),
     Metric(
         "ports", "Abused ports (by emails)",
@@ -371,7 +400,7 @@ METRICS: list[Metric] = [
         "subjects", "Subjects",
         "Emails by Subject header (as decoded by the sensor), with the first and last day seen.",
         """SELECT subject, count(*) AS emails, 100.0 * count(*) / sum(count(*)) OVER () AS pct,
-                  min(day) AS first_day, max(day) AS last_day
+                  min({day}) AS first_day, max({day}) AS last_day
            FROM smtp_sample GROUP BY 1 ORDER BY emails DESC, subject LIMIT {top}""",
         [C("subject", "Subject"), C("emails", "Emails", "int"), C("pct", "%", "pct"),
          C("first_day", "First", "date"), C("last_day", "Last", "date")], sampled=True),
@@ -383,7 +412,7 @@ METRICS: list[Metric] = [
         "to no campaign. For each: an example subject (the smallest), emails, recipients, source IPs, "
         "distinct message bodies (sha256), sensors, first and last day. "
         "`spampots export --campaign HASH` writes a campaign's messages.",
-        """WITH c AS (SELECT campaign_key(subject) AS campaign, subject, n_rcpts, ip_key, sha256, sensor, day
+        """WITH c AS (SELECT campaign_key(subject) AS campaign, subject, n_rcpts, ip_key, sha256, sensor, {day} AS day
                       FROM smtp_sample)
            SELECT campaign, min(subject) AS subject, count(*) AS emails, sum(n_rcpts) AS rcpts,
                   count(DISTINCT ip_key) AS ips, count(DISTINCT sha256) AS bodies,
@@ -440,15 +469,15 @@ METRICS: list[Metric] = [
         [C("limit", "Limit"), C("hits", "Hits", "int"), C("sessions", "Sessions", "int"),
          C("ips", "Source IPs", "int"), C("max_observed", "Largest observed", "num")]),
     Metric(
-        "hours", "Sessions per hour of day (UTC)",
-        "Sessions (session.open) by the UTC hour they started.",
+        "hours", "Sessions per hour of day ({tz})",
+        "Sessions (session.open) by the hour of day they started, in the report's time zone.",
         """SELECT h.hour, coalesce(c.sessions, 0) AS sessions,
                   100.0 * coalesce(c.sessions, 0) / (SELECT nullif(sum(sessions), 0) FROM sess_hours) AS pct
            FROM range(24) h(hour) LEFT JOIN sess_hours c ON c.hour = h.hour ORDER BY 1""",
         [C("hour", "Hour", "int"), C("sessions", "Sessions", "int"), C("pct", "%", "pct")], section="detail"),
     Metric(
         "daily", "Emails and recipients per day",
-        "Emails and recipients per UTC day, and sessions that day.",
+        "Emails and recipients per day (in the report's time zone), and sessions that day.",
         """WITH m AS (SELECT day, sum(emails) AS emails, sum(rcpts) AS rcpts FROM msg_cube GROUP BY 1),
                 s AS (SELECT day, sum(sessions) AS sessions FROM sess_cube GROUP BY 1)
            SELECT day, coalesce(emails, 0) AS emails, coalesce(rcpts, 0) AS rcpts, coalesce(sessions, 0) AS sessions
@@ -529,6 +558,175 @@ METRICS: list[Metric] = [
         section="series"),
 ]
 
+# ---------------------------------------------------------------------------------------------
+# The talk's sequels: destination ccTLDs, weekly/monthly series and their splits, per-ISP and
+# per-network tables (from the sensors' [sensor] isp/network labels), crossed tables.
+# Recipients per TLD (n), and the TLD's kind. The TLD is the last label of the domain (lower-cased
+# by email_domain, trailing dots dropped); it is worked out once per distinct domain (domains
+# repeat: at 1M emails, per recipient it took 9 s, per domain under 1 s).
+RCPT_TLD = """
+SELECT CASE WHEN regexp_full_match(tld, '[a-z][a-z]') THEN 'country'
+            WHEN regexp_full_match(tld, '[a-z][a-z0-9-][a-z0-9-]+') THEN 'generic' ELSE 'none' END AS kind,
+       tld, sum(n) AS n
+FROM (SELECT CASE WHEN rtrim(domain, '.') LIKE '%.%' THEN split_part(rtrim(domain, '.'), '.', -1) ELSE '' END AS tld, n
+      FROM (SELECT domain, count(*) AS n FROM (SELECT unnest(rcpt_domains) AS domain FROM smtp_sample) GROUP BY domain))
+GROUP BY 1, 2"""
+TLD_DEFINITION = (
+    "The TLD of a recipient is the last label of its address's domain (lower-cased, trailing dots dropped). "
+    "Two ASCII letters: a country code (ccTLD, as written: .uk, .eu and .su count as codes too). Three or "
+    "more letters, digits or hyphens starting with a letter (com, info, xn--p1ai): generic. Anything else "
+    "(no domain, no dot, an address literal, a number): none.")
+
+
+def _series(period: str) -> str:
+    """Emails, recipients and sessions per `period` (an expression over the cubes' `day`)."""
+    return f"""WITH m AS (SELECT {period} AS period, sum(emails) AS emails, sum(rcpts) AS rcpts
+                      FROM msg_cube GROUP BY 1),
+                s AS (SELECT {period} AS period, sum(sessions) AS sessions FROM sess_cube GROUP BY 1)
+           SELECT period, coalesce(emails, 0) AS emails, coalesce(rcpts, 0) AS rcpts,
+                  coalesce(sessions, 0) AS sessions
+           FROM m FULL JOIN s USING (period) ORDER BY period"""
+
+
+def _series_split(period: str) -> str:
+    """The series of `period` split three ways, one row per (period, split, value)."""
+    msg = [f"SELECT {period} AS period, '{k}' AS split, {v} AS value, sum(emails) AS emails, sum(rcpts) AS rcpts "
+           "FROM msg_cube GROUP BY 1, 2, 3" for k, v in (("protocol", "proto_class(proxy)"),
+                                                          ("port", "CAST(listener_port AS VARCHAR)"),
+                                                          ("sensor", "sensor"))]
+    sess = [f"SELECT {period} AS period, '{k}' AS split, {v} AS value, sum(c.sessions) AS sessions "
+            "FROM sess_cube c LEFT JOIN port_names p ON p.port = c.listener_port GROUP BY 1, 2, 3"
+            for k, v in (("protocol", "coalesce(p.protocol, '?')"), ("port", "CAST(c.listener_port AS VARCHAR)"),
+                         ("sensor", "c.sensor"))]
+    return f"""WITH m AS ({' UNION ALL '.join(msg)}),
+                s AS ({' UNION ALL '.join(sess)})
+           SELECT period, split, value, coalesce(emails, 0) AS emails, coalesce(rcpts, 0) AS rcpts,
+                  coalesce(sessions, 0) AS sessions
+           FROM m FULL JOIN s USING (period, split, value)
+           ORDER BY period, split, emails DESC, sessions DESC, value"""
+
+
+SERIES_COLUMNS = [C("emails", "Emails", "int"), C("rcpts", "Recipients", "int"), C("sessions", "Sessions", "int")]
+SPLIT_COLUMNS = [C("split", "Split"), C("value", "Value")] + SERIES_COLUMNS
+SPLIT_DEFINITION = (
+    "split by protocol, by listener port and by sensor (each a group of rows; each group adds up to the "
+    "period's totals). Emails' protocol is the one that carried the mail (as in `ports`); sessions' "
+    "protocol is what the listener port speaks (port_names, as in `ports_sessions`).")
+WEEK = "CAST(date_trunc('week', day) AS DATE)"
+MONTH = "CAST(date_trunc('month', day) AS DATE)"
+
+
+def _per_label(keys: list[str]) -> str:
+    """Sensors, sessions, emails, recipients and source IPs per value of sensor_labels `keys`."""
+    k = ", ".join(keys)
+    return f"""WITH n AS (SELECT {k}, count(DISTINCT sensor) AS sensors FROM sensor_labels GROUP BY {k}),
+                s AS (SELECT {k}, sum(c.sessions) AS sessions FROM sess_cube c JOIN sensor_labels l USING (sensor, day)
+                      GROUP BY {k}),
+                m AS (SELECT {k}, sum(c.emails) AS emails, sum(c.rcpts) AS rcpts
+                      FROM msg_cube c JOIN sensor_labels l USING (sensor, day) GROUP BY {k}),
+                i AS (SELECT {k}, count(DISTINCT ip_key) AS ips FROM label_ips GROUP BY {k})
+           SELECT {k}, n.sensors, coalesce(s.sessions, 0) AS sessions, coalesce(m.emails, 0) AS emails,
+                  coalesce(m.rcpts, 0) AS rcpts, coalesce(i.ips, 0) AS ips
+           FROM n LEFT JOIN s USING ({k}) LEFT JOIN m USING ({k}) LEFT JOIN i USING ({k})
+           ORDER BY emails DESC, sessions DESC, {k}"""
+
+
+LABEL_COLUMNS = [C("sensors", "Sensors", "int"), C("sessions", "Sessions", "int"), C("emails", "Emails", "int"),
+                 C("rcpts", "Recipients", "int"), C("ips", "Source IPs", "int")]
+
+METRICS.extend([
+    Metric(
+        "rcpt_cctld", "Recipients by destination country code (ccTLD)",
+        "Accepted recipients (each RCPT of each email) by the TLD of their domain: one row per country-code "
+        "TLD, one row `generic` for all generic TLDs together and one row `(none)`; % of all recipients. "
+        + TLD_DEFINITION,
+        f"""SELECT CASE kind WHEN 'country' THEN '.' || tld WHEN 'generic' THEN 'generic' ELSE '(none)' END AS tld,
+                   sum(n) AS rcpts, 100.0 * sum(n) / sum(sum(n)) OVER () AS pct
+            FROM ({RCPT_TLD}) GROUP BY 1 ORDER BY rcpts DESC, tld LIMIT {{top}}""",
+        [C("tld", "TLD"), C("rcpts", "Recipients", "int"), C("pct", "%", "pct")], sampled=True),
+    Metric(
+        "rcpt_brazil", "Brazilian recipients against foreign ones",
+        "Accepted recipients by the TLD of their domain: .br (Brazil); another country code (foreign); a "
+        "generic TLD (.com and the like: the country is not known from the address); none. "
+        + TLD_DEFINITION,
+        f"""WITH g AS (SELECT CASE WHEN kind = 'country' AND tld = 'br' THEN 1 WHEN kind = 'country' THEN 2
+                                   WHEN kind = 'generic' THEN 3 ELSE 4 END AS k, sum(n) AS n
+                       FROM ({RCPT_TLD}) GROUP BY 1),
+                 l AS (SELECT 1 AS k, '.br (Brazil)' AS label UNION ALL SELECT 2, 'Other country codes (foreign)'
+                       UNION ALL SELECT 3, 'Generic TLDs (country unknown)' UNION ALL SELECT 4, 'No TLD'
+                       UNION ALL SELECT 5, 'Total')
+            SELECT l.label AS destination,
+                   CASE WHEN l.k = 5 THEN (SELECT coalesce(sum(n), 0) FROM g) ELSE coalesce(g.n, 0) END AS rcpts,
+                   100.0 * CASE WHEN l.k = 5 THEN (SELECT sum(n) FROM g) ELSE coalesce(g.n, 0) END
+                         / (SELECT nullif(sum(n), 0) FROM g) AS pct
+            FROM l LEFT JOIN g USING (k) ORDER BY l.k""",
+        [C("destination", "Destination"), C("rcpts", "Recipients", "int"), C("pct", "%", "pct")],
+        sampled=True, total_row=True),
+    Metric(
+        "weekly", "Emails and recipients per week",
+        "Emails, recipients and sessions per week (Monday to Sunday, in the report's time zone), "
+        "named by its Monday.",
+        _series(WEEK), [C("period", "Week", "date")] + SERIES_COLUMNS, section="detail"),
+    Metric(
+        "monthly", "Emails and recipients per month",
+        "Emails, recipients and sessions per calendar month (in the report's time zone), named by its first day.",
+        _series(MONTH), [C("period", "Month", "date")] + SERIES_COLUMNS),
+    Metric(
+        "daily_split", "Per day, by protocol, port and sensor",
+        "The `daily` series " + SPLIT_DEFINITION,
+        _series_split("day"), [C("period", "Day", "date")] + SPLIT_COLUMNS, section="detail"),
+    Metric(
+        "weekly_split", "Per week, by protocol, port and sensor",
+        "The `weekly` series " + SPLIT_DEFINITION,
+        _series_split(WEEK), [C("period", "Week", "date")] + SPLIT_COLUMNS, section="detail"),
+    Metric(
+        "monthly_split", "Per month, by protocol, port and sensor",
+        "The `monthly` series " + SPLIT_DEFINITION,
+        _series_split(MONTH), [C("period", "Month", "date")] + SPLIT_COLUMNS, section="detail"),
+    Metric(
+        "per_isp", "Per ISP",
+        "For each ISP label (`[sensor] isp` of the sensors, see sensor_labels): its sensors, sessions, "
+        "emails, recipients and distinct source IPs (of every session, label_ips).",
+        _per_label(["isp"]), [C("isp", "ISP")] + LABEL_COLUMNS),
+    Metric(
+        "per_network", "Per network",
+        "As `per_isp`, for each pair of ISP and network label (`[sensor] network`).",
+        _per_label(["isp", "network"]), [C("isp", "ISP"), C("network", "Network")] + LABEL_COLUMNS),
+    Metric(
+        "country_protocol", "Countries by proxy protocol",
+        "Emails by the country of the source IP, crossed with the protocol that carried them (as in "
+        "`ports`: SOCKS, HTTP, or SMTP when sent to us directly): emails, % of all emails, and the "
+        "share of the country's emails each protocol carried (the three add up to 100 unless some "
+        "other protocol carried mail); source IPs that sent them.",
+        """WITH m AS (SELECT i.country, proto_class(s.proxy) AS protocol, s.ip_key
+                      FROM smtp_sample s JOIN ip_info i USING (ip_key))
+           SELECT country, count(*) AS emails, 100.0 * count(*) / sum(count(*)) OVER () AS pct,
+                  100.0 * count(*) FILTER (WHERE protocol = 'SOCKS') / count(*) AS socks,
+                  100.0 * count(*) FILTER (WHERE protocol = 'HTTP') / count(*) AS http,
+                  100.0 * count(*) FILTER (WHERE protocol = 'SMTP') / count(*) AS smtp,
+                  count(DISTINCT ip_key) AS ips
+           FROM m GROUP BY country ORDER BY emails DESC, country LIMIT {top}""",
+        [C("country", "Country"), C("emails", "Emails", "int"), C("pct", "% emails", "pct"),
+         C("socks", "% SOCKS", "pct"), C("http", "% HTTP", "pct"), C("smtp", "% SMTP (direct)", "pct"),
+         C("ips", "Source IPs", "int")], sampled=True),
+    Metric(
+        "as_port", "ASes by port",
+        "Emails by the AS of the source IP crossed with the listener port the abuser connected to (the "
+        "port's protocol from port_names): the top pairs, with % of all emails and the source IPs.",
+        """WITH m AS (SELECT i.as_id, i.asn, i.as_name, s.listener_port, s.ip_key
+                      FROM smtp_sample s JOIN ip_info i USING (ip_key)),
+                c AS (SELECT as_id, min(asn) AS asn, min(as_name) AS as_name, listener_port, count(*) AS emails,
+                             count(DISTINCT ip_key) AS ips
+                      FROM m GROUP BY as_id, listener_port)
+           SELECT coalesce('AS' || c.asn::VARCHAR, '') AS asn, c.as_name, c.listener_port AS port,
+                  coalesce(p.protocol, '?') AS protocol, c.emails,
+                  100.0 * c.emails / sum(c.emails) OVER () AS pct, c.ips
+           FROM c LEFT JOIN port_names p ON p.port = c.listener_port
+           ORDER BY emails DESC, as_name, port, as_id LIMIT {top}""",
+        [C("asn", "ASN"), C("as_name", "AS name"), C("port", "Port", "text"), C("protocol", "Protocol"),
+         C("emails", "Emails", "int"), C("pct", "% emails", "pct"), C("ips", "Source IPs", "int")], sampled=True),
+])
+
 OUTBOUND_DEFINITION = (
     "Outbound attempts per proxy protocol. Each proxy.request on our listener (depth 0) is one attempt: "
     "target port 25 -> to 25/TCP; else an HTTP absolute-form GET -> GET; else -> to other ports. A session "
@@ -571,6 +769,33 @@ def port_table(con: duckdb.DuckDBPyConnection, ports: dict[int, PortInfo]) -> No
     con.unregister("_ports")
 
 
+def time_exprs(tz: str) -> dict[str, str]:
+    """The SQL for `day` and `hour` of a row (its `ts`, naive UTC) in zone `tz`.
+
+    UTC reads the lake's own `day` partition column; another zone converts each `ts`
+    (macro utc_to_local), so only a report that asks for a zone pays for it.
+    """
+    if tz == "UTC":
+        return {"day": "day", "hour": "hour(ts)", "tz": tz}
+    if "'" in tz:
+        raise ValueError(f"not a time zone name: {tz!r}")
+    local = f"utc_to_local(ts, '{tz}')"
+    return {"day": f"CAST({local} AS DATE)", "hour": f"hour({local})", "tz": tz}
+
+
+def zone_problem(con: duckdb.DuckDBPyConnection, tz: str) -> Optional[str]:
+    """None if the engine knows zone `tz`; else why not. The command line checks the name against
+    the system's tz database, but DuckDB (ICU) and Spark (Java) carry their own."""
+    if tz == "UTC":
+        return None
+    try:
+        probe = "SELECT CAST('2000-01-01 00:00:00' AS TIMESTAMP) AS ts"
+        con.execute(f"SELECT {time_exprs(tz)['hour']} FROM ({probe})").fetchall()
+    except Exception as e:  # duckdb.Error, Spark's AnalysisException and kin
+        return f"not a time zone this engine knows ({str(e).splitlines()[0][:120]})"
+    return None
+
+
 def build_bases(con: duckdb.DuckDBPyConnection, timings: dict[str, float], opts: Options,
                 metrics: list["Metric"]) -> bool:
     """Create the base tables the given metrics use; True if sensor_ips had to be estimated.
@@ -585,7 +810,7 @@ def build_bases(con: duckdb.DuckDBPyConnection, timings: dict[str, float], opts:
         if name not in always and not any(re.search(rf"\b{name}\b", m.sql) for m in metrics):
             continue
         t = time.perf_counter()
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql.format(distinct=distinct)}")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql.format(distinct=distinct, **time_exprs(opts.tz))}")
         timings[name] = time.perf_counter() - t
     return sessions > opts.exact_limit
 
@@ -658,7 +883,7 @@ def run(con: duckdb.DuckDBPyConnection, *, ports: dict[int, PortInfo], enricher:
     results: list[Result] = []
     for m in selected:
         t = time.perf_counter()
-        rows = con.execute(m.sql.format(top=int(opts.top))).fetchall()
+        rows = con.execute(m.query(opts, approx_ips=approx_ips)).fetchall()
         if m.sampled and scale != 1.0:
             rows = [tuple(round(v * scale) if c.kind == "int" and c.key in ("emails", "rcpts") and v is not None
                           else v for v, c in zip(r, m.columns)) for r in rows]
@@ -666,13 +891,13 @@ def run(con: duckdb.DuckDBPyConnection, *, ports: dict[int, PortInfo], enricher:
         note = sample_note if m.sampled else ""
         if m.name == "per_sensor" and approx_ips:
             note = "Source IPs per sensor are HyperLogLog estimates (about 2% error)."
-        results.append(Result(m.name, m.title, m.definition, m.columns, rows, layout=m.layout,
-                              section=m.section, note=note))
+        results.append(Result(m.name, m.title.format(tz=opts.tz), m.definition, m.columns, rows, layout=m.layout,
+                              section=m.section, note=note, total_row=m.total_row))
         if m.name == "ports_sessions":
             results.extend(outbound_results(con, opts.first_per))
     timings["total"] = time.perf_counter() - t0
     meta = {"first_per": opts.first_per, "enrichment": enricher.source, "fingerprints": fp_source,
-            "timings": timings,
+            "timings": timings, "tz": opts.tz,
             "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     return Report(results, meta)
 

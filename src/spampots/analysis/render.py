@@ -292,7 +292,8 @@ def _summary_rows(r: Result, t: Translator) -> list[list[str]]:
             [t("Unique IPs (sent email / all sources)"), f"{f('ips_mail', 'int')} / {f('ips_all', 'int')}"],
             [t("Unique ASNs (sent email / all sources)"), f"{f('asns_mail', 'int')} / {f('asns_all', 'int')}"],
             [t("Country codes (sent email / all sources)"), f"{f('cc_mail', 'int')} / {f('cc_all', 'int')}"],
-            [t("Sources without AS/country"), f("unlocated", "int")]]
+            [t("Sources without AS/country"), f("unlocated", "int")]] \
+        + ([[t("Time zone (days, weeks, months, hours)"), f("tz", "text")]] if v.get("tz") else [])
 
 
 # -- JSON ----------------------------------------------------------------------------------

@@ -88,6 +88,8 @@ def json_columns() -> dict[str, str]:
 #  ip_key:  IPv4 -> its 32-bit value (reversible, see ip_str); anything else -> a stable
 #           64-bit md5 prefix with the top bit set, so it never collides with IPv4.
 #           Grouping by this integer is ~3x cheaper than by the string.
+#  utc_to_local: a naive UTC timestamp (the lake's ts) as the naive local time of an IANA zone
+#           (the report's --tz): days, weeks and hours are bucketed on it.
 MACROS = r"""
 CREATE OR REPLACE MACRO norm_ip(ip) AS
   CASE WHEN lower(ip) LIKE '::ffff:%' AND ip LIKE '%.%' THEN substr(ip, 8) ELSE ip END;
@@ -109,6 +111,8 @@ CREATE OR REPLACE MACRO subject_template(s) AS
             'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz');
 CREATE OR REPLACE MACRO campaign_key(s) AS
   CASE WHEN subject_template(s) <> '' THEN substr(md5(subject_template(s)), 1, 16) END;
+CREATE OR REPLACE MACRO utc_to_local(ts, zone) AS
+  timezone(zone, timezone('UTC', ts));
 CREATE OR REPLACE MACRO email_domain(a) AS
   lower(CASE WHEN a LIKE '%@%' THEN rtrim(split_part(a, '@', -1), '> ') ELSE '' END);
 """

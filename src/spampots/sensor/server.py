@@ -404,6 +404,7 @@ class Sensor:
             personas={"smtp": self.persona.smtp_style, "http": self.persona.http_style,
                       "judge": self.persona.judge_style, "hostname": self.persona.hostname},
             heartbeat_interval_s=self.cfg.sensor.heartbeat_interval_s,
+            isp=self.cfg.sensor.isp, network=self.cfg.sensor.network,
         )))
         self._tell_started(data_dir)
         ticker = self.loop.create_task(self._tick())
