@@ -356,3 +356,39 @@ def test_csv_report_neutralises_control_characters(tmp_path: Path, capsys: pytes
                      "-q"]) == 0
     text = (tmp_path / "csv" / "helo.csv").read_text()
     assert "pc\\x1b[2J\\x07" in text and not any(ch in text for ch in ("\x1b", "\x07", "\r", "\u202e"))
+
+
+def test_report_shows_its_steps_on_a_terminal_only(tmp_path: Path) -> None:
+    """On a terminal, stderr names each step of the report and counts them (step k of n);
+    with stderr piped it says nothing of the kind."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    talk_like(tmp_path).flush()
+    cmd = [sys.executable, "-m", "spampots.analysis.cli", "report", "--data-dir", str(tmp_path),
+           "--format", "json", "--out", str(tmp_path / "r.json")]
+    env = {**os.environ, "COLUMNS": "160", "TERM": "xterm"}
+    master, slave = pty.openpty()
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave, env=env)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 1 << 16)
+        except OSError:  # EIO: the report closed its end
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    assert p.wait(timeout=120) == 0
+    text = seen.decode(errors="replace")
+    total = len(metrics.bases_for(metrics.METRICS)) + 4 + len(metrics.METRICS)
+    for name in ("counting sessions", "base table msg_cube", "enriching source IPs", "outbound attempts",
+                 "table summary", "table campaigns", "table daily"):
+        assert name in text, name
+    assert f"step 1 of {total}" in text and f"step {total} of {total}: table daily" in text
+    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=120)
+    assert r.returncode == 0 and b"step " not in r.stderr and b"\x1b[" not in r.stderr

@@ -227,8 +227,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from . import charts as charts_mod
-    from . import metrics, ports
+    from . import metrics, ports, progress
     from .enrich import Enricher, resolve_asn_db
     from .ports import PortTableError
 
@@ -288,18 +287,26 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 2
     opts = metrics.Options(first_per=args.first_per, top=args.top, exact_limit=args.exact_limit,
                            talk_only=args.talk_only)
+    poll = None
+    if args.engine == "duckdb" and progress.enabled(args.quiet):  # the running query's percent, for the bar
+        con.execute("SET enable_progress_bar = true; SET enable_progress_bar_print = false")
+        poll = con.query_progress
     try:
-        report = metrics.run(con, ports=port_table, enricher=enricher, opts=opts)
+        with progress.steps("report", quiet=args.quiet, poll=poll) as step:
+            report = metrics.run(con, ports=port_table, enricher=enricher, opts=opts, step=step)
     finally:
         if args.engine == "spark":
             con.close()
     report.meta.update(data_dir=str(args.lake or data_dir), filters=describe_filters(args), engine=args.engine)
     tell_damage(lake.damage, "spampots report")
 
-    inline = {}
-    if args.charts or fmt == "html":
+    inline, after = {}, {}
+    if args.charts or fmt == "html":  # matplotlib: about a second to import, only when charts are drawn
+        from . import charts as charts_mod
+
         inline = charts_mod.render(report, args.charts, svg=fmt == "html")
-    write_report(report, args, fmt, charts=inline, chart_after=charts_mod.CHART_AFTER, detail=args.detail)
+        after = charts_mod.CHART_AFTER
+    write_report(report, args, fmt, charts=inline, chart_after=after, detail=args.detail)
     return 0
 
 

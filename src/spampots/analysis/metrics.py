@@ -23,6 +23,13 @@ from .enrich import Enricher
 from .ports import PortInfo
 
 from . import FIRST_PER  # noqa: F401  (re-exported)
+from .progress import Step
+
+
+def _no_step(name: str, total: Optional[int] = None) -> None:
+    pass
+
+
 CATEGORIES = ("to 25/TCP", "to other ports", "GET", "errors")
 
 
@@ -381,8 +388,13 @@ METRICS: list[Metric] = [
         "to no campaign. For each: an example subject (the smallest), emails, recipients, source IPs, "
         "distinct message bodies (sha256), sensors, first and last day. "
         "`spampots export --campaign HASH` writes a campaign's messages.",
-        """WITH c AS (SELECT campaign_key(subject) AS campaign, subject, n_rcpts, ip_key, sha256, sensor, day
-                      FROM smtp_sample)
+        # The key is computed once per distinct subject and joined back (the regex chain per row
+        # was most of this table's time); emails without a campaign drop out after the join.
+        # MATERIALIZED: else DuckDB pulls the key's expression above the join, back to every row.
+        """WITH k AS MATERIALIZED (SELECT subject, campaign_key(subject) AS campaign
+                      FROM (SELECT DISTINCT subject FROM smtp_sample WHERE subject IS NOT NULL)),
+                c AS (SELECT k.campaign, s.subject, s.n_rcpts, s.ip_key, s.sha256, s.sensor, s.day
+                      FROM smtp_sample s JOIN k ON k.subject = s.subject)
            SELECT campaign, min(subject) AS subject, count(*) AS emails, sum(n_rcpts) AS rcpts,
                   count(DISTINCT ip_key) AS ips, count(DISTINCT sha256) AS bodies,
                   count(DISTINCT sensor) AS sensors, min(day) AS first_day, max(day) AS last_day
@@ -497,8 +509,16 @@ def port_table(con: duckdb.DuckDBPyConnection, ports: dict[int, PortInfo]) -> No
     con.unregister("_ports")
 
 
+def bases_for(metrics: list["Metric"]) -> list[str]:
+    """The base tables the given metrics use, in build order (some are always built: enrichment,
+    sampling and the outbound attempts read them)."""
+    always = {"msg_cube", "msg_by_ip", "src_by_ip", "req_cube"}
+    return [name for name in BASES
+            if name in always or any(re.search(rf"\b{name}\b", m.sql) for m in metrics)]
+
+
 def build_bases(con: duckdb.DuckDBPyConnection, timings: dict[str, float], opts: Options,
-                metrics: list["Metric"]) -> bool:
+                metrics: list["Metric"], step: Step = _no_step) -> bool:
     """Create the base tables the given metrics use; True if sensor_ips had to be estimated.
 
     Separate GROUP BYs beat one GROUPING SETS pass here: the per-IP grouping is the costly one
@@ -506,12 +526,10 @@ def build_bases(con: duckdb.DuckDBPyConnection, timings: dict[str, float], opts:
     """
     sessions = con.execute("SELECT count(*) FROM session_open").fetchone()[0]
     distinct = "count(DISTINCT ip_key)" if sessions <= opts.exact_limit else "approx_count_distinct(ip_key)"
-    always = {"msg_cube", "msg_by_ip", "src_by_ip", "req_cube"}  # enrichment, sampling and attempts
-    for name, (_definition, sql) in BASES.items():
-        if name not in always and not any(re.search(rf"\b{name}\b", m.sql) for m in metrics):
-            continue
+    for name in bases_for(metrics):
+        step(f"base table {name}")
         t = time.perf_counter()
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql.format(distinct=distinct)}")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {BASES[name][1].format(distinct=distinct)}")
         timings[name] = time.perf_counter() - t
     return sessions > opts.exact_limit
 
@@ -567,31 +585,38 @@ def build_sample(con: duckdb.DuckDBPyConnection, opts: Options) -> tuple[str, fl
 
 
 def run(con: duckdb.DuckDBPyConnection, *, ports: dict[int, PortInfo], enricher: Enricher,
-        opts: Options = Options()) -> Report:
+        opts: Options = Options(), step: Step = _no_step) -> Report:
     """Build the base tables and run every metric.
 
     `con`: a DuckDB connection (lake.Lake.connect), or a spark.SparkConnection, which offers the
     same execute/register/unregister and translates the SQL (dialect.py).
+    `step(name, total)`: told as each step starts (progress.steps shows them).
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     port_table(con, ports)
     selected = [m for m in METRICS if m.section == "talk" or not opts.talk_only]
-    approx_ips = build_bases(con, timings, opts, selected)
+    sampled = any(m.sampled for m in selected)
+    step("counting sessions", len(bases_for(selected)) + 3 + sampled + len(selected))
+    approx_ips = build_bases(con, timings, opts, selected, step)
+    step("enriching source IPs")
     t = time.perf_counter()
     build_ip_info(con, enricher)
     timings["enrichment"] = time.perf_counter() - t
+    step("outbound attempts")
     t = time.perf_counter()
     con.execute(f"CREATE OR REPLACE TEMP TABLE attempts AS {attempts_sql(opts.first_per)}")
     timings["attempts"] = time.perf_counter() - t
     sample_note, scale = "", 1.0
-    if any(m.sampled for m in selected):
+    if sampled:
+        step("sample")
         t = time.perf_counter()
         sample_note, scale = build_sample(con, opts)
         timings["sample"] = time.perf_counter() - t
 
     results: list[Result] = []
     for m in selected:
+        step(f"table {m.name}")
         t = time.perf_counter()
         rows = con.execute(m.sql.format(top=int(opts.top))).fetchall()
         if m.sampled and scale != 1.0:
