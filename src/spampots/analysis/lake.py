@@ -472,18 +472,26 @@ def _parquet_select(con: duckdb.DuckDBPyConnection, table: str, files: list[Path
     """SELECT of every lake column of `table` from Parquet `files`.
 
     Columns that no file has (a field added to events.py after they were written) read as
-    NULL of their type. Fields are never removed, so the newest file's schema is the union.
+    NULL of their type, derived columns (schema.DERIVED) as their expression over the event's
+    fields. Fields are never removed, so the newest file's schema is the union.
     When every file has as many schema elements as the newest (the common case: one writer
     version), the files are read without union_by_name, which would otherwise make DuckDB
     read every footer again each time a query binds the view.
     """
     newest = max(files, key=lambda f: (f.parent.name, f.stat().st_mtime))
     have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({_sql_str(newest)})").fetchall()}
-    union = "true" if len(shapes.sizes(con, files)) > 1 else "false"
-    src = f"read_parquet({_sql_list(files)}, hive_partitioning=true, union_by_name={union}, hive_types={{'day': DATE}})"
-    cols = ", ".join(f'"{c}"' if c in have else f'NULL::{t} AS "{c}"'
-                     for c, t in schema.lake_columns(table.removesuffix("_sample")))
-    return f"SELECT {cols} FROM {src}"
+    mixed = len(shapes.sizes(con, files)) > 1
+    src = (f"read_parquet({_sql_list(files)}, hive_partitioning=true, union_by_name={str(mixed).lower()},"
+           f" hive_types={{'day': DATE}})")
+    base = table.removesuffix("_sample")
+    derived = {n: f"({e})::{t}" for n, t, e in schema.DERIVED["*"] + schema.DERIVED.get(base, ())}
+    cols = []
+    for c, t in schema.lake_columns(base):
+        if c in derived and (c not in have or mixed):  # parts older than the column: computed as compaction would
+            cols.append(f'coalesce("{c}", {derived[c]}) AS "{c}"' if c in have else f'{derived[c]} AS "{c}"')
+        else:
+            cols.append(f'"{c}"' if c in have else f'NULL::{t} AS "{c}"')
+    return f"SELECT {', '.join(cols)} FROM {src}"
 
 
 def _parts(table_dir: Path) -> list[Path]:

@@ -568,19 +568,45 @@ def build_ip_info(con: duckdb.DuckDBPyConnection, enricher: Enricher) -> None:
         con.unregister("_ip_info")
 
 
+def sample_buckets(emails: int, exact_limit: int) -> int:
+    """How many of the schema.BUCKETS session buckets the heavy tables read for `emails` emails.
+
+    All of them up to `exact_limit` emails (exact); above, the fewest that still hold about
+    `exact_limit` emails, so the work of those tables stays flat instead of dropping at the limit;
+    at 64 x the limit and beyond, the lake's stored sample (1 bucket in 64: BUCKETS / 64, as many
+    rows as the bound would give there, but read without touching the other rows), which then
+    grows with the data. Rows read: min(n, L) <= rows, and never fewer for a bigger n.
+    """
+    if emails <= exact_limit:
+        return schema.BUCKETS
+    stored = schema.BUCKETS // schema.SAMPLED["smtp_message"]
+    k = -(-schema.BUCKETS * max(exact_limit, 0) // emails)  # ceil
+    return min(schema.BUCKETS, max(k, stored))
+
+
 def build_sample(con: duckdb.DuckDBPyConnection, opts: Options) -> tuple[str, float]:
-    """smtp_sample: every message, or above opts.exact_limit the lake's session sample.
+    """smtp_sample: every message up to opts.exact_limit, else the sessions of some sample buckets.
 
     Returns (note, scale): counts of the sampled tables are multiplied by `scale`.
     """
     emails = con.execute("SELECT coalesce(sum(emails), 0) FROM msg_cube").fetchone()[0]
-    n = con.execute("SELECT count(*) FROM smtp_message_sample").fetchone()[0] if emails > opts.exact_limit else 0
+    k = sample_buckets(emails, opts.exact_limit)
+    per = schema.SAMPLED["smtp_message"]
+    if k >= schema.BUCKETS:
+        con.execute("CREATE OR REPLACE TEMP VIEW smtp_sample AS SELECT * FROM smtp_message")
+        return "", 1.0
+    if k * per <= schema.BUCKETS:  # the lake keeps these sessions as a table of their own
+        src, what = "SELECT * FROM smtp_message_sample", f"the lake's sample of 1 session in {per}"
+    else:
+        src = f"SELECT * FROM smtp_message WHERE session_bucket < {k}"
+        what = f"a sample of {k} in {schema.BUCKETS} sessions ({100 * k / schema.BUCKETS:.3g}%, by session id)"
+    con.execute(f"CREATE OR REPLACE TEMP VIEW smtp_sample AS {src}")
+    n = con.execute("SELECT count(*) FROM smtp_sample").fetchone()[0]
     if not n:
         con.execute("CREATE OR REPLACE TEMP VIEW smtp_sample AS SELECT * FROM smtp_message")
         return "", 1.0
-    con.execute("CREATE OR REPLACE TEMP VIEW smtp_sample AS SELECT * FROM smtp_message_sample")
-    note = (f"Estimated from the lake's sample of 1 session in {schema.SAMPLED['smtp_message']} "
-            f"({n:,} of {emails:,} emails): email and recipient counts scaled up, IP counts as seen in the sample.")
+    note = (f"Estimated from {what} ({n:,} of {emails:,} emails, above --exact-limit {opts.exact_limit:,}): "
+            "email and recipient counts scaled up, IP counts as seen in the sample.")
     return note, emails / n
 
 
