@@ -190,7 +190,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--exact-limit", type=_count, default=5_000_000, metavar="N",
                    help="above this many emails the top-N tables on message fields use the session sample (default 5M)")
     p.add_argument("--threads", type=int, metavar="N", help="DuckDB threads (default: all cores)")
-    p.add_argument("--memory-limit", metavar="SIZE", help="DuckDB memory limit, e.g. 3GB")
+    p.add_argument("--memory-limit", metavar="SIZE",
+                   help="DuckDB memory limit, e.g. 6GB (default 3GB, or 80%% of RAM if less); beyond it DuckDB "
+                        "spills to <lake>/_cache/spill")
     p.add_argument("--engine", choices=("duckdb", "spark"), default="duckdb",
                    help="run the metric SQL on DuckDB (default) or on Apache Spark (pip install 'spampots[spark]')")
     p.add_argument("--lake", metavar="URI",
@@ -278,8 +280,10 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(f"spampots report: Spark reads the lake only: {len(pending.open) + len(pending.closed)} "
                   "segments not compacted yet are left out", file=sys.stderr)
     else:
+        from .lake import report_memory_limit
+
         con = lake.connect(day_from=args.day_from, day_to=args.day_to, sensors=args.sensor,
-                           threads=args.threads, memory_limit=args.memory_limit)
+                           threads=args.threads, memory_limit=args.memory_limit or report_memory_limit())
     try:
         enricher = Enricher(resolve_asn_db(args.asn_db), cache_dir=cache_dir, quiet=args.quiet)
     except (OSError, ValueError, RuntimeError) as e:  # maxminddb's InvalidDatabaseError is a RuntimeError
