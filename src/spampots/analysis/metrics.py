@@ -541,10 +541,12 @@ def build_ip_info(con: duckdb.DuckDBPyConnection, enricher: Enricher) -> None:
     On DuckDB with a cache file, the cache is joined in SQL and only the addresses it lacks go
     through Python (a warm cache costs one hash join, not a round trip of every address).
     """
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE ip_keys AS
-        WITH k AS (SELECT ip_key FROM msg_by_ip UNION SELECT ip_key FROM src_by_ip),
-             v6 AS (SELECT ip_key, min(ip) AS ip FROM ({V6_NAMES}) GROUP BY ip_key)
-        SELECT k.ip_key, coalesce(ip_str(k.ip_key), v6.ip) AS ip FROM k LEFT JOIN v6 USING (ip_key)""")
+    con.execute("""CREATE OR REPLACE TEMP TABLE ip_keys AS
+        SELECT ip_key, ip_str(ip_key) AS ip FROM (SELECT ip_key FROM msg_by_ip UNION SELECT ip_key FROM src_by_ip)""")
+    if con.execute("SELECT count(*) FROM ip_keys WHERE ip IS NULL").fetchone()[0]:  # some not IPv4: scan for them
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE ip_keys AS
+            WITH v6 AS (SELECT ip_key, min(ip) AS ip FROM ({V6_NAMES}) GROUP BY ip_key)
+            SELECT k.ip_key, coalesce(k.ip, v6.ip) AS ip FROM ip_keys k LEFT JOIN v6 USING (ip_key)""")
     cache = enricher.cache_path if isinstance(con, duckdb.DuckDBPyConnection) else None
     if cache is not None:
         src = f"read_parquet('{str(cache).replace(chr(39), chr(39) * 2)}')"
