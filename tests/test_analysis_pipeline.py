@@ -412,9 +412,18 @@ def test_parts_older_than_a_derived_column_get_it_computed(tmp_path: Path) -> No
     assert n0 == good == 8
     parts = sorted((lake.root / "smtp_message").glob("day=*/*.parquet"))
     assert len(parts) == 2  # one per compaction
+
+    def sampled() -> dict:
+        rep = metrics.run(lake.connect(), ports=ports.load(), enricher=Enricher(),
+                          opts=metrics.Options(exact_limit=2))  # 8 emails: a sample of 1024 buckets in 4096
+        assert "1024 in 4096" in rep.get("helo").note
+        return {n: rep.get(n).rows for n in ("helo", "rcpt_domains", "subjects", "campaigns", "target_mx")}
+
+    before = sampled()
     for p in parts:  # the first: a mixed lake; then both: all old
         duckdb.execute(f"COPY (SELECT * EXCLUDE (session_bucket) FROM read_parquet('{p}')) TO '{p}.tmp' "
                        "(FORMAT parquet)")
         Path(f"{p}.tmp").replace(p)
         n, good = lake.connect().execute(check).fetchone()
         assert n == good == n0, p
+    assert sampled() == before

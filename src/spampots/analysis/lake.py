@@ -423,6 +423,10 @@ class Lake:
                 con.execute(f"CREATE VIEW {name}_sample AS SELECT * FROM ({' UNION ALL '.join(pieces) or empty})"
                             f" WHERE {cond}")
         shapes.save()
+        # What the queries may want to know: derived columns computed at read time (costly per row).
+        con.execute("CREATE TEMP TABLE computed_columns (\"table\" VARCHAR, \"column\" VARCHAR)")
+        if shapes.computed:
+            con.executemany("INSERT INTO computed_columns VALUES (?, ?)", sorted(shapes.computed))
         return con
 
 
@@ -457,6 +461,7 @@ class _Shapes:
             self.known = {}
         self.seen: dict[str, list[int]] = {}
         self.dirty = False
+        self.computed: set[tuple[str, str]] = set()  # (table, derived column) some parts lack
 
     def sizes(self, con: duckdb.DuckDBPyConnection, files: list[Path]) -> set[int]:
         stamps = {}
@@ -506,6 +511,7 @@ def _parquet_select(con: duckdb.DuckDBPyConnection, table: str, files: list[Path
     cols = []
     for c, t in schema.lake_columns(base):
         if c in derived and (c not in have or mixed):  # parts older than the column: computed as compaction would
+            shapes.computed.add((table, c))
             cols.append(f'coalesce("{c}", {derived[c]}) AS "{c}"' if c in have else f'{derived[c]} AS "{c}"')
         else:
             cols.append(f'"{c}"' if c in have else f'NULL::{t} AS "{c}"')

@@ -586,6 +586,17 @@ def sample_buckets(emails: int, exact_limit: int) -> int:
     return min(schema.BUCKETS, max(k, stored))
 
 
+def _computed(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    """True if the lake computes derived `column` of `table` at read time (lake.connect says so)."""
+    if not isinstance(con, duckdb.DuckDBPyConnection):
+        return False
+    try:
+        return bool(con.execute('SELECT count(*) FROM computed_columns WHERE "table" = ? AND "column" = ?',
+                                [table, column]).fetchone()[0])
+    except duckdb.CatalogException:  # a connection not made by lake.connect
+        return False
+
+
 def build_sample(con: duckdb.DuckDBPyConnection, opts: Options) -> tuple[str, float]:
     """smtp_sample: every message up to opts.exact_limit, else the sessions of some sample buckets.
 
@@ -597,11 +608,15 @@ def build_sample(con: duckdb.DuckDBPyConnection, opts: Options) -> tuple[str, fl
     if k >= schema.BUCKETS:
         con.execute("CREATE OR REPLACE TEMP VIEW smtp_sample AS SELECT * FROM smtp_message")
         return "", 1.0
+    what = f"a sample of {k} in {schema.BUCKETS} sessions ({100 * k / schema.BUCKETS:.3g}%, by session id)"
     if k * per <= schema.BUCKETS:  # the lake keeps these sessions as a table of their own
         src, what = "SELECT * FROM smtp_message_sample", f"the lake's sample of 1 session in {per}"
+    elif _computed(con, "smtp_message", "session_bucket"):  # parts older than the column: one md5 pass
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE sample_sessions AS SELECT DISTINCT session FROM smtp_message
+                        WHERE md5_number_lower(session) % {schema.BUCKETS} < {k}""")
+        src = "SELECT * FROM smtp_message WHERE session IN (SELECT session FROM sample_sessions)"
     else:
         src = f"SELECT * FROM smtp_message WHERE session_bucket < {k}"
-        what = f"a sample of {k} in {schema.BUCKETS} sessions ({100 * k / schema.BUCKETS:.3g}%, by session id)"
     con.execute(f"CREATE OR REPLACE TEMP VIEW smtp_sample AS {src}")
     n = con.execute("SELECT count(*) FROM smtp_sample").fetchone()[0]
     if not n:
