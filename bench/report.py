@@ -18,8 +18,8 @@ The floor's numbers must equal the report's (emails, recipients, days, IPs, ever
 ports tables and of the outbound attempts): the bench stops if they differ. AS and country
 counts need enrichment, which the floor does not do, so they are not compared.
 
-Prints one Markdown row per set (the table in docs/benchmarks.md): median wall seconds, the
-ratio to the floor, peak RSS of each process.
+Prints one Markdown row per set (the table in docs/report.md): median wall and CPU seconds (user +
+system: what a busy machine does not change), the ratios to the floor, peak RSS of each process.
 """
 
 from __future__ import annotations
@@ -79,8 +79,11 @@ def _size(s: str) -> int:
     return int(float(s[:-1] if s[-1] in "KMG" else s) * mult)
 
 
-def _timed(cmd: list[str], out: Path | None = None) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of a command in a fresh process; stdout to `out`."""
+def _timed(cmd: list[str], out: Path | None = None) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS MiB, CPU seconds) of a command in a fresh process; stdout to `out`.
+
+    CPU seconds (user + system, all threads) say the same on a busy machine as on an idle one,
+    where wall seconds do not: the ratio to the floor is given in both."""
     t = time.perf_counter()
     with open(out or os.devnull, "w") as f:
         p = subprocess.Popen(cmd, stdout=f)
@@ -88,7 +91,7 @@ def _timed(cmd: list[str], out: Path | None = None) -> tuple[float, float]:
     wall = time.perf_counter() - t
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"failed: {' '.join(cmd[:6])} ...")
-    return wall, usage.ru_maxrss / 1024
+    return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def _du(path: Path) -> float:
@@ -160,7 +163,7 @@ def main() -> int:
             report += ["--threads", *threads] if threads else []
             report += ["--memory-limit", args.memory_limit] if args.memory_limit else []
             _timed(floor)  # warm the page cache
-            first, _ = _timed(report + ["--talk-only", "--out", str(talk_json)])  # fills the enrichment cache
+            first, *_ = _timed(report + ["--talk-only", "--out", str(talk_json)])  # fills the enrichment cache
             f_runs, t_runs = [], []
             for _ in range(args.runs):
                 f_runs.append(_timed(floor, floor_json))
@@ -168,22 +171,24 @@ def main() -> int:
             bad = same_numbers(json.loads(floor_json.read_text()), json.loads(talk_json.read_text()))
             if bad:
                 raise SystemExit(f"{label}: the floor and the report disagree:\n  " + "\n  ".join(bad))
-            full = (float("nan"), float("nan"))
+            full = (float("nan"), float("nan"), float("nan"))
             if not args.no_full:
                 full = _timed(report + ["--out", str(full_json)])
             emails = json.loads(talk_json.read_text())["tables"]["summary"]["rows"][0]["emails"]
-            fw = statistics.median(w for w, _ in f_runs)
-            tw = statistics.median(w for w, _ in t_runs)
-            rows.append((label, emails, _du(d / "lake"), fw, max(r for _, r in f_runs), first, tw,
-                         max(r for _, r in t_runs), *full))
-            print(f"{label}: floor {fw:.2f}s, talk {tw:.2f}s ({tw / fw:.2f}x), first talk {first:.2f}s, "
-                  f"full {full[0]:.1f}s; same numbers", file=sys.stderr)
-    print("| emails | lake (GiB) | floor (s) | --talk-only (s) | / floor | first --talk-only (s) | full report (s) "
-          "| floor RSS (MiB) | --talk-only RSS (MiB) | full RSS (MiB) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for label, n, gib, fw, frss, first, tw, trss, rw, rrss in rows:
-        print(f"| {n:,} | {gib:.2f} | {fw:.2f} | {tw:.2f} | {tw / fw:.2f} | {first:.2f} | {rw:.1f} "
-              f"| {frss:,.0f} | {trss:,.0f} | {rrss:,.0f} |")
+            fw, tw = (statistics.median(r[0] for r in runs) for runs in (f_runs, t_runs))
+            fc, tc = (statistics.median(r[2] for r in runs) for runs in (f_runs, t_runs))
+            rows.append((emails, _du(d / "lake"), fw, fc, tw, tc, first, max(r[1] for r in f_runs),
+                         max(r[1] for r in t_runs), *full))
+            print(f"{label}: floor {fw:.2f}s ({fc:.2f} CPU s), talk {tw:.2f}s ({tc:.2f} CPU s): {tw / fw:.2f}x wall, "
+                  f"{tc / fc:.2f}x CPU; first talk {first:.2f}s; full {full[0]:.1f}s ({full[2]:.1f} CPU s, "
+                  f"{full[1]:,.0f} MiB); same numbers", file=sys.stderr)
+    print("| emails | lake (GiB) | floor (s) | --talk-only (s) | / floor | floor CPU (s) | --talk-only CPU (s) "
+          "| / floor | first --talk-only (s) | full report (s) | full CPU (s) | floor RSS (MiB) "
+          "| --talk-only RSS (MiB) | full RSS (MiB) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for n, gib, fw, fc, tw, tc, first, frss, trss, rw, rrss, rc in rows:
+        print(f"| {n:,} | {gib:.2f} | {fw:.2f} | {tw:.2f} | {tw / fw:.2f} | {fc:.2f} | {tc:.2f} | {tc / fc:.2f} "
+              f"| {first:.2f} | {rw:.1f} | {rc:.1f} | {frss:,.0f} | {trss:,.0f} | {rrss:,.0f} |")
     return 0
 
 
