@@ -552,7 +552,7 @@ def build_ip_info(con: duckdb.DuckDBPyConnection, enricher: Enricher) -> None:
         src = f"read_parquet('{str(cache).replace(chr(39), chr(39) * 2)}')"
         lacking = "SELECT ip FROM ip_keys WHERE ip IS NOT NULL"
         if cache.exists():
-            lacking += f" AND ip NOT IN (SELECT ip FROM {src})"
+            lacking += f" AND ip NOT IN (SELECT ip FROM {src} WHERE ip IS NOT NULL)"
         missing = [r[0] for r in con.execute(lacking).fetchall()]
         if missing:
             enricher.enrich(missing)  # looks them up and adds them to the cache file
@@ -577,7 +577,8 @@ def sample_buckets(emails: int, exact_limit: int) -> int:
     `exact_limit` emails, so the work of those tables stays flat instead of dropping at the limit;
     at 64 x the limit and beyond, the lake's stored sample (1 bucket in 64: BUCKETS / 64, as many
     rows as the bound would give there, but read without touching the other rows), which then
-    grows with the data. Rows read: min(n, L) <= rows, and never fewer for a bigger n.
+    grows with the data. Rows read (expected): at least min(n, L), and never fewer for a bigger n
+    by more than one bucket's worth (n / BUCKETS).
     """
     if emails <= exact_limit:
         return schema.BUCKETS
