@@ -283,7 +283,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         from .lake import report_memory_limit
 
         con = lake.connect(day_from=args.day_from, day_to=args.day_to, sensors=args.sensor,
-                           threads=args.threads, memory_limit=args.memory_limit or report_memory_limit())
+                           threads=args.threads, memory_limit=args.memory_limit or report_memory_limit(),
+                           quiet=args.quiet)
     try:
         enricher = Enricher(resolve_asn_db(args.asn_db), cache_dir=cache_dir, quiet=args.quiet)
     except (OSError, ValueError, RuntimeError) as e:  # maxminddb's InvalidDatabaseError is a RuntimeError

@@ -210,8 +210,9 @@ class Lake:
         return seg
 
     @staticmethod
-    def _checked(files: Sequence[Path], work: Path, damage: ReadStats) -> tuple[list[Path], int]:
-        """The files DuckDB may read, and how many valid events they hold.
+    def _checked(files: Sequence[Path], work: Path, damage: ReadStats,
+                 tick: progress.Tick | None = None) -> tuple[list[Path], int]:
+        """The files DuckDB may read, and how many valid events they hold (`tick`: one per file).
 
         Each segment is read once through the store's checked reader; a damaged one is
         replaced by a copy of its valid lines in `work` (damage is rare: no copy otherwise).
@@ -221,6 +222,8 @@ class Lake:
         for p in files:
             before = damage.damaged_files
             events += sum(1 for _ in iter_file_events(p, damage))
+            if tick is not None:
+                tick(1)
             if damage.damaged_files == before:
                 out.append(p)
                 continue
@@ -359,8 +362,10 @@ class Lake:
 
     def connect(self, *, day_from: dt.date | None = None, day_to: dt.date | None = None,
                 sensors: Sequence[str] = (), threads: int | None = None,
-                memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+                memory_limit: str | None = None, quiet: bool = True) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with one view per table over lake + segments, filtered.
+
+        `quiet`: no progress bar of the segments read from JSON (shown on a terminal otherwise).
 
         The views read a snapshot taken under a shared lock: the lake files as they are now, and
         every segment not in the lake (open ones, and closed ones not compacted) read from JSON
@@ -379,7 +384,9 @@ class Lake:
                 json_files = seg.open + seg.closed
                 try:
                     with tempfile.TemporaryDirectory(prefix="_checked-", dir=self.root) as work:
-                        checked, _ = self._checked(json_files, Path(work), damage)
+                        with progress.bar("reading segments not in the lake", total=len(json_files),
+                                          quiet=quiet or len(json_files) < 2) as tick:
+                            checked, _ = self._checked(json_files, Path(work), damage, tick)
                         if checked:  # a TEMP TABLE: read now, so the checked copies can go
                             con.execute(f"""CREATE OR REPLACE TEMP TABLE open_raw AS
                                 SELECT * FROM read_json({_sql_list(checked)}, format='newline_delimited',
