@@ -357,3 +357,76 @@ def test_csv_report_neutralises_control_characters(tmp_path: Path, capsys: pytes
                      "-q"]) == 0
     text = (tmp_path / "csv" / "helo.csv").read_text()
     assert "pc\\x1b[2J\\x07" in text and not any(ch in text for ch in ("\x1b", "\x07", "\r", "\u202e"))
+
+
+def test_report_shows_its_steps_on_a_terminal_only(tmp_path: Path) -> None:
+    """On a terminal, stderr names each step of the report and counts them (step k of n);
+    with stderr piped it says nothing of the kind."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    talk_like(tmp_path).flush()
+    cmd = [sys.executable, "-m", "spampots.analysis.cli", "report", "--data-dir", str(tmp_path),
+           "--format", "json", "--out", str(tmp_path / "r.json")]
+    env = {**os.environ, "COLUMNS": "160", "TERM": "xterm"}
+    master, slave = pty.openpty()
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave, env=env)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 1 << 16)
+        except OSError:  # EIO: the report closed its end
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    assert p.wait(timeout=120) == 0
+    text = seen.decode(errors="replace")
+    # bases, enrichment, attempts, sample, SYN fingerprints (the sig_os tables), every table
+    total = len(metrics.bases_for(metrics.METRICS)) + 5 + len(metrics.METRICS)
+    last = metrics.METRICS[-1].name
+    for name in ("counting sessions", "base table msg_cube", "SYN fingerprints", "enriching source IPs",
+                 "outbound attempts", "table summary", "table campaigns", "table daily"):
+        assert name in text, name
+    assert f"step 1 of {total}" in text and f"step {total} of {total}: table {last}" in text
+    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=120)
+    assert r.returncode == 0 and b"step " not in r.stderr and b"\x1b[" not in r.stderr
+
+
+def test_parts_older_than_a_derived_column_get_it_computed(tmp_path: Path) -> None:
+    """A lake compacted before session_bucket existed (all its parts, or some: a mixed lake) reads
+    the column as compaction would have written it; the footer cache notices the rewritten parts."""
+    import duckdb
+
+    c = talk_like(tmp_path)
+    c.flush()
+    lake = Lake(tmp_path)
+    lake.compact()
+    c.session("5.6.7.8", 25, "smtp").mail(3)
+    c.flush()
+    lake.compact()
+    check = ("SELECT count(*), count(*) FILTER (WHERE session_bucket = md5_number_lower(session) % 4096) "
+             "FROM smtp_message")
+    n0, good = lake.connect().execute(check).fetchone()
+    assert n0 == good == 8
+    parts = sorted((lake.root / "smtp_message").glob("day=*/*.parquet"))
+    assert len(parts) == 2  # one per compaction
+
+    def sampled() -> dict:
+        rep = metrics.run(lake.connect(), ports=ports.load(), enricher=Enricher(),
+                          opts=metrics.Options(exact_limit=2))  # 8 emails: a sample of 1024 buckets in 4096
+        assert "1024 in 4096" in rep.get("helo").note
+        return {n: rep.get(n).rows for n in ("helo", "rcpt_domains", "subjects", "campaigns", "target_mx")}
+
+    before = sampled()
+    for p in parts:  # the first: a mixed lake; then both: all old
+        duckdb.execute(f"COPY (SELECT * EXCLUDE (session_bucket) FROM read_parquet('{p}')) TO '{p}.tmp' "
+                       "(FORMAT parquet)")
+        Path(f"{p}.tmp").replace(p)
+        n, good = lake.connect().execute(check).fetchone()
+        assert n == good == n0, p
+    assert sampled() == before

@@ -30,7 +30,8 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def reports(synthetic: Path) -> dict:
     out = {mode: report(synthetic, mode) for mode in ("connection", "none", "source-ip")}
-    out["sampled"] = report(synthetic, exact_limit=10_000)
+    out["sampled"] = report(synthetic, exact_limit=10_000)  # 6x the limit: sample buckets of the whole table
+    out["stored"] = report(synthetic, exact_limit=900)  # over 64x: the lake's stored 1-in-64 sample
     return out
 
 
@@ -90,7 +91,8 @@ def test_store_format_refuses_big_sets(tmp_path: Path) -> None:
 
 def test_heavy_tables_from_the_session_sample_estimate_the_exact_ones(reports: dict, synthetic: Path) -> None:
     exact, sampled = reports["connection"], reports["sampled"]
-    assert "1 session in 64" in sampled.get("rcpt_domains").note and not exact.get("rcpt_domains").note
+    assert "683 in 4096 sessions" in sampled.get("rcpt_domains").note and not exact.get("rcpt_domains").note
+    assert "1 session in 64" in reports["stored"].get("rcpt_domains").note
     for name, key, count in (("rcpt_domains", "domain", "rcpts"), ("target_mx", "target", "emails")):
         e = {r[key]: r for r in rows(exact, name)}
         top = rows(sampled, name)[0]
@@ -99,6 +101,23 @@ def test_heavy_tables_from_the_session_sample_estimate_the_exact_ones(reports: d
         assert top[count] == pytest.approx(e[top[key]][count], rel=0.2)
     # the talk's tables never sample
     for name in ("summary", "ports", "outbound_http", "outbound_socks"):
-        assert exact.get(name).rows == sampled.get(name).rows
+        assert exact.get(name).rows == sampled.get(name).rows == reports["stored"].get(name).rows
     # the sample is 1 session in 64, in the lake as its own table
     assert any((synthetic / "lake" / "smtp_message_sample").glob("day=*/*.parquet"))
+
+
+def test_the_heavy_tables_read_no_fewer_rows_for_more_data() -> None:
+    """No cliff where sampling starts: the rows the sampled tables read (expected: emails x buckets
+    read / all buckets) are never fewer than min(emails, limit), and never drop as the data grows
+    by more than one bucket's worth (the bound is a whole number of buckets)."""
+    from spampots.analysis import metrics, schema
+
+    limit = 5_000_000
+    sizes = sorted({int(limit * f) for f in (0.5, 0.99, 1, 1.0001, 1.01, 1.5, 2, 3, 10, 63.9, 64, 64.1, 100, 105)}
+                   | {n * 1_000_000 for n in range(1, 700, 7)})
+    rows = [n * metrics.sample_buckets(n, limit) / schema.BUCKETS for n in sizes]
+    for n, r in zip(sizes, rows):
+        assert r >= min(n, limit), n
+    # expected rows rise to the limit, stay within one bucket's worth above it, then grow again
+    for (n1, r1), (n2, r2) in zip(zip(sizes, rows), zip(sizes[1:], rows[1:])):
+        assert r2 >= r1 - n2 / schema.BUCKETS, (n1, r1, n2, r2)

@@ -219,7 +219,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--exact-limit", type=_count, default=5_000_000, metavar="N",
                    help="above this many emails the top-N tables on message fields use the session sample (default 5M)")
     p.add_argument("--threads", type=int, metavar="N", help="DuckDB threads (default: all cores)")
-    p.add_argument("--memory-limit", metavar="SIZE", help="DuckDB memory limit, e.g. 3GB")
+    p.add_argument("--memory-limit", metavar="SIZE",
+                   help="DuckDB memory limit, e.g. 6GB (default 3GB, or 80%% of RAM if less); beyond it DuckDB "
+                        "spills to <lake>/_cache/spill")
     p.add_argument("--engine", choices=("duckdb", "spark"), default="duckdb",
                    help="run the metric SQL on DuckDB (default) or on Apache Spark (pip install 'spampots[spark]')")
     p.add_argument("--lake", metavar="URI",
@@ -256,8 +258,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from . import charts as charts_mod
-    from . import metrics, ports
+    from . import metrics, ports, progress
     from .enrich import Enricher, resolve_asn_db
     from .ports import PortTableError
 
@@ -308,8 +309,11 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(f"spampots report: Spark reads the lake only: {len(pending.open) + len(pending.closed)} "
                   "segments not compacted yet are left out", file=sys.stderr)
     else:
+        from .lake import report_memory_limit
+
         con = lake.connect(day_from=args.day_from, day_to=args.day_to, sensors=args.sensor,
-                           threads=args.threads, memory_limit=args.memory_limit)
+                           threads=args.threads, memory_limit=args.memory_limit or report_memory_limit(),
+                           quiet=args.quiet)
     try:
         enricher = Enricher(resolve_asn_db(args.asn_db), cache_dir=cache_dir, quiet=args.quiet)
     except (OSError, ValueError, RuntimeError) as e:  # maxminddb's InvalidDatabaseError is a RuntimeError
@@ -331,18 +335,26 @@ def cmd_report(args: argparse.Namespace) -> int:
             return 2
     opts = metrics.Options(first_per=args.first_per, top=args.top, exact_limit=args.exact_limit,
                            talk_only=args.talk_only, tz=args.tz, p0f_db=str(args.p0f_db or ""))
+    poll = None
+    if args.engine == "duckdb" and progress.enabled(args.quiet):  # the running query's percent, for the bar
+        con.execute("SET enable_progress_bar = true; SET enable_progress_bar_print = false")
+        poll = con.query_progress
     try:
-        report = metrics.run(con, ports=port_table, enricher=enricher, opts=opts)
+        with progress.steps("report", quiet=args.quiet, poll=poll) as step:
+            report = metrics.run(con, ports=port_table, enricher=enricher, opts=opts, step=step)
     finally:
         if args.engine == "spark":
             con.close()
     report.meta.update(data_dir=str(args.lake or data_dir), filters=describe_filters(args), engine=args.engine)
     tell_damage(lake.damage, "spampots report")
 
-    inline = {}
-    if args.charts or fmt == "html":
+    inline, after = {}, {}
+    if args.charts or fmt == "html":  # matplotlib: about a second to import, only when charts are drawn
+        from . import charts as charts_mod
+
         inline = charts_mod.render(report, args.charts, svg=fmt == "html", locale=args.locale)
-    write_report(report, args, fmt, charts=inline, chart_after=charts_mod.CHART_AFTER, detail=args.detail)
+        after = charts_mod.CHART_AFTER
+    write_report(report, args, fmt, charts=inline, chart_after=after, detail=args.detail)
     return 0
 
 

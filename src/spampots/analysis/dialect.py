@@ -289,6 +289,9 @@ def _translate(toks: Tokens, macros: dict[str, tuple[tuple[str, ...], str]]) -> 
                 out.append(SPARK_FUNCS[low](args))
             prev, i = ")", close + 1
             continue
+        if low == "materialized" and prev.lower() == "as":  # WITH x AS MATERIALIZED (...): a DuckDB planner hint
+            i += 1
+            continue
         if t.startswith('"'):
             t = "`" + t[1:-1].replace('""', '"').replace("`", "``") + "`"
         elif t.startswith("'"):

@@ -482,6 +482,12 @@ class Enricher:
     def _cache_path(self) -> Path | None:
         return self.cache_dir / f"enrich-{self.fingerprint}.parquet" if self.cache_dir else None
 
+    @property
+    def cache_path(self) -> Path | None:
+        """The per-IP cache (a Parquet file of SCHEMA, written by enrich), or None without a cache dir:
+        a SQL engine may join it directly and send only the addresses it lacks through enrich."""
+        return self._cache_path()
+
     def enrich(self, ips: Iterable[str]) -> pa.Table:
         """One row per distinct input address (SCHEMA), cached ones included."""
         wanted = pa.array(list(dict.fromkeys(ips)), pa.string())

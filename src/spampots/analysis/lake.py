@@ -63,10 +63,30 @@ def _sql_list(paths: Iterable[Path]) -> str:
     return "[" + ", ".join(_sql_str(p) for p in paths) + "]"
 
 
+# The report's DuckDB memory limit unless --memory-limit says otherwise: the talk-scale report
+# (524.6M emails) stays under 4 GB RSS with it; DuckDB spills big hash tables to disk instead.
+REPORT_MEMORY_LIMIT = 3 << 30
+
+
+def report_memory_limit() -> str:
+    """REPORT_MEMORY_LIMIT, or DuckDB's own default (80% of RAM) on a machine with less than that."""
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        ram = 0
+    limit = min(REPORT_MEMORY_LIMIT, int(ram * 0.8)) if ram else REPORT_MEMORY_LIMIT
+    return f"{limit >> 20}MB"
+
+
 def new_connection(threads: int | None = None, memory_limit: str | None = None, *,
-                   ordered: bool = False) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with our macros. `ordered`: keep ORDER BY in what COPY writes."""
+                   ordered: bool = False, temp_dir: Path | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with our macros. `ordered`: keep ORDER BY in what COPY writes;
+    `temp_dir`: where DuckDB spills what exceeds its memory limit (else its default, ./.tmp)."""
     con = duckdb.connect()
+    if temp_dir is not None:
+        con.execute(f"SET temp_directory = {_sql_str(temp_dir)}")
+    # The views are bound again by every query: keep the Parquet footers in memory, not re-read each time.
+    con.execute("SET parquet_metadata_cache = true")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     if memory_limit:
@@ -190,8 +210,9 @@ class Lake:
         return seg
 
     @staticmethod
-    def _checked(files: Sequence[Path], work: Path, damage: ReadStats) -> tuple[list[Path], int]:
-        """The files DuckDB may read, and how many valid events they hold.
+    def _checked(files: Sequence[Path], work: Path, damage: ReadStats,
+                 tick: progress.Tick | None = None) -> tuple[list[Path], int]:
+        """The files DuckDB may read, and how many valid events they hold (`tick`: one per file).
 
         Each segment is read once through the store's checked reader; a damaged one is
         replaced by a copy of its valid lines in `work` (damage is rare: no copy otherwise).
@@ -201,6 +222,8 @@ class Lake:
         for p in files:
             before = damage.damaged_files
             events += sum(1 for _ in iter_file_events(p, damage))
+            if tick is not None:
+                tick(1)
             if damage.damaged_files == before:
                 out.append(p)
                 continue
@@ -334,21 +357,22 @@ class Lake:
         """The table's parts: the base's (read under its lock, see connect) and ours, but for
         our batches the base supersedes."""
         superseded = self._views()[2] if self.base is not None else set()
-        out = sorted((self.base / table).glob("day=*/*.parquet")) if self.base is not None else []
-        return out + [p for p in sorted((self.root / table).glob("day=*/*.parquet"))
-                      if p.stem.split("-")[1] not in superseded]
+        out = _parts(self.base / table) if self.base is not None else []
+        return out + [p for p in _parts(self.root / table) if p.stem.split("-")[1] not in superseded]
 
     def connect(self, *, day_from: dt.date | None = None, day_to: dt.date | None = None,
                 sensors: Sequence[str] = (), threads: int | None = None,
-                memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+                memory_limit: str | None = None, quiet: bool = True) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with one view per table over lake + segments, filtered.
+
+        `quiet`: no progress bar of the segments read from JSON (shown on a terminal otherwise).
 
         The views read a snapshot taken under a shared lock: the lake files as they are now, and
         every segment not in the lake (open ones, and closed ones not compacted) read from JSON
         into memory. A segment compressed by the sensor between listing and reading is listed
         again, so it is read exactly once, as JSON.
         """
-        con = new_connection(threads, memory_limit)
+        con = new_connection(threads, memory_limit, temp_dir=self.root / "_cache" / "spill")
         cols = schema.json_columns()
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / "_compact.lock", "a") as lock, self._base_lock():
@@ -360,7 +384,9 @@ class Lake:
                 json_files = seg.open + seg.closed
                 try:
                     with tempfile.TemporaryDirectory(prefix="_checked-", dir=self.root) as work:
-                        checked, _ = self._checked(json_files, Path(work), damage)
+                        with progress.bar("reading segments not in the lake", total=len(json_files),
+                                          quiet=quiet or len(json_files) < 2) as tick:
+                            checked, _ = self._checked(json_files, Path(work), damage, tick)
                         if checked:  # a TEMP TABLE: read now, so the checked copies can go
                             con.execute(f"""CREATE OR REPLACE TEMP TABLE open_raw AS
                                 SELECT * FROM read_json({_sql_list(checked)}, format='newline_delimited',
@@ -381,10 +407,11 @@ class Lake:
         if sensors:
             where.append("sensor IN (" + ", ".join(_sql_str(s) for s in sensors) + ")")
         cond = " AND ".join(where)
+        shapes = _Shapes(self.root / "_cache" / "parquet-shapes.json")
         for name, table in schema.TABLES.items():
             lake_cols = schema.lake_columns(name)
             empty = "SELECT " + ", ".join(f'NULL::{t} AS "{c}"' for c, t in lake_cols) + " WHERE false"
-            lake = [_parquet_select(con, name, files[name])] if files[name] else []
+            lake = [_parquet_select(con, name, files[name], shapes)] if files[name] else []
             fresh = []
             if json_files:
                 src = (f"(SELECT {schema.select_list(name, cols)}, ts::DATE AS day FROM open_raw"
@@ -397,11 +424,16 @@ class Lake:
                 con.execute(f"CREATE VIEW {name}_all AS {union}")
             if name in schema.SAMPLED:
                 sample = files[f"{name}_sample"]
-                pieces = [_parquet_select(con, f"{name}_sample", sample)] if sample else []
+                pieces = [_parquet_select(con, f"{name}_sample", sample, shapes)] if sample else []
                 # rows not yet compacted: the same sessions as compaction will keep
                 pieces += [f"SELECT * FROM ({f}) WHERE {schema.sample_pred(name)}" for f in fresh]
                 con.execute(f"CREATE VIEW {name}_sample AS SELECT * FROM ({' UNION ALL '.join(pieces) or empty})"
                             f" WHERE {cond}")
+        shapes.save()
+        # What the queries may want to know: derived columns computed at read time (costly per row).
+        con.execute("CREATE TEMP TABLE computed_columns (\"table\" VARCHAR, \"column\" VARCHAR)")
+        if shapes.computed:
+            con.executemany("INSERT INTO computed_columns VALUES (?, ?)", sorted(shapes.computed))
         return con
 
 
@@ -423,20 +455,87 @@ def write_parts(con: duckdb.DuckDBPyConnection, select: str, root: Path, table: 
     return rows[0]
 
 
-def _parquet_select(con: duckdb.DuckDBPyConnection, table: str, files: list[Path]) -> str:
+class _Shapes:
+    """How many schema elements each Parquet part has, kept in the lake's cache by path, size and
+    mtime: reading every footer of a big lake (one file per table and day) costs about a second
+    per report, and a part never changes once written."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.known: dict[str, list[int]] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            self.known = {}
+        self.seen: dict[str, list[int]] = {}
+        self.dirty = False
+        self.computed: set[tuple[str, str]] = set()  # (table, derived column) some parts lack
+
+    def sizes(self, con: duckdb.DuckDBPyConnection, files: list[Path]) -> set[int]:
+        stamps = {}
+        for f in files:
+            st = f.stat()
+            stamps[str(f)] = [st.st_size, st.st_mtime_ns]
+        new = [f for f, st in stamps.items() if self.known.get(f, [None, None])[:2] != st]
+        if new:
+            self.dirty = True
+            for name, n in con.execute(f"SELECT file_name, count(*) FROM parquet_schema({_sql_list(new)}) "
+                                       "GROUP BY file_name").fetchall():
+                self.known[name] = stamps[name] + [n]
+        for f in stamps:
+            self.seen[f] = self.known[f]
+        return {self.seen[f][2] for f in stamps}
+
+    def save(self) -> None:
+        """Keep what this connection saw (parts since removed drop out); best effort."""
+        if not self.dirty and len(self.seen) == len(self.known):
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.seen))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass
+
+
+def _parquet_select(con: duckdb.DuckDBPyConnection, table: str, files: list[Path], shapes: _Shapes) -> str:
     """SELECT of every lake column of `table` from Parquet `files`.
 
     Columns that no file has (a field added to events.py after they were written) read as
-    NULL of their type. Fields are never removed, so the newest file's schema is the union:
-    describing it alone saves reading every footer twice.
+    NULL of their type, derived columns (schema.DERIVED) as their expression over the event's
+    fields. Fields are never removed, so the newest file's schema is the union.
+    When every file has as many schema elements as the newest (the common case: one writer
+    version), the files are read without union_by_name, which would otherwise make DuckDB
+    read every footer again each time a query binds the view.
     """
-    src = (f"read_parquet({_sql_list(files)}, hive_partitioning=true, union_by_name=true,"
-           f" hive_types={{'day': DATE}})")
     newest = max(files, key=lambda f: (f.parent.name, f.stat().st_mtime))
     have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({_sql_str(newest)})").fetchall()}
-    cols = ", ".join(f'"{c}"' if c in have else f'NULL::{t} AS "{c}"'
-                     for c, t in schema.lake_columns(table.removesuffix("_sample")))
-    return f"SELECT {cols} FROM {src}"
+    mixed = len(shapes.sizes(con, files)) > 1
+    src = (f"read_parquet({_sql_list(files)}, hive_partitioning=true, union_by_name={str(mixed).lower()},"
+           f" hive_types={{'day': DATE}})")
+    base = table.removesuffix("_sample")
+    derived = {n: f"({e})::{t}" for n, t, e in schema.DERIVED["*"] + schema.DERIVED.get(base, ())}
+    cols = []
+    for c, t in schema.lake_columns(base):
+        if c in derived and (c not in have or mixed):  # parts older than the column: computed as compaction would
+            shapes.computed.add((table, c))
+            cols.append(f'coalesce("{c}", {derived[c]}) AS "{c}"' if c in have else f'{derived[c]} AS "{c}"')
+        else:
+            cols.append(f'"{c}"' if c in have else f'NULL::{t} AS "{c}"')
+    return f"SELECT {', '.join(cols)} FROM {src}"
+
+
+def _parts(table_dir: Path) -> list[Path]:
+    """The Parquet parts under table_dir/day=*/, sorted (os.scandir: the listing of a big lake
+    is part of every report's fixed cost)."""
+    out: list[str] = []
+    try:
+        days = [e.path for e in os.scandir(table_dir) if e.name.startswith("day=") and e.is_dir()]
+    except FileNotFoundError:
+        return []
+    for d in days:
+        out.extend(e.path for e in os.scandir(d) if e.name.endswith(".parquet") and e.is_file())
+    return [Path(p) for p in sorted(out)]
 
 
 def _batches(files: list[Path], max_bytes: int) -> Iterable[list[Path]]:

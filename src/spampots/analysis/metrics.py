@@ -23,6 +23,13 @@ from .enrich import Enricher
 from .ports import PortInfo
 
 from . import FIRST_PER  # noqa: F401  (re-exported)
+from .progress import Step
+
+
+def _no_step(name: str, total: Optional[int] = None) -> None:
+    pass
+
+
 CATEGORIES = ("to 25/TCP", "to other ports", "GET", "errors")
 
 
@@ -412,8 +419,13 @@ METRICS: list[Metric] = [
         "to no campaign. For each: an example subject (the smallest), emails, recipients, source IPs, "
         "distinct message bodies (sha256), sensors, first and last day. "
         "`spampots export --campaign HASH` writes a campaign's messages.",
-        """WITH c AS (SELECT campaign_key(subject) AS campaign, subject, n_rcpts, ip_key, sha256, sensor, {day} AS day
-                      FROM smtp_sample)
+        # The key is computed once per distinct subject and joined back (the regex chain per row
+        # was most of this table's time); emails without a campaign drop out after the join.
+        # MATERIALIZED: else DuckDB pulls the key's expression above the join, back to every row.
+        """WITH k AS MATERIALIZED (SELECT subject, campaign_key(subject) AS campaign
+                      FROM (SELECT DISTINCT subject FROM smtp_sample WHERE subject IS NOT NULL)),
+                c AS (SELECT k.campaign, s.subject, s.n_rcpts, s.ip_key, s.sha256, s.sensor, {day} AS day
+                      FROM smtp_sample s JOIN k ON k.subject = s.subject)
            SELECT campaign, min(subject) AS subject, count(*) AS emails, sum(n_rcpts) AS rcpts,
                   count(DISTINCT ip_key) AS ips, count(DISTINCT sha256) AS bodies,
                   count(DISTINCT sensor) AS sensors, min(day) AS first_day, max(day) AS last_day
@@ -796,8 +808,16 @@ def zone_problem(con: duckdb.DuckDBPyConnection, tz: str) -> Optional[str]:
     return None
 
 
+def bases_for(metrics: list["Metric"]) -> list[str]:
+    """The base tables the given metrics use, in build order (some are always built: enrichment,
+    sampling and the outbound attempts read them)."""
+    always = {"msg_cube", "msg_by_ip", "src_by_ip", "req_cube"}
+    return [name for name in BASES
+            if name in always or any(re.search(rf"\b{name}\b", m.sql) for m in metrics)]
+
+
 def build_bases(con: duckdb.DuckDBPyConnection, timings: dict[str, float], opts: Options,
-                metrics: list["Metric"]) -> bool:
+                metrics: list["Metric"], step: Step = _no_step) -> bool:
     """Create the base tables the given metrics use; True if sensor_ips had to be estimated.
 
     Separate GROUP BYs beat one GROUPING SETS pass here: the per-IP grouping is the costly one
@@ -805,83 +825,150 @@ def build_bases(con: duckdb.DuckDBPyConnection, timings: dict[str, float], opts:
     """
     sessions = con.execute("SELECT count(*) FROM session_open").fetchone()[0]
     distinct = "count(DISTINCT ip_key)" if sessions <= opts.exact_limit else "approx_count_distinct(ip_key)"
-    always = {"msg_cube", "msg_by_ip", "src_by_ip", "req_cube"}  # enrichment, sampling and attempts
-    for name, (_definition, sql) in BASES.items():
-        if name not in always and not any(re.search(rf"\b{name}\b", m.sql) for m in metrics):
-            continue
+    for name in bases_for(metrics):
+        step(f"base table {name}")
         t = time.perf_counter()
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql.format(distinct=distinct, **time_exprs(opts.tz))}")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {BASES[name][1].format(distinct=distinct, **time_exprs(opts.tz))}")
         timings[name] = time.perf_counter() - t
     return sessions > opts.exact_limit
 
 
 def build_ip_info(con: duckdb.DuckDBPyConnection, enricher: Enricher) -> None:
-    ips = [r[0] for r in con.execute(
-        f"""WITH k AS (SELECT ip_key FROM msg_by_ip UNION SELECT ip_key FROM src_by_ip),
-                 v6 AS ({V6_NAMES})
-            SELECT coalesce(ip_str(k.ip_key), v6.ip) FROM k LEFT JOIN v6 USING (ip_key)""").fetchall()
-           if r[0] is not None]
-    info = enricher.enrich(ips)
-    con.register("_ip_info", info)
-    # One row per key (two spellings of an IPv6 address share one): the smallest spelling.
-    con.execute("""CREATE OR REPLACE TEMP TABLE ip_info AS
-        SELECT ip_key, ip, asn, as_name, country, kind, as_id FROM (
-          SELECT ip_key(norm_ip(ip)) AS ip_key, ip, asn, as_name, country, kind,
-                 CASE WHEN asn IS NOT NULL THEN 'AS' || asn::VARCHAR ELSE as_name END AS as_id,
-                 row_number() OVER (PARTITION BY ip_key(norm_ip(ip)) ORDER BY ip) AS n
-          FROM _ip_info) WHERE n = 1""")
-    con.unregister("_ip_info")
+    """ip_info(ip_key, ip, asn, as_name, country, kind, as_id): one row per source key.
+
+    Two spellings of an IPv6 address share a key: the smallest spelling is the one looked up.
+    On DuckDB with a cache file, the cache is joined in SQL and only the addresses it lacks go
+    through Python (a warm cache costs one hash join, not a round trip of every address).
+    """
+    con.execute("""CREATE OR REPLACE TEMP TABLE ip_keys AS
+        SELECT ip_key, ip_str(ip_key) AS ip FROM (SELECT ip_key FROM msg_by_ip UNION SELECT ip_key FROM src_by_ip)""")
+    if con.execute("SELECT count(*) FROM ip_keys WHERE ip IS NULL").fetchone()[0]:  # some not IPv4: scan for them
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE ip_keys AS
+            WITH v6 AS (SELECT ip_key, min(ip) AS ip FROM ({V6_NAMES}) GROUP BY ip_key)
+            SELECT k.ip_key, coalesce(k.ip, v6.ip) AS ip FROM ip_keys k LEFT JOIN v6 USING (ip_key)""")
+    cache = enricher.cache_path if isinstance(con, duckdb.DuckDBPyConnection) else None
+    if cache is not None:
+        src = f"read_parquet('{str(cache).replace(chr(39), chr(39) * 2)}')"
+        lacking = "SELECT ip FROM ip_keys WHERE ip IS NOT NULL"
+        if cache.exists():
+            lacking += f" AND ip NOT IN (SELECT ip FROM {src} WHERE ip IS NOT NULL)"
+        missing = [r[0] for r in con.execute(lacking).fetchall()]
+        if missing:
+            enricher.enrich(missing)  # looks them up and adds them to the cache file
+    if cache is not None and cache.exists():
+        info = src
+    else:
+        con.register("_ip_info", enricher.enrich(
+            [r[0] for r in con.execute("SELECT ip FROM ip_keys WHERE ip IS NOT NULL").fetchall()]))
+        info = "_ip_info"
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE ip_info AS
+        SELECT k.ip_key, c.ip, c.asn, c.as_name, c.country, c.kind,
+               CASE WHEN c.asn IS NOT NULL THEN 'AS' || c.asn::VARCHAR ELSE c.as_name END AS as_id
+        FROM ip_keys k JOIN {info} c ON c.ip = k.ip""")
+    if info == "_ip_info":
+        con.unregister("_ip_info")
+
+
+def sample_buckets(emails: int, exact_limit: int) -> int:
+    """How many of the schema.BUCKETS session buckets the heavy tables read for `emails` emails.
+
+    All of them up to `exact_limit` emails (exact); above, the fewest that still hold about
+    `exact_limit` emails, so the work of those tables stays flat instead of dropping at the limit;
+    at 64 x the limit and beyond, the lake's stored sample (1 bucket in 64: BUCKETS / 64, as many
+    rows as the bound would give there, but read without touching the other rows), which then
+    grows with the data. Rows read (expected): at least min(n, L), and never fewer for a bigger n
+    by more than one bucket's worth (n / BUCKETS).
+    """
+    if emails <= exact_limit:
+        return schema.BUCKETS
+    stored = schema.BUCKETS // schema.SAMPLED["smtp_message"]
+    k = -(-schema.BUCKETS * max(exact_limit, 0) // emails)  # ceil
+    return min(schema.BUCKETS, max(k, stored))
+
+
+def _computed(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    """True if the lake computes derived `column` of `table` at read time (lake.connect says so)."""
+    if not isinstance(con, duckdb.DuckDBPyConnection):
+        return False
+    try:
+        return bool(con.execute('SELECT count(*) FROM computed_columns WHERE "table" = ? AND "column" = ?',
+                                [table, column]).fetchone()[0])
+    except duckdb.CatalogException:  # a connection not made by lake.connect
+        return False
 
 
 def build_sample(con: duckdb.DuckDBPyConnection, opts: Options) -> tuple[str, float]:
-    """smtp_sample: every message, or above opts.exact_limit the lake's session sample.
+    """smtp_sample: every message up to opts.exact_limit, else the sessions of some sample buckets.
 
     Returns (note, scale): counts of the sampled tables are multiplied by `scale`.
     """
     emails = con.execute("SELECT coalesce(sum(emails), 0) FROM msg_cube").fetchone()[0]
-    n = con.execute("SELECT count(*) FROM smtp_message_sample").fetchone()[0] if emails > opts.exact_limit else 0
+    k = sample_buckets(emails, opts.exact_limit)
+    per = schema.SAMPLED["smtp_message"]
+    if k >= schema.BUCKETS:
+        con.execute("CREATE OR REPLACE TEMP VIEW smtp_sample AS SELECT * FROM smtp_message")
+        return "", 1.0
+    what = f"a sample of {k} in {schema.BUCKETS} sessions ({100 * k / schema.BUCKETS:.3g}%, by session id)"
+    if k * per <= schema.BUCKETS:  # the lake keeps these sessions as a table of their own
+        src, what = "SELECT * FROM smtp_message_sample", f"the lake's sample of 1 session in {per}"
+    elif _computed(con, "smtp_message", "session_bucket"):  # parts older than the column: one md5 pass
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE sample_sessions AS SELECT DISTINCT session FROM smtp_message
+                        WHERE md5_number_lower(session) % {schema.BUCKETS} < {k}""")
+        src = "SELECT * FROM smtp_message WHERE session IN (SELECT session FROM sample_sessions)"
+    else:
+        src = f"SELECT * FROM smtp_message WHERE session_bucket < {k}"
+    con.execute(f"CREATE OR REPLACE TEMP VIEW smtp_sample AS {src}")
+    n = con.execute("SELECT count(*) FROM smtp_sample").fetchone()[0]
     if not n:
         con.execute("CREATE OR REPLACE TEMP VIEW smtp_sample AS SELECT * FROM smtp_message")
         return "", 1.0
-    con.execute("CREATE OR REPLACE TEMP VIEW smtp_sample AS SELECT * FROM smtp_message_sample")
-    note = (f"Estimated from the lake's sample of 1 session in {schema.SAMPLED['smtp_message']} "
-            f"({n:,} of {emails:,} emails): email and recipient counts scaled up, IP counts as seen in the sample.")
+    note = (f"Estimated from {what} ({n:,} of {emails:,} emails, above --exact-limit {opts.exact_limit:,}): "
+            "email and recipient counts scaled up, IP counts as seen in the sample.")
     return note, emails / n
 
 
 def run(con: duckdb.DuckDBPyConnection, *, ports: dict[int, PortInfo], enricher: Enricher,
-        opts: Options = Options()) -> Report:
+        opts: Options = Options(), step: Step = _no_step) -> Report:
     """Build the base tables and run every metric.
 
     `con`: a DuckDB connection (lake.Lake.connect), or a spark.SparkConnection, which offers the
     same execute/register/unregister and translates the SQL (dialect.py).
+    `step(name, total)`: told as each step starts (progress.steps shows them).
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     port_table(con, ports)
     selected = [m for m in METRICS if m.section == "talk" or not opts.talk_only]
+    sampled = any(m.sampled for m in selected)
+    fingerprinted = any(re.search(r"\bsig_os\b", m.sql) for m in selected)
+    step("counting sessions", len(bases_for(selected)) + 3 + sampled + fingerprinted + len(selected))
+    approx_ips = build_bases(con, timings, opts, selected, step)
     fp_source = ""
-    if any(re.search(r"\bsig_os\b", m.sql) for m in selected):
+    if fingerprinted:
+        step("SYN fingerprints")
         t = time.perf_counter()
         db = fingerprints.load_db(opts.p0f_db)
         fingerprints.build_sig_os(con, db)
         fp_source = fingerprints.db_source(db)
         timings["fingerprints"] = time.perf_counter() - t
-    approx_ips = build_bases(con, timings, opts, selected)
+    step("enriching source IPs")
     t = time.perf_counter()
     build_ip_info(con, enricher)
     timings["enrichment"] = time.perf_counter() - t
+    step("outbound attempts")
     t = time.perf_counter()
     con.execute(f"CREATE OR REPLACE TEMP TABLE attempts AS {attempts_sql(opts.first_per)}")
     timings["attempts"] = time.perf_counter() - t
     sample_note, scale = "", 1.0
-    if any(m.sampled for m in selected):
+    if sampled:
+        step("sample")
         t = time.perf_counter()
         sample_note, scale = build_sample(con, opts)
         timings["sample"] = time.perf_counter() - t
 
     results: list[Result] = []
     for m in selected:
+        step(f"table {m.name}")
         t = time.perf_counter()
         rows = con.execute(m.query(opts, approx_ips=approx_ips)).fetchall()
         if m.sampled and scale != 1.0:
