@@ -118,8 +118,8 @@ def registered_domain(host: str) -> str:
     if not host:
         return ""
     r = _extractor()(host)
-    return r.top_domain_under_public_suffix if getattr(r, "top_domain_under_public_suffix", None) \
-        else (getattr(r, "registered_domain", "") or host)
+    reg = r.top_domain_under_public_suffix if hasattr(r, "top_domain_under_public_suffix") else r.registered_domain
+    return reg or host
 
 
 @functools.lru_cache(maxsize=1)
