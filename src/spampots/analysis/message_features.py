@@ -126,7 +126,9 @@ def registered_domain(host: str) -> str:
 def _detector():  # noqa: ANN202
     from lingua import Language, LanguageDetectorBuilder
 
-    return LanguageDetectorBuilder.from_languages(*(getattr(Language, n) for n in LANGUAGES)).build()
+    # Models preloaded: a fixed cost at the first message, none later (lazy loading is per language).
+    return LanguageDetectorBuilder.from_languages(*(getattr(Language, n) for n in LANGUAGES)) \
+        .with_preloaded_language_models().build()
 
 
 def language_of(text: str) -> str:
