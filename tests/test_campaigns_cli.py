@@ -97,3 +97,22 @@ def test_list_search_show_and_export(captured, tmp_path: Path) -> None:
         assert p.name == hashlib.sha256(p.read_bytes()).hexdigest() + ".eml"
     r = _cli("campaigns", "cmp-zz", *dd)
     assert r.returncode == 2 and "cmp- and 4 to 12 hex digits" in r.stderr
+
+
+def test_report_tables_and_html_detail(captured, tmp_path: Path) -> None:
+    data, _ = captured
+    ids = _by_label(data)
+    r = _cli("report", "--format", "json", "-q", "--top", "50", "--data-dir", str(data))
+    assert r.returncode == 0, r.stderr
+    tables = json.loads(r.stdout)["tables"]
+    assert {row["campaign"] for row in tables["campaigns"]["rows"]} == set(ids.values())
+    assert tables["subject_campaigns"]["rows"]  # the old subject key is still there, under its own name
+    details = [k for k in tables if k.startswith("campaign_cmp-")]
+    assert len(details) == 5
+    facts = {row["field"]: row["value"] for row in tables[details[0]]["rows"]}
+    assert {"Template", "Timeline (per day)", "Sources", "Ports and protocols", "URLs"} <= set(facts)
+    html = tmp_path / "r.html"
+    r = _cli("report", "--out", str(html), "-q", "--data-dir", str(data))
+    assert r.returncode == 0, r.stderr
+    text = html.read_text()
+    assert f"Campaign {details[0].removeprefix('campaign_')}" in text and "Ports and protocols" in text

@@ -132,3 +132,96 @@ def detail(con: duckdb.DuckDBPyConnection, cid: str, enricher: Optional[Any] = N
     d["n_ases"] = len([k for k in ases if k != "unknown"])
     d["n_countries"] = len([k for k in countries if k != "unknown"])
     return d
+
+
+# -- in the report --------------------------------------------------------------------------------
+TABLE_DEFINITION = (
+    "A campaign is the messages whose bodies share what a spam operation keeps constant: the word "
+    "3-shingles of the text (HTML reduced to text, any transfer encoding and charset decoded) with "
+    "links, addresses, numbers, random tokens and the recipient's name masked, found in more than one "
+    "message; see docs/campaigns.md. Ids (cmp-…) are stable as data arrives. For each: its template "
+    "(* where messages differ), emails, recipients, source IPs, proxy protocols (direct: straight to an "
+    "SMTP port), URL domains, languages, first and last seen. `spampots campaigns ID` shows one, "
+    "`spampots export --campaign ID` writes its messages.")
+DETAIL_DEFINITION = ("One of the largest campaigns: its template, messages per day, sources (AS, country), "
+                     "listener ports and proxy protocols, target MX hosts, URL domains and URLs.")
+DETAILS = 5  # campaigns shown in detail
+
+
+def _pairs(rows: Sequence[tuple], n: int = 10) -> str:
+    return ", ".join(f"{k} ({v:,})" for k, v in list(rows)[:n]) or "-"
+
+
+def add_to_report(report: Any, con: duckdb.DuckDBPyConnection, enricher: Optional[Any], top: int) -> bool:
+    """Put the campaigns into `report` (metrics.Report): the Campaigns table becomes these
+    campaigns (the subject-key table stays, renamed subject_campaigns), and the largest
+    DETAILS campaigns get a detail table each. False (report untouched) if the lake has none."""
+    from .metrics import Column as C, Result
+
+    rows = search(con, top=top)
+    if not rows:
+        return False
+    table = Result("campaigns", "Campaigns", TABLE_DEFINITION,
+                   [C("campaign", "Campaign"), C("template", "Template"), C("emails", "Emails", "int"),
+                    C("rcpts", "Recipients", "int"), C("ips", "Source IPs", "int"), C("protocols", "Protocols"),
+                    C("url_domains", "URL domains", "int"), C("languages", "Languages"),
+                    C("first", "First"), C("last", "Last")],
+                   [(r["campaign"], _flat(r["template"] or "", 160), r["messages"], r["recipients"], r["sources"],
+                     ", ".join(r["protocols"]), r["url_domains"], ", ".join(r["languages"]),
+                     f"{r['first_seen']:%Y-%m-%d %H:%M}", f"{r['last_seen']:%Y-%m-%d %H:%M}") for r in rows],
+                   section="more")
+    details = []
+    for r in rows[:DETAILS]:
+        d = detail(con, r["campaign"], enricher)
+        if d is None:
+            continue
+        facts = [
+            ("Template", d["template"] or ""),
+            ("Messages", f"{d['messages']:,} to {d['recipients']:,} recipients, {d['first_seen']:%Y-%m-%d %H:%M} "
+                         f"to {d['last_seen']:%Y-%m-%d %H:%M}"),
+            ("Timeline (per day)", _pairs([(str(day), n) for day, n in d["timeline"]], 60)),
+            ("Sources", f"{d['sources']:,} in {d['n_ases']:,} ASes, {d['n_countries']:,} countries: "
+                        + ", ".join(f"{ip} ({n:,}{', AS' + str(asn) if asn else ''}{', ' + cc if cc else ''})"
+                                    for ip, n, asn, _name, cc in d["sources_top"])),
+            ("ASes", _pairs(d["ases"])),
+            ("Countries", _pairs(d["countries"])),
+            ("Ports and protocols", ", ".join(f"{port}/{proto} ({n:,})" for port, proto, n in d["ports_protocols"])),
+            ("Target MX hosts", _pairs(d["mx"])),
+            ("URL domains", _pairs(d["url_domains_top"])),
+            ("URLs", _pairs(d["urls"], 5)),
+            ("Sender domains", _pairs(d["sender_domains"])),
+            ("Languages", ", ".join(d["languages"]) or "-"),
+        ]
+        details.append(Result(f"campaign_{d['campaign']}", f"Campaign {d['campaign']}", DETAIL_DEFINITION,
+                              [C("field", "Field"), C("value", "Value")], facts, section="detail"))
+    out = []
+    for res in report.results:
+        if res.name == "campaigns":  # the subject key, kept under its own name
+            res.name, res.title = "subject_campaigns", "Campaigns by subject"
+            out += [table, *details]
+        out.append(res)
+    if table not in out:
+        out += [table, *details]
+    report.results = out
+    return True
+
+
+def _flat(s: str, n: int) -> str:
+    s = " / ".join(x for x in s.splitlines() if x.strip())
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def report_step(report: Any, lake: Any, con: duckdb.DuckDBPyConnection, enricher: Optional[Any], *, top: int,
+                quiet: bool = True) -> None:
+    """`spampots report`: bring the lake's features and campaigns up to date (all days and
+    sensors), then put the campaigns of the report's selection into it (add_to_report)."""
+    import sys
+
+    from . import message_lake
+
+    st = message_lake.update(lake)
+    if not quiet and (st.parsed or st.missing):
+        print(f"spampots report: campaigns: parsed {st.parsed:,} new messages ({st.missing:,} bodies not in "
+              f"the store), {st.campaigns_new:,} new campaigns", file=sys.stderr)
+    message_lake.create_views(con, lake.root)
+    add_to_report(report, con, enricher, top)
