@@ -128,7 +128,8 @@ def _print_detail(d: dict[str, Any], fmt: str) -> None:
     w = sys.stdout.write
     w(f"campaign {d['campaign']}\n")
     w(f"  {d['messages']:,} messages, {d['recipients']:,} recipients, {d['sources']:,} sources in "
-      f"{d['n_ases']:,} ASes and {d['n_countries']:,} countries; first {d['first_seen']}, last {d['last_seen']}\n")
+      f"{d['n_ases']:,} ASes and {d['n_countries']:,} countries; first {d['first_seen']:%Y-%m-%d %H:%M:%S}, "
+      f"last {d['last_seen']:%Y-%m-%d %H:%M:%S} UTC\n")
     w(f"  languages: {', '.join(d['languages']) or '-'}\n\ntemplate (* marks what varies):\n")
     for line in (d["template"] or "").splitlines():
         w(f"  | {line}\n")

@@ -88,8 +88,10 @@ _HREF_RE = re.compile(r"""(?i)\bhref\s*=\s*["']?([^"'\s>]{1,2000})""")
 # Tokens masked in the layout: hex/alnum noise, numbers, and words mixing letters and digits.
 _NUM_RE = re.compile(r"\b\d[\d.,:/-]*\b")
 _NOISE_RE = re.compile(r"\b(?=[A-Za-z]*\d)(?=\d*[A-Za-z])[A-Za-z0-9_-]{4,}\b|\b[A-Fa-f0-9]{8,}\b")
-# Case-noise words ("xQzTrW"), long consonant runs: random tokens meant to defeat hashing.
-_GIBBERISH_RE = re.compile(r"\b(?=[A-Za-z]*[a-z][A-Z])[A-Za-z]{5,}\b|(?i:\b[a-z]*[bcdfghjklmnpqrstvwxz]{6,}[a-z]*\b)")
+# Case-noise words, long consonant runs: random tokens meant to defeat hashing.
+# Case switching twice or more ("xQzTrW"; not "iPhone" or "McDonald").
+_GIBBERISH_RE = re.compile(r"\b(?=[A-Za-z]*[a-z][A-Z][A-Za-z]*[a-z][A-Z])[A-Za-z]{5,}\b"
+                           r"|(?i:\b[a-z]*[bcdfghjklmnpqrstvwxz]{6,}[a-z]*\b)")
 _MID_RE = re.compile(r"[A-Za-z]+|\d+")
 _WORD_RE = re.compile(r"\w+", re.UNICODE)
 
