@@ -1,6 +1,6 @@
 """A labelled spam corpus for measuring campaign grouping (tests/test_campaigns_eval.py,
 bench/campaigns.py): campaigns of varied templates, each message obfuscated the way real spam
-is (random tokens, the recipient's name in subject and body, word salad, HTML and plain
+is (random tokens, the recipient's name in subject and body, word salad, spintax, HTML and plain
 variants, rotating URLs, base64 and quoted-printable bodies, different charsets).
 Deterministic for a seed. Addresses and links use reserved names (RFC 2606) only.
 """
@@ -8,6 +8,7 @@ Deterministic for a seed. Addresses and links use reserved names (RFC 2606) only
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 import base64
 import quopri
@@ -75,14 +76,16 @@ TEMPLATES: tuple[Template, ...] = (
     Template("Investment opportunity {n}", "Dear friend,\nI am a banker and I have a proposal for a transfer "
              "of {n} million dollars left by a deceased client. Contact me privately at {email} for details."
              "\nRegards, Mr. Williams"),
-    Template("Lose weight fast", "Doctors hate this simple trick! Burn belly fat in {n} days without diet "
-             "or exercise. Watch the free video at {url}\n{salad}", salad=True),
+    Template("Lose weight fast", "[Doctors hate|Experts hate|Nobody believes] this simple trick! Burn belly fat "
+             "in {n} days without diet or exercise. {salad} Watch the [free|short] video at {url}\n{salad}",
+             salad=True),
     Template("{tok} Casino bonus", "Get a welcome bonus of {n} free spins at the best online casino. "
              "Register in one minute: {url}\nPlay responsibly."),
     Template("Invoice {tok} attached", "Please find attached the invoice {tok} for the services provided "
              "last month. Kindly process the payment at your earliest convenience.\nAccounts receivable"),
-    Template("Cheap software {tok}", "Original software at low prices: Windows, Office, Photoshop. Instant "
-             "download after payment. Catalogue: {url}\n{salad}", salad=True),
+    Template("[Cheap|Discount|Original] software {tok}", "[Original|Genuine] software at [low|lowest] prices: "
+             "Windows, Office, Photoshop. {salad}\nInstant download after payment. Catalogue: {url}\n{salad}",
+             salad=True),
     Template("Meet singles tonight", "Thousands of singles in your area are waiting to meet you. Sign up "
              "free at {url} and start chatting with {name} tonight."),
     Template("SEO services for your website", "Hello,\nI checked your website and found {n} problems that "
@@ -125,11 +128,17 @@ def _url(rng: random.Random) -> str:
     return f"http://{host}.{rng.choice(TLDS)}/{path}?id={rng.randint(1, 99999)}"
 
 
+_SPIN_RE = re.compile(r"\[([^\[\]]*\|[^\[\]]*)\]")
+
+
 def _fill(s: str, rng: random.Random, name: str, html: bool) -> str:
-    salad = " ".join(_word(rng) for _ in range(rng.randint(15, 40)))
+    """One message's text: spintax [a|b] chosen, placeholders filled, each {salad} its own words."""
+    s = _SPIN_RE.sub(lambda m: rng.choice(m.group(1).split("|")), s)
+    while "{salad}" in s:
+        s = s.replace("{salad}", " ".join(_word(rng) for _ in range(rng.randint(15, 40))), 1)
     url = _url(rng)
     out = (s.replace("{name}", name.capitalize()).replace("{tok}", _tok(rng)).replace("{n}", str(rng.randint(2, 990)))
-           .replace("{salad}", salad).replace("{email}", f"{_word(rng)}{rng.randint(1, 99)}@{_word(rng)}.example"))
+           .replace("{email}", f"{_word(rng)}{rng.randint(1, 99)}@{_word(rng)}.example"))
     if html:
         out = out.replace("{url}", f'<a href="{url}">{url}</a>')
         return "<html><body>" + "".join(f"<p>{ln}</p>" for ln in out.split("\n")) + "</body></html>"
