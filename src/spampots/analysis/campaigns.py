@@ -44,18 +44,37 @@ def tokens(layout: str) -> list[str]:
     return _TOKEN_RE.findall(layout)
 
 
-def _h(s: str) -> int:
-    return int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little") >> 1
+_K = 0x9E3779B97F4A7C15
+_MASK = (1 << 63) - 1  # items fit a signed 64-bit Parquet column
+_words: dict[str, int] = {}  # word -> its hash: each word is hashed once, shingles combine them
+
+
+def _wh(w: str) -> int:
+    h = _words.get(w)
+    if h is None:
+        if len(_words) >= 1 << 20:  # bounded: a salad of a million made-up words starts it over
+            _words.clear()
+        h = _words[w] = int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "little")
+    return h
+
+
+def _gram(words: Sequence[str]) -> int:
+    """A stable 63-bit hash of a word sequence (order matters)."""
+    h = len(words)
+    for w in words:
+        h = (h * _K + _wh(w)) & 0xFFFFFFFFFFFFFFFF
+    return h & _MASK
+
+
+def _grams(words: Sequence[str]) -> list[int]:
+    if len(words) < SHINGLE:
+        return [_gram(words)] if words else []
+    return [_gram(words[i:i + SHINGLE]) for i in range(len(words) - SHINGLE + 1)]
 
 
 def items(layout: str) -> list[int]:
     """The layout's items: hashed word 3-shingles (its words alone when it has fewer than 3)."""
-    words = [t for t in tokens(layout) if t != "\n"]
-    if len(words) < SHINGLE:
-        grams = [" ".join(words)] if words else []
-    else:
-        grams = [" ".join(words[i:i + SHINGLE]) for i in range(len(words) - SHINGLE + 1)]
-    return list(dict.fromkeys(_h(g) for g in grams))[:MAX_ITEMS]
+    return list(dict.fromkeys(_grams([t for t in tokens(layout) if t != "\n"])))[:MAX_ITEMS]
 
 
 def campaign_id(layout_hash: str) -> str:
@@ -149,13 +168,10 @@ def template(layouts: Sequence[str], sample: int = 50) -> str:
     toks = tokens(members[0])
     words = [(k, t) for k, t in enumerate(toks) if t != "\n"]
     keep = [False] * len(toks)
-    if len(words) < SHINGLE:
-        if support[_h(" ".join(t for _, t in words))] >= need:
-            for k, _ in words:
-                keep[k] = True
-    for j in range(len(words) - SHINGLE + 1):
-        if support[_h(" ".join(t for _, t in words[j:j + SHINGLE]))] >= need:
-            for k, _ in words[j:j + SHINGLE]:
+    width = min(SHINGLE, len(words))
+    for j, g in enumerate(_grams([t for _, t in words])):
+        if support[g] >= need:
+            for k, _ in words[j:j + width]:
                 keep[k] = True
     out: list[str] = []
     for k, t in enumerate(toks):

@@ -114,8 +114,8 @@ def update_features(con: duckdb.DuckDBPyConnection, data_dir: Path, root: Path,
         return stats
     if not (data_dir / "messages").is_dir():
         store = None
-    else:
-        store = MessageStore(data_dir, readonly=True)
+    else:  # a reader whose lake is not in the data dir leaves nothing there, not even SQLite's -shm
+        store = MessageStore(data_dir, readonly=True, scan=root != data_dir / "lake")
     try:
         for start in range(0, len(todo), BATCH):
             rows = []
