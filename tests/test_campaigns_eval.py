@@ -119,3 +119,45 @@ def test_campaign_ids_are_stable_across_a_rebuild(tmp_path: Path) -> None:
     ga, gb = _groups(a), _groups(b)
     assert ga and ga == gb
     assert len({c for c, _ in ga.values()}) == 8
+
+
+def test_a_body_stored_after_its_event_is_parsed_then(tmp_path: Path) -> None:
+    """A collector may store an event before its body: the body is counted missing, then parsed
+    when it is there, once (no second row, no stub left in the view)."""
+    import hashlib
+
+    from spampots import events as ev
+    from spampots.store.messages import MessageStore
+    from spampots.store.segments import SegmentWriter
+
+    msgs = corpus(per_campaign=2, campaigns=3, seed=7)
+    shas = [hashlib.sha256(m.raw).hexdigest() for m in msgs]
+    out = []
+    for k, (m, sha) in enumerate(zip(msgs, shas)):
+        e = ev.SmtpMessage(mail_from="a@b.example", rcpts=[m.rcpt], sha256=sha, size=len(m.raw))
+        ev.stamp(e, sensor="s1", session=f"s{k}", src_ip="127.0.0.9", src_port=4000, listener_port=25,
+                 protocol="smtp", depth=0, ts=f"2026-01-05T10:00:{k:02d}.000000Z")
+        out.append(e)
+    w = SegmentWriter(tmp_path, "s1", clock=lambda: 1767607200.0)
+    w.write(ev.encode_many(out))
+    w.close()
+    with MessageStore(tmp_path, "s1") as store:
+        for m in msgs[:3]:
+            store.put(m.raw)
+    lake = Lake(tmp_path)
+    first = message_lake.update(lake)
+    assert (first.parsed, first.missing) == (3, 3)
+    again = message_lake.update(lake)
+    assert (again.parsed, again.missing) == (0, 3)
+    with MessageStore(tmp_path, "s1") as store:
+        for m in msgs[3:]:
+            store.put(m.raw)
+    last = message_lake.update(lake)
+    assert (last.parsed, last.missing) == (3, 0)
+    con = lake.connect()
+    message_lake.create_views(con, lake.root)
+    rows = con.execute("SELECT sha256, count(*) FROM message_features GROUP BY 1").fetchall()
+    got = dict(con.execute("SELECT sha256, campaign FROM message_campaign").fetchall())
+    con.close()
+    assert sorted(r[0] for r in rows) == sorted(shas) and all(n == 1 for _, n in rows)
+    assert len(set(got.values())) == 3

@@ -58,7 +58,7 @@ FEATURE_SCHEMA = pa.schema([
 @dataclass
 class UpdateStats:
     parsed: int = 0
-    missing: int = 0  # bodies named by events but not in the store (retention, another sensor's dir)
+    missing: int = 0  # bodies named by events but not in the store (retention, another data dir, not yet)
     defects: dict[str, int] = field(default_factory=dict)
     layouts: int = 0  # newly assigned
     campaigns_new: int = 0
@@ -106,9 +106,15 @@ def update_features(con: duckdb.DuckDBPyConnection, data_dir: Path, root: Path,
 
     stats = stats or UpdateStats()
     done = feature_files(root)
-    skip = f"AND sha256 NOT IN (SELECT sha256 FROM read_parquet({_sql_list(done)}))" if done else ""
-    todo = con.execute(f"""SELECT sha256, epoch(min(ts)), arg_min(rcpts, ts) FROM smtp_message
-                           WHERE sha256 IS NOT NULL AND sha256 <> '' {skip}
+    have = f"read_parquet({_sql_list(done)})" if done else "(SELECT NULL::VARCHAR AS sha256, NULL::BOOLEAN AS missing)"
+    # Bodies parsed are done; bodies found missing before are tried again (a collector may store
+    # an event before its body), without another row while they stay missing.
+    todo = con.execute(f"""SELECT sha256, epoch(min(ts)), arg_min(rcpts, ts),
+                                  sha256 IN (SELECT sha256 FROM {have} WHERE missing) AS stubbed
+                           FROM smtp_message
+                           WHERE sha256 IS NOT NULL AND sha256 <> ''
+                             AND sha256 NOT IN (SELECT sha256 FROM {have} WHERE NOT coalesce(missing, false)
+                                                AND sha256 IS NOT NULL)
                            GROUP BY sha256 ORDER BY min(ts), sha256""").fetchall()
     if not todo:
         return stats
@@ -119,16 +125,17 @@ def update_features(con: duckdb.DuckDBPyConnection, data_dir: Path, root: Path,
     try:
         for start in range(0, len(todo), BATCH):
             rows = []
-            for sha, ts, rcpts in todo[start:start + BATCH]:
+            for sha, ts, rcpts, stubbed in todo[start:start + BATCH]:
                 raw = None
                 if store is not None:
                     try:
                         raw = store.get(sha)
                     except (KeyError, ValueError, OSError):
                         raw = None
-                if raw is None:  # the event stays; the body is not here to parse (not retried)
+                if raw is None:  # the event stays; the body is not here (yet) to parse
                     stats.missing += 1
-                    rows.append({"sha256": sha, "missing": True})
+                    if not stubbed:
+                        rows.append({"sha256": sha, "missing": True})
                     continue
                 f = parse(raw, received=ts, rcpts=list(rcpts or []), limits=limits, sha256=sha)
                 for k, v in f.defects.items():
@@ -234,7 +241,8 @@ def create_views(con: duckdb.DuckDBPyConnection, root: Path) -> bool:
     d = root / CAMPAIGNS
     have = bool(files) and (d / "layouts.parquet").exists()
     if files:
-        con.execute(f"CREATE OR REPLACE VIEW message_features AS SELECT * FROM read_parquet({_sql_list(files)})")
+        con.execute(f"CREATE OR REPLACE VIEW message_features AS SELECT * FROM read_parquet({_sql_list(files)})"
+                    " WHERE NOT coalesce(missing, false)")
     else:
         cols = ", ".join(f"NULL::{_duck(t)} AS {n}" for n, t in zip(FEATURE_SCHEMA.names, FEATURE_SCHEMA.types))
         con.execute(f"CREATE OR REPLACE VIEW message_features AS SELECT {cols} WHERE false")
