@@ -107,6 +107,9 @@ def test_report_tables_and_html_detail(captured, tmp_path: Path) -> None:
     tables = json.loads(r.stdout)["tables"]
     assert {row["campaign"] for row in tables["campaigns"]["rows"]} == set(ids.values())
     assert tables["subject_campaigns"]["rows"]  # the old subject key is still there, under its own name
+    # odd campaigns came through SOCKS5 (one client address), even ones straight, from 3 sources each
+    strat = {(r["protocol"], r["sources"]): r["campaigns"] for r in tables["campaign_strategies"]["rows"]}
+    assert strat == {("SOCKS", "1"): 4, ("SMTP", "2-10"): 4}
     details = [k for k in tables if k.startswith("campaign_cmp-")]
     assert len(details) == 5
     facts = {row["field"]: row["value"] for row in tables[details[0]]["rows"]}

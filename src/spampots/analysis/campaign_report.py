@@ -146,6 +146,18 @@ TABLE_DEFINITION = (
 DETAIL_DEFINITION = ("One of the largest campaigns: its template, messages per day, sources (AS, country), "
                      "listener ports and proxy protocols, target MX hosts, URL domains and URLs.")
 DETAILS = 5  # campaigns shown in detail
+STRATEGY_DEFINITION = (
+    "The campaigns' strategies, as the CEAS 2008 characterisation: each campaign is counted under the "
+    "protocol that carried most of its emails (SOCKS: SOCKS4/4a/5; HTTP: HTTP CONNECT or a POST to port 25; "
+    "SMTP: straight to an SMTP port, no proxy) and under how many source IPs sent it (1, 2-10, 11-100, "
+    "more than 100). Emails are the campaigns' emails.")
+STRATEGY = """WITH per AS (
+    SELECT campaign, mode(proto_class(proxy)) AS protocol, count(DISTINCT ip_key) AS ips, count(*) AS emails
+    FROM campaign_message GROUP BY campaign)
+SELECT protocol, CASE WHEN ips = 1 THEN '1' WHEN ips <= 10 THEN '2-10' WHEN ips <= 100 THEN '11-100'
+                      ELSE 'more than 100' END AS sources,
+       count(*) AS campaigns, sum(emails) AS emails, min(ips) AS o
+FROM per GROUP BY 1, 2 ORDER BY protocol, o"""
 
 
 def _pairs(rows: Sequence[tuple], n: int = 10) -> str:
@@ -194,6 +206,11 @@ def add_to_report(report: Any, con: duckdb.DuckDBPyConnection, enricher: Optiona
         ]
         details.append(Result(f"campaign_{d['campaign']}", f"Campaign {d['campaign']}", DETAIL_DEFINITION,
                               [C("field", "Field"), C("value", "Value")], facts, section="detail"))
+    strategy = Result("campaign_strategies", "Campaigns by proxy protocol and sources", STRATEGY_DEFINITION,
+                      [C("protocol", "Protocol"), C("sources", "Source IPs"), C("campaigns", "Campaigns", "int"),
+                       C("emails", "Emails", "int")],
+                      [r[:4] for r in con.execute(STRATEGY).fetchall()], section="more")
+    details.insert(0, strategy)
     out = []
     for res in report.results:
         if res.name == "campaigns":  # the subject key, kept under its own name
