@@ -66,6 +66,7 @@ def test_limits_cut_and_count() -> None:
     big = b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(b"x" * 200_000)
     f = parse(big, limits=Limits(max_decoded=1000, max_text=500))
     assert f.defects.get("part_cut") and len(f.text) <= 500 and f.parts[0].size <= 1000
+    assert f.text == "x" * 500  # decoded, not the base64 text
     f = parse(b"Subject: x\r\n\r\n" + b"y" * 5000, limits=Limits(max_bytes=1000))
     assert f.size == 5014 and f.defects.get("message_cut") == 1
     f = parse(b"Content-Type: text/plain; charset=no-such-charset\r\n\r\nhello\r\n")

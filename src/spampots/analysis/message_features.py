@@ -190,9 +190,10 @@ def _decode(part: Message, lim: Limits, defects: dict[str, int]) -> bytes:
             return b""
         if len(raw) > lim.max_decoded * 2:  # base64 is 4/3; QP at most 3x, but cut before decoding
             _count(defects, "part_cut")
-            raw = raw[: lim.max_decoded * 2]
-            part = email.message.Message()
-            part.set_payload(raw)
+            cut = email.message.Message()
+            cut["Content-Transfer-Encoding"] = str(part.get("Content-Transfer-Encoding", "") or "")[:40]
+            cut.set_payload(raw[: lim.max_decoded * 2])
+            part = cut
         data = part.get_payload(decode=True) or b""
     except Exception:  # noqa: BLE001 - a broken transfer encoding is attacker input
         _count(defects, "bad_encoding")
