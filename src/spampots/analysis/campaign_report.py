@@ -14,8 +14,11 @@ import duckdb
 
 ID_RE = re.compile(r"^cmp-[0-9a-f]{4,12}$")
 
-MESSAGES = """CREATE OR REPLACE TEMP VIEW campaign_message AS
-    SELECT m.*, l.campaign, f.url_domains, f.urls, f.from_domain, f.language, f.text, f.layout_hash
+# One scan of the events, kept for every query of a listing or a report (a view would join the
+# whole smtp_message table again for each). The text stays in message_features (search joins it).
+MESSAGES = """CREATE TEMP TABLE IF NOT EXISTS campaign_message AS
+    SELECT m.ts, m.day, m.src_ip, m.ip_key, m.listener_port, m.proxy, m.target_host, m.n_rcpts, m.sender_domain,
+           m.subject, m.sha256, l.campaign, f.url_domains, f.urls, f.from_domain, f.language
     FROM smtp_message m JOIN message_features f USING (sha256) JOIN campaign_layout l USING (layout_hash)"""
 
 LIST = """SELECT c.campaign, any_value(t.template) AS template, min(c.ts) AS first_seen, max(c.ts) AS last_seen,
@@ -55,7 +58,9 @@ def search(con: duckdb.DuckDBPyConnection, *, url_domains: Sequence[str] = (), s
         params += [d.lower(), d.lower(), "%." + d.lower()]
     for t in text:
         where.append("c.campaign IN (SELECT campaign FROM campaign_template WHERE template ILIKE ? "
-                     "UNION SELECT campaign FROM campaign_message WHERE text ILIKE ? OR subject ILIKE ?)")
+                     "UNION SELECT campaign FROM campaign_message WHERE subject ILIKE ? "
+                     "UNION SELECT l.campaign FROM message_features f JOIN campaign_layout l USING (layout_hash) "
+                     "WHERE f.text ILIKE ?)")
         params += ["%" + t + "%"] * 3
     if ids:
         where.append("(" + " OR ".join("starts_with(c.campaign, ?)" for _ in ids) + ")")

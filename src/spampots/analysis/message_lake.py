@@ -3,7 +3,7 @@
 Under the lake's root (lake.Lake.root)::
 
     message_features/part-<batch>.parquet   one row per stored body (sha256), message_features.parse
-    campaigns/layouts.parquet               layout_hash -> campaign (every layout ever assigned)
+    campaigns/layouts.parquet               layout_hash -> campaign, first seen (every layout assigned)
     campaigns/reps.parquet                  the campaigns' representatives (campaigns.CampaignIndex)
     campaigns/templates.parquet             campaign -> template
     campaigns/_lock                          held while either is updated
@@ -107,25 +107,31 @@ def update_features(con: duckdb.DuckDBPyConnection, data_dir: Path, root: Path,
     stats = stats or UpdateStats()
     done = feature_files(root)
     have = f"read_parquet({_sql_list(done)})" if done else "(SELECT NULL::VARCHAR AS sha256, NULL::BOOLEAN AS missing)"
-    # Bodies parsed are done; bodies found missing before are tried again (a collector may store
-    # an event before its body), without another row while they stay missing.
-    todo = con.execute(f"""SELECT sha256, epoch(min(ts)), arg_min(rcpts, ts),
-                                  sha256 IN (SELECT sha256 FROM {have} WHERE missing) AS stubbed
-                           FROM smtp_message
-                           WHERE sha256 IS NOT NULL AND sha256 <> ''
-                             AND sha256 NOT IN (SELECT sha256 FROM {have} WHERE NOT coalesce(missing, false)
-                                                AND sha256 IS NOT NULL)
-                           GROUP BY sha256 ORDER BY min(ts), sha256""").fetchall()
-    if not todo:
+    # Bodies parsed are done; bodies found missing before are tried again when the store has them
+    # now (a collector may store an event before its body), without another row while it has not.
+    cands = con.execute(f"""SELECT DISTINCT sha256, sha256 IN (SELECT sha256 FROM {have} WHERE missing)
+                            FROM smtp_message WHERE sha256 IS NOT NULL AND sha256 <> ''
+                              AND sha256 NOT IN (SELECT sha256 FROM {have} WHERE NOT coalesce(missing, false)
+                                                 AND sha256 IS NOT NULL)""").fetchall()
+    if not cands:
         return stats
-    if not (data_dir / "messages").is_dir():
-        store = None
-    else:  # a reader whose lake is not in the data dir leaves nothing there, not even SQLite's -shm
-        store = MessageStore(data_dir, readonly=True, scan=root != data_dir / "lake")
+    store = None
+    if (data_dir / "messages").is_dir():  # a reader whose lake is not in the data dir leaves nothing
+        store = MessageStore(data_dir, readonly=True, scan=root != data_dir / "lake")  # there, not even -shm
     try:
+        stubbed = {sha for sha, stub in cands if stub}
+        stats.missing += sum(1 for sha in stubbed if store is None or sha not in store)
+        want = [sha for sha, stub in cands if not stub or (store is not None and sha in store)]
+        if not want:
+            return stats
+        con.register("_want", pa.table({"sha256": want}))
+        todo = con.execute("""SELECT sha256, epoch(min(ts)), arg_min(rcpts, ts) FROM smtp_message
+                              WHERE sha256 IN (SELECT sha256 FROM _want)
+                              GROUP BY sha256 ORDER BY min(ts), sha256""").fetchall()
+        con.unregister("_want")
         for start in range(0, len(todo), BATCH):
             rows = []
-            for sha, ts, rcpts, stubbed in todo[start:start + BATCH]:
+            for sha, ts, rcpts in todo[start:start + BATCH]:
                 raw = None
                 if store is not None:
                     try:
@@ -134,8 +140,7 @@ def update_features(con: duckdb.DuckDBPyConnection, data_dir: Path, root: Path,
                         raw = None
                 if raw is None:  # the event stays; the body is not here (yet) to parse
                     stats.missing += 1
-                    if not stubbed:
-                        rows.append({"sha256": sha, "missing": True})
+                    rows.append({"sha256": sha, "missing": True})
                     continue
                 f = parse(raw, received=ts, rcpts=list(rcpts or []), limits=limits, sha256=sha)
                 for k, v in f.defects.items():
@@ -150,74 +155,82 @@ def update_features(con: duckdb.DuckDBPyConnection, data_dir: Path, root: Path,
     return stats
 
 
-LAYOUT_SCHEMA = pa.schema([("layout_hash", _STR), ("campaign", _STR)])
+LAYOUT_SCHEMA = pa.schema([("layout_hash", _STR), ("campaign", _STR), ("first_ts", pa.float64())])
 REP_SCHEMA = pa.schema([("campaign", _STR), ("layout_hash", _STR), ("items", pa.list_(pa.int64()))])
 TEMPLATE_SCHEMA = pa.schema([("campaign", _STR), ("template", _STR)])
 
 
-def load_index(root: Path) -> cp.CampaignIndex:
+def load_index(root: Path) -> tuple[cp.CampaignIndex, dict[str, float]]:
+    """The campaigns so far, and each assigned layout's first appearance (UNIX time)."""
     d = root / CAMPAIGNS
     reps: list[cp.Rep] = []
     assigned: dict[str, str] = {}
+    first: dict[str, float] = {}
     if (d / "reps.parquet").exists():
         for r in pq.read_table(d / "reps.parquet").to_pylist():
             reps.append(cp.Rep(r["campaign"], r["layout_hash"], frozenset(r["items"])))
     if (d / "layouts.parquet").exists():
         t = pq.read_table(d / "layouts.parquet")
-        assigned = dict(zip(t.column("layout_hash").to_pylist(), t.column("campaign").to_pylist()))
-    return cp.CampaignIndex(reps=reps, assigned=assigned)
+        hashes = t.column("layout_hash").to_pylist()
+        assigned = dict(zip(hashes, t.column("campaign").to_pylist()))
+        if "first_ts" in t.column_names:
+            first = dict(zip(hashes, t.column("first_ts").to_pylist()))
+    return cp.CampaignIndex(reps=reps, assigned=assigned), first
 
 
 def update_campaigns(con: duckdb.DuckDBPyConnection, root: Path,
                      stats: Optional[UpdateStats] = None) -> UpdateStats:
-    """Assign the layouts of `root`'s features not yet in a campaign (see campaigns.py)."""
+    """Assign the layouts of `root`'s features not yet in a campaign (see campaigns.py).
+
+    Reads the features (one row per body: small next to the events) and, only when there are
+    new layouts, the events of their bodies for when each was first seen."""
     stats = stats or UpdateStats()
     files = feature_files(root)
     if not files:
         return stats
-    idx = load_index(root)
+    idx, first = load_index(root)
+    stats.campaigns = len(set(idx.assigned.values()))
+    con.execute(f"CREATE OR REPLACE TEMP VIEW _feat AS SELECT * FROM read_parquet({_sql_list(files)})"
+                " WHERE layout_hash IS NOT NULL")
+    rows = [r for r in con.execute("SELECT layout_hash, any_value(layout), count(*) FROM _feat GROUP BY 1").fetchall()
+            if r[0] not in idx.assigned]
+    if not rows:
+        return stats
+    con.register("_new", pa.table({"layout_hash": [r[0] for r in rows]}))
+    ts = dict(con.execute("""SELECT f.layout_hash, epoch(min(m.ts)) FROM _feat f JOIN smtp_message m USING (sha256)
+                             WHERE f.layout_hash IN (SELECT layout_hash FROM _new) GROUP BY 1""").fetchall())
+    con.unregister("_new")
     known = set(idx.assigned.values())
-    con.execute(f"CREATE OR REPLACE TEMP VIEW _feat AS SELECT * FROM read_parquet({_sql_list(files)})")
-    con.execute("CREATE OR REPLACE TEMP TABLE _first AS SELECT sha256, epoch(min(ts)) AS ts FROM smtp_message GROUP BY 1")
-    rows = con.execute("""SELECT layout_hash, any_value(layout), min(coalesce(m.ts, 0)), count(*)
-                          FROM _feat f LEFT JOIN _first m USING (sha256)
-                          WHERE layout_hash IS NOT NULL GROUP BY layout_hash""").fetchall()
-    new = [cp.Layout(h, lay or "", ts or 0.0, n) for h, lay, ts, n in rows if h not in idx.assigned]
-    out = idx.add(new)
+    out = idx.add(cp.Layout(h, lay or "", ts.get(h) or 0.0, n) for h, lay, n in rows)
+    first.update({h: ts.get(h) or 0.0 for h in out})
     stats.layouts += len(out)
     stats.campaigns_new += len(set(out.values()) - known)
     stats.campaigns = len(set(idx.assigned.values()))
     d = root / CAMPAIGNS
     _write(d / "reps.parquet", [{"campaign": r.campaign, "layout_hash": r.layout_hash, "items": sorted(r.items)}
                                 for r in idx.reps], REP_SCHEMA)
-    _write(d / "layouts.parquet", [{"layout_hash": h, "campaign": c} for h, c in idx.assigned.items()],
-           LAYOUT_SCHEMA)
-    touched = set(out.values())
-    if touched:
-        _update_templates(con, root, idx, touched)
-    con.execute("DROP TABLE IF EXISTS _first")
+    _write(d / "layouts.parquet", [{"layout_hash": h, "campaign": c, "first_ts": first.get(h, 0.0)}
+                                   for h, c in idx.assigned.items()], LAYOUT_SCHEMA)
+    _update_templates(con, root, idx, first, set(out.values()))
     return stats
 
 
 def _update_templates(con: duckdb.DuckDBPyConnection, root: Path, idx: cp.CampaignIndex,
-                      touched: set[str]) -> None:
+                      first: dict[str, float], touched: set[str]) -> None:
+    """Templates of the `touched` campaigns, from their first TEMPLATE_SAMPLE layouts."""
     path = root / CAMPAIGNS / "templates.parquet"
     old = {r["campaign"]: r["template"] for r in pq.read_table(path).to_pylist()} if path.exists() else {}
     members: dict[str, list[tuple[float, str]]] = defaultdict(list)
-    lay_ts = dict(con.execute("""SELECT layout_hash, min(coalesce(m.ts, 0)) FROM _feat f
-                                 LEFT JOIN _first m USING (sha256) GROUP BY 1""").fetchall())
-    by_hash = {}
     for h, c in idx.assigned.items():
         if c in touched:
-            members[c].append((lay_ts.get(h, 0.0), h))
-    want = {h for c in members for _, h in sorted(members[c])[:TEMPLATE_SAMPLE]}
-    con.register("_want", pa.table({"layout_hash": list(want)}))
-    for h, lay in con.execute("SELECT layout_hash, any_value(layout) FROM _feat WHERE layout_hash IN "
-                              "(SELECT layout_hash FROM _want) GROUP BY 1").fetchall():
-        by_hash[h] = lay or ""
+            members[c].append((first.get(h, 0.0), h))
+    sample = {c: [h for _, h in sorted(ms)[:TEMPLATE_SAMPLE]] for c, ms in members.items()}
+    con.register("_want", pa.table({"layout_hash": [h for hs in sample.values() for h in hs]}))
+    by_hash = dict(con.execute("SELECT layout_hash, any_value(layout) FROM _feat WHERE layout_hash IN "
+                               "(SELECT layout_hash FROM _want) GROUP BY 1").fetchall())
     con.unregister("_want")
-    for c, ms in members.items():
-        old[c] = cp.template([by_hash[h] for _, h in sorted(ms)[:TEMPLATE_SAMPLE] if h in by_hash])
+    for c, hs in sample.items():
+        old[c] = cp.template([by_hash[h] or "" for h in hs if h in by_hash])
     _write(path, [{"campaign": c, "template": t} for c, t in old.items()], TEMPLATE_SCHEMA)
 
 
@@ -251,7 +264,7 @@ def create_views(con: duckdb.DuckDBPyConnection, root: Path) -> bool:
         if (d / fname).exists():
             con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({_sql_list([d / fname])})")
         else:
-            cols = ", ".join(f"NULL::VARCHAR AS {n}" for n in schema.names)
+            cols = ", ".join(f"NULL::{_duck(t)} AS {n}" for n, t in zip(schema.names, schema.types))
             con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT {cols} WHERE false")
     con.execute("""CREATE OR REPLACE VIEW message_campaign AS
                    SELECT f.sha256, l.campaign FROM message_features f JOIN campaign_layout l USING (layout_hash)""")
