@@ -319,7 +319,7 @@ def test_report_campaigns_and_export_by_campaign(sensor, tmp_path):
     dd = ["--data-dir", str(sensor.data_dir)]
     r = subprocess.run([*cli, "report", "--format", "json", "--no-compact", "--top", "1000", *dd],
                        capture_output=True, check=True)
-    table = json.loads(r.stdout)["tables"]["campaigns"]
+    table = json.loads(r.stdout)["tables"]["subject_campaigns"]  # "campaigns" groups by content
     rows = {row["subject"]: row for row in table["rows"]}
     row = rows["WIN 7 usd today,\tZQ"]  # the smallest subject of the three is the example
     assert (row["emails"], row["rcpts"], row["bodies"], row["ips"]) == (3, 5, 3, 1)

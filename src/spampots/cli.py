@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 _HEX64 = re.compile(rb"^[0-9a-fA-F]{64}$")
 _HEX_PREFIX = re.compile(r"^[0-9a-fA-F]{8,64}$")
 # Imported only by the analysis commands; missing on a sensor-only install (no [analysis] extra).
-ANALYSIS_MODULES = frozenset({"duckdb", "pyarrow", "numpy", "matplotlib", "geoip2fast", "maxminddb"})
+ANALYSIS_MODULES = frozenset({"duckdb", "pyarrow", "numpy", "matplotlib", "geoip2fast", "maxminddb", "tlsh",
+                              "lingua", "tldextract"})
 LOG_FORMATS = ("text", "json")
 DATA_DIR_HELP = (f"where events and messages are stored (default: the config's [sensor] data_dir, else "
                  f"{config.ROOT_DATA_DIR} as root, ./var otherwise)")
@@ -366,7 +367,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             except ValueError as e:
                 print(f"spampots export: {e}", file=sys.stderr)
                 return 2
-            only = campaign_shas(data_dir, keys)
+            only = campaign_shas(data_dir, keys, cache_dir=getattr(args, "cache_dir", None))
         shas = _select(events, args, only)
         if not shas:
             print("spampots export: no stored message matches the selection", file=sys.stderr)
@@ -581,9 +582,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--sensor", help="only messages captured by this sensor")
     x.add_argument("--day", type=_day, help="only messages of this UTC day (YYYY-MM-DD)")
     x.add_argument("--src-ip", help="only messages from this source address")
-    x.add_argument("--campaign", action="append", default=[], metavar="HASH",
-                   help="only messages of this campaign: its hash (or a prefix of 4+ hex digits) from the "
-                        "report's Campaigns table; repeatable")
+    x.add_argument("--campaign", action="append", default=[], metavar="ID",
+                   help="only messages of this campaign: its id (cmp-…, or a prefix of it) from `spampots "
+                        "campaigns` or the report's Campaigns table, or an old subject hash (4+ hex digits); "
+                        "repeatable")
     x.add_argument("--all", action="store_true",
                    help="every message in the store (bodies whose events were lost included)")
     add_data_dir_options(x)
@@ -621,10 +623,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .loadgen import cli as loadgen_cli
     from .policy import cli as policy_cli
     from .transport import cli as transport_cli
+    from . import campaigns_cli
     from . import prune as prune_cli
     from . import status as status_cli
 
-    for group in (analysis_cli, policy_cli, loadgen_cli, transport_cli, status_cli, prune_cli):
+    for group in (analysis_cli, policy_cli, loadgen_cli, transport_cli, status_cli, prune_cli, campaigns_cli):
         group.register(sub)
     return p
 

@@ -216,6 +216,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--talk-only", action="store_true",
                    help="only the talk's tables: summary, ports (emails, sessions), outbound attempts")
     p.add_argument("--detail", action="store_true", help="terminal/markdown: also the per-day and per-hour tables")
+    p.add_argument("--no-campaigns", action="store_true",
+                   help="do not parse new messages into campaigns: the Campaigns table groups by subject only")
     p.add_argument("--exact-limit", type=_count, default=5_000_000, metavar="N",
                    help="above this many emails the top-N tables on message fields use the session sample (default 5M)")
     p.add_argument("--threads", type=int, metavar="N", help="DuckDB threads (default: all cores)")
@@ -345,6 +347,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     finally:
         if args.engine == "spark":
             con.close()
+    if args.engine == "duckdb" and not args.talk_only and not args.no_campaigns:
+        from .campaign_report import report_step  # content campaigns replace the subject-key table
+
+        report_step(report, lake, con, enricher, top=args.top, quiet=args.quiet)
     report.meta.update(data_dir=str(args.lake or data_dir), filters=describe_filters(args), engine=args.engine)
     tell_damage(lake.damage, "spampots report")
 

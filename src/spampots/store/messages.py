@@ -167,7 +167,9 @@ class MessageStore:
     it reads the index as it is (rows the writer committed are visible at
     once; bodies written by a writer that crashed stay invisible until some
     writer opens the store and re-indexes). Without an index file it scans
-    the packs into an in-memory index.
+    the packs into an in-memory index. ``scan=True`` (with readonly) always
+    does: SQLite opening the index read-only still creates its ``-shm`` file
+    where it may, which root reading a sensor's data dir must not leave behind.
     """
 
     def __init__(
@@ -178,8 +180,10 @@ class MessageStore:
         pack_max_bytes: int = 256 << 20,
         level: int = 3,
         readonly: bool = False,
+        scan: bool = False,
     ) -> None:
         self.dir = Path(data_dir) / MESSAGES_DIR
+        self._scan = scan
         self.sensor = check_sensor(sensor)
         self.pack_max_bytes = pack_max_bytes
         self.readonly = readonly
@@ -249,7 +253,7 @@ class MessageStore:
 
     def _open_db_readonly(self) -> sqlite3.Connection:
         path = self.dir / INDEX_NAME
-        if path.exists():
+        if path.exists() and not self._scan:
             db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, check_same_thread=False)
             try:
                 _check_index(db)
