@@ -63,6 +63,7 @@ class SensorSection(_Base):
     heartbeat_interval_s: float = 60.0
     greeting_delay_s: float = 0.0  # wait this long for a client that speaks first on SMTP ports
     tunnel_greeting_delay_s: float = 0.02  # far end's "connect time" before its banner
+    workers: int = 0  # worker processes on the same ports (SO_REUSEPORT); 0 = one per core
 
 
 class LimitsSection(_Base):
@@ -453,6 +454,7 @@ _FLOORS: dict[str, tuple[float, str]] = {
     "sensor.heartbeat_interval_s": (0.5, ">="),
     "sensor.greeting_delay_s": (0.0, ">="),
     "sensor.tunnel_greeting_delay_s": (0.0, ">="),
+    "sensor.workers": (0.0, ">="),
     "limits.new_sessions_per_s_per_ip": (0.0, ">"),
     "limits.idle_timeout_s": (0.1, ">="),
     "limits.session_lifetime_s": (0.1, ">="),
@@ -467,6 +469,7 @@ _FLOORS: dict[str, tuple[float, str]] = {
 _CEILINGS: dict[str, float] = {
     "sensor.greeting_delay_s": 300.0,
     "sensor.tunnel_greeting_delay_s": 300.0,
+    "sensor.workers": 256.0,
 }
 
 
@@ -489,6 +492,16 @@ def _number_problems(cfg: Config) -> list[str]:
             elif key in _CEILINGS and value > _CEILINGS[key]:
                 errors.append(f"{key} must be <= {_CEILINGS[key]:g}, not {value:g}")
     return errors
+
+
+def worker_count(cfg: Config) -> int:
+    """``[sensor] workers``, 0 resolved to the number of cores this process may run on."""
+    if cfg.sensor.workers > 0:
+        return cfg.sensor.workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def with_port_offset(cfg: Config, offset: int) -> Config:
@@ -535,6 +548,8 @@ summary_interval_s = 60     # one-line operational summary on stderr (at least 0
 heartbeat_interval_s = 60   # spampots.sensor.heartbeat events (at least 0.5)
 greeting_delay_s = 0.0      # SMTP ports: wait this long for a client that speaks first (0..300)
 tunnel_greeting_delay_s = 0.02  # a tunnelled mail server's banner comes this long after the grant (0..300)
+workers = 0                 # processes serving the same ports (SO_REUSEPORT), each with its own
+                            # loop and store writer; 0 = one per core, 1 = a single process (0..256)
 
 [limits]                    # every hit is recorded as spampots.limit.hit
 max_sessions = 4096         # concurrent sessions, all sources; when full, the session with the
