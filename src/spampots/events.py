@@ -99,6 +99,7 @@ class SensorStart(Event, tag=SENSOR_START):
     limits: dict[str, Any] = {}
     personas: dict[str, str] = {}
     heartbeat_interval_s: float = 0.0  # 0: not recorded (older sensors)
+    workers: int = 1  # processes serving the sensor's ports
 
 
 class SensorStop(Event, tag=SENSOR_STOP):
@@ -116,6 +117,7 @@ class SensorStop(Event, tag=SENSOR_STOP):
 class SensorHeartbeat(Event, tag=HEARTBEAT):
     version: str
     uptime_s: float = 0.0
+    worker: int = 0  # which worker process beats (each beats; the figures are its own)
     counters: dict[str, int] = {}
     tallies: list[ListenerTally] = []
     errors: dict[str, int] = {}

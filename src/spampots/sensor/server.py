@@ -127,6 +127,7 @@ class Sensor:
         self.worker = 0
         self.workers = 1
         self.shared = None  # the SharedState, with workers > 1
+        self.restarted = False  # a worker forked again after its predecessor died
         self.sockets: list[list[socket.socket]] = []  # per listener: the bound sockets this process serves
         self.metrics_sock: Optional[socket.socket] = None
         self._dir_fd: Optional[int] = None
@@ -254,7 +255,7 @@ class Sensor:
         self._guard_resources()
         for rt in self._runtimes():
             try:
-                socks = bind_listener(rt.address or None, rt.port, backlog=self.backlog, copies=copies)
+                socks = bind_listener(rt.address or None, rt.port, copies=copies)
             except OSError as exc:
                 hint = bind_failure_hint(rt.port, exc)
                 self.failed.append(rt.describe(error=hint))
@@ -472,15 +473,19 @@ class Sensor:
                 raise StartupError(f"cannot serve: {exc}") from None
             raise
         limits = effective_limits(self.cfg)
-        self.recorder.emit(self._sensor_event(SensorStart(
-            version=__version__,
-            listeners=[rt.describe() for rt in self.listeners],
-            failed=self.failed,
-            limits=limits,
-            personas={"smtp": self.persona.smtp_style, "http": self.persona.http_style,
-                      "judge": self.persona.judge_style, "hostname": self.persona.hostname},
-            heartbeat_interval_s=self.cfg.sensor.heartbeat_interval_s,
-        )))
+        # With workers, the sensor's start and stop are worker 0's first start and last stop:
+        # a restarted worker is not a restarted sensor (availability counts every worker's beats).
+        if lead and not self.restarted:
+            self.recorder.emit(self._sensor_event(SensorStart(
+                version=__version__,
+                listeners=[rt.describe() for rt in self.listeners],
+                failed=self.failed,
+                limits=limits,
+                personas={"smtp": self.persona.smtp_style, "http": self.persona.http_style,
+                          "judge": self.persona.judge_style, "hostname": self.persona.hostname},
+                heartbeat_interval_s=self.cfg.sensor.heartbeat_interval_s,
+                workers=self.workers,
+            )))
         if lead:
             self._tell_started(data_dir)
         self.publish()  # up: the supervisor now restarts this worker if it dies
@@ -525,7 +530,7 @@ class Sensor:
         socks = []
         try:
             for k in range(copies):
-                socks.append(bind_listener(m.address, m.port + k, backlog=64, copies=1)[0][0])
+                socks.append(bind_listener(m.address, m.port + k)[0][0])
         except OSError as exc:
             for sock in socks:
                 sock.close()
@@ -602,14 +607,15 @@ class Sensor:
                 break
             await asyncio.sleep(0.02)
         self._flush_hits()
-        self.recorder.emit(self._sensor_event(SensorStop(
-            version=__version__,
-            uptime_s=round(time.time() - self.started_at, 3),
-            listeners=[rt.describe() for rt in self.listeners],
-            limits=limits,
-            counters=dict(self.counters),
-            **sensor_figures(self),
-        )))
+        if self.worker == 0:
+            self.recorder.emit(self._sensor_event(SensorStop(
+                version=__version__,
+                uptime_s=round(time.time() - self.started_at, 3),
+                listeners=[rt.describe() for rt in self.listeners],
+                limits=limits,
+                counters=dict(self.counters),
+                **sensor_figures(self),
+            )))
         await self.recorder.close()
         self.publish()
         if self.shared is None:
@@ -652,40 +658,34 @@ class Sensor:
                 self.recorder.emit(self._sensor_event(SensorHeartbeat(
                     version=__version__,
                     uptime_s=round(time.time() - self.started_at, 3),
+                    worker=self.worker,
                     counters=dict(self.counters),
                     **sensor_figures(self),
                 )))
                 next_beat = now + beat_every
 
 
-def bind_listener(host: Optional[str], port: int, *, backlog: int, copies: int) -> list[list[socket.socket]]:
-    """``copies`` sets of listening sockets on host:port (None: every IPv4 and IPv6 address,
-    one socket each, as asyncio binds them). Several copies share the port through
-    SO_REUSEPORT; a plain bind first makes sure no other program holds it (whoever binds
-    with SO_REUSEPORT too would otherwise share it silently)."""
-    infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
-    infos = list(dict.fromkeys((fam, addr) for fam, _, _, _, addr in infos))
+def bind_listener(host: Optional[str], port: int, *, copies: int = 1) -> list[list[socket.socket]]:
+    """``copies`` sets of sockets bound to host:port (None: every IPv4 and IPv6 address, one
+    socket each, as asyncio binds them; a host is an address: the config checks it). Several
+    copies share the port through SO_REUSEPORT; a plain bind first makes sure no other
+    program holds it (one binding with SO_REUSEPORT too would otherwise share it silently)."""
+    if host is None:
+        addrs = [(socket.AF_INET, "0.0.0.0")] + ([(socket.AF_INET6, "::")] if _has_ipv6() else [])
+    else:
+        addrs = [(socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET, host)]
     out: list[list[socket.socket]] = []
     try:
-        for _ in range(copies):
+        for copy in range(copies):
             socks: list[socket.socket] = []
             out.append(socks)
-            for fam, addr in infos:
-                sock = socket.socket(fam, socket.SOCK_STREAM)
+            for fam, ip in addrs:
+                if copies > 1 and copy == 0:  # the probe: EADDRINUSE if anyone holds the port
+                    with _new_socket(fam, reuse_port=False) as probe:
+                        probe.bind((ip, port))
+                sock = _new_socket(fam, reuse_port=copies > 1)
                 socks.append(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if fam == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                if copies > 1:
-                    if len(out) == 1:  # the probe: fails with EADDRINUSE if anyone holds the port
-                        with socket.socket(fam, socket.SOCK_STREAM) as probe:
-                            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                            if fam == socket.AF_INET6:
-                                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                            probe.bind(addr)
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                sock.bind(addr)
-                sock.listen(backlog)
+                sock.bind((ip, port))  # listen() comes when a loop starts serving it: not before the drop
                 sock.setblocking(False)
     except OSError:
         for socks in out:
@@ -693,6 +693,25 @@ def bind_listener(host: Optional[str], port: int, *, backlog: int, copies: int) 
                 sock.close()
         raise
     return out
+
+
+def _has_ipv6() -> bool:
+    """Whether this kernel makes IPv6 sockets (asyncio, too, skips a family it cannot)."""
+    try:
+        socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close()
+    except OSError:
+        return False
+    return True
+
+
+def _new_socket(family: int, *, reuse_port: bool) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    return sock
 
 
 def _open_fds() -> int:

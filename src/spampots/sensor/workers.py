@@ -181,6 +181,7 @@ class Supervisor:
 
     # -- a worker ------------------------------------------------------------------------------
     def _fork(self, k: int) -> None:
+        self.sensor.restarted = k in self.started
         self.started[k] = time.monotonic()
         pid = os.fork()
         if pid:
