@@ -6,6 +6,7 @@ from spampots.sensor.limits import (
     STORE_RESERVE_FDS, ConnectionGate, HitCoalescer, ProgressOrder, plan_descriptors,
 )
 from spampots.lograte import RateLimitFilter
+from spampots.sensor.shared import PROBES, SharedGate, SharedState
 
 
 class Clock:
@@ -55,6 +56,71 @@ def test_full_house_is_reported_only_for_a_source_within_its_own_limits():
     assert g.admit("c")[0] == "max_sessions"  # within its limits: the caller may make room
     g.release("a")
     assert g.admit("c") is None
+
+
+def _shared_gates(n: int, clock: Clock, **limits) -> tuple[SharedState, list[SharedGate]]:
+    st = SharedState(n, sources=256)
+    return st, [SharedGate(st, k, clock=clock, **limits) for k in range(n)]
+
+
+def test_shared_gate_holds_the_limits_over_workers():
+    """Two workers' gates on one table: the same answers as one ConnectionGate."""
+    st, (g0, g1) = _shared_gates(2, Clock(), max_total=5, max_per_ip=2, rate_per_ip=100)
+    try:
+        assert g0.admit("a") is None and g1.admit("a") is None
+        assert g0.admit("a") == ("max_sessions_per_ip", 2, 3)
+        assert g1.admit("a") == ("max_sessions_per_ip", 2, 3)
+        for g, ip in zip((g0, g1, g0), "bcd"):
+            assert g.admit(ip) is None
+        assert g1.admit("e")[0] == "max_sessions"
+        assert st.open_total() == 5 and (g0.total, g1.total) == (3, 2)
+        g1.release("a")
+        assert g0.admit("a") is None
+    finally:
+        st.close()
+
+
+def test_shared_gate_rate_is_the_sources_over_workers():
+    clock = Clock()
+    st, gates = _shared_gates(3, clock, max_total=1000, max_per_ip=1000, rate_per_ip=2.0)
+    try:
+        admitted = sum(gates[i % 3].admit("flood") is None for i in range(12))
+        assert admitted == 4  # burst = 2 s worth, for the sensor, not per worker
+        assert gates[0].admit("other") is None
+        clock.t += 1.0
+        assert sum(gates[i % 3].admit("flood") is None for i in range(12)) == 2
+    finally:
+        st.close()
+
+
+def test_a_dead_workers_sessions_are_forgotten():
+    st, (g0, g1) = _shared_gates(2, Clock(), max_total=3, max_per_ip=2, rate_per_ip=100)
+    try:
+        assert g1.admit("a") is None and g1.admit("a") is None and g1.admit("b") is None
+        assert g0.admit("a")[0] == "max_sessions_per_ip"
+        st.worker_gone(1)  # killed: its column and its open count go
+        assert st.open_total() == 0
+        assert g0.admit("a") is None and g0.admit("a") is None
+    finally:
+        st.close()
+
+
+def test_shared_table_reuses_rows_and_admits_past_a_full_window():
+    clock = Clock()
+    st = SharedState(1, sources=PROBES)  # one probe window: every source lands in it
+    g = SharedGate(st, 0, clock=clock, max_total=10_000, max_per_ip=5, rate_per_ip=1.0)
+    try:
+        for i in range(PROBES):
+            assert g.admit(f"10.0.0.{i}") is None
+        assert g.admit("10.0.1.1") is None and g.untracked == 1  # no row: counted, total still held
+        for i in range(PROBES):
+            g.release(f"10.0.0.{i}")
+        g.release("10.0.1.1")
+        clock.t += 10  # buckets full again: the rows are free for new sources
+        assert g.admit("10.0.2.1") is None and g.untracked == 1
+        assert st.open_total() == 1
+    finally:
+        st.close()
 
 
 def test_progress_order_puts_the_least_progress_first():
