@@ -178,3 +178,49 @@ def test_operator_log_rate_limited_per_kind_of_line():
     r = rec("message not stored in session %s", "x")
     assert f.filter(r)
     assert r.getMessage() == "message not stored in session x (97 more like this not shown in the last 60 s)"
+
+
+def test_refused_clients_hear_421_on_smtp_and_503_on_http(tmp_path):
+    """Over the rate limit a real server says why before it closes (not a lost greeting)."""
+    import smtplib
+    import socket
+
+    import pytest
+
+    from conftest import start_sensor
+
+    sp = start_sensor(tmp_path, config="[limits]\nnew_sessions_per_s_per_ip = 0.01\n")  # burst: 1 session
+    try:
+        def connect(port: int, src: str) -> socket.socket:
+            return socket.create_connection(("127.0.0.1", sp.port(port)), timeout=10, source_address=(src, 0))
+
+        # SMTP: the first is served, the next refused with the persona's 421
+        with smtplib.SMTP(timeout=10, source_address=("127.0.0.31", 0)) as ok:
+            assert ok.connect("127.0.0.1", sp.port(25))[0] == 220
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            smtplib.SMTP("127.0.0.1", sp.port(25), timeout=10, source_address=("127.0.0.31", 0))
+        assert refused.value.smtp_code == 421
+        assert refused.value.smtp_error.startswith(b"4.7.0 ") and b"too many connections" in refused.value.smtp_error
+
+        # HTTP proxy port: a 503 page, then the close
+        connect(8080, "127.0.0.32").close()
+        c = connect(8080, "127.0.0.32")
+        c.sendall(b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        reply = b""
+        while chunk := c.recv(65536):
+            reply += chunk
+        c.close()
+        assert reply.startswith(b"HTTP/1.") and b" 503 " in reply.split(b"\r\n")[0]
+
+        # SOCKS port: nothing to say before the client speaks: closed
+        connect(1080, "127.0.0.33").close()
+        c = connect(1080, "127.0.0.33")
+        try:
+            assert c.recv(10) == b""
+        except ConnectionResetError:
+            pass
+        c.close()
+    finally:
+        sp.stop()
+    hits = [h for h in sp.events("spampots.limit.hit") if h.limit == "new_sessions_per_s_per_ip"]
+    assert {h.src_ip for h in hits} == {"127.0.0.31", "127.0.0.32", "127.0.0.33"}
