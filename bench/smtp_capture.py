@@ -85,11 +85,12 @@ def run_aiosmtpd(messages: int) -> tuple[Optional[Run], str]:
     return _driven(cmd, port, messages), aiosmtpd.__version__
 
 
-def run_spampots(messages: int, fsync: bool = True, src: Optional[str] = None) -> Run:
+def run_spampots(messages: int, fsync: bool = True, src: Optional[str] = None,
+                 workers: Optional[int] = None) -> Run:
     from spampots.store.segments import iter_events
 
     config = OPEN_LIMITS + ("" if fsync else "[store]\nfsync = false\n")
-    with Sensor(config, src=src) as s:
+    with Sensor(config, src=src, workers=workers) as s:
         cpu0 = thread_cpu(s.pid)
         wall, client = smtp_source_cpu(s.port(25), messages)
         cpu1 = thread_cpu(s.pid)

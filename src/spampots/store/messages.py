@@ -197,6 +197,7 @@ class MessageStore:
         self._foreign: set[str] = set()  # packs of dedup hits, fsynced on our next sync()
         self.hit_packs: set[str] = set()  # packs of dedup hits since retention last cleared it
         self._sync_error: Optional[OSError] = None
+        self._staged: Optional[dict[str, tuple]] = None  # index rows of the batch open now
         self._closed = False
         if readonly:
             self._db = self._open_db_readonly()
@@ -285,12 +286,12 @@ class MessageStore:
     def _reconcile(self) -> None:
         """Bring the index in line with the packs (they win), truncating torn tails."""
         db = self._db
-        names = self._pack_names()
-        ends = dict(db.execute(
-            f"SELECT pack, max(offset + {HEADER_SIZE} + comp_len) FROM blobs GROUP BY pack"
-        ).fetchall())
-        db.execute("BEGIN")
+        db.execute("BEGIN IMMEDIATE")  # another writer (a worker) may open the index at the same time
         try:
+            names = self._pack_names()
+            ends = dict(db.execute(
+                f"SELECT pack, max(offset + {HEADER_SIZE} + comp_len) FROM blobs GROUP BY pack"
+            ).fetchall())
             for gone in set(ends) - set(names):
                 log.warning("pack %s is gone: dropping its index rows", gone)
                 db.execute("DELETE FROM blobs WHERE pack = ?", (gone,))
@@ -424,10 +425,11 @@ class MessageStore:
         self._pack_size += len(record)
         self._dirty = True
         self.bytes_written += len(record)
-        self._db.execute(
-            "INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?, ?)",
-            (sha, self._pack, offset, len(body), len(comp)),
-        )
+        row = (sha, self._pack, offset, len(body), len(comp))
+        if self._staged is not None:
+            self._staged[sha] = row  # committed at the end of the batch, after its sync
+        else:
+            self._db.execute("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?, ?)", row)
         return sha, True
 
     def _undo_partial(self, offset: int) -> None:
@@ -453,21 +455,29 @@ class MessageStore:
 
         Call :meth:`sync` inside the block: the index rows then commit only after the bytes
         they name are on disk. One commit per put cost a WAL append and eight file locks.
+        The rows wait in memory until then, and the write transaction (``BEGIN IMMEDIATE``)
+        holds the index's lock only for their insert: the writers of one data dir (a
+        sensor's workers, a collector) share the index, and none waits on another's fsync.
         A failed commit is rolled back and raised (sqlite3.Error): treat the batch's puts as
-        not stored. Nested or concurrent use degrades to the plain per-put commits.
+        not stored (their records are indexed from the pack on the next open). Nested use
+        joins the outer batch.
         """
         self._check_writable()
-        db = self._db
-        if db.in_transaction:
+        if self._staged is not None:
             yield
             return
-        db.execute("BEGIN")
+        self._staged = {}
         try:
             yield
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+            rows = list(self._staged.values())
+        finally:
+            self._staged = None
+        if not rows:
+            return
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
         try:
+            db.executemany("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?, ?)", rows)
             db.execute("COMMIT")
         except sqlite3.Error:
             try:
@@ -508,6 +518,8 @@ class MessageStore:
     # -- reading ---------------------------------------------------------------------------------
 
     def _locate(self, sha: str) -> Optional[Location]:
+        if self._staged and sha in self._staged:
+            return Location(*self._staged[sha][1:])
         row = self._db.execute(
             "SELECT pack, offset, raw_len, comp_len FROM blobs WHERE sha256 = ?", (sha,)
         ).fetchone()
