@@ -223,6 +223,20 @@ class Sensor:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def stored_messages(data_dir: Path) -> tuple[int, int]:
+    """(message events in the store, how many of them have their body in the store)."""
+    from spampots.store.messages import MessageStore
+    from spampots.store.segments import iter_events
+
+    shas = [e.sha256 for e in iter_events(data_dir) if type(e).__name__ == "SmtpMessage"]
+    store = MessageStore(data_dir, readonly=True)
+    try:
+        with_body = sum(1 for sha in shas if sha and store.location(sha) is not None)
+    finally:
+        store.close()
+    return len(shas), with_body
+
+
 def supports(section: str, key: str) -> bool:
     """Whether this version's config has ``[section] key`` (benchmarks run across versions)."""
     from spampots import config
