@@ -128,10 +128,11 @@ class Sensor:
         self.workers = 1
         self.shared = None  # the SharedState, with workers > 1
         self.restarted = False  # a worker forked again after its predecessor died
-        self.sockets: list[list[socket.socket]] = []  # per listener: the bound sockets this process serves
-        self.metrics_sock: Optional[socket.socket] = None
-        self._dir_fd: Optional[int] = None
-        self._acct = None
+        self.lingering = 0  # refused HTTP connections still open for their 503 to be read (session.py)
+        # per listener, per worker: the bound sockets (one per address family); a worker keeps its own
+        self.sockets: list[list[list[socket.socket]]] = []
+        self.metrics_sock = None  # bound before the drop: one socket, or one per worker until take_share
+        self.max_local = cfg.limits.max_sessions  # what this process's descriptors hold (_fit_descriptors)
 
     # -- bookkeeping used by sessions ------------------------------------------------
     def new_session_id(self) -> str:

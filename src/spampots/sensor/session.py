@@ -32,6 +32,7 @@ from ..protocols.dispatch import (
 from ..protocols.proxy_header import V1_PREFIX, V2_SIGNATURE, ProxyHeaderParser
 
 REFUSAL_LINGER_S = 0.5  # a refused HTTP client's request is read (and dropped) this long
+REFUSAL_LINGER_MAX = 256  # refusals lingering at once; past it, the close comes at once (a flood)
 
 if TYPE_CHECKING:
     from .server import ListenerRuntime, Sensor
@@ -248,13 +249,18 @@ class Session(asyncio.Protocol):
             if reply and lst.speaks_first:
                 self.transport.write(reply)
                 self.transport.close()
-            elif reply:
+            elif reply and self.sensor.lingering < REFUSAL_LINGER_MAX:
                 # An HTTP client sends its request at once: closing with it unread would reset
                 # the connection, and the reset discards the 503 before the client reads it.
                 # So: the reply, our FIN, its bytes read and dropped, the close soon after.
+                # Lingering refusals are bounded: they hold descriptors no limit counts.
                 self.transport.write(reply)
                 self.transport.write_eof()
-                self.loop.call_later(REFUSAL_LINGER_S, self.transport.close)
+                self.sensor.lingering += 1
+                self.loop.call_later(REFUSAL_LINGER_S, self._end_refusal)
+            elif reply:
+                self.transport.write(reply)
+                self.transport.close()
             else:
                 self.transport.abort()
             return
@@ -273,6 +279,11 @@ class Session(asyncio.Protocol):
                 self.greet_timer = self.loop.call_later(delay, self._greet)
             else:
                 self._greet()
+
+    def _end_refusal(self) -> None:
+        self.sensor.lingering -= 1
+        assert self.transport is not None
+        self.transport.close()
 
     def _greet(self) -> None:
         self.greet_timer = None
