@@ -152,9 +152,10 @@ def test_limits_hold_for_the_whole_sensor(tmp_path):
             return len(alive)
 
         assert open_from("127.0.0.21", 12) == 6  # whichever worker each connection reached
-        assert open_from("127.0.0.22", 12) == 6
+        assert 1 <= open_from("127.0.0.22", 12) <= 6
         time.sleep(0.5)
-        # the house holds 10 over all workers: room was made by closing the oldest
+        # the house holds 10 over all workers: room was made by closing the least progress
+        # (in the worker each new connection reached)
         assert sum(is_open(c) for c in held) == 10
     finally:
         for c in held:
