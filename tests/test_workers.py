@@ -180,3 +180,52 @@ def test_sigterm_stops_every_worker_with_one_summary(tmp_path):
     assert len(sp.events("spampots.sensor.stop")) == 1
     segments = {p.name.split("-")[-2] for p in (sp.data_dir / "events").rglob("*.jsonl*")}
     assert segments == {str(p) for p in kids}, "each worker writes its own segments"
+
+
+def test_metrics_per_worker_and_workers_stop_with_a_dead_supervisor(tmp_path):
+    """Worker k serves its figures on the metrics port + k; a supervisor killed with -9 takes
+    its workers down (they stop cleanly) instead of leaving them serving unsupervised."""
+    import urllib.request
+
+    import random
+
+    mport = random.randrange(20000, 60000)
+    while not all(_free(mport + k) for k in range(2)):
+        mport = random.randrange(20000, 60000)
+    config = WORKERS_CONFIG.format(n=2) + f"[metrics]\nenable = true\nport = {mport}\n"
+    sp = start_sensor(tmp_path, config=config, wait_port=1080)
+    held = []
+    try:
+        kids = workers_of(sp.proc.pid, 2)
+        assert len(kids) == 2
+        for _ in range(20):
+            c = socket.create_connection(("127.0.0.1", sp.port(1080)), timeout=5)
+            c.sendall(b"\x05\x01\x00")
+            assert c.recv(2) == b"\x05\x00"
+            held.append(c)
+        opened = []
+        for k in range(2):
+            with urllib.request.urlopen(f"http://127.0.0.1:{mport + k}/metrics", timeout=10) as r:
+                text = r.read().decode()
+            opened += [int(float(line.split()[1])) for line in text.splitlines()
+                       if line.startswith("spampots_sessions_open ")]
+        assert len(opened) == 2 and sum(opened) == 20
+        sp.kill9()
+        deadline = time.time() + 30
+        while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in kids):
+            time.sleep(0.1)
+        assert not any(Path(f"/proc/{pid}").exists() for pid in kids), "workers outlived their supervisor"
+    finally:
+        for c in held:
+            c.close()
+        sp.stop()
+    assert len(sp.events("spampots.sensor.stop")) == 1  # worker 0 stopped cleanly
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

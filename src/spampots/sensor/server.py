@@ -537,6 +537,10 @@ class Sensor:
                 sock.close()
             raise StartupError(f"metrics endpoint {m.address}:{m.port + len(socks)}: {exc.strerror or exc}") from None
         self.metrics_sock = socks[0] if copies == 1 else socks  # type: ignore[assignment]
+        from ..metrics import SensorMetrics, registry_for
+
+        # Built before the drop: prometheus_client's files may be unreadable after it.
+        self._metrics_registry = registry_for(SensorMetrics(self))
         if not is_loopback(m.address):
             log.warning("metrics endpoint on %s, not loopback: whoever reaches port %d reads this "
                         "sensor's figures", m.address, m.port)
@@ -544,9 +548,7 @@ class Sensor:
     async def _start_metrics_server(self) -> None:
         if self.metrics_sock is None:
             return
-        from ..metrics import SensorMetrics, registry_for
-
-        ep = MetricsEndpoint(registry_for(SensorMetrics(self)))
+        ep = MetricsEndpoint(self._metrics_registry)
         await ep.bind(self.loop, self.cfg.metrics.address, 0, sock=self.metrics_sock)  # type: ignore[arg-type]
         self.metrics = ep
 

@@ -124,8 +124,8 @@ class Supervisor:
             self.shared.worker_gone(k)
             self.shared.write_figures(k, **dict.fromkeys(WORKER_FIELDS[2:], 0))
             code = os.waitstatus_to_exitcode(status)
-            if not self.ever_up and code == 2:
-                return 2  # a start-up failure (told on stderr by the worker), not a crash
+            if not self.ever_up and code > 0:
+                return 2  # no worker ever came up: a start-up failure (told on stderr), not a crash
             quick = time.monotonic() - self.started.get(k, 0.0) < _QUICK_DEATH_S
             self.quick_deaths[k] = self.quick_deaths.get(k, 0) + 1 if quick else 0
             delay = min(30.0, 0.1 * 2 ** self.quick_deaths[k]) if quick else 0.0
