@@ -571,7 +571,8 @@ payload_keep = 4096         # first bytes kept of an unknown tunnel payload
 messages_per_session = 1000
 chain_depth = 8             # proxy-through-proxy depth before we close
 memory_budget_mb = 256      # all sessions' DATA bodies and HTTP header blocks together; past it
-                            # SMTP answers 452 4.3.1 and HTTP 503 (try later)
+                            # SMTP answers 452 4.3.1 and HTTP 503 (try later); with
+                            # workers, each has an even share
 
 [smtp]
 persona = ""                # postfix | exim | sendmail | exchange; "" = picked from the sensor id

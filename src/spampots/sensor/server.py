@@ -234,8 +234,9 @@ class Sensor:
     # -- lifecycle ---------------------------------------------------------------
     def _runtimes(self) -> list[ListenerRuntime]:
         limits = self.cfg.protocol_limits()
-        # one memory budget for every listener; each session opens its own account on it
-        budget = MemoryBudget(self.cfg.limits.memory_budget_mb * 2**20).account()
+        # one memory budget for every listener; each session opens its own account on it. With
+        # workers each process has an even share: the sensor as a whole keeps memory_budget_mb.
+        budget = MemoryBudget(self.cfg.limits.memory_budget_mb * 2**20 // self.workers).account()
         self.upkeep = Upkeep(self, budget.pool)  # the free-space floor refuses mail through it
         out = []
         for lst in self.cfg.listeners:
