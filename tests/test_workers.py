@@ -168,13 +168,14 @@ def test_limits_hold_for_the_whole_sensor(tmp_path):
 def test_sigterm_stops_every_worker_with_one_summary(tmp_path):
     sp = start_sensor(tmp_path, config=WORKERS_CONFIG.format(n=2), wait_port=25)
     kids = workers_of(sp.proc.pid, 2)
-    with smtplib.SMTP("127.0.0.1", sp.port(25), timeout=10) as s:
-        s.sendmail("a@b.example", ["c@d.example"], make_message(1))
+    for n in range(20):  # fresh connections: the kernel spreads them over both workers
+        with smtplib.SMTP("127.0.0.1", sp.port(25), timeout=10) as s:
+            s.sendmail("a@b.example", ["c@d.example"], make_message(n))
     assert sp.stop(timeout=60) == 0
     for pid in kids:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
     err = sp.stderr()
-    assert err.count("stopped; ") == 1 and "messages 1," in err.split("stopped; ")[1]
+    assert err.count("stopped; ") == 1 and "messages 20," in err.split("stopped; ")[1]
     starts = sp.events("spampots.sensor.start")
     assert len(starts) == 1 and starts[0].workers == 2
     assert len(sp.events("spampots.sensor.stop")) == 1
@@ -229,3 +230,25 @@ def _free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def test_a_port_another_program_holds_is_not_shared_silently(tmp_path):
+    """SO_REUSEPORT would let the workers join a program that set it too: a plain bind
+    first finds the port in use, as a single process would."""
+    from conftest import pick_offset
+
+    offset = pick_offset()
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    squatter.bind(("127.0.0.1", 25 + offset))
+    squatter.listen()
+    try:
+        sp = start_sensor(tmp_path, config=WORKERS_CONFIG.format(n=2), offset=offset, args=("--strict",),
+                          wait_port=None)
+        try:
+            assert sp.proc.wait(60) == 2
+        finally:
+            sp.stop()
+    finally:
+        squatter.close()
+    assert f"port {25 + offset}: already in use" in sp.stderr()
