@@ -252,3 +252,25 @@ def test_a_port_another_program_holds_is_not_shared_silently(tmp_path):
     finally:
         squatter.close()
     assert f"port {25 + offset}: already in use" in sp.stderr()
+
+
+def test_workers_never_dial_out(tmp_path):
+    """The audit hook of tests/test_sensor_ops.py, with the sensor forking its workers."""
+    from clients import ProxySMTP
+    from test_sensor_ops import curl
+
+    audit = tmp_path / "audit.log"
+    sp = start_sensor(tmp_path, config=WORKERS_CONFIG.format(n=2), audit_file=audit)
+    try:
+        assert len(workers_of(sp.proc.pid, 2)) == 2
+        for n in range(4):  # fresh connections reach both workers
+            curl("--proxy", f"http://127.0.0.1:{sp.port(8080)}", f"http://dial{n}.example.com/")
+            with ProxySMTP(f"socks5://127.0.0.1:{sp.port(1080)}", "gmail-smtp-in.l.google.com", 25,
+                           rdns=True, timeout=10) as s:
+                s.sendmail("a@b.example", ["c@gmail.com"], make_message(n))
+        msgs = sp.events("spampots.smtp.message", wait_for=4)
+    finally:
+        sp.stop(timeout=60)
+    assert len(msgs) == 4
+    log = audit.read_text() if audit.exists() else ""
+    assert log == "", f"the sensor made outbound network calls:\n{log}"
