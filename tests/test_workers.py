@@ -274,3 +274,23 @@ def test_workers_never_dial_out(tmp_path):
     assert len(msgs) == 4
     log = audit.read_text() if audit.exists() else ""
     assert log == "", f"the sensor made outbound network calls:\n{log}"
+
+
+def test_status_sees_the_stop_among_the_workers_beats(tmp_path, capsys):
+    """Every worker beats in its own segment; the sensor's stop (worker 0's) is the newest
+    lifecycle event even where another worker's segment sorts after it."""
+    from spampots.cli import main as cli_main
+
+    config = WORKERS_CONFIG.format(n=2).replace("[sensor]\n", "[sensor]\nheartbeat_interval_s = 0.5\n")
+    sp = start_sensor(tmp_path, config=config, wait_port=25)
+    assert len(workers_of(sp.proc.pid, 2)) == 2
+    time.sleep(1.5)  # a few beats from each worker
+    assert cli_main(["status", "--data-dir", str(sp.data_dir), "--sensor", "test-sensor",
+                     "--min-free-mb", "0"]) == 0
+    assert sp.stop(timeout=60) == 0
+    beats = sp.events("spampots.sensor.heartbeat")
+    assert {b.worker for b in beats} == {0, 1}
+    capsys.readouterr()
+    assert cli_main(["status", "--data-dir", str(sp.data_dir), "--sensor", "test-sensor",
+                     "--min-free-mb", "0"]) == 1
+    assert "sensor stopped at" in capsys.readouterr().out
