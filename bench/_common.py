@@ -50,19 +50,33 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def pick_offset(ports: tuple[int, ...] = TALK_PORTS) -> int:
-    def free(p: int) -> bool:
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", p))
-            except OSError:
-                return False
-        return True
+OFFSET_ENV = "SPAMPOTS_BENCH_OFFSET"  # fixes the port offset (e.g. to keep clear of other programs)
 
+
+def port_free(port: int) -> bool:
+    """Nobody listens on or holds 127.0.0.1:port (nor the wildcard address) right now."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_offset(ports: tuple[int, ...] = TALK_PORTS) -> int:
+    """A port offset whose talk ports (and the metrics ports after them) are all free:
+    ``$SPAMPOTS_BENCH_OFFSET`` if set (checked: an error names a busy port), else a random one."""
+    fixed = os.environ.get(OFFSET_ENV)
+    if fixed:
+        off = int(fixed)
+        busy = [p + off for p in ports if not port_free(p + off)]
+        if busy:
+            raise SystemExit(f"{OFFSET_ENV}={off}: port(s) {', '.join(map(str, busy))} in use on 127.0.0.1")
+        return off
     for _ in range(500):
         off = random.randrange(20000, 57000, 7)
-        if all(free(p + off) for p in ports):
+        if all(port_free(p + off) for p in ports):
             return off
     raise RuntimeError("no free port offset")
 
@@ -99,11 +113,35 @@ def proc_stats(pid: int) -> ProcStats:
     return ProcStats(cpu, rss, hwm)
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of pid (a sensor's workers)."""
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            out += [int(p) for p in (task / "children").read_text().split()]
+    except OSError:
+        pass
+    return out
+
+
 def thread_cpu(pid: int) -> tuple[float, float]:
-    """CPU seconds (user + system) so far of the main thread (the sensor's event loop) and of
-    all other threads together (the store's writer, libuv's workers)."""
+    """CPU seconds (user + system) so far of the main threads (the sensor's event loops: one,
+    or one per worker) and of all other threads together (store writers, libuv's workers).
+    With workers the supervisor's own CPU counts as a loop's (it waits on signals: little)."""
+    main, other = _thread_cpu(pid)
+    for kid in children(pid):
+        m, o = _thread_cpu(kid)
+        main, other = main + m, other + o
+    return main, other
+
+
+def _thread_cpu(pid: int) -> tuple[float, float]:
     main = other = 0.0
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0.0, 0.0
+    for task in tasks:
         try:
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:  # the thread ended meanwhile
@@ -120,9 +158,11 @@ class Sensor:
     """A `spampots run` child on 127.0.0.1 with a port offset and a temporary data dir."""
 
     def __init__(self, config: str = OPEN_LIMITS, *, wait_talk_port: int = 25, keep: bool = False,
-                 src: Optional[str] = None) -> None:
+                 src: Optional[str] = None, workers: Optional[int] = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
         """``src``: run the spampots of another source tree (its ``src`` dir, e.g. an older
-        build from ``git archive``) instead of the installed one, for side-by-side runs."""
+        build from ``git archive``) instead of the installed one, for side-by-side runs.
+        ``workers``: ``--workers N`` (None: the config's, or an older build's only process)."""
         self.dir = Path(tempfile.mkdtemp(prefix="spampots-bench-"))
         self.keep = keep
         self.offset = pick_offset()
@@ -135,9 +175,15 @@ class Sensor:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "spampots.cli", "run", "--config", str(cfg), "--data-dir", str(self.dir / "var"),
              "--port-offset", str(self.offset), "--address", "127.0.0.1", "--sensor-id", "bench",
-             "--log-level", "warning", "--user", ""],
+             "--log-level", "warning", "--user", "", *extra_args,
+             *(["--workers", str(workers)] if workers is not None else [])],
             stdout=subprocess.DEVNULL, stderr=self.log, cwd=self.dir, env=env)
         wait_port(wait_talk_port + self.offset, proc=self.proc)
+        if workers and workers > 1:  # every worker up: each serves its own share of the port
+            deadline = time.time() + 30
+            while len(children(self.proc.pid)) < workers and time.time() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)
 
     def port(self, talk_port: int) -> int:
         return talk_port + self.offset
@@ -147,7 +193,15 @@ class Sensor:
         return self.proc.pid
 
     def stats(self) -> ProcStats:
-        return proc_stats(self.proc.pid)
+        """The process's figures; with workers, their sum (RSS and peak RSS added up)."""
+        total = proc_stats(self.proc.pid)
+        for kid in children(self.proc.pid):
+            try:
+                st = proc_stats(kid)
+            except OSError:  # gone meanwhile
+                continue
+            total = ProcStats(total.cpu_s + st.cpu_s, total.rss_mib + st.rss_mib, total.hwm_mib + st.hwm_mib)
+        return total
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -167,6 +221,20 @@ class Sensor:
         self.stop()
         if not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def stored_messages(data_dir: Path) -> tuple[int, int]:
+    """(message events in the store, how many of them have their body in the store)."""
+    from spampots.store.messages import MessageStore
+    from spampots.store.segments import iter_events
+
+    shas = [e.sha256 for e in iter_events(data_dir) if type(e).__name__ == "SmtpMessage"]
+    store = MessageStore(data_dir, readonly=True)
+    try:
+        with_body = sum(1 for sha in shas if sha and store.location(sha) is not None)
+    finally:
+        store.close()
+    return len(shas), with_body
 
 
 def supports(section: str, key: str) -> bool:

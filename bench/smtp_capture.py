@@ -1,7 +1,7 @@
 """(a) Direct SMTP capture: spampots vs Postfix smtp-sink, with aiosmtpd as a second baseline.
 
     python bench/smtp_capture.py [--messages 20000] [--aiosmtpd-messages 4000] [--no-fsync-run]
-                                 [--rounds 3] [--baseline-src DIR] [--no-lean]
+                                 [--rounds 3] [--baseline-src DIR] [--no-lean] [--workers N] [--no-single]
 
 All servers are driven by the same client, Postfix's smtp-source, with the
 issue's settings: 20 parallel sessions, 10 recipients, 3000-byte messages, one
@@ -17,8 +17,12 @@ example ``git archive <rev> src | tar -x -C /tmp/old`` then ``/tmp/old/src``),
 in the same rounds, so a change is measured side by side with what it replaces.
 ``--rounds N`` repeats everything N times in alternating order and prints each
 round and the medians. Besides the rate, each spampots line gives the CPU per
-message of the sensor's event-loop thread and of its store writer thread, and
-smtp-source's own CPU per message (the client shares the machine).
+message of the sensor's event-loop threads and of its store writer threads (summed
+over the workers), and smtp-source's own CPU per message (the client shares the
+machine). spampots runs with its default workers (one per core, or ``--workers``)
+and, for comparison, as one process (``1 worker``; ``--no-single`` skips it).
+After each spampots leg the store is read back: every message must be there, as an
+event with its body.
 
 Only smtp-source and smtp-sink are run from the postfix package, never the
 Postfix daemon. Loopback only.
@@ -37,7 +41,8 @@ from pathlib import Path
 from typing import Optional
 
 from _common import (
-    OPEN_LIMITS, Sensor, ensure_postfix_tools, free_port, machine, smtp_source_cpu, thread_cpu, wait_port,
+    OPEN_LIMITS, Sensor, ensure_postfix_tools, free_port, machine, smtp_source_cpu, stored_messages, thread_cpu,
+    wait_port,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -49,7 +54,7 @@ class Run:
     client_ms: float  # smtp-source CPU ms per message
     loop_ms: float = 0.0  # spampots: event-loop thread CPU ms per message
     writer_ms: float = 0.0  # spampots: store writer (and any other) threads, CPU ms per message
-    stored: int = 0
+    stored: int = 0  # message events whose body is in the store too
 
 
 def _driven(cmd: list[str], port: int, messages: int) -> Run:
@@ -85,16 +90,15 @@ def run_aiosmtpd(messages: int) -> tuple[Optional[Run], str]:
     return _driven(cmd, port, messages), aiosmtpd.__version__
 
 
-def run_spampots(messages: int, fsync: bool = True, src: Optional[str] = None) -> Run:
-    from spampots.store.segments import iter_events
-
+def run_spampots(messages: int, fsync: bool = True, src: Optional[str] = None,
+                 workers: Optional[int] = None) -> Run:
     config = OPEN_LIMITS + ("" if fsync else "[store]\nfsync = false\n")
-    with Sensor(config, src=src) as s:
+    with Sensor(config, src=src, workers=workers) as s:
         cpu0 = thread_cpu(s.pid)
         wall, client = smtp_source_cpu(s.port(25), messages)
         cpu1 = thread_cpu(s.pid)
         s.stop()
-        stored = sum(1 for e in iter_events(s.dir / "var") if type(e).__name__ == "SmtpMessage")
+        events, stored = stored_messages(s.dir / "var")
     return Run(messages / wall, 1000 * client / messages, 1000 * (cpu1[0] - cpu0[0]) / messages,
                1000 * (cpu1[1] - cpu0[1]) / messages, stored)
 
@@ -122,19 +126,23 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--baseline-src", help="also run the spampots of this source tree (its src/ dir)")
     ap.add_argument("--no-lean", action="store_true", help="skip bench/lean_sink.py")
+    ap.add_argument("--workers", type=int, default=None, help="spampots workers (default: one per core)")
+    ap.add_argument("--no-single", action="store_true", help="skip the one-process spampots leg")
     args = ap.parse_args()
     n = args.messages
 
     runs: dict[str, list[Run]] = {}
     aio_version = ""
     for rnd in range(args.rounds):
-        legs = [("smtp-sink", lambda: run_smtp_sink(n)), ("spampots", lambda: run_spampots(n))]
+        legs = [("smtp-sink", lambda: run_smtp_sink(n)), ("spampots", lambda: run_spampots(n, workers=args.workers))]
+        if not args.no_single:
+            legs.append(("1 worker", lambda: run_spampots(n, workers=1)))
         if args.baseline_src:
             legs.append(("baseline", lambda: run_spampots(n, src=args.baseline_src)))
         if not args.no_lean:
             legs.append(("lean", lambda: run_lean(n)))
         if not args.no_fsync_run:
-            legs.append(("fsync-off", lambda: run_spampots(n, fsync=False)))
+            legs.append(("fsync-off", lambda: run_spampots(n, fsync=False, workers=args.workers)))
         if rnd % 2:  # alternate the order: the machine drifts within a round
             legs = legs[:1] + legs[1:][::-1]
         for name, fn in legs:
@@ -155,8 +163,12 @@ def main() -> None:
     med = {k: _median(v) for k, v in runs.items()}
     sink = med["smtp-sink"]
     parts = [f"smtp-sink {sink.rate:,.0f} msg/s (client {sink.client_ms:.3f} ms CPU/msg)",
-             _ours("spampots", med["spampots"], sink, n) + " | ratio "
+             _ours(f"spampots ({args.workers or 'default'} workers)", med["spampots"], sink, n) + " | ratio "
              f"{med['spampots'].rate / sink.rate:.2f}x (goal >= 1.0x)"]
+    if "1 worker" in med:
+        one = med["1 worker"]
+        parts.append(_ours("spampots as one process", one, sink, n)
+                     + f"; the workers = {med['spampots'].rate / one.rate:.2f}x one process")
     if "baseline" in med:
         b = med["baseline"]
         parts.append(_ours(f"baseline ({args.baseline_src})", b, sink, n)

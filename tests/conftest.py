@@ -156,6 +156,8 @@ def start_sensor(
     cmd = [sys.executable, str(LAUNCHER), "run", "--config", str(cfg_path), "--data-dir", str(data),
            "--port-offset", str(offset), "--address", "127.0.0.1", "--sensor-id", "test-sensor",
            "--log-level", "debug", *args]
+    if "--workers" not in args and "workers" not in config:
+        cmd += ["--workers", "1"]  # one process, whose pid is the sensor's; tests of workers ask for more
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(err, "wb"), env=env)
     sp = SensorProc(data, offset, proc, cfg_path, err)
     if wait_port is not None:

@@ -162,3 +162,36 @@ def test_event_name_check_catches_a_typo(tmp_path):
 def test_consumers_use_the_constants(consumer):
     text = (SRC / consumer).read_text()
     assert not re.search(r"[\"']spampots\.(smtp|session|proxy|sensor|protocol)\.", text), consumer
+
+
+def test_reader_follows_the_open_segments_of_one_sensors_workers_side_by_side(tmp_path):
+    """A sensor's workers each keep a segment open (their pids in the names): a reader
+    takes the lines of both at once, not one worker's only until its segment closes."""
+    child = subprocess.Popen([sys.executable, "-c", f"""
+import sys
+sys.path.insert(0, {str(SRC.parent)!r})
+from spampots.events import SessionOpen, stamp
+from spampots.store.recorder import Recorder
+rec = Recorder({str(tmp_path)!r}, "s", pack_writer="s.w1")
+rec.start()
+for i in range(5):
+    rec.emit(stamp(SessionOpen(listener_addr="127.0.0.1"), sensor="s", session=f"w1-{{i}}", src_ip="127.0.0.9",
+                   src_port=i + 1, listener_port=25, protocol="smtp", depth=0))
+rec.flush_sync(10)
+print("ready", flush=True)
+sys.stdin.read()
+rec.close_sync(10)
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        mine = Recorder(tmp_path, "s", pack_writer="s.w0")
+        mine.start()
+        emit(mine, 0, 5, "s")
+        reader = Reader(tmp_path)
+        got = drain(reader)
+        reader.close()
+        assert len(got) == 10, "the other worker's open segment held this one's lines back"
+        assert len({p.name for p in iter_segment_files(tmp_path, sensor="s") if p.suffix == ".jsonl"}) == 2
+        mine.close_sync(10)
+    finally:
+        child.communicate("", timeout=30)

@@ -6,6 +6,7 @@ from spampots.sensor.limits import (
     STORE_RESERVE_FDS, ConnectionGate, HitCoalescer, ProgressOrder, plan_descriptors,
 )
 from spampots.lograte import RateLimitFilter
+from spampots.sensor.shared import PROBES, SharedGate, SharedState
 
 
 class Clock:
@@ -55,6 +56,71 @@ def test_full_house_is_reported_only_for_a_source_within_its_own_limits():
     assert g.admit("c")[0] == "max_sessions"  # within its limits: the caller may make room
     g.release("a")
     assert g.admit("c") is None
+
+
+def _shared_gates(n: int, clock: Clock, **limits) -> tuple[SharedState, list[SharedGate]]:
+    st = SharedState(n, sources=256)
+    return st, [SharedGate(st, k, clock=clock, **limits) for k in range(n)]
+
+
+def test_shared_gate_holds_the_limits_over_workers():
+    """Two workers' gates on one table: the same answers as one ConnectionGate."""
+    st, (g0, g1) = _shared_gates(2, Clock(), max_total=5, max_per_ip=2, rate_per_ip=100)
+    try:
+        assert g0.admit("a") is None and g1.admit("a") is None
+        assert g0.admit("a") == ("max_sessions_per_ip", 2, 3)
+        assert g1.admit("a") == ("max_sessions_per_ip", 2, 3)
+        for g, ip in zip((g0, g1, g0), "bcd"):
+            assert g.admit(ip) is None
+        assert g1.admit("e")[0] == "max_sessions"
+        assert st.open_total() == 5 and (g0.total, g1.total) == (3, 2)
+        g1.release("a")
+        assert g0.admit("a") is None
+    finally:
+        st.close()
+
+
+def test_shared_gate_rate_is_the_sources_over_workers():
+    clock = Clock()
+    st, gates = _shared_gates(3, clock, max_total=1000, max_per_ip=1000, rate_per_ip=2.0)
+    try:
+        admitted = sum(gates[i % 3].admit("flood") is None for i in range(12))
+        assert admitted == 4  # burst = 2 s worth, for the sensor, not per worker
+        assert gates[0].admit("other") is None
+        clock.t += 1.0
+        assert sum(gates[i % 3].admit("flood") is None for i in range(12)) == 2
+    finally:
+        st.close()
+
+
+def test_a_dead_workers_sessions_are_forgotten():
+    st, (g0, g1) = _shared_gates(2, Clock(), max_total=3, max_per_ip=2, rate_per_ip=100)
+    try:
+        assert g1.admit("a") is None and g1.admit("a") is None and g1.admit("b") is None
+        assert g0.admit("a")[0] == "max_sessions_per_ip"
+        st.worker_gone(1)  # killed: its column and its open count go
+        assert st.open_total() == 0
+        assert g0.admit("a") is None and g0.admit("a") is None
+    finally:
+        st.close()
+
+
+def test_shared_table_reuses_rows_and_admits_past_a_full_window():
+    clock = Clock()
+    st = SharedState(1, sources=PROBES)  # one probe window: every source lands in it
+    g = SharedGate(st, 0, clock=clock, max_total=10_000, max_per_ip=5, rate_per_ip=1.0)
+    try:
+        for i in range(PROBES):
+            assert g.admit(f"10.0.0.{i}") is None
+        assert g.admit("10.0.1.1") is None and g.untracked == 1  # no row: counted, total still held
+        for i in range(PROBES):
+            g.release(f"10.0.0.{i}")
+        g.release("10.0.1.1")
+        clock.t += 10  # buckets full again: the rows are free for new sources
+        assert g.admit("10.0.2.1") is None and g.untracked == 1
+        assert st.open_total() == 1
+    finally:
+        st.close()
 
 
 def test_progress_order_puts_the_least_progress_first():
@@ -112,3 +178,49 @@ def test_operator_log_rate_limited_per_kind_of_line():
     r = rec("message not stored in session %s", "x")
     assert f.filter(r)
     assert r.getMessage() == "message not stored in session x (97 more like this not shown in the last 60 s)"
+
+
+def test_refused_clients_hear_421_on_smtp_and_503_on_http(tmp_path):
+    """Over the rate limit a real server says why before it closes (not a lost greeting)."""
+    import smtplib
+    import socket
+
+    import pytest
+
+    from conftest import start_sensor
+
+    sp = start_sensor(tmp_path, config="[limits]\nnew_sessions_per_s_per_ip = 0.01\n")  # burst: 1 session
+    try:
+        def connect(port: int, src: str) -> socket.socket:
+            return socket.create_connection(("127.0.0.1", sp.port(port)), timeout=10, source_address=(src, 0))
+
+        # SMTP: the first is served, the next refused with the persona's 421
+        with smtplib.SMTP(timeout=10, source_address=("127.0.0.31", 0)) as ok:
+            assert ok.connect("127.0.0.1", sp.port(25))[0] == 220
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            smtplib.SMTP("127.0.0.1", sp.port(25), timeout=10, source_address=("127.0.0.31", 0))
+        assert refused.value.smtp_code == 421
+        assert refused.value.smtp_error.startswith(b"4.7.0 ") and b"too many connections" in refused.value.smtp_error
+
+        # HTTP proxy port: a 503 page, then the close
+        connect(8080, "127.0.0.32").close()
+        c = connect(8080, "127.0.0.32")
+        c.sendall(b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        reply = b""
+        while chunk := c.recv(65536):
+            reply += chunk
+        c.close()
+        assert reply.startswith(b"HTTP/1.") and b" 503 " in reply.split(b"\r\n")[0]
+
+        # SOCKS port: nothing to say before the client speaks: closed
+        connect(1080, "127.0.0.33").close()
+        c = connect(1080, "127.0.0.33")
+        try:
+            assert c.recv(10) == b""
+        except ConnectionResetError:
+            pass
+        c.close()
+    finally:
+        sp.stop()
+    hits = [h for h in sp.events("spampots.limit.hit") if h.limit == "new_sessions_per_s_per_ip"]
+    assert {h.src_ip for h in hits} == {"127.0.0.31", "127.0.0.32", "127.0.0.33"}

@@ -255,3 +255,81 @@ def test_batch_commits_once_and_rolls_back_on_error(tmp_path: Path) -> None:
     assert sha_c not in store  # its row rolled back: the index never names bytes not known durable
     assert store.put(c) == (sha_c, True)  # and it can be stored again
     store.close()
+
+
+def spam(n: int) -> list[bytes]:
+    """Bodies that share words, like spam does (a dictionary's case)."""
+    import random
+
+    rng = random.Random(7)
+    words = [b"offer", b"free", b"viagra", b"click", b"here", b"unsubscribe", b"winner", b"bank", b"account"]
+    return [b"Subject: offer %d\r\n\r\n" % i + b" ".join(rng.choices(words, k=600)) for i in range(n)]
+
+
+def test_a_writer_trains_a_dictionary_and_every_reader_finds_it(tmp_path: Path) -> None:
+    from spampots.store.messages import DICT_SAMPLES
+    import zstandard
+
+    some = spam(DICT_SAMPLES + 100)
+    store = MessageStore(tmp_path, "d1")
+    with store.batch():
+        for body in some[:DICT_SAMPLES + 50]:
+            store.put(body)
+        store.sync()
+    store.close()
+    dicts = list((tmp_path / "messages").glob("dict-*-d1.zdict"))
+    assert len(dicts) == 1
+    store = MessageStore(tmp_path, "d1")  # a restarted writer goes on with its dictionary
+    for body in some[DICT_SAMPLES + 50:]:
+        store.put(body)
+    store.sync()
+    last = store.location(hashlib.sha256(some[-1]).hexdigest())
+    store.close()
+    assert list((tmp_path / "messages").glob("dict-*.zdict")) == dicts
+    rec = (tmp_path / "messages" / last.pack).read_bytes()[last.offset + HEADER_SIZE:][:last.comp_len]
+    assert zstandard.get_frame_parameters(rec).dict_id == int(dicts[0].name.split("-")[1])
+    ro = MessageStore(tmp_path, readonly=True)
+    try:
+        assert all(ro.get(hashlib.sha256(b).hexdigest()) == b for b in some)
+    finally:
+        ro.close()
+    dicts[0].unlink()  # a lost dictionary is a corrupt record, never a wrong body
+    ro = MessageStore(tmp_path, readonly=True)
+    try:
+        with pytest.raises(CorruptRecord, match="dictionary"):
+            ro.get(hashlib.sha256(some[-1]).hexdigest())
+        assert ro.get(hashlib.sha256(some[0]).hexdigest()) == some[0]  # before the dictionary: plain
+    finally:
+        ro.close()
+
+
+def test_writers_of_one_index_batch_at_once(tmp_path: Path) -> None:
+    """A sensor's workers: several writers commit batches into one index at the same time."""
+    import threading
+
+    stores = [MessageStore(tmp_path, f"w{k}") for k in range(3)]
+    errors: list[BaseException] = []
+
+    def write(k: int) -> None:
+        try:
+            for i in range(40):
+                with stores[k].batch():
+                    for body in bodies(5, 500)[:3] + [b"w%d-%d-%d" % (k, i, j) for j in range(5)]:
+                        stores[k].put(body)
+                    stores[k].sync()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for s in stores:
+        s.close()
+    assert errors == []
+    ro = MessageStore(tmp_path, readonly=True)
+    try:
+        assert len(ro) == 3 + 3 * 40 * 5
+    finally:
+        ro.close()

@@ -151,6 +151,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg.sensor.user = args.user
     if args.log_level:
         cfg.sensor.log_level = args.log_level
+    if args.workers is not None:
+        cfg.sensor.workers = args.workers
     if args.metrics is not None:
         cfg.metrics = config.MetricsSection(enable=True, address=cfg.metrics.address, port=args.metrics)
     config.validate(cfg)
@@ -160,10 +162,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     # The store's writer thread hands results back to the loop; a shorter GIL
     # switch interval cuts that latency (+15-20% capture rate in bench (a)).
     sys.setswitchinterval(0.0005)
-    install_uvloop()
-    sensor = Sensor(cfg, strict=args.strict)
+    workers = config.worker_count(cfg)
     try:
-        return asyncio.run(sensor.run(data_dir))
+        if workers > 1:
+            from .sensor.workers import Supervisor
+
+            return Supervisor(cfg, workers, strict=args.strict).run(data_dir)
+        install_uvloop()
+        return asyncio.run(Sensor(cfg, strict=args.strict).run(data_dir))
     except (StartupError, PrivilegeError) as exc:
         pid = lock_holder(data_dir / "messages" / f"pack-{cfg.sensor_id}.lock")
         if pid is not None and pid != os.getpid():
@@ -544,6 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--user", default=None,
                    help="when started as root, drop to this user after binding (\"\" keeps root)")
     r.add_argument("--strict", action="store_true", help="fail if any listener cannot be bound")
+    r.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes serving the same ports (default: the config's [sensor] workers, "
+                        "0 = one per core)")
     r.add_argument("--log-level", choices=config.LOG_LEVELS, default=None,
                    help="stderr detail (default: the config's [sensor] log_level, info)")
     add_log_format(r)

@@ -65,6 +65,7 @@ class SensorSection(_Base):
     tunnel_greeting_delay_s: float = 0.02  # far end's "connect time" before its banner
     isp: str = ""  # label of the provider the sensor's address belongs to, for per-ISP reports ("": none)
     network: str = ""  # label of the kind of network (ADSL, cable, hosting...) ("": none)
+    workers: int = 0  # worker processes on the same ports (SO_REUSEPORT); 0 = one per core
 
 
 class LimitsSection(_Base):
@@ -476,6 +477,7 @@ _FLOORS: dict[str, tuple[float, str]] = {
     "sensor.heartbeat_interval_s": (0.5, ">="),
     "sensor.greeting_delay_s": (0.0, ">="),
     "sensor.tunnel_greeting_delay_s": (0.0, ">="),
+    "sensor.workers": (0.0, ">="),
     "limits.new_sessions_per_s_per_ip": (0.0, ">"),
     "limits.idle_timeout_s": (0.1, ">="),
     "limits.session_lifetime_s": (0.1, ">="),
@@ -490,6 +492,7 @@ _FLOORS: dict[str, tuple[float, str]] = {
 _CEILINGS: dict[str, float] = {
     "sensor.greeting_delay_s": 300.0,
     "sensor.tunnel_greeting_delay_s": 300.0,
+    "sensor.workers": 256.0,
 }
 
 
@@ -512,6 +515,16 @@ def _number_problems(cfg: Config) -> list[str]:
             elif key in _CEILINGS and value > _CEILINGS[key]:
                 errors.append(f"{key} must be <= {_CEILINGS[key]:g}, not {value:g}")
     return errors
+
+
+def worker_count(cfg: Config) -> int:
+    """``[sensor] workers``, 0 resolved to the number of cores this process may run on."""
+    if cfg.sensor.workers > 0:
+        return cfg.sensor.workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def with_port_offset(cfg: Config, offset: int) -> Config:
@@ -561,6 +574,8 @@ tunnel_greeting_delay_s = 0.02  # a tunnelled mail server's banner comes this lo
 isp = ""                    # label of this sensor's provider, e.g. "Telefonica" (report: per-ISP tables);
                             # printable, at most 64 characters; "" = none
 network = ""                # label of the kind of network, e.g. "ADSL", "cable", "hosting"; as isp
+workers = 0                 # processes serving the same ports (SO_REUSEPORT), each with its own
+                            # loop and store writer; 0 = one per core, 1 = a single process (0..256)
 
 [limits]                    # every hit is recorded as spampots.limit.hit
 max_sessions = 4096         # concurrent sessions, all sources; when full, the session with the
@@ -582,7 +597,8 @@ payload_keep = 4096         # first bytes kept of an unknown tunnel payload
 messages_per_session = 1000
 chain_depth = 8             # proxy-through-proxy depth before we close
 memory_budget_mb = 256      # all sessions' DATA bodies and HTTP header blocks together; past it
-                            # SMTP answers 452 4.3.1 and HTTP 503 (try later)
+                            # SMTP answers 452 4.3.1 and HTTP 503 (try later); with
+                            # workers, each has an even share
 
 [smtp]
 persona = ""                # postfix | exim | sendmail | exchange; "" = picked from the sensor id

@@ -101,6 +101,7 @@ class SensorStart(Event, tag=SENSOR_START):
     heartbeat_interval_s: float = 0.0  # 0: not recorded (older sensors)
     isp: str = ""  # [sensor] isp: the operator's label for the network's provider ("": none)
     network: str = ""  # [sensor] network: e.g. "ADSL", "cable", "hosting" ("": none)
+    workers: int = 1  # processes serving the sensor's ports
 
 
 class SensorStop(Event, tag=SENSOR_STOP):
@@ -118,6 +119,7 @@ class SensorStop(Event, tag=SENSOR_STOP):
 class SensorHeartbeat(Event, tag=HEARTBEAT):
     version: str
     uptime_s: float = 0.0
+    worker: int = 0  # which worker process beats (each beats; the figures are its own)
     counters: dict[str, int] = {}
     tallies: list[ListenerTally] = []
     errors: dict[str, int] = {}

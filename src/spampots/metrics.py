@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import socket
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Iterator, Optional
@@ -270,8 +271,13 @@ class MetricsEndpoint:
         self.scrapes = 0
         self._server: Optional[asyncio.AbstractServer] = None
 
-    async def bind(self, loop: asyncio.AbstractEventLoop, address: str, port: int) -> None:
-        """Bind now (before a privilege drop); serve from :meth:`start`."""
+    async def bind(self, loop: asyncio.AbstractEventLoop, address: str, port: int,
+                   sock: Optional[socket.socket] = None) -> None:
+        """Bind now (before a privilege drop), or take a socket bound then; serve from :meth:`start`."""
+        if sock is not None:
+            self._server = await loop.create_server(lambda: _Scrape(self, loop), sock=sock, backlog=64,
+                                                    start_serving=False)
+            return
         self._server = await loop.create_server(
             lambda: _Scrape(self, loop), host=address, port=port, reuse_address=True,
             backlog=64, start_serving=False)

@@ -65,9 +65,11 @@ def read_state(data_dir: Path, sensor: str) -> SensorState:
             if isinstance(ev, (SensorStart, SensorHeartbeat, SensorStop)):
                 found.append(ev)
         for ev in reversed(found):
-            if st.newest is None:
+            # Newest by time, not by file: a sensor's workers write segments side by side,
+            # and the stop (worker 0's) may sit in a file that sorts before another's beats.
+            if st.newest is None or ev.ts > st.newest.ts:
                 st.newest = ev
-            if st.figures is None and isinstance(ev, (SensorHeartbeat, SensorStop)):
+            if isinstance(ev, (SensorHeartbeat, SensorStop)) and (st.figures is None or ev.ts > st.figures.ts):
                 st.figures = ev
             if isinstance(ev, SensorStart):
                 st.start = ev

@@ -23,7 +23,7 @@ from .base import MAIL_PORTS, Action, Close, Context, Handler, Tunnel, limit_eve
 from .http import HttpServer
 from .personas import SOCKS_ONLY, SocksOnly
 from .raw import RawCapture
-from .smtp import AuthPolicy, SmtpServer
+from .smtp import AuthPolicy, SmtpServer, refusal as smtp_refusal
 from .sniff import SMTP_VERBS, sniff
 from .socks4 import Socks4Server
 from .socks5 import Socks5Server
@@ -174,6 +174,18 @@ def listener_handler(ctx: Context, *, kind: str, auth: Optional[AuthPolicy] = No
     if only is not None and ctx.depth == 0:
         return Sniffer(ctx, only=only)
     return Sniffer(ctx, fallback="http" if kind == "http" else "unknown")
+
+
+def listener_refusal(ctx: Context, *, kind: str) -> Optional[bytes]:
+    """What a listener of ``kind`` says to a client refused by a connection limit before
+    it closes, as the product it plays would: an SMTP server ``421 4.7.0``, an HTTP proxy
+    ``503``. None: close without a word (SOCKS has no refusal before the client speaks,
+    and an ``smtps`` client expects a TLS handshake first)."""
+    if kind in ("smtp", "submission"):
+        return smtp_refusal(ctx)
+    if kind == "http" and ctx.persona.http_style not in SOCKS_ONLY:
+        return HttpServer(ctx).refusal()
+    return None
 
 
 class _Refuse:

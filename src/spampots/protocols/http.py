@@ -224,6 +224,11 @@ class HttpServer:
     def start(self) -> list[Action]:
         return []
 
+    def refusal(self) -> bytes:
+        """The proxy's own ``503`` page, for a client the sensor will not serve now (a
+        connection limit): sent at once, before any request, then the glue closes."""
+        return self._render(None, self._error_answer(503), keep=False)
+
     def receive(self, data: bytes) -> list[Action]:
         if self._state == _DONE:  # after Tunnel/Close the glue owns the connection
             return []

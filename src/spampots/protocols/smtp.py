@@ -131,6 +131,7 @@ _COMMON: dict[str, str] = {
     "too_many_rcpts": "452 4.5.3 Error: too many recipients",
     "too_many_msgs": "421 4.7.0 {host} Error: too many messages in one session",
     "too_many_errors": "421 4.7.0 {host} Error: too many errors",
+    "too_many_conns": "421 4.7.0 {host} Error: too many connections from {ip}",
     "unknown": "500 5.5.2 Error: command not recognized",
     "bad_syntax": "500 5.5.2 Error: bad syntax",
     "not_implemented": "502 5.5.1 Error: command not implemented",
@@ -181,6 +182,8 @@ STYLES: dict[str, Style] = {
             "data": '354 Enter message, ending with "." on a line by itself',
             "queued": "250 2.0.0 OK id={qid}",
             "bye": "221 2.0.0 {host} closing connection",
+            "too_many_conns": "421 4.7.0 Too many concurrent SMTP connections from this IP address; "
+                              "please try again later.",
             "help": "214-2.0.0 Commands supported:\n"
                     "214 2.0.0 AUTH STARTTLS HELO EHLO MAIL RCPT DATA NOOP QUIT RSET HELP",
         },
@@ -198,6 +201,7 @@ STYLES: dict[str, Style] = {
             "data": '354 Enter mail, end with "." on a line by itself',
             "queued": "250 2.0.0 {qid} Message accepted for delivery",
             "bye": "221 2.0.0 {host} closing connection",
+            "too_many_conns": "421 4.7.0 {host} Too many open connections.",
             "ok": "250 2.0.0 OK",
             "help": "214-2.0.0 This is sendmail version 8.17.1\n214-2.0.0 Topics:\n"
                     "214-2.0.0 \tHELO\tEHLO\tMAIL\tRCPT\tDATA\n214-2.0.0 \tRSET\tNOOP\tQUIT\tHELP\tVRFY\n"
@@ -217,6 +221,8 @@ STYLES: dict[str, Style] = {
             "data": "354 Start mail input; end with <CRLF>.<CRLF>",
             "queued": "250 2.6.0 {qid} Queued mail for delivery",
             "bye": "221 2.0.0 Service closing transmission channel",
+            "too_many_conns": "421 4.7.0 The maximum number of concurrent connections has exceeded a limit, "
+                              "closing transmission channel",
             "help": "214-This server supports the following commands:\n"
                     "214 HELO EHLO STARTTLS RCPT DATA RSET MAIL QUIT HELP AUTH",
         },
@@ -279,6 +285,15 @@ def _printable(s: str, cap: int = ECHO_CAP) -> str:
     if s.isascii() and s.isprintable():
         return s[:cap]
     return "".join(c if " " <= c <= "~" else "?" for c in s[:cap])
+
+
+def refusal(ctx: Context) -> bytes:
+    """What the persona's server says to a client it will not serve now (a connection limit
+    of the sensor): ``421 4.7.0`` in its own words; the glue closes after it (RFC 5321 3.8)."""
+    style = STYLES.get(ctx.persona.smtp_style) or STYLES["postfix"]
+    text = style.replies.get("too_many_conns") or _COMMON["too_many_conns"]
+    host = _hostname(ctx.persona.hostname) or "localhost"
+    return _wire(text.format(host=host, ip=ctx.src_ip))
 
 
 def _hostname(name: Optional[str]) -> str:

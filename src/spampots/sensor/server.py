@@ -10,6 +10,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import ssl
 import time
 from collections import Counter, OrderedDict
@@ -51,7 +52,7 @@ class ListenerRuntime:
     speaks_first: bool
     context: Context
     persona_name: str
-    server: Optional[asyncio.AbstractServer] = None
+    servers: list = dataclasses.field(default_factory=list)  # asyncio servers, one per bound socket
 
     def describe(self, error: str = "") -> Listener:
         return Listener(address=self.address or "*", port=self.port, kind=self.kind,
@@ -123,6 +124,16 @@ class Sensor:
         # sessions (and tunnels), least recently failed forgotten first.
         self.auth_failures: OrderedDict[str, int] = OrderedDict()
         self.auth_memory = cfg.submission.remember_sources
+        # Workers (see sensor/workers.py): which one this is, of how many, and what they share.
+        self.worker = 0
+        self.workers = 1
+        self.shared = None  # the SharedState, with workers > 1
+        self.restarted = False  # a worker forked again after its predecessor died
+        self.lingering = 0  # refused HTTP connections still open for their 503 to be read (session.py)
+        # per listener, per worker: the bound sockets (one per address family); a worker keeps its own
+        self.sockets: list[list[list[socket.socket]]] = []
+        self.metrics_sock = None  # bound before the drop: one socket, or one per worker until take_share
+        self.max_local = cfg.limits.max_sessions  # what this process's descriptors hold (_fit_descriptors)
 
     # -- bookkeeping used by sessions ------------------------------------------------
     def new_session_id(self) -> str:
@@ -224,8 +235,9 @@ class Sensor:
     # -- lifecycle ---------------------------------------------------------------
     def _runtimes(self) -> list[ListenerRuntime]:
         limits = self.cfg.protocol_limits()
-        # one memory budget for every listener; each session opens its own account on it
-        budget = MemoryBudget(self.cfg.limits.memory_budget_mb * 2**20).account()
+        # one memory budget for every listener; each session opens its own account on it. With
+        # workers each process has an even share: the sensor as a whole keeps memory_budget_mb.
+        budget = MemoryBudget(self.cfg.limits.memory_budget_mb * 2**20 // self.workers).account()
         self.upkeep = Upkeep(self, budget.pool)  # the free-space floor refuses mail through it
         out = []
         for lst in self.cfg.listeners:
@@ -240,29 +252,51 @@ class Sensor:
             out.append(ListenerRuntime(lst.address, lst.port, lst.kind, speaks_first, ctx, name))
         return out
 
-    async def _bind(self) -> None:
+    def _bind(self, copies: int = 1) -> None:
+        """Bind every listener before the drop: ``copies`` sockets per address, joined by
+        SO_REUSEPORT when there are several (one per worker; the kernel spreads connections)."""
         self._guard_resources()
         for rt in self._runtimes():
             try:
-                rt.server = await self.loop.create_server(
-                    lambda rt=rt: Session(self, rt),
-                    host=rt.address or None,
-                    port=rt.port,
-                    reuse_address=True,
-                    backlog=self.backlog,
-                    start_serving=False,
-                )
+                socks = bind_listener(rt.address or None, rt.port, copies=copies)
             except OSError as exc:
                 hint = bind_failure_hint(rt.port, exc)
                 self.failed.append(rt.describe(error=hint))
                 log.warning("cannot listen on %s", hint)
                 continue
-            save_syns(rt.server.sockets)  # passive fingerprints: see sensor/synsave.py
+            save_syns(s for copy in socks for s in copy)  # passive fingerprints: see sensor/synsave.py
             self.listeners.append(rt)
+            self.sockets.append(socks)
         if self.failed and self.strict:
+            self._close_sockets()
             raise StartupError(f"{len(self.failed)} listener(s) could not be bound and --strict is set")
         if not self.listeners:
             raise StartupError("no listener could be bound: see the lines above for the fixes")
+
+    def _close_servers(self) -> None:
+        for rt in self.listeners:
+            for server in rt.servers:
+                server.close()
+            rt.servers = []
+
+    def _close_sockets(self) -> None:
+        for copies in self.sockets:
+            for socks in copies:
+                for sock in socks:
+                    sock.close()
+        self.sockets = []
+        metrics = self.metrics_sock
+        for sock in metrics if isinstance(metrics, list) else [metrics] if metrics is not None else []:
+            sock.close()
+        self.metrics_sock = None
+
+    async def _serve_sockets(self) -> None:
+        """The loop's servers on this process's share of the bound sockets."""
+        for rt, copies in zip(self.listeners, self.sockets):
+            assert len(copies) == 1, "take_share() first"
+            for sock in copies[0]:
+                rt.servers.append(await self.loop.create_server(
+                    lambda rt=rt: Session(self, rt), sock=sock, backlog=self.backlog, start_serving=False))
 
     def _tls_wanted(self) -> bool:
         return self.cfg.smtp.starttls or any(lst.kind in TLS_KINDS for lst in self.cfg.listeners)
@@ -293,28 +327,36 @@ class Sensor:
 
     def _guard_resources(self) -> None:
         """Before any listener exists: what an attacker could otherwise exhaust per connection."""
-        self._watch_loop_errors()
         lograte.install()
         self._fit_descriptors()  # sets the listen backlog too
 
     def _fit_descriptors(self) -> None:
         """Raise the descriptor limit to the hard limit; lower max_sessions if it still
-        cannot hold them, the store's reserve and an accept burst (warned once)."""
+        cannot hold them, the store's reserve and an accept burst (warned once). Each worker
+        is a process of its own: the plan is per worker, and the sensor holds workers times it."""
         limit = raise_nofile()
         listen_fds = sum(1 if lst.address else 2 for lst in self.cfg.listeners)  # "": IPv4 and IPv6
+        wanted = self.cfg.limits.max_sessions
         plan = plan_descriptors(limit=limit, in_use=_open_fds(), listen_fds=listen_fds,
-                                max_sessions=self.cfg.limits.max_sessions, backlog=self.backlog)
+                                max_sessions=wanted, backlog=self.backlog)
+        self.max_local = plan.max_sessions
         if plan.backlog < self.backlog and not plan.lowered:
             log.info("listen queues shortened to %d to fit the descriptor limit %d", plan.backlog, limit)
         self.backlog = plan.backlog
-        if plan.lowered:
-            log.warning("descriptor limit %d holds %d sessions, not max_sessions = %d: max_sessions lowered "
+        fits = min(wanted, plan.max_sessions * self.workers)
+        if fits < wanted:
+            per = f" per worker ({self.workers} workers)" if self.workers > 1 else ""
+            log.warning("descriptor limit %d holds %d sessions%s, not max_sessions = %d: max_sessions lowered "
                         "to %d, listen queues to %d (raise the hard limit: ulimit -Hn, or LimitNOFILE= in a "
-                        "systemd unit)", limit, plan.max_sessions, plan.wanted, plan.max_sessions, plan.backlog)
+                        "systemd unit%s)", limit, plan.max_sessions, per, wanted, fits, plan.backlog,
+                        ", or add workers" if self.workers > 1 else "")
             # the effective value: sessions read it, and sensor.start reports it
             self.cfg = msgspec.structs.replace(
-                self.cfg, limits=msgspec.structs.replace(self.cfg.limits, max_sessions=plan.max_sessions))
-            self.gate.max_total = plan.max_sessions
+                self.cfg, limits=msgspec.structs.replace(self.cfg.limits, max_sessions=fits))
+            self.gate.max_total = fits
+        elif plan.lowered:
+            log.info("descriptor limit %d holds %d sessions per worker; %d workers hold max_sessions = %d",
+                     limit, plan.max_sessions, self.workers, wanted)
 
     def _watch_loop_errors(self) -> None:
         """Count accept failures for want of descriptors, and log them at a limited rate.
@@ -335,17 +377,26 @@ class Sensor:
         self.loop.set_exception_handler(handler)
 
     async def run(self, data_dir: Path) -> int:
-        """Start up in an order that gives root no file to create: check the data dir (as the
-        user the sensor will run as), read root-only files, bind, enter the data dir by its
-        descriptor and drop root, then make the TLS certificate and open the store."""
+        """One process serving every listener (``[sensor] workers = 1``)."""
         self.loop = asyncio.get_running_loop()
         # First: a SIGTERM that comes while starting (its port may already accept) is a
         # clean stop once up, not a death that leaves the store to recovery.
+        self._catch_signals()
+        self.prepare(data_dir)
+        return await self.serve(data_dir)
+
+    def _catch_signals(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self.loop.add_signal_handler(sig, self._stop.set)
             except (NotImplementedError, RuntimeError):
                 pass
+
+    def prepare(self, data_dir: Path, copies: int = 1) -> None:
+        """Start up in an order that gives root no file to create: check the data dir (as the
+        user the sensor will run as), read root-only files, bind, enter the data dir by its
+        descriptor and drop root, then make the TLS certificate. ``copies``: sockets per
+        listener, one per worker. No event loop, no thread: workers are forked after it."""
         acct = (privileges.account(self.cfg.sensor.user, self.cfg.sensor.group)
                 if privileges.running_as_root() and self.cfg.sensor.user else None)
         dir_fd = privileges.open_data_dir(data_dir, acct)
@@ -353,8 +404,8 @@ class Sensor:
             privileges.check_writable(dir_fd, data_dir, acct)
             privileges.warn_if_full(dir_fd, data_dir, log)
             self._tls(dropped=False)
-            await self._bind()
-            await self._bind_metrics()
+            self._bind(copies)
+            self._bind_metrics(copies)
             if self.cfg.transport.nats is not None:
                 # Import what shipping needs while still root: after the drop the
                 # interpreter's own files may be unreadable (e.g. a pyenv under /root).
@@ -367,12 +418,41 @@ class Sensor:
             else:
                 os.fchdir(dir_fd)  # relative paths from here on, as after a drop
             self._tls(dropped=True)
+        except (StartupError, privileges.PrivilegeError):
+            self._close_sockets()
+            raise
+        finally:
+            os.close(dir_fd)
+
+    def take_share(self, worker: int) -> None:
+        """In a forked worker: keep its own sockets of each listener, close the others'."""
+        for i, copies in enumerate(self.sockets):
+            for k, socks in enumerate(copies):
+                if k != worker:
+                    for sock in socks:
+                        sock.close()
+            self.sockets[i] = [copies[worker]]
+        if isinstance(self.metrics_sock, list):
+            for k, sock in enumerate(self.metrics_sock):
+                if k != worker:
+                    sock.close()
+            self.metrics_sock = self.metrics_sock[worker]
+
+    async def serve(self, data_dir: Path) -> int:
+        """Open the store, serve until stopped, shut down cleanly (after :meth:`prepare`)."""
+        self.loop = asyncio.get_running_loop()
+        self._watch_loop_errors()
+        lead = self.worker == 0  # one shipper, one set of outputs, one retention pass per sensor
+        try:
+            await self._serve_sockets()
+            await self._start_metrics_server()
             self.recorder = Recorder(
                 Path("."),
                 self.sensor_id,
                 fsync=self.cfg.store.fsync,
                 segment_max_bytes=int(self.cfg.store.segment_max_mb * 1024 * 1024),
                 segment_max_age_s=self.cfg.store.segment_max_age_s,
+                pack_writer=self.pack_writer(),
             )
             try:
                 self.recorder.start(self.loop)
@@ -381,36 +461,43 @@ class Sensor:
                 raise StartupError(f"cannot open the store in {data_dir}: {exc}") from None
             if self.upkeep is not None:
                 self.upkeep.shown_dir = data_dir
+                if not lead:
+                    self.upkeep.keep_days = 0  # retention: worker 0's
                 self.upkeep.poll()  # below the floor already: refuse mail from the first session
             for rt in self.listeners:
-                assert rt.server is not None
-                await rt.server.start_serving()
-        except (StartupError, privileges.PrivilegeError):
-            for rt in self.listeners:
-                if rt.server is not None:
-                    rt.server.close()
+                for server in rt.servers:
+                    await server.start_serving()
+        except (StartupError, privileges.PrivilegeError, OSError) as exc:
+            self._close_servers()
+            self._close_sockets()
             self._close_metrics()
             if self.recorder is not None:
                 await self.recorder.close()
+            if isinstance(exc, OSError):
+                raise StartupError(f"cannot serve: {exc}") from None
             raise
-        finally:
-            os.close(dir_fd)
         limits = effective_limits(self.cfg)
-        self.recorder.emit(self._sensor_event(SensorStart(
-            version=__version__,
-            listeners=[rt.describe() for rt in self.listeners],
-            failed=self.failed,
-            limits=limits,
-            personas={"smtp": self.persona.smtp_style, "http": self.persona.http_style,
-                      "judge": self.persona.judge_style, "hostname": self.persona.hostname},
-            heartbeat_interval_s=self.cfg.sensor.heartbeat_interval_s,
-            isp=self.cfg.sensor.isp, network=self.cfg.sensor.network,
-        )))
-        self._tell_started(data_dir)
+        # With workers, the sensor's start and stop are worker 0's first start and last stop:
+        # a restarted worker is not a restarted sensor (availability counts every worker's beats).
+        if lead and not self.restarted:
+            self.recorder.emit(self._sensor_event(SensorStart(
+                version=__version__,
+                listeners=[rt.describe() for rt in self.listeners],
+                failed=self.failed,
+                limits=limits,
+                personas={"smtp": self.persona.smtp_style, "http": self.persona.http_style,
+                          "judge": self.persona.judge_style, "hostname": self.persona.hostname},
+                heartbeat_interval_s=self.cfg.sensor.heartbeat_interval_s,
+                isp=self.cfg.sensor.isp, network=self.cfg.sensor.network,
+                workers=self.workers,
+            )))
+        if lead:
+            self._tell_started(data_dir)
+        self.publish()  # up: the supervisor now restarts this worker if it dies
         ticker = self.loop.create_task(self._tick())
         upkeep = self.loop.create_task(self.upkeep.run()) if self.upkeep is not None else None
-        shipping = self._start_shipper()
-        feeding = outputs.start(self.cfg.output, Path("."))  # tasks reading the store: never block capture
+        shipping = self._start_shipper() if lead else None
+        feeding = outputs.start(self.cfg.output, Path(".")) if lead else None  # never block capture
         await self._start_metrics()  # after the shipper: its figures are there from the first scrape
         await self._stop.wait()
         ticker.cancel()
@@ -434,27 +521,47 @@ class Sensor:
                 log.warning("shipper still busy at stop; it resumes from its cursor on the next start")
         return 0
 
-    async def _bind_metrics(self) -> None:
-        """Bind the Prometheus endpoint with the listeners, before the drop ([metrics])."""
+    def pack_writer(self) -> str:
+        """The name this process writes message packs under: the sensor's, or one per worker
+        (a pack has one writer; a restarted worker takes its predecessor's packs over)."""
+        return self.sensor_id if self.workers == 1 else f"{self.sensor_id}.w{self.worker}"
+
+    def _bind_metrics(self, copies: int = 1) -> None:
+        """Bind the Prometheus endpoint with the listeners, before the drop ([metrics]); with
+        workers, worker k answers on port + k (each its own figures)."""
         m = self.cfg.metrics
         if not m.enable:
             return
+        socks = []
+        try:
+            for k in range(copies):
+                socks.append(bind_listener(m.address, m.port + k)[0][0])
+        except OSError as exc:
+            for sock in socks:
+                sock.close()
+            raise StartupError(f"metrics endpoint {m.address}:{m.port + len(socks)}: {exc.strerror or exc}") from None
+        self.metrics_sock = socks[0] if copies == 1 else socks  # type: ignore[assignment]
         from ..metrics import SensorMetrics, registry_for
 
-        ep = MetricsEndpoint(registry_for(SensorMetrics(self)))
-        try:
-            await ep.bind(self.loop, m.address, m.port)
-        except OSError as exc:
-            raise StartupError(f"metrics endpoint {m.address}:{m.port}: {exc.strerror or exc}") from None
-        self.metrics = ep
+        # Built before the drop: prometheus_client's files may be unreadable after it.
+        self._metrics_registry = registry_for(SensorMetrics(self))
         if not is_loopback(m.address):
             log.warning("metrics endpoint on %s, not loopback: whoever reaches port %d reads this "
                         "sensor's figures", m.address, m.port)
 
+    async def _start_metrics_server(self) -> None:
+        if self.metrics_sock is None:
+            return
+        ep = MetricsEndpoint(self._metrics_registry)
+        await ep.bind(self.loop, self.cfg.metrics.address, 0, sock=self.metrics_sock)  # type: ignore[arg-type]
+        self.metrics = ep
+
     async def _start_metrics(self) -> None:
         if self.metrics is not None:
             await self.metrics.start()
-            log.info("metrics on http://%s:%d/metrics", self.cfg.metrics.address, self.metrics.port)
+            if self.worker == 0:
+                log.info("metrics on http://%s:%d/metrics%s", self.cfg.metrics.address, self.metrics.port,
+                         f" (worker k: port + k, {self.workers} workers)" if self.workers > 1 else "")
 
     def _close_metrics(self) -> None:
         if self.metrics is not None:
@@ -495,10 +602,9 @@ class Sensor:
                  f" ({len(self.failed)} could not be bound)" if self.failed else "", data_dir)
 
     async def _shutdown(self, limits: dict) -> None:
-        log.info("stopping: %d open sessions", len(self.sessions))
-        for rt in self.listeners:
-            if rt.server is not None:
-                rt.server.close()
+        if self.shared is None:
+            log.info("stopping: %d open sessions", len(self.sessions))
+        self._close_servers()
         self._close_metrics()
         for s in list(self.sessions):
             s.shutdown()
@@ -508,16 +614,19 @@ class Sensor:
                 break
             await asyncio.sleep(0.02)
         self._flush_hits()
-        self.recorder.emit(self._sensor_event(SensorStop(
-            version=__version__,
-            uptime_s=round(time.time() - self.started_at, 3),
-            listeners=[rt.describe() for rt in self.listeners],
-            limits=limits,
-            counters=dict(self.counters),
-            **sensor_figures(self),
-        )))
+        if self.worker == 0:
+            self.recorder.emit(self._sensor_event(SensorStop(
+                version=__version__,
+                uptime_s=round(time.time() - self.started_at, 3),
+                listeners=[rt.describe() for rt in self.listeners],
+                limits=limits,
+                counters=dict(self.counters),
+                **sensor_figures(self),
+            )))
         await self.recorder.close()
-        log.info("stopped; %s", self._summary())
+        self.publish()
+        if self.shared is None:
+            log.info("stopped; %s", self._summary())
 
     def _summary(self) -> str:
         c = self.counters
@@ -525,26 +634,91 @@ class Sensor:
                 f"messages {c[MESSAGE]}, proxy requests {c[PROXY_REQUEST]}, "
                 f"errors {c[PROTOCOL_ERROR]}, limits hit {self.limit_hits}")
 
+    def publish(self) -> None:
+        """This worker's figures into the shared table (the supervisor's summary line)."""
+        if self.shared is None:
+            return
+        c = self.counters
+        self.shared.write_figures(self.worker, pid=os.getpid(), sessions=c[SESSION_OPEN], messages=c[MESSAGE],
+                                  proxy_requests=c[PROXY_REQUEST], errors=c[PROTOCOL_ERROR],
+                                  limit_hits=self.limit_hits)
+
     async def _tick(self) -> None:
         summary_every = self.cfg.sensor.summary_interval_s
         beat_every = self.cfg.sensor.heartbeat_interval_s
+        publish_every = 1.0 if self.shared is not None else float("inf")
         next_summary = self.loop.time() + summary_every
         next_beat = self.loop.time() + beat_every
+        next_publish = self.loop.time() + min(publish_every, 1e9)
         while True:
-            await asyncio.sleep(min(next_summary, next_beat) - self.loop.time())
+            await asyncio.sleep(min(next_summary, next_beat, next_publish) - self.loop.time())
             now = self.loop.time()
+            if now >= next_publish:
+                self.publish()
+                next_publish = now + publish_every
             if now >= next_summary:
-                log.info("summary: %s", self._summary())
+                if self.shared is None:  # with workers the supervisor logs the one line
+                    log.info("summary: %s", self._summary())
                 self.gate.prune()
                 next_summary = now + summary_every
             if now >= next_beat:
                 self.recorder.emit(self._sensor_event(SensorHeartbeat(
                     version=__version__,
                     uptime_s=round(time.time() - self.started_at, 3),
+                    worker=self.worker,
                     counters=dict(self.counters),
                     **sensor_figures(self),
                 )))
                 next_beat = now + beat_every
+
+
+def bind_listener(host: Optional[str], port: int, *, copies: int = 1) -> list[list[socket.socket]]:
+    """``copies`` sets of sockets bound to host:port (None: every IPv4 and IPv6 address, one
+    socket each, as asyncio binds them; a host is an address: the config checks it). Several
+    copies share the port through SO_REUSEPORT; a plain bind first makes sure no other
+    program holds it (one binding with SO_REUSEPORT too would otherwise share it silently)."""
+    if host is None:
+        addrs = [(socket.AF_INET, "0.0.0.0")] + ([(socket.AF_INET6, "::")] if _has_ipv6() else [])
+    else:
+        addrs = [(socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET, host)]
+    out: list[list[socket.socket]] = []
+    try:
+        for copy in range(copies):
+            socks: list[socket.socket] = []
+            out.append(socks)
+            for fam, ip in addrs:
+                if copies > 1 and copy == 0:  # the probe: EADDRINUSE if anyone holds the port
+                    with _new_socket(fam, reuse_port=False) as probe:
+                        probe.bind((ip, port))
+                sock = _new_socket(fam, reuse_port=copies > 1)
+                socks.append(sock)
+                sock.bind((ip, port))  # listen() comes when a loop starts serving it: not before the drop
+                sock.setblocking(False)
+    except OSError:
+        for socks in out:
+            for sock in socks:
+                sock.close()
+        raise
+    return out
+
+
+def _has_ipv6() -> bool:
+    """Whether this kernel makes IPv6 sockets (asyncio, too, skips a family it cannot)."""
+    try:
+        socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close()
+    except OSError:
+        return False
+    return True
+
+
+def _new_socket(family: int, *, reuse_port: bool) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    return sock
 
 
 def _open_fds() -> int:

@@ -27,10 +27,13 @@ from ..events import Event, LimitHit, SessionClose, SessionOpen, SmtpAuth, name_
 from ..store.recorder import RecorderError
 from ..protocols.base import Close, Context, Durable, Handler, StartTLS, Tunnel, error_event
 from ..protocols.dispatch import (
-    SUBMISSION_KINDS, SUBMISSION_PORTS, Sniffer, far_end, listener_handler, tunnel_context,
+    SUBMISSION_KINDS, SUBMISSION_PORTS, Sniffer, far_end, listener_handler, listener_refusal, tunnel_context,
 )
 from ..protocols.proxy_header import V1_PREFIX, V2_SIGNATURE, ProxyHeaderParser
 from .synsave import saved_syn
+
+REFUSAL_LINGER_S = 0.5  # a refused HTTP client's request is read (and dropped) this long
+REFUSAL_LINGER_MAX = 256  # refusals lingering at once; past it, the close comes at once (a flood)
 
 if TYPE_CHECKING:
     from .server import ListenerRuntime, Sensor
@@ -114,6 +117,8 @@ class Session(asyncio.Protocol):
         self._open()
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:  # refused, and lingering so that its refusal is read (see _open)
+            return
         self.bytes_in += len(data)
         self.last_active = self.loop.time()
         if self.paused or self.write_paused or self.backlog:
@@ -239,7 +244,29 @@ class Session(asyncio.Protocol):
         if not admitted:
             self.closed = True
             assert self.transport is not None
-            self.transport.abort()
+            # A server over its limits says so, in its own words, then closes: "421 4.7.0" on
+            # SMTP ports, "503" on HTTP ones. A bare close looks like no real server.
+            lst = self.listener
+            reply = listener_refusal(
+                lst.context.for_session(self.src_ip, self.src_port, self.local_ip, self.sensor.date_header()),
+                kind=lst.kind)
+            if reply and lst.speaks_first:
+                self.transport.write(reply)
+                self.transport.close()
+            elif reply and self.sensor.lingering < REFUSAL_LINGER_MAX:
+                # An HTTP client sends its request at once: closing with it unread would reset
+                # the connection, and the reset discards the 503 before the client reads it.
+                # So: the reply, our FIN, its bytes read and dropped, the close soon after.
+                # Lingering refusals are bounded: they hold descriptors no limit counts.
+                self.transport.write(reply)
+                self.transport.write_eof()
+                self.sensor.lingering += 1
+                self.loop.call_later(REFUSAL_LINGER_S, self._end_refusal)
+            elif reply:
+                self.transport.write(reply)
+                self.transport.close()
+            else:
+                self.transport.abort()
             return
         self.admitted = True
         self.sensor.session_opened(self)
@@ -256,6 +283,11 @@ class Session(asyncio.Protocol):
                 self.greet_timer = self.loop.call_later(delay, self._greet)
             else:
                 self._greet()
+
+    def _end_refusal(self) -> None:
+        self.sensor.lingering -= 1
+        assert self.transport is not None
+        self.transport.close()
 
     def _greet(self) -> None:
         self.greet_timer = None

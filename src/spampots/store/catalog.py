@@ -57,9 +57,11 @@ def segment_key(seg: str) -> tuple:
     return (day, m["opened"], int(m["pid"]), int(m["seq"]), m["sensor"])
 
 
-def segment_sensor(seg: str) -> str:
+def segment_writer(seg: str) -> str:
+    """Sensor and writing process of a segment: the segments of one writer follow each other,
+    while a sensor's worker processes each write their own at the same time."""
     m = SEGMENT_RE.match(seg.rpartition("/")[2])
-    return m["sensor"] if m is not None else ""
+    return f"{m['sensor']}/{m['pid']}" if m is not None else ""
 
 
 def segment_files(data_dir: Union[str, Path], seg: str) -> tuple[Path, Path]:
@@ -390,7 +392,7 @@ class Line(msgspec.Struct, frozen=True, array_like=True):
 class Reader:
     """Lines of the log from a cursor on, then following it (``tail -F``).
 
-    ``read`` returns the next lines (in write order per sensor) and moves the *read*
+    ``read`` returns the next lines (in write order per writing process) and moves the *read*
     position; ``commit`` makes that position the cursor (and saves it, when the reader has
     a cursor file): call it only once the lines were taken by whoever they are for, so a
     crash or a failed delivery reads them again and nothing is lost. ``rewind`` goes back
@@ -416,7 +418,7 @@ class Reader:
             cur = msgspec.structs.replace(cur, since_day=_day(since_day) or "")
         self.cursor = cur  # committed
         self._read = cur  # after the lines returned so far
-        self._tails: dict[str, SegmentTail] = {}  # sensor -> the segment being read
+        self._tails: dict[str, SegmentTail] = {}  # writer (segment_writer) -> the segment being read
         self.finished: list[str] = []  # segments done since the last commit
         self.caught_up = False  # the last read found nothing new
 
@@ -424,37 +426,37 @@ class Reader:
         """Up to ``max_lines`` lines of one segment; [] when there is nothing new now."""
         for again in (False, True):
             tails = self._current(relist=again)
-            for sensor, tail in tails:
+            for writer, tail in tails:
                 got = tail.read(max_lines)
                 if got:
-                    self._tails[sensor] = self._tails.pop(sensor)  # the others go first next time
+                    self._tails[writer] = self._tails.pop(writer)  # the others go first next time
                     self._read = advance(self._read, tail.seg, tail.offset)
                     self.caught_up = False
                     return [Line(tail.seg, off, data) for off, data in got]
                 if tail.finished:
-                    self._finish(sensor, tail)
+                    self._finish(writer, tail)
         self.caught_up = True
         return []
 
     def _current(self, relist: bool) -> list[tuple[str, SegmentTail]]:
-        """The segment being read of each sensor (opening the next pending one where none is
+        """The segment being read of each writer (opening the next pending one where none is
         open, or all of them again after ``relist``)."""
         if relist or not self._tails:
             pending = pending_segments(self.data_dir, self.sensor, self._read)
             first: dict[str, str] = {}
             for seg in pending:
-                first.setdefault(segment_sensor(seg), seg)
-            for sensor, seg in first.items():
-                if sensor not in self._tails:
-                    self._tails[sensor] = SegmentTail(self.data_dir, seg, self._read.position(seg), self.stats)
+                first.setdefault(segment_writer(seg), seg)
+            for writer, seg in first.items():
+                if writer not in self._tails:
+                    self._tails[writer] = SegmentTail(self.data_dir, seg, self._read.position(seg), self.stats)
         return list(self._tails.items())
 
-    def _finish(self, sensor: str, tail: SegmentTail) -> None:
+    def _finish(self, writer: str, tail: SegmentTail) -> None:
         pending = pending_segments(self.data_dir, self.sensor, self._read)
         self._read = mark_done(self._read, tail.seg, pending)
         self.finished.append(tail.seg)
         tail.close()
-        del self._tails[sensor]
+        del self._tails[writer]
 
     def commit(self) -> list[str]:
         """Everything returned so far was taken: save it. Returns the segments fully taken

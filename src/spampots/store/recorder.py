@@ -159,9 +159,11 @@ class Recorder:
         segment_max_bytes: int = 64 << 20,
         segment_max_age_s: float = 3600.0,
         pack_max_bytes: int = 256 << 20,
+        pack_writer: str = "",
     ) -> None:
         self.data_dir = Path(data_dir)
         self.sensor = sensor
+        self.pack_writer = pack_writer or sensor  # whose packs: one writer each (a worker has its own)
         self._fsync = fsync
         self._seg_args = dict(max_bytes=segment_max_bytes, max_age_s=segment_max_age_s)
         self._pack_max = pack_max_bytes
@@ -207,7 +209,7 @@ class Recorder:
         recovered = recover(self.data_dir)
         if recovered:
             log.info("recovered %d segments left by dead writers", len(recovered))
-        self._store = MessageStore(self.data_dir, self.sensor, pack_max_bytes=self._pack_max)
+        self._store = MessageStore(self.data_dir, self.pack_writer, pack_max_bytes=self._pack_max)
         try:
             self._seg = SegmentWriter(self.data_dir, self.sensor, **self._seg_args)  # type: ignore[arg-type]
         except BaseException:
