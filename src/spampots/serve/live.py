@@ -1,0 +1,81 @@
+"""Live counters: sessions, messages and proxy requests per minute, from the store's events
+as they are written (store.catalog.Reader follows the segments like `tail -F`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections import deque
+from pathlib import Path
+from typing import Any, Optional
+
+from ..store.catalog import Reader
+
+COUNTED = {"spampots.session.open": "sessions", "spampots.smtp.message": "messages",
+           "spampots.proxy.request": "requests"}
+WINDOW_MIN = 60  # minutes kept for the sparkline
+
+
+def _minute(ts: str) -> Optional[str]:
+    return ts[:16] if len(ts) >= 16 else None  # "YYYY-MM-DDTHH:MM"
+
+
+class LiveCounts:
+    """Counts per UTC minute (the last WINDOW_MIN) and since UTC midnight; `version` moves on
+    every change so the pushers know when to send."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.today = dt.datetime.now(dt.timezone.utc).date()
+        self.reader = Reader(data_dir, since_day=self.today)
+        self.minutes: dict[str, dict[str, int]] = {}
+        self.order: deque[str] = deque()
+        self.totals = {k: 0 for k in COUNTED.values()}
+        self.last_event = ""
+        self.version = 0
+        self.cond = threading.Condition()
+
+    def poll(self, max_lines: int = 5000) -> int:
+        """Read what is new (blocking file reads: run it in a thread); the number of events."""
+        n = 0
+        while True:
+            got = self.reader.read_events(max_lines)
+            if not got:
+                break
+            self.reader.commit()  # no cursor file: only moves the in-memory position
+            with self.cond:
+                for _line, ev in got:
+                    name = COUNTED.get(type(ev).__struct_config__.tag)  # type: ignore[attr-defined]
+                    if name is None or not ev.ts.startswith(self.today.isoformat()):
+                        continue
+                    if ev.depth and name == "requests":
+                        continue  # as the report: proxy requests on our listener (depth 0)
+                    self.totals[name] += 1
+                    minute = _minute(ev.ts)
+                    if minute is None:
+                        continue
+                    if minute not in self.minutes:
+                        self.minutes[minute] = {k: 0 for k in COUNTED.values()}
+                        self.order.append(minute)
+                        while len(self.order) > WINDOW_MIN * 2:
+                            self.minutes.pop(self.order.popleft(), None)
+                    self.minutes[minute][name] += 1
+                    self.last_event = max(self.last_event, ev.ts)
+                    n += 1
+                if n:
+                    self.version += 1
+                    self.cond.notify_all()
+            if len(got) < max_lines:
+                break
+        return n
+
+    def state(self) -> dict[str, Any]:
+        now = dt.datetime.now(dt.timezone.utc).replace(second=0, microsecond=0, tzinfo=None)
+        keys = [(now - dt.timedelta(minutes=i)).strftime("%Y-%m-%dT%H:%M") for i in range(WINDOW_MIN - 1, -1, -1)]
+        with self.cond:
+            empty = {k: 0 for k in COUNTED.values()}
+            series = [dict(self.minutes.get(k, empty), minute=k) for k in keys]
+            return {"version": self.version, "day": self.today.isoformat(), "totals": dict(self.totals),
+                    "minutes": series, "last_event": self.last_event}
+
+    def close(self) -> None:
+        self.reader.close()
