@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional
 
+import duckdb
 from aiohttp import web
 
 from ..store.messages import MessageStore
@@ -147,10 +148,8 @@ def make_app(figures: Figures, access: Access, *, refresh_s: float = 300.0) -> w
             out = await asyncio.to_thread(snapshot().drill, filters)
         except ValueError as e:
             raise web.HTTPBadRequest(text=f"{e}\n")
-        except Exception as e:  # a value of the wrong type for its column (e.g. day=abc)
-            if type(e).__module__.startswith("duckdb"):
-                raise web.HTTPBadRequest(text="bad filter value\n")
-            raise
+        except duckdb.Error:  # a value of the wrong type for its column (e.g. day=abc)
+            raise web.HTTPBadRequest(text="bad filter value\n")
         return web.json_response(out, dumps=_dumps)
 
     def _raw(sha: str) -> Optional[bytes]:
@@ -216,7 +215,11 @@ def make_app(figures: Figures, access: Access, *, refresh_s: float = 300.0) -> w
             app["streams"] -= 1
         return resp
 
+    async def no_icon(_request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
     app.router.add_get("/", index)
+    app.router.add_get("/favicon.ico", no_icon)
     app.router.add_get("/static/{name}", static)
     app.router.add_get("/api/overview", overview)
     app.router.add_get("/api/series", series)

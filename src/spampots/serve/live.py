@@ -14,6 +14,8 @@ from ..store.catalog import Reader
 COUNTED = {"spampots.session.open": "sessions", "spampots.smtp.message": "messages",
            "spampots.proxy.request": "requests"}
 WINDOW_MIN = 60  # minutes kept for the sparkline
+ALIVE = {"spampots.sensor.start", "spampots.sensor.heartbeat"}
+MAX_SENSORS = 1000
 
 
 def _minute(ts: str) -> Optional[str]:
@@ -31,6 +33,7 @@ class LiveCounts:
         self.order: deque[str] = deque()
         self.totals = {k: 0 for k in COUNTED.values()}
         self.last_event = ""
+        self.sensors: dict[str, dict[str, Any]] = {}  # sensor -> its last start or heartbeat
         self.version = 0
         self.cond = threading.Condition()
 
@@ -44,7 +47,11 @@ class LiveCounts:
             self.reader.commit()  # no cursor file: only moves the in-memory position
             with self.cond:
                 for _line, ev in got:
-                    name = COUNTED.get(type(ev).__struct_config__.tag)  # type: ignore[attr-defined]
+                    tag = type(ev).__struct_config__.tag  # type: ignore[attr-defined]
+                    if tag in ALIVE:
+                        n += self._alive(ev, tag)
+                        continue
+                    name = COUNTED.get(tag)
                     if name is None or not ev.ts.startswith(self.today.isoformat()):
                         continue
                     if ev.depth and name == "requests":
@@ -68,6 +75,15 @@ class LiveCounts:
                 break
         return n
 
+    def _alive(self, ev: Any, tag: str) -> int:
+        known = self.sensors.get(ev.sensor)
+        if (known is None and len(self.sensors) >= MAX_SENSORS) or (known and known["last_seen"] >= ev.ts):
+            return 0
+        interval = getattr(ev, "heartbeat_interval_s", 0.0) or (known or {}).get("interval_s", 0.0)
+        self.sensors[ev.sensor] = {"last_seen": ev.ts, "uptime_s": getattr(ev, "uptime_s", 0.0),
+                                   "version": ev.version, "interval_s": interval, "event": tag}
+        return 1
+
     def state(self) -> dict[str, Any]:
         now = dt.datetime.now(dt.timezone.utc).replace(second=0, microsecond=0, tzinfo=None)
         keys = [(now - dt.timedelta(minutes=i)).strftime("%Y-%m-%dT%H:%M") for i in range(WINDOW_MIN - 1, -1, -1)]
@@ -75,7 +91,7 @@ class LiveCounts:
             empty = {k: 0 for k in COUNTED.values()}
             series = [dict(self.minutes.get(k, empty), minute=k) for k in keys]
             return {"version": self.version, "day": self.today.isoformat(), "totals": dict(self.totals),
-                    "minutes": series, "last_event": self.last_event}
+                    "minutes": series, "last_event": self.last_event, "sensors": dict(self.sensors)}
 
     def close(self) -> None:
         self.reader.close()

@@ -29,6 +29,7 @@ SHA256 = re.compile(r"^[0-9a-f]{64}$")
 BUCKETS = ("day", "week", "month")
 SPLITS = {"protocol": "proto_class(proxy)", "port": "listener_port::VARCHAR", "sensor": "sensor"}
 MEASURES = ("emails", "sessions", "requests")
+P25_TOP = 20  # rows of the per-country/AS Port 25 tables, as `spampots policy port25`
 MAX_ROWS = 200  # drill-down lists: the newest this many
 BODY_MAX = 256 * 1024  # message body shown as text: at most this many bytes (the .eml has them all)
 SERIES_KEYS_MAX = 12  # a split into more series than this folds the smallest into "other"
@@ -85,7 +86,7 @@ class Snapshot:
         self.countries = [{c.key: render._jsonable(v) for c, v in zip(countries.columns, r)} for r in rows]
         p25con = lake.connect()
         try:
-            p25 = port25.run(p25con, enricher=enricher, top=settings.top)
+            p25 = port25.run(p25con, enricher=enricher, top=P25_TOP)
         finally:
             p25con.close()
         self.port25 = json.loads(render.to_json(p25))

@@ -209,10 +209,11 @@ async function drawMap() {
   const by = {};
   for (const c of overview.countries) by[c.country] = c;
   const max = Math.max(1, ...overview.countries.map(c => c.emails || c.sources || 0));
-  const s = svg("svg", {viewBox: "0 0 720 360", role: "img"});
+  const s = svg("svg", {viewBox: "0 16 720 292", role: "img"});  // 82N to 56S: Antarctica left out
   for (const [cc, shape] of Object.entries(world)) {
+    if (cc === "AQ") continue;
     const c = by[cc];
-    const p = svg("path", {d: shape.d, "data-cc": cc});
+    const p = svg("path", {d: shape.d, "data-cc": cc, fill: "#e6e9ef"});
     const v = c ? (c.emails || c.sources || 0) : 0;
     if (c) {
       p.setAttribute("class", "has");
@@ -237,31 +238,41 @@ function shade(f) {  // light blue to dark blue
 }
 
 // -- panels -----------------------------------------------------------------------------------
+let liveSensors = {};
 function drawHealth() {
+  if (!overview) return;
   const box = clear("health");
   const avail = overview.report.tables.availability;
   const interval = {};
-  if (avail) for (const r of avail.rows) interval[r.sensor] = r.interval_s || 60;
+  if (avail) for (const r of avail.rows) interval[r.sensor] = r.interval_s;
+  // the lake's last heartbeat of each sensor, and newer ones (or a start) from the live stream
+  const rows = {};
+  for (const h of overview.health) rows[h.sensor] = {sensor: h.sensor, last_seen: h.last_heartbeat,
+                                                     uptime_s: h.uptime_s, version: h.version};
+  for (const [name, h] of Object.entries(liveSensors)) {
+    if (!rows[name] || String(h.last_seen) > String(rows[name].last_seen)) rows[name] = {sensor: name, ...h};
+    if (h.interval_s) interval[name] = h.interval_s;
+  }
   const now = Date.now();
-  const t = el("table", {}, el("caption", {text: "Last heartbeat of each sensor"}),
-    el("thead", {}, el("tr", {}, ...["Sensor", "Status", "Last heartbeat (UTC)", "Age", "Uptime", "Version",
-                                     "Heartbeats"].map(h => el("th", {text: h})))));
+  const t = el("table", {}, el("caption", {text: "Last sign of life of each sensor (start or heartbeat)"}),
+    el("thead", {}, el("tr", {}, ...["Sensor", "Status", "Last seen (UTC)", "Age", "Uptime", "Version"]
+      .map(h => el("th", {text: h})))));
   const body = el("tbody");
-  for (const h of overview.health) {
-    const age = (now - Date.parse(h.last_heartbeat + "Z")) / 1000;
-    const up = age <= 2.5 * (interval[h.sensor] || 60);
+  for (const h of Object.values(rows).sort((a, b) => String(a.sensor).localeCompare(String(b.sensor)))) {
+    const ts = String(h.last_seen);
+    const age = (now - Date.parse(ts.endsWith("Z") ? ts : ts + "Z")) / 1000;
+    const up = age <= 2.5 * (interval[h.sensor] || 60);  // the availability table's tolerance
     body.append(el("tr", {},
       el("td", {class: "t", text: plain(h.sensor)}),
       el("td", {class: up ? "up" : "down", text: up ? "up" : "silent"}),
-      el("td", {class: "t", text: String(h.last_heartbeat).slice(0, 19).replace("T", " ")}),
+      el("td", {class: "t", text: ts.slice(0, 19).replace("T", " ")}),
       el("td", {class: "n", text: duration(age)}),
       el("td", {class: "n", text: duration(h.uptime_s)}),
-      el("td", {class: "t", text: plain(h.version)}),
-      el("td", {class: "n", text: fmt(h.heartbeats, "int")})));
+      el("td", {class: "t", text: plain(h.version)})));
   }
   t.append(body);
   box.append(t);
-  if (!overview.health.length) box.append(el("p", {class: "muted", text: "No heartbeats stored."}));
+  if (!Object.keys(rows).length) box.append(el("p", {class: "muted", text: "No heartbeats stored."}));
   if (avail) box.append(table(avail, "availability"));
   ready("health");
 }
@@ -296,6 +307,8 @@ function onLive(state) {
     document.getElementById(`live-${k}-min`).textContent = fmt(m[m.length - 1] || 0, "int");
     sparkline(`spark-${k}`, m);
   }
+  liveSensors = state.sensors || {};
+  drawHealth();
   ready("live");
 }
 function follow() {
