@@ -39,6 +39,8 @@ def ring(arcs: list, idx: list[int]) -> list[tuple[float, float]]:
 def path(rings: list[list[tuple[float, float]]]) -> str:
     parts = []
     for r in rings:
+        if any(abs(a[0] - b[0]) > 180 for a, b in zip(r, r[1:])):
+            r = [(lon + 360 if lon < 0 else lon, lat) for lon, lat in r]  # crosses the antimeridian
         xy = [(round((lon + 180) * 2, 1), round((90 - lat) * 2, 1)) for lon, lat in r]
         simplified = [p for i, p in enumerate(xy) if i == 0 or p != xy[i - 1]]
         if len(simplified) < 3:

@@ -138,12 +138,12 @@ function stackedBars(box, data, onClick) {
   const W = 960, H = 280, L = 56, B = 28, T = 8;
   const pts = data.points, keys = data.keys;
   const totals = pts.map(p => keys.reduce((a, k) => a + (p.values[k] || 0), 0));
-  const max = Math.max(1, ...totals);
+  const step = niceStep(Math.max(1, ...totals) / 4), max = step * 4;
   const s = svg("svg", {viewBox: `0 0 ${W} ${H}`, role: "img"});
   const bw = (W - L - 4) / Math.max(1, pts.length);
   const y = v => T + (H - T - B) * (1 - v / max);
   for (let i = 0; i <= 4; i++) {  // one axis, from zero
-    const v = max * i / 4;
+    const v = step * i;
     s.append(svg("line", {x1: L, x2: W, y1: y(v), y2: y(v), class: "axis", "stroke-opacity": i ? .25 : 1}));
     const t = svg("text", {x: L - 4, y: y(v) + 4, "text-anchor": "end"});
     t.textContent = fmt(v, "int");
@@ -178,6 +178,11 @@ function stackedBars(box, data, onClick) {
     legend.append(el("span", {}, sw, document.createTextNode(visible(k))));
   });
   box.append(legend);
+}
+
+function niceStep(x) {  // 1, 2 or 5 times a power of ten, at least 1
+  const p = Math.pow(10, Math.floor(Math.log10(Math.max(1, x))));
+  return [1, 2, 5, 10].map(m => m * p).find(v => v >= x) || 10 * p;
 }
 
 async function loadSeries() {
@@ -341,11 +346,11 @@ async function openDrill(filters) {
   const data = await getJSON("/api/drill?" + q.toString());
   const msgs = clear("drill-messages"), sess = clear("drill-sessions");
   msgs.append(rowsTable(data.messages, [["ts", "Time (UTC)"], ["sensor", "Sensor"], ["src_ip", "Source"],
-    ["port", "Port", "int"], ["protocol", "Via"], ["helo", "HELO"], ["mail_from", "MAIL FROM"],
+    ["port", "Port"], ["protocol", "Via"], ["helo", "HELO"], ["mail_from", "MAIL FROM"],
     ["rcpts", "Rcpts", "int"], ["subject", "Subject"], ["sha256", "SHA-256"]], r => openMessage(r.sha256)));
   if (data.messages.length >= data.limit) msgs.append(el("p", {class: "muted", text: `The newest ${data.limit}.`}));
   sess.append(rowsTable(data.sessions, [["ts", "Time (UTC)"], ["sensor", "Sensor"], ["session", "Session"],
-    ["src_ip", "Source"], ["port", "Port", "int"], ["country", "Country"], ["as_name", "AS"]],
+    ["src_ip", "Source"], ["port", "Port"], ["country", "Country"], ["as_name", "AS"]],
     r => openDrill({session: r.session})));
   sec.dataset.ready = "1";
   sec.scrollIntoView();
@@ -359,7 +364,7 @@ async function openMessage(sha) {
   document.getElementById("message-sha").textContent = sha;
   document.getElementById("message-eml").setAttribute("href", `/api/message/${sha}/eml`);
   clear("message-events").append(rowsTable(data.events, [["ts", "Time (UTC)"], ["sensor", "Sensor"],
-    ["src_ip", "Source"], ["port", "Port", "int"], ["helo", "HELO"], ["mail_from", "MAIL FROM"],
+    ["src_ip", "Source"], ["port", "Port"], ["helo", "HELO"], ["mail_from", "MAIL FROM"],
     ["rcpts", "RCPT TO"], ["target_host", "Target"], ["size", "Bytes", "int"]]));
   const head = clear("message-headers"), body = clear("message-body");
   if (!data.message) {
