@@ -213,16 +213,16 @@ async function drawMap() {
   const world = await getJSON("/static/world.json");
   const by = {};
   for (const c of overview.countries) by[c.country] = c;
-  const max = Math.max(1, ...overview.countries.map(c => c.emails || c.sources || 0));
+  const max = Math.max(1, ...overview.countries.map(c => c.emails || 0));
   const s = svg("svg", {viewBox: "0 16 720 292", role: "img"});  // 82N to 56S: Antarctica left out
   for (const [cc, shape] of Object.entries(world)) {
     if (cc === "AQ") continue;
     const c = by[cc];
     const p = svg("path", {d: shape.d, "data-cc": cc, fill: "#e6e9ef"});
-    const v = c ? (c.emails || c.sources || 0) : 0;
-    if (c) {
+    const v = c ? (c.emails || 0) : 0;
+    if (c) {  // sources but no email: the lightest shade
       p.setAttribute("class", "has");
-      if (v > 0) p.setAttribute("fill", shade(Math.log1p(v) / Math.log1p(max)));
+      p.setAttribute("fill", v > 0 ? shade(.15 + .85 * Math.log1p(v) / Math.log1p(max)) : shade(0));
       p.addEventListener("click", () => openDrill({country: cc}));
     }
     titled(p, c ? `${shape.name} (${cc}): ${fmt(c.emails, "int")} emails, ${fmt(c.sources, "int")} source IPs`
@@ -239,7 +239,7 @@ async function drawMap() {
 }
 function shade(f) {  // light blue to dark blue
   const a = [219, 233, 246], b = [8, 48, 107];
-  return `rgb(${a.map((x, i) => Math.round(x + (b[i] - x) * Math.max(.08, f))).join(",")})`;
+  return `rgb(${a.map((x, i) => Math.round(x + (b[i] - x) * f)).join(",")})`;
 }
 
 // -- panels -----------------------------------------------------------------------------------
