@@ -10,6 +10,7 @@ the test's tmp dir).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -308,13 +309,18 @@ def test_http_read_only_headers_and_bounds(served: Serve) -> None:
 
 
 def test_token_required_when_set(capture: SensorProc, browser: Any, tmp_path: Path) -> None:
-    s = Serve(capture.data_dir, tmp_path, config=f'[serve]\ntoken = "{TOKEN}"\n', args=("--refresh", "0"))
+    s = Serve(capture.data_dir, tmp_path, config=f'[serve]\ntoken = "{TOKEN}"\nuser = "ana"\npassword = "pw:1"\n',
+              args=("--refresh", "0"))
+    basic = "Basic " + base64.b64encode(b"ana:pw:1").decode()
     try:
         for path in ("/", "/api/overview", "/api/stream", "/static/app.js", "/api/message/" + "0" * 64 + "/eml"):
             assert s.get(path)[0] == 401, path
         assert s.get("/api/overview", {"Authorization": "Bearer wrong"})[0] == 401
         assert s.get("/?token=wrong")[0] == 401
         assert s.get("/api/overview", {"Authorization": f"Bearer {TOKEN}"})[0] == 200
+        assert s.get("/api/overview", {"Authorization": basic})[0] == 200
+        assert s.get("/api/overview", {"Authorization": "Basic " + base64.b64encode(b"ana:pw").decode()})[0] == 401
+        assert s.get("/api/overview", {"Authorization": "Basic !!"})[0] == 401
         load(browser, f"{s.url}/?token={TOKEN}")  # the token kept in a cookie, the live stream included
         wait(lambda: browser.execute_script("return document.querySelector('[data-panel=live]').dataset.ready"),
              "the live panel behind the token")
@@ -328,3 +334,19 @@ def test_refuses_other_addresses_without_credentials(capture: SensorProc, tmp_pa
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "not loopback" in proc.stderr
+
+
+def test_serve_settings_are_checked() -> None:
+    from spampots import config
+
+    good = config.ServeSection()
+    assert config.serve_problems(good) == []
+    assert config.serve_problems(config.ServeSection(address="::1")) == []
+    assert "not loopback" in config.serve_problems(config.ServeSection(address="0.0.0.0"))[0]
+    assert config.serve_problems(config.ServeSection(address="0.0.0.0", token="x")) == []
+    assert config.serve_problems(config.ServeSection(address="192.0.2.1", user="a", password="b")) == []
+    assert any("go together" in e for e in config.serve_problems(config.ServeSection(user="a")))
+    assert any("IPv4/IPv6" in e for e in config.serve_problems(config.ServeSection(address="localhost")))
+    assert any("1..65535" in e for e in config.serve_problems(config.ServeSection(port=0)))
+    with pytest.raises(config.ConfigError, match="serve.address"):
+        config.validate(config.from_dict({"serve": {"address": "0.0.0.0"}}))
