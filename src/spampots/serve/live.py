@@ -40,6 +40,11 @@ class LiveCounts:
     def poll(self, max_lines: int = 5000) -> int:
         """Read what is new (blocking file reads: run it in a thread); the number of events."""
         n = 0
+        today = dt.datetime.now(dt.timezone.utc).date()
+        if today != self.today:  # a new UTC day: the day's totals start again
+            with self.cond:
+                self.today, self.totals = today, {k: 0 for k in COUNTED.values()}
+                self.version += 1
         while True:
             got = self.reader.read_events(max_lines)
             if not got:
