@@ -113,6 +113,12 @@ def make_app(figures: Figures, access: Access, *, refresh_s: float = 300.0) -> w
     app = web.Application(middlewares=[guard], client_max_size=1024)
     live = LiveCounts(data_dir)
     app["figures"], app["live"], app["streams"] = figures, live, 0
+    stopping = asyncio.Event()  # set on shutdown: the live streams end, so the server stops at once
+
+    async def on_shutdown(_app: web.Application) -> None:
+        stopping.set()
+
+    app.on_shutdown.append(on_shutdown)
 
     async def index(_request: web.Request) -> web.Response:
         return web.Response(body=(STATIC / "index.html").read_bytes(), content_type="text/html", charset="utf-8")
@@ -198,7 +204,7 @@ def make_app(figures: Figures, access: Access, *, refresh_s: float = 300.0) -> w
             sent = -1
             taken = figures.current.taken if figures.current else ""
             waited = 0.0
-            while True:
+            while not stopping.is_set():
                 state = live.state()
                 now_taken = figures.current.taken if figures.current else ""
                 if state["version"] != sent or waited >= 15:

@@ -74,5 +74,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"{prog}: figures ready in {time.perf_counter() - t:.1f} s; http://{host}:{serve.port}/",
               file=sys.stderr, flush=True)
     web.run_app(app, host=serve.address, port=serve.port, print=None, access_log=None,
-                handle_signals=True)
+                handle_signals=True, shutdown_timeout=5)
     return 0
