@@ -135,7 +135,7 @@ def main() -> int:
 
     lake_gib = sum(f.stat().st_size for f in (d / "lake").rglob("*.parquet")) / 2**30
     print(f"machine: {machine()}")
-    print(f"| emails | lake (GiB) | report (s, baseline) | serve ready (s) | first paint median (s) "
+    print("| emails | lake (GiB) | report (s, baseline) | serve ready (s) | first paint median (s) "
           f"| first paint worst (s) | live median (s) | live worst (s) |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     print(f"| {n:,} | {lake_gib:.2f} | {report_s:.1f} | {ready_s:.1f} | {statistics.median(paints):.2f} "

@@ -135,9 +135,8 @@ class Snapshot:
         totals: dict[str, int] = {}
         for r in rows:
             totals[str(r["k"])] = totals.get(str(r["k"]), 0) + r["n"]
-        keep = sorted(totals, key=lambda k: (-totals[k], k))[:SERIES_KEYS_MAX - 1]
-        if len(totals) <= SERIES_KEYS_MAX:
-            keep = sorted(totals, key=lambda k: (-totals[k], k))
+        ranked = sorted(totals, key=lambda k: (-totals[k], k))
+        keep = ranked if len(ranked) <= SERIES_KEYS_MAX else ranked[:SERIES_KEYS_MAX - 1]
         points: dict[str, dict[str, int]] = {}
         for r in rows:
             k = str(r["k"]) if str(r["k"]) in keep else "other"
