@@ -136,7 +136,7 @@ def main() -> int:
     lake_gib = sum(f.stat().st_size for f in (d / "lake").rglob("*.parquet")) / 2**30
     print(f"machine: {machine()}")
     print("| emails | lake (GiB) | report (s, baseline) | serve ready (s) | first paint median (s) "
-          f"| first paint worst (s) | live median (s) | live worst (s) |")
+          "| first paint worst (s) | live median (s) | live worst (s) |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     print(f"| {n:,} | {lake_gib:.2f} | {report_s:.1f} | {ready_s:.1f} | {statistics.median(paints):.2f} "
           f"| {max(paints):.2f} | {statistics.median(lags):.2f} | {max(lags):.2f} |")
