@@ -83,7 +83,7 @@ function plain(v) { return v === null || v === undefined ? "" : visible(v); }
 
 // -- tables -----------------------------------------------------------------------------------
 function table(result, name) {
-  const wrap = el("div", {class: "result", "data-table": name});
+  const wrap = el("div", {class: result.columns.length > 6 ? "result wide" : "result", "data-table": name});
   const cap = el("caption", {text: result.title});
   const t = el("table", {}, cap);
   const drill = DRILL[name];
