@@ -103,6 +103,13 @@ def main() -> int:
         try:
             wait_port(port, timeout=600, proc=serve)
             ready_s = time.perf_counter() - t
+            import json
+            import urllib.request
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/overview", timeout=60) as r:
+                ov = json.loads(r.read())
+            steps = ov["report"]["meta"]["timings"]
+            print(f"figures: {ov['seconds']:.1f} s, of which the report's metrics {steps['total']:.1f} s",
+                  file=sys.stderr)
             wait_port(25 + offset, timeout=60, proc=sensor)
             drv = browser()
             url = f"http://127.0.0.1:{port}/"
@@ -110,9 +117,13 @@ def main() -> int:
             for i in range(args.loads + 1):  # the first load warms the browser's own caches: not counted
                 drv.get("about:blank")
                 drv.get(url)
-                ms = wait_for(lambda: drv.execute_script("return document.body.dataset.readyMs"), 60, "first paint")
+                ms = wait_for(lambda: drv.execute_script("return document.body.dataset.readyMs"), 120, "first paint")
                 if i:
                     paints.append(float(ms) / 1000)
+                slow = drv.execute_script("return performance.getEntriesByType('resource').concat("
+                                          "performance.getEntriesByType('navigation')).map(e => "
+                                          "[e.name.replace(location.origin, ''), Math.round(e.duration)])")
+                print(f"load {i}: {ms} ms; slowest: {sorted(slow, key=lambda x: -x[1])[:3]}", file=sys.stderr)
             lags = []
             for i in range(args.live):
                 def count() -> int:

@@ -236,6 +236,16 @@ def test_live_counter_moves_when_a_message_arrives(served: Serve, capture: Senso
     assert count() == before + 1
 
 
+def test_pages_left_give_their_live_stream_back(served: Serve, browser: Any) -> None:
+    """A browser opens at most 6 connections to a server; every page holds one for its live
+    stream. Pages left behind (in the back-forward cache) must close theirs, or the seventh load
+    waits, without a free connection, for about a minute."""
+    for i in range(7):
+        browser.get("about:blank")
+        browser.get(served.url + "/")
+        wait(lambda: browser.execute_script("return document.body.dataset.readyMs"), f"load {i}", 30)
+
+
 def test_drill_down_reaches_the_message(served: Serve, capture: SensorProc, browser: Any, shots: Path) -> None:
     load(browser, served.url + "/")
     rows = browser.find_elements("css selector", '[data-table="ports"] tr.clickable')

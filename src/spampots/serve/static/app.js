@@ -316,11 +316,17 @@ function onLive(state) {
   drawHealth();
   ready("live");
 }
+let stream = null;
 function follow() {
-  const es = new EventSource("/api/stream");
-  es.addEventListener("live", e => onLive(JSON.parse(e.data)));
-  es.addEventListener("figures", () => loadOverview().catch(console.error));
+  if (stream) return;
+  stream = new EventSource("/api/stream");
+  stream.addEventListener("live", e => onLive(JSON.parse(e.data)));
+  stream.addEventListener("figures", () => loadOverview().catch(console.error));
 }
+// A page left (or kept in the back-forward cache) gives its stream back: a browser opens at
+// most 6 connections to one server, and a stream holds one for as long as it is open.
+window.addEventListener("pagehide", () => { if (stream) { stream.close(); stream = null; } });
+window.addEventListener("pageshow", e => { if (e.persisted) follow(); });
 
 // -- drill-down and message view --------------------------------------------------------------
 function rowsTable(rows, cols, onRow) {
