@@ -9,8 +9,9 @@ Steps, all on loopback:
 1. the lake: ``spampots synth --messages N --ips 216888`` (as bench/report.py, reused);
 2. baseline, in the same run: ``spampots report --format json`` on that lake, the same metric
    SQL the dashboard runs once when it starts (and on each refresh);
-3. ``spampots serve``: seconds until it listens with its figures ready (the report's tables,
-   Port 25 Management, the map), then the first paint: headless chromium (selenium) loads the
+3. ``spampots serve``: seconds until it listens (at once: the live counters work), until the
+   report's tables are served, and until every figure is (Port 25 Management comes last); then
+   the first paint: headless chromium (selenium) loads the
    page from a fresh tab, and the page marks the time (performance.now(), from navigation
    start) when every panel has drawn; `--loads` runs, median and worst;
 4. live: a real sensor on the same data dir (a copy made of hard links); each round sends one message with smtplib and
@@ -22,12 +23,15 @@ Prints one Markdown table (the figures in docs/dashboard.md).
 from __future__ import annotations
 
 import argparse
+import json
 import smtplib
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -102,14 +106,21 @@ def main() -> int:
         drv = None
         try:
             wait_port(port, timeout=600, proc=serve)
+            listen_s = time.perf_counter() - t
+
+            def overview() -> dict | None:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/overview", timeout=60) as r:
+                        return json.loads(r.read())
+                except urllib.error.HTTPError:  # 503 while being computed
+                    return None
+            wait_for(overview, 1800, "the report's figures")
+            report_ready_s = time.perf_counter() - t
+            ov = wait_for(lambda: (o := overview()) and o["port25"] is not None and o, 1800, "all figures")
             ready_s = time.perf_counter() - t
-            import json
-            import urllib.request
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/overview", timeout=60) as r:
-                ov = json.loads(r.read())
             steps = ov["report"]["meta"]["timings"]
-            print(f"figures: {ov['seconds']:.1f} s, of which the report's metrics {steps['total']:.1f} s",
-                  file=sys.stderr)
+            print(f"figures: {ov['seconds']:.1f} s ({ov['timings']}), of which the report's metrics "
+                  f"{steps['total']:.1f} s", file=sys.stderr)
             wait_port(25 + offset, timeout=60, proc=sensor)
             drv = browser()
             url = f"http://127.0.0.1:{port}/"
@@ -146,11 +157,11 @@ def main() -> int:
 
     lake_gib = sum(f.stat().st_size for f in (d / "lake").rglob("*.parquet")) / 2**30
     print(f"machine: {machine()}")
-    print("| emails | lake (GiB) | report (s, baseline) | serve ready (s) | first paint median (s) "
-          "| first paint worst (s) | live median (s) | live worst (s) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    print(f"| {n:,} | {lake_gib:.2f} | {report_s:.1f} | {ready_s:.1f} | {statistics.median(paints):.2f} "
-          f"| {max(paints):.2f} | {statistics.median(lags):.2f} | {max(lags):.2f} |")
+    print("| emails | lake (GiB) | report (s, baseline) | serve listens (s) | report's tables served (s) "
+          "| all figures (s) | first paint median (s) | first paint worst (s) | live median (s) | live worst (s) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| {n:,} | {lake_gib:.2f} | {report_s:.1f} | {listen_s:.1f} | {report_ready_s:.1f} | {ready_s:.1f} "
+          f"| {statistics.median(paints):.2f} | {max(paints):.2f} | {statistics.median(lags):.2f} | {max(lags):.2f} |")
     ok = max(paints) <= 2.0 and max(lags) <= 2.0
     print(("within" if ok else "OUTSIDE") + " the 2 s goals (first paint, live)", file=sys.stderr)
     return 0 if ok else 1

@@ -80,12 +80,20 @@ class Serve:
             [sys.executable, "-m", "spampots.cli", "serve", "--data-dir", str(data_dir), "--config", str(cfg),
              "--port", str(self.port), "--asn-db", "none", "-q", *args],
             stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"))
+        self.url = f"http://127.0.0.1:{self.port}"
         try:
             wait_listening(self.port, timeout=90, proc=self.proc)
+            auth = {"Authorization": f"Bearer {TOKEN}"}  # ignored when no token is set
+            wait(lambda: self.figures_ready(auth), "the figures", 180)
         except Exception:
             self.stop()
             raise RuntimeError(f"serve did not start:\n{self.log.read_text()}")
-        self.url = f"http://127.0.0.1:{self.port}"
+
+    def figures_ready(self, headers: dict[str, str]) -> bool:
+        """It listens at once; the figures come when computed (503 until then), Port 25's last."""
+        assert self.proc.poll() is None, self.log.read_text()
+        status, _, body = self.get("/api/overview", headers)
+        return status == 200 and json.loads(body)["port25"] is not None
 
     def get(self, path: str, headers: dict[str, str] | None = None, method: str = "GET") -> tuple[int, dict, bytes]:
         req = urllib.request.Request(self.url + path, headers=headers or {}, method=method)

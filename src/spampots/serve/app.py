@@ -15,6 +15,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional
@@ -133,7 +134,7 @@ def make_app(figures: Figures, access: Access, *, refresh_s: float = 300.0) -> w
     def snapshot() -> Any:
         snap = figures.current
         if snap is None:
-            raise web.HTTPServiceUnavailable(text="figures not ready yet\n")
+            raise web.HTTPServiceUnavailable(text="the figures are being computed\n", headers={"Retry-After": "5"})
         return snap
 
     async def overview(_request: web.Request) -> web.Response:
@@ -202,17 +203,17 @@ def make_app(figures: Figures, access: Access, *, refresh_s: float = 300.0) -> w
                                                **SECURITY_HEADERS})
             await resp.prepare(request)
             sent = -1
-            taken = figures.current.taken if figures.current else ""
+            shown = None  # the first pass tells the page which figures there are
             waited = 0.0
             while not stopping.is_set():
                 state = live.state()
-                now_taken = figures.current.taken if figures.current else ""
+                now = figures.current.version if figures.current else ""
                 if state["version"] != sent or waited >= 15:
                     await resp.write(f"event: live\ndata: {_dumps(state)}\n\n".encode())
                     sent, waited = state["version"], 0.0
-                if now_taken != taken:  # fresh figures: the page reloads its panels
-                    taken = now_taken
-                    await resp.write(f"event: figures\ndata: {json.dumps(taken)}\n\n".encode())
+                if now != shown:  # fresh figures: the page reloads its panels
+                    shown = now
+                    await resp.write(f"event: figures\ndata: {json.dumps(now)}\n\n".encode())
                 await asyncio.sleep(0.2)
                 waited += 0.2
         except (ConnectionResetError, asyncio.CancelledError):
@@ -245,14 +246,21 @@ def make_app(figures: Figures, access: Access, *, refresh_s: float = 300.0) -> w
                 await asyncio.sleep(LIVE_POLL_S)
 
         async def refresh() -> None:
+            first = figures.current is None
             while True:
-                await asyncio.sleep(refresh_s)
+                if not first:
+                    if refresh_s <= 0:
+                        return
+                    await asyncio.sleep(refresh_s)
+                first = False
                 try:
+                    t = time.perf_counter()
                     await asyncio.to_thread(figures.refresh)
+                    log.info("figures ready in %.1f s", time.perf_counter() - t)
                 except Exception:
-                    log.exception("refreshing the figures")
+                    log.exception("computing the figures")
 
-        tasks = [asyncio.create_task(loop())] + ([asyncio.create_task(refresh())] if refresh_s > 0 else [])
+        tasks = [asyncio.create_task(loop()), asyncio.create_task(refresh())]
         yield
         for t in tasks:
             t.cancel()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
-import time
 from pathlib import Path
 
 import msgspec
@@ -60,19 +60,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return bad
     settings = Settings(data_dir=data_dir, cache_dir=args.cache_dir, asn_db=args.asn_db, top=args.top,
                         compact=not args.no_compact)
-    t = time.perf_counter()
-    figures = Figures(settings, quiet=args.quiet)
-    try:
-        figures.refresh()
-    except PermissionError as e:
-        print(f"{prog}: cannot write derived files ({e.strerror}): give --cache-dir DIR", file=sys.stderr)
-        return 2
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format=f"{prog}: %(message)s")
+    figures = Figures(settings, quiet=True)
     refresh = args.refresh if args.refresh is not None else serve.refresh_s
     app = make_app(figures, Access(serve.token, serve.user, serve.password), refresh_s=refresh)
     host = f"[{serve.address}]" if ":" in serve.address else serve.address
-    if not args.quiet:
-        print(f"{prog}: figures ready in {time.perf_counter() - t:.1f} s; http://{host}:{serve.port}/",
-              file=sys.stderr, flush=True)
+    # it listens at once (the live counters work); the figures follow when computed
+    logging.getLogger("spampots.serve").info("http://%s:%d/ (computing the figures)", host, serve.port)
     web.run_app(app, host=serve.address, port=serve.port, print=None, access_log=None,
                 handle_signals=True, shutdown_timeout=5)
     return 0

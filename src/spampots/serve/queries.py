@@ -1,10 +1,11 @@
 """The dashboard's figures: the report's own metric SQL over one snapshot of the lake.
 
 A :class:`Snapshot` is one DuckDB connection over the data dir as it was when taken, with
-the report's tables (metrics.run, the same code as `spampots report`) and the Port 25
+the report's tables (metrics.run, the same code as `spampots report`), then the Port 25
 Management tables (policy.port25.run, on a second connection: it redefines some of the
-report's base tables). The JSON of both is built once per snapshot, so a page load costs a
-file read; drill-downs are small queries on the same connection, under a lock.
+report's base tables; it is the slow part, so the report's tables are served before it is
+done). The JSON is built once per snapshot, so a page load costs no query; drill-downs are
+small queries on the snapshot's connection, under a lock.
 """
 
 from __future__ import annotations
@@ -74,28 +75,58 @@ class Snapshot:
         t0 = time.perf_counter()
         self.settings = settings
         self.lock = threading.Lock()
+        self.timings: dict[str, float] = {}
         table = ports.load([p for p in [settings.data_dir / "ports.toml"] if p.exists()])
         self.con = lake.connect()
+        self._step("connect", t0)
+        t = time.perf_counter()
         opts = metrics.Options(top=settings.top)
         report = metrics.run(self.con, ports=table, enricher=enricher, opts=opts)
         report.meta.update(data_dir=str(settings.data_dir), filters="", engine="duckdb")
         self.report = json.loads(render.to_json(report))
+        self._step("report", t)
+        t = time.perf_counter()
         # the map: the report's own top_countries SQL, with every country
         countries = next(m for m in metrics.METRICS if m.name == "top_countries")
         rows = self.con.execute(countries.sql.format(top=1000)).fetchall()
         self.countries = [{c.key: render._jsonable(v) for c, v in zip(countries.columns, r)} for r in rows]
-        p25con = lake.connect()
-        try:
-            p25 = port25.run(p25con, enricher=enricher, top=P25_TOP)
-        finally:
-            p25con.close()
-        self.port25 = json.loads(render.to_json(p25))
+        self._step("countries", t)
+        t = time.perf_counter()
         self.health = self._health()
+        self._step("health", t)
         self.taken = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.port25: Optional[dict[str, Any]] = None  # add_port25 fills it in
         self.seconds = time.perf_counter() - t0
+        self._encode()
+
+    @property
+    def version(self) -> str:
+        """Changes when the page should load the figures again."""
+        return f"{self.taken}/{'port25' if self.port25 is not None else 'report'}"
+
+    def add_port25(self, lake: Lake, enricher: Enricher) -> None:
+        """The Port 25 Management tables: `policy port25`'s queries on a connection of their own
+        (they define tables of the same names as the report's), over the lake as it is now."""
+        t = time.perf_counter()
+        con = lake.connect()
+        try:
+            p25 = port25.run(con, enricher=enricher, top=P25_TOP)
+        finally:
+            con.close()
+        self._step("port25", t)
+        self.seconds += self.timings["port25"]
+        self.port25 = json.loads(render.to_json(p25))
+        self._encode()
+
+    def _encode(self) -> None:
         self.overview_json = json.dumps(
             {"report": self.report, "port25": self.port25, "countries": self.countries, "health": self.health,
-             "taken": self.taken, "seconds": round(self.seconds, 3)}, ensure_ascii=False, default=str).encode()
+             "taken": self.taken, "version": self.version, "seconds": round(self.seconds, 3),
+             "timings": {k: round(v, 3) for k, v in self.timings.items()}},
+            ensure_ascii=False, default=str).encode()
+
+    def _step(self, name: str, since: float) -> None:
+        self.timings[name] = time.perf_counter() - since
 
     def _health(self) -> list[dict[str, Any]]:
         """Per sensor: its last heartbeat (uptime, version, age), from sensor_heartbeat."""
@@ -225,8 +256,10 @@ class Figures:
                     pass  # a data dir not ours to write: the segments are read as JSON
             snap = Snapshot(self.settings, self.lake, self.enricher)
             old, self.current = self.current, snap
-        if old is not None:
-            old.close()
+            if old is not None:
+                old.close()
+            # the report's tables are served from here on; the Port 25 ones (slower) follow
+            snap.add_port25(self.lake, self.enricher)
         return snap
 
     def close(self) -> None:

@@ -291,13 +291,23 @@ function duration(s) {
 }
 
 async function loadOverview() {
-  overview = await getJSON("/api/overview");
+  const got = await fetch("/api/overview", {credentials: "same-origin", cache: "no-store"});
+  if (got.status === 503) {  // being computed: the live stream says when they are ready
+    document.getElementById("taken").textContent = "computing the figures…";
+    return;
+  }
+  if (!got.ok) throw new Error(`/api/overview: ${got.status}`);
+  overview = await got.json();
   document.getElementById("taken").textContent = `figures of ${overview.taken}`;
   tables("talk", overview.report, TALK); ready("talk");
   tables("top", overview.report, TOP); ready("top");
-  const stmt = overview.port25.tables.port25_statement;
-  document.getElementById("statement").textContent = stmt && stmt.rows[0] ? stmt.rows[0].statement : "";
-  tables("port25", overview.port25, P25); ready("port25");
+  if (overview.port25) {
+    const stmt = overview.port25.tables.port25_statement;
+    document.getElementById("statement").textContent = stmt && stmt.rows[0] ? stmt.rows[0].statement : "";
+    tables("port25", overview.port25, P25); ready("port25");
+  } else {
+    document.getElementById("statement").textContent = "Computing the Port 25 Management figures…";
+  }
   tables("campaigns", overview.report, FIELDS); ready("campaigns");
   drawHealth();
   await Promise.all([drawMap(), loadSeries()]);
@@ -321,7 +331,9 @@ function follow() {
   if (stream) return;
   stream = new EventSource("/api/stream");
   stream.addEventListener("live", e => onLive(JSON.parse(e.data)));
-  stream.addEventListener("figures", () => loadOverview().catch(console.error));
+  stream.addEventListener("figures", e => {
+    if (!overview || overview.version !== JSON.parse(e.data)) loadOverview().catch(console.error);
+  });
 }
 // A page left (or kept in the back-forward cache) gives its stream back: a browser opens at
 // most 6 connections to one server, and a stream holds one for as long as it is open.
