@@ -7,8 +7,9 @@
 Steps, all on loopback:
 
 1. the lake: ``spampots synth --messages N --ips 216888`` (as bench/report.py, reused);
-2. baseline, in the same run: ``spampots report --format json`` on that lake, the same metric
-   SQL the dashboard runs once when it starts (and on each refresh);
+2. baselines, in the same run: ``spampots report --format json`` and ``spampots policy port25
+   --format json`` on that lake, the same metric SQL the dashboard runs when it starts (and
+   on each refresh);
 3. ``spampots serve``: seconds until it listens (at once: the live counters work), until the
    report's tables are served, and until every figure is (Port 25 Management comes last); then
    the first paint: headless chromium (selenium) loads the
@@ -88,6 +89,10 @@ def main() -> int:
         subprocess.run([py, "-m", "spampots.cli", "report", "--data-dir", str(d), "--format", "json",
                         "--out", f"{tmp}/report.json", "-q"], check=True)
         report_s = time.perf_counter() - t
+        t = time.perf_counter()
+        subprocess.run([py, "-m", "spampots.cli", "policy", "port25", "--data-dir", str(d), "--format", "json",
+                        "--out", f"{tmp}/port25.json", "-q"], check=True)
+        port25_s = time.perf_counter() - t
 
         # the live rounds' sensor writes into a copy made of hard links (no bytes copied), so
         # the synthetic set stays as it was for the other benchmarks
@@ -157,10 +162,10 @@ def main() -> int:
 
     lake_gib = sum(f.stat().st_size for f in (d / "lake").rglob("*.parquet")) / 2**30
     print(f"machine: {machine()}")
-    print("| emails | lake (GiB) | report (s, baseline) | serve listens (s) | report's tables served (s) "
+    print("| emails | lake (GiB) | report (s) | policy port25 (s) | serve listens (s) | report's tables served (s) "
           "| all figures (s) | first paint median (s) | first paint worst (s) | live median (s) | live worst (s) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    print(f"| {n:,} | {lake_gib:.2f} | {report_s:.1f} | {listen_s:.1f} | {report_ready_s:.1f} | {ready_s:.1f} "
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| {n:,} | {lake_gib:.2f} | {report_s:.1f} | {port25_s:.1f} | {listen_s:.1f} | {report_ready_s:.1f} | {ready_s:.1f} "
           f"| {statistics.median(paints):.2f} | {max(paints):.2f} | {statistics.median(lags):.2f} | {max(lags):.2f} |")
     ok = max(paints) <= 2.0 and max(lags) <= 2.0
     print(("within" if ok else "OUTSIDE") + " the 2 s goals (first paint, live)", file=sys.stderr)
