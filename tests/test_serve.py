@@ -180,13 +180,17 @@ def cells(browser: Any, table: str) -> list[list[str]]:
         ".map(td => td.textContent))", f'[data-table="{table}"] tr:has(td)')
 
 
-def report_json(data_dir: Path, tmp: Path, *command: str) -> dict:
-    out = tmp / f"{'-'.join(command)}.json"
-    proc = subprocess.run([sys.executable, "-m", "spampots.cli", *command, "--data-dir", str(data_dir),
-                           "--asn-db", "none", "--no-compact", "--format", "json", "--out", str(out), "-q"],
-                          capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(out.read_text())
+def reports_json(data_dir: Path, tmp: Path, *commands: tuple[str, ...]) -> list[dict]:
+    """The JSON each command (`report`, `policy port25`) writes for the data dir, run side by side."""
+    outs = [tmp / f"{'-'.join(c)}.json" for c in commands]
+    procs = [subprocess.Popen([sys.executable, "-m", "spampots.cli", *c, "--data-dir", str(data_dir), "--asn-db",
+                               "none", "--no-compact", "--format", "json", "--out", str(o), "-q"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for c, o in zip(commands, outs)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+    return [json.loads(o.read_text()) for o in outs]
 
 
 def expected_cells(table: dict) -> list[list[str]]:
@@ -204,7 +208,8 @@ def test_every_panel_renders_with_the_reports_figures(served: Serve, capture: Se
     load(browser, served.url + "/")
     for panel in ("live", "series", "map", "talk", "top", "port25", "campaigns", "health"):
         assert browser.execute_script(f"return document.querySelector('[data-panel={panel}]').dataset.ready") == "1"
-    report = report_json(capture.data_dir, tmp_path, "report")["tables"]
+    report, policy = (r["tables"] for r in reports_json(capture.data_dir, tmp_path, ("report",),
+                                                              ("policy", "port25")))
     # the summary is one row shown as label/value pairs
     summary = [c[0] for c in cells(browser, "summary")]
     assert summary == expected_cells(report["summary"])[0]
@@ -212,7 +217,6 @@ def test_every_panel_renders_with_the_reports_figures(served: Serve, capture: Se
     for name in ("ports", "ports_sessions", "outbound_http", "outbound_socks", "top_countries", "top_asns",
                  "campaigns", "subjects", "helo", "credentials"):
         assert cells(browser, name) == expected_cells(report[name]), name
-    policy = report_json(capture.data_dir, tmp_path, "policy", "port25")["tables"]
     for name in ("port25_outcome", "port25_categories", "port25_by_protocol"):
         assert cells(browser, name) == expected_cells(policy[name]), name
     statement = browser.find_element("id", "statement").text
