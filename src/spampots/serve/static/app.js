@@ -296,7 +296,10 @@ async function loadOverview() {
     document.getElementById("taken").textContent = "computing the figures…";
     return;
   }
-  if (!got.ok) throw new Error(`/api/overview: ${got.status}`);
+  if (!got.ok) {
+    document.getElementById("taken").textContent = `figures unavailable (${got.status})`;
+    return;
+  }
   overview = await got.json();
   document.getElementById("taken").textContent = `figures of ${overview.taken}`;
   tables("talk", overview.report, TALK); ready("talk");
@@ -326,14 +329,22 @@ function onLive(state) {
   drawHealth();
   ready("live");
 }
+// One load of the figures at a time; when it ends, another if the stream announced newer ones.
+let announced = "", loading = null;
+function reload() {
+  if (loading) return;
+  loading = loadOverview().catch(console.error).finally(() => {
+    loading = null;
+    if (announced && (!overview || overview.version < announced)) reload();
+  });
+}
+
 let stream = null;
 function follow() {
   if (stream) return;
   stream = new EventSource("/api/stream");
   stream.addEventListener("live", e => onLive(JSON.parse(e.data)));
-  stream.addEventListener("figures", e => {
-    if (!overview || overview.version !== JSON.parse(e.data)) loadOverview().catch(console.error);
-  });
+  stream.addEventListener("figures", e => { announced = JSON.parse(e.data); reload(); });
 }
 // A page left (or kept in the back-forward cache) gives its stream back: a browser opens at
 // most 6 connections to one server, and a stream holds one for as long as it is open.
@@ -407,7 +418,5 @@ document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("drill-close").addEventListener("click", () => { document.getElementById("drill").hidden = true; });
   document.getElementById("message-close").addEventListener("click", () => { document.getElementById("message").hidden = true; });
   follow();
-  loadOverview().catch(e => {
-    document.getElementById("taken").textContent = `figures unavailable: ${e.message}`;
-  });
+  reload();
 });
