@@ -93,7 +93,7 @@ def make_app(figures: Figures, access: Access, *, refresh_s: float = 300.0) -> w
             # a link with ?token=...: keep it in a cookie (EventSource cannot send a header)
             token = request.query["token"]
             if hmac.compare_digest(token.encode(), access.token.encode()):
-                resp = web.HTTPFound("/")
+                resp = web.Response(status=302, headers={"Location": "/"})
                 resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/",
                                 secure=request.secure)
             else:
@@ -104,8 +104,8 @@ def make_app(figures: Figures, access: Access, *, refresh_s: float = 300.0) -> w
         else:
             try:
                 resp = await handler(request)
-            except web.HTTPException as e:
-                resp = e
+            except web.HTTPException as e:  # raised, not returned: answered as a plain response
+                resp = web.Response(status=e.status, text=e.text, headers=e.headers)
         resp.headers.update(SECURITY_HEADERS)
         if request.path.startswith("/api/"):
             resp.headers["Cache-Control"] = "no-store"
