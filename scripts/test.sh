@@ -10,6 +10,7 @@ command -v curl >/dev/null || need+=(curl)
 command -v nmap >/dev/null || need+=(nmap)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)  # tests/test_serve.py drives chromium (selenium)
 command -v nats-server >/dev/null || need+=(nats-server)
 for tool in swaks ncat proxychains4 wget msmtp hydra strace; do  # tests/test_third_party_clients.py
   command -v "$tool" >/dev/null || need+=("$tool")

@@ -22,7 +22,7 @@ _HEX64 = re.compile(rb"^[0-9a-fA-F]{64}$")
 _HEX_PREFIX = re.compile(r"^[0-9a-fA-F]{8,64}$")
 # Imported only by the analysis commands; missing on a sensor-only install (no [analysis] extra).
 ANALYSIS_MODULES = frozenset({"duckdb", "pyarrow", "numpy", "matplotlib", "geoip2fast", "maxminddb", "tlsh",
-                              "lingua", "tldextract"})
+                              "lingua", "tldextract", "aiohttp"})
 LOG_FORMATS = ("text", "json")
 DATA_DIR_HELP = (f"where events and messages are stored (default: the config's [sensor] data_dir, else "
                  f"{config.ROOT_DATA_DIR} as root, ./var otherwise)")
@@ -635,8 +635,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import campaigns_cli
     from . import prune as prune_cli
     from . import status as status_cli
+    from .serve import cli as serve_cli
 
-    for group in (analysis_cli, policy_cli, loadgen_cli, transport_cli, status_cli, prune_cli, campaigns_cli):
+    for group in (analysis_cli, policy_cli, loadgen_cli, transport_cli, status_cli, prune_cli, campaigns_cli, serve_cli):
         group.register(sub)
     return p
 

@@ -128,6 +128,17 @@ class MetricsSection(_Base):
     port: int = 9464
 
 
+class ServeSection(_Base):
+    """`spampots serve`, the web dashboard (docs/dashboard.md)."""
+
+    address: str = "127.0.0.1"  # an IP address; any but loopback needs token or user + password
+    port: int = 8025
+    token: str = ""  # "Authorization: Bearer TOKEN", or open /?token=TOKEN once (kept in a cookie)
+    user: str = ""  # HTTP basic auth, with password
+    password: str = ""
+    refresh_s: float = 300.0  # recompute the figures this often (the live counters move at once); 0 = never
+
+
 class TransportSection(_Base):
     nats: Optional[NatsSection] = None  # ship to NATS JetStream (docs/network.md); None: local store only
 
@@ -208,6 +219,7 @@ class Config(_Base):
     store: StoreSection = msgspec.field(default_factory=StoreSection)
     transport: TransportSection = msgspec.field(default_factory=TransportSection)
     metrics: MetricsSection = msgspec.field(default_factory=MetricsSection)
+    serve: ServeSection = msgspec.field(default_factory=ServeSection)
     listener: list[ListenerConfig] = msgspec.field(default_factory=list)
     output: list[OutputConfig] = msgspec.field(default_factory=list)
 
@@ -383,6 +395,7 @@ def validate(cfg: Config) -> None:
     errors += _number_problems(cfg)
     errors += output_problems(cfg.output)
     errors += metrics_problems(cfg.metrics)
+    errors += serve_problems(cfg.serve)
     if cfg.transport.nats is not None:
         errors += [f"transport.nats: {e}" if not e.startswith("transport.nats") else e
                    for e in cfg.transport.nats.validate()]
@@ -467,6 +480,28 @@ def metrics_problems(m: MetricsSection) -> list[str]:
         ipaddress.ip_address(m.address)
     except ValueError:
         errors.append(f"metrics.address must be one IPv4/IPv6 address (e.g. 127.0.0.1), not {m.address!r}")
+    return errors
+
+
+def serve_problems(s: ServeSection) -> list[str]:
+    """One IP address, a real port; beyond loopback a token or user and password."""
+    errors = []
+    if not 1 <= s.port <= 65535:
+        errors.append(f"serve.port must be 1..65535, not {s.port}")
+    if s.refresh_s < 0:
+        errors.append(f"serve.refresh_s must be >= 0, not {s.refresh_s}")
+    if bool(s.user) != bool(s.password):
+        errors.append("serve.user and serve.password go together")
+    if ":" in s.user:
+        errors.append("serve.user cannot hold ':' (HTTP basic auth)")
+    try:
+        loopback = ipaddress.ip_address(s.address).is_loopback
+    except ValueError:
+        errors.append(f"serve.address must be one IPv4/IPv6 address (e.g. 127.0.0.1), not {s.address!r}")
+    else:
+        if not loopback and not s.token and not (s.user and s.password):
+            errors.append(f"serve.address {s.address} is not loopback: set serve.token or serve.user and "
+                          "serve.password")
     return errors
 
 
@@ -639,6 +674,14 @@ keep_days = 0               # delete closed events and message packs older than 
 enable = false              # also `spampots run --metrics PORT`
 address = "127.0.0.1"       # one IP address; anything but loopback lets others read the figures
 port = 9464
+
+[serve]                     # `spampots serve`: the web dashboard, read-only (docs/dashboard.md)
+address = "127.0.0.1"       # one IP address; any but loopback needs token, or user and password
+port = 8025
+token = ""                  # send "Authorization: Bearer TOKEN", or open /?token=TOKEN once
+user = ""                   # HTTP basic auth: user and password together
+password = ""
+refresh_s = 300             # recompute the figures this often; the live counters move at once; 0 = never
 
 # Listeners: without any [[listener]] the talk's ports are used:
 # SOCKS 1080 3127; HTTP 8080 80 3128 8000 6588 4480 3382 81; SMTP 25

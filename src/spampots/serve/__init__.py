@@ -1,0 +1,1 @@
+"""`spampots serve`: the live web dashboard over a data dir, read-only (docs/dashboard.md)."""
