@@ -36,6 +36,7 @@ from .. import lograte
 from ..metrics import MetricsEndpoint, Tally, is_loopback, sensor_figures
 from . import privileges, tlscert
 from .limits import ConnectionGate, HitCoalescer, ProgressOrder, plan_descriptors, raise_nofile
+from .host import SessionHost, SessionSettings
 from .session import Session
 from .upkeep import Upkeep
 from .synsave import save_syns
@@ -123,6 +124,7 @@ class Sensor:
         # sessions (and tunnels), least recently failed forgotten first.
         self.auth_failures: OrderedDict[str, int] = OrderedDict()
         self.auth_memory = cfg.submission.remember_sources
+        self.host: Optional[SessionHost] = None  # what sessions see of us: made once the store is open
 
     # -- bookkeeping used by sessions ------------------------------------------------
     def new_session_id(self) -> str:
@@ -217,6 +219,20 @@ class Sensor:
         while len(failures) > self.auth_memory:
             failures.popitem(last=False)
 
+    def _session_host(self) -> SessionHost:
+        """The narrow view of this sensor that its sessions get (see sensor/host.py)."""
+        s, lim = self.cfg.sensor, self.cfg.limits
+        settings = SessionSettings(
+            greeting_delay_s=s.greeting_delay_s, tunnel_greeting_delay_s=s.tunnel_greeting_delay_s,
+            idle_timeout_s=lim.idle_timeout_s, session_lifetime_s=lim.session_lifetime_s,
+            progress_timeout_s=lim.progress_timeout_s)
+        return SessionHost(
+            loop=self.loop, sensor_id=self.sensor_id, settings=settings, recorder=self.recorder,
+            ssl_context=self.ssl_context, new_session_id=self.new_session_id, is_trusted=self.is_trusted,
+            admit=self.admit, opened=self.session_opened, closed=self.session_closed,
+            progressed=self.sessions.progressed, date_header=self.date_header, auth_policy=self.auth_policy,
+            auth_failed=self.auth_failed, count_event=self.count_event, limit_hit=self.limit_hit)
+
     def _sensor_event(self, ev: Event) -> Event:
         return stamp(ev, sensor=self.sensor_id, session="", src_ip="", src_port=0,
                      listener_port=0, protocol="sensor", depth=0)
@@ -245,7 +261,7 @@ class Sensor:
         for rt in self._runtimes():
             try:
                 rt.server = await self.loop.create_server(
-                    lambda rt=rt: Session(self, rt),
+                    lambda rt=rt: Session(self.host, rt),  # type: ignore[arg-type]
                     host=rt.address or None,
                     port=rt.port,
                     reuse_address=True,
@@ -379,6 +395,7 @@ class Sensor:
             except (OSError, RuntimeError) as exc:  # e.g. another writer holds this sensor's packs
                 self.recorder = None  # type: ignore[assignment]
                 raise StartupError(f"cannot open the store in {data_dir}: {exc}") from None
+            self.host = self._session_host()
             if self.upkeep is not None:
                 self.upkeep.shown_dir = data_dir
                 self.upkeep.poll()  # below the floor already: refuse mail from the first session
