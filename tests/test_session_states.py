@@ -68,6 +68,18 @@ def test_illegal_transitions_raise_and_leave_the_state(src: State) -> None:
             assert s.state is src
 
 
+def test_closed_is_the_closed_state_with_no_way_back() -> None:
+    s = Session(_host(asyncio.new_event_loop()), _listener())
+    s.loop.close()
+    assert s.state is State.OPENING and not s.closed
+    s.closed = True  # a refusal
+    assert s.state is State.CLOSED and s.closed
+    s.closed = True  # again: nothing to do
+    with pytest.raises(IllegalTransition):
+        s.closed = False
+    assert s.state is State.CLOSED
+
+
 # -- the handler contract ---------------------------------------------------------------
 
 HANDLERS = [http.HttpServer, raw.RawCapture, socks4.Socks4Server, socks5.Socks5Server,

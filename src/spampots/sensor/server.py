@@ -81,8 +81,6 @@ class Sensor:
         self.cfg = cfg
         self.strict = strict
         self.sensor_id = cfg.sensor_id
-        self.greeting_delay = cfg.sensor.greeting_delay_s
-        self.tunnel_greeting_delay = cfg.sensor.tunnel_greeting_delay_s
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.recorder: Recorder = None  # type: ignore[assignment]
         self.ssl_context: Optional[ssl.SSLContext] = None

@@ -144,6 +144,12 @@ class Session(asyncio.Protocol):
         """For readers outside; inside, the state says it."""
         return self.state is CLOSED
 
+    @closed.setter
+    def closed(self, value: bool) -> None:
+        # `closed = True` is the move to CLOSED, checked like any other; there is no way back.
+        if value != (self.state is CLOSED):
+            self._enter(CLOSED if value else ACTIVE)
+
     def _enter(self, state: State) -> None:
         if state not in _NEXT[self.state]:
             raise IllegalTransition(f"session {self.session_id}: {self.state.name} -> {state.name}")
