@@ -174,8 +174,8 @@ def _host(loop: asyncio.AbstractEventLoop, settings: Optional[SessionSettings] =
         auth_failed=lambda ip: None, count_event=lambda ev: None, limit_hit=lambda ev: True)
 
 
-def _listener(kind: str = "socks", speaks_first: bool = False) -> ListenerRuntime:
-    return ListenerRuntime("127.0.0.1", 0, kind, speaks_first, Context(), "test")
+def _listener(kind: str = "socks", speaks_first: bool = False, tls: bool = False) -> ListenerRuntime:
+    return ListenerRuntime("127.0.0.1", 0, kind, speaks_first, Context(tls_available=tls), "test")
 
 
 class _Rig:
@@ -317,6 +317,18 @@ def test_starttls_without_a_certificate_tells_the_handler_and_closes() -> None:
             names = rig.host.recorder.names()  # type: ignore[attr-defined]
             assert names[-2:] == ["spampots.protocol.error", "spampots.session.close"]
             assert rig.host.recorder.events[-1].reason == "protocol"  # type: ignore[attr-defined]
+    _run(go)
+
+
+def test_starttls_pipelined_with_the_tunnel_request_reaches_the_smtp_server() -> None:
+    # The far end's sniffer has chosen SMTP inside the tunnel's own bytes, before the session
+    # could switch to it: the TLS hooks still reach the SMTP server, which records the outcome.
+    async def go(loop) -> None:
+        async with _Rig(_host(loop), _listener(tls=True)) as rig:  # TLS offered; the handshake fails
+            rig.s._run([Tunnel("socks5", "mx.example.com", 25, rest=b"EHLO me\r\nSTARTTLS\r\n")])
+            await _until(lambda: rig.s.state is State.CLOSED)
+            tls = [e for e in rig.host.recorder.events if name_of(e) == "spampots.smtp.tls"]  # type: ignore[attr-defined]
+            assert len(tls) == 1 and tls[0].outcome == "failed" and tls[0].target_host == "mx.example.com"
     _run(go)
 
 
