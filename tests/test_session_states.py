@@ -327,7 +327,8 @@ def test_starttls_pipelined_with_the_tunnel_request_reaches_the_smtp_server() ->
         async with _Rig(_host(loop), _listener(tls=True)) as rig:  # TLS offered; the handshake fails
             rig.s._run([Tunnel("socks5", "mx.example.com", 25, rest=b"EHLO me\r\nSTARTTLS\r\n")])
             await _until(lambda: rig.s.state is State.CLOSED)
-            tls = [e for e in rig.host.recorder.events if name_of(e) == "spampots.smtp.tls"]  # type: ignore[attr-defined]
+            events = rig.host.recorder.events  # type: ignore[attr-defined]
+            tls = [e for e in events if name_of(e) == "spampots.smtp.tls"]
             assert len(tls) == 1 and tls[0].outcome == "failed" and tls[0].target_host == "mx.example.com"
     _run(go)
 
