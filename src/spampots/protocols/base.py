@@ -17,6 +17,10 @@ A handler is fed bytes and answers with a list of *actions*, in order:
                        handler keeps receiving the decrypted bytes.
 * :class:`Close`       close the connection after sending what came before.
 
+Besides :meth:`Handler.receive`, the glue calls the hooks of :class:`Handler`
+(start, eof, tls_established, tls_failed) and reads ``implicit_tls`` and
+``delegate``; the base class gives every one a default.
+
 Handlers never see sockets, clocks or files. Everything they need to know
 about their surroundings is in :class:`Context`.
 """
@@ -26,7 +30,7 @@ from __future__ import annotations
 import base64
 import zlib
 from dataclasses import dataclass, field
-from typing import Optional, Protocol, Union
+from typing import Optional, Union
 
 from ..events import Event, LimitHit, ProtocolError
 from .budget import Account, unlimited
@@ -116,23 +120,47 @@ class Close:
 Action = Union[bytes, Event, Durable, Tunnel, StartTLS, Close]
 
 
-class Handler(Protocol):
-    """What every protocol machine offers the glue."""
+class Handler:
+    """The whole contract between a protocol machine and the glue: every hook the
+    glue calls is here, so it never probes a handler for optional ones.
+
+    Handlers subclass this and override what they use; the defaults do nothing.
+    Hooks return actions, like :meth:`receive`.
+    """
+
+    __slots__ = ()
 
     #: protocol name stamped on this handler's events (may change, e.g. socks4 -> socks4a)
-    protocol: str
+    protocol: str = "unknown"
+    #: the client speaks TLS first (port 465, RFC 8314): :meth:`start` answers
+    #: :class:`StartTLS`, and the glue begins the handshake at once, with no greeting delay
+    implicit_tls: bool = False
+    #: set once this handler has handed the session over to another one (the sniffer,
+    #: when the first bytes named the protocol): the glue then talks to that one directly
+    delegate: Optional["Handler"] = None
 
     def start(self) -> list[Action]:
         """Actions on connect (a banner for server-speaks-first protocols)."""
-        ...
+        return []
 
     def receive(self, data: bytes) -> list[Action]:
         """Feed bytes from the client."""
-        ...
+        raise NotImplementedError
 
     def eof(self) -> list[Action]:
         """The client closed or the session ends: flush what is pending."""
-        ...
+        return []
+
+    def tls_established(self, sni: Optional[str] = None) -> list[Action]:
+        """The server-side handshake asked for by :class:`StartTLS` is done; ``sni``: the
+        server name of the client's ClientHello, if any. Bytes received from now on are
+        the decrypted ones."""
+        return []
+
+    def tls_failed(self, detail: str) -> list[Action]:
+        """The handshake failed (``detail`` says how); the glue closes the connection
+        after these actions, whatever they are."""
+        return []
 
 
 # Linux's default ephemeral port range (net.ipv4.ip_local_port_range).

@@ -62,13 +62,14 @@ def _handler_for(kind: str, ctx: Context, first: bytes) -> Handler:
     return RawCapture(ctx)
 
 
-class Sniffer:
+class Sniffer(Handler):
     """Buffers the first bytes until ``sniff`` can name the protocol.
 
     ``greeter`` (SMTP listeners, mail far ends) speaks first; the sniffer then
     keeps it unless the client's first bytes are clearly another protocol.
     ``fallback`` names what unrecognised first bytes become. ``only`` (a SOCKS-only
     product's listener) judges the first byte alone, as such a server does.
+    Once it has chosen, the chosen handler is its ``delegate`` (see :class:`Handler`).
     """
 
     __slots__ = ("ctx", "greeter", "fallback", "only", "delegate", "_buf")
@@ -124,6 +125,14 @@ class Sniffer:
             # A handler chosen after the fact never greets; only its replies matter.
         data, self._buf = self._buf, b""
         return self.delegate.receive(data)
+
+    # The TLS hooks reach the sniffer itself only when its choice asked for StartTLS
+    # before the glue could talk to it directly (bytes that came with a tunnel request).
+    def tls_established(self, sni: Optional[str] = None) -> list[Action]:
+        return self.delegate.tls_established(sni) if self.delegate is not None else []
+
+    def tls_failed(self, detail: str) -> list[Action]:
+        return self.delegate.tls_failed(detail) if self.delegate is not None else []
 
     def _socks_only(self, only: SocksOnly, data: bytes) -> list[Action]:
         version = {4: "socks4", 5: "socks5"}.get(data[0], "")
@@ -188,7 +197,7 @@ def listener_refusal(ctx: Context, *, kind: str) -> Optional[bytes]:
     return None
 
 
-class _Refuse:
+class _Refuse(Handler):
     """Far end for chains deeper than the limit: record and close."""
 
     protocol = "unknown"

@@ -42,7 +42,9 @@ from typing import Optional
 from urllib.parse import parse_qs
 
 from ..events import Event, HttpRequest, ProxyRequest
-from .base import MAIL_PORTS, Action, Close, Context, Durable, Tunnel, dialled_port, error_event, limit_event
+from .base import (
+    MAIL_PORTS, Action, Close, Context, Durable, Handler, Tunnel, dialled_port, error_event, limit_event,
+)
 from .receivebuffer import LineTooLong, ReceiveBuffer
 from .http_persona import (
     GENERIC_SITES, HTTPBIN_HEADERS, HTTPBIN_HOSTS, JUDGE_HEADERS, JUDGE_LAYOUTS, JUDGE_MARKERS, NOT_FOUND, SITES, STYLES,
@@ -186,7 +188,7 @@ class _Answer:
     error: str = ""  # the product's name for what went wrong ({error} in its templates)
 
 
-class HttpServer:
+class HttpServer(Handler):
     """One HTTP connection; see the module docstring."""
 
     protocol: str = "http"

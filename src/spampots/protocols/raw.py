@@ -15,10 +15,10 @@ from __future__ import annotations
 import base64
 
 from ..events import TunnelPayload
-from .base import Action, Close, Context, error_event
+from .base import Action, Close, Context, Handler, error_event
 
 
-class RawCapture:
+class RawCapture(Handler):
     """Counts and keeps the head of an unknown byte stream."""
 
     protocol: str = "raw"

@@ -55,7 +55,7 @@ from email.header import decode_header, make_header
 from typing import Callable, Optional
 
 from ..events import SmtpAuth, SmtpMessage, SmtpTls
-from .base import Action, Close, Context, Durable, StartTLS, error_event, limit_event
+from .base import Action, Close, Context, Durable, Handler, StartTLS, error_event, limit_event
 from .receivebuffer import LineTooLong, ReceiveBuffer
 
 __all__ = ["AUTH_MECHANISMS", "AUTH_POLICIES", "AuthPolicy", "SmtpServer", "STYLES"]
@@ -376,7 +376,7 @@ _CMD, _DATA, _AUTH, _CLOSED = range(4)
 _NEED_TLS = frozenset({"AUTH", "MAIL", "RCPT", "DATA", "VRFY"})
 
 
-class SmtpServer:
+class SmtpServer(Handler):
     """Sans-IO SMTP server; see the module docstring for its behaviour."""
 
     protocol = "smtp"
@@ -409,7 +409,7 @@ class SmtpServer:
         self._greet = greet
         self._submission = submission
         self._date = _printable(now) if now else ""
-        self.implicit_tls = implicit_tls  # read by the glue: start TLS at once, no greeting delay
+        self.implicit_tls = implicit_tls  # Handler.implicit_tls: the glue starts TLS at once
         self._handshake = implicit_tls  # the TLS handshake comes before the banner
         self._tls = tls or implicit_tls
         self._policy = auth or AuthPolicy()

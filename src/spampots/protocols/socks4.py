@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 
 from ..events import ProxyRequest
-from .base import Action, Close, Context, Tunnel, error_event, limit_event
+from .base import Action, Close, Context, Handler, Tunnel, error_event, limit_event
 
 VERSION = 4
 GRANTED = 0x5A
@@ -30,7 +30,7 @@ COMMANDS: dict[int, str] = {1: "connect", 2: "bind"}
 _FIXED = 8  # VN CD DSTPORT DSTIP
 
 
-class Socks4Server:
+class Socks4Server(Handler):
     """One SOCKS4/4a request; ends in a :class:`Tunnel` or a :class:`Close`."""
 
     protocol: str

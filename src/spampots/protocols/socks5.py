@@ -22,7 +22,7 @@ import ipaddress
 from typing import Optional
 
 from ..events import ProxyRequest
-from .base import Action, Close, Context, Tunnel, dialled_port, error_event
+from .base import Action, Close, Context, Handler, Tunnel, dialled_port, error_event
 
 VERSION = 5
 AUTH_VERSION = 1
@@ -52,7 +52,7 @@ def reply(rep: int, bound_ip: bytes = bytes(4), bound_port: int = 0) -> bytes:
     return bytes((VERSION, rep, 0, 1)) + bound_ip + bound_port.to_bytes(2, "big")
 
 
-class Socks5Server:
+class Socks5Server(Handler):
     """One SOCKS5 negotiation; ends in a :class:`Tunnel` or a :class:`Close`."""
 
     protocol: str = "socks5"

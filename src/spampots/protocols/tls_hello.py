@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ..events import TlsHello
-from .base import Action, Close, Context, error_event
+from .base import Action, Close, Context, Handler, error_event
 
 MAX_HELLO = 16 * 1024  # a ClientHello with post-quantum key shares is ~2 KiB
 HANDSHAKE, ALERT = 0x16, 0x15
@@ -121,7 +121,7 @@ def parse_client_hello(body: bytes) -> dict:
     return {"sni": sni, "alpn": alpn, "tls_version": version_name(highest), "cipher_count": cipher_count}
 
 
-class TlsHelloReader:
+class TlsHelloReader(Handler):
     """Reassembles one ClientHello, records it, refuses the handshake."""
 
     protocol: str = "tls"

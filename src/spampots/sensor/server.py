@@ -37,6 +37,7 @@ from .. import lograte
 from ..metrics import MetricsEndpoint, Tally, is_loopback, sensor_figures
 from . import privileges, tlscert
 from .limits import ConnectionGate, HitCoalescer, ProgressOrder, plan_descriptors, raise_nofile
+from .host import Lingering, SessionHost, SessionSettings
 from .session import Session
 from .upkeep import Upkeep
 from .synsave import save_syns
@@ -81,8 +82,6 @@ class Sensor:
         self.cfg = cfg
         self.strict = strict
         self.sensor_id = cfg.sensor_id
-        self.greeting_delay = cfg.sensor.greeting_delay_s
-        self.tunnel_greeting_delay = cfg.sensor.tunnel_greeting_delay_s
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.recorder: Recorder = None  # type: ignore[assignment]
         self.ssl_context: Optional[ssl.SSLContext] = None
@@ -129,11 +128,12 @@ class Sensor:
         self.workers = 1
         self.shared = None  # the SharedState, with workers > 1
         self.restarted = False  # a worker forked again after its predecessor died
-        self.lingering = 0  # refused HTTP connections still open for their 503 to be read (session.py)
+        self.lingering = Lingering()  # refused HTTP connections still open for their 503 to be read
         # per listener, per worker: the bound sockets (one per address family); a worker keeps its own
         self.sockets: list[list[list[socket.socket]]] = []
         self.metrics_sock = None  # bound before the drop: one socket, or one per worker until take_share
         self.max_local = cfg.limits.max_sessions  # what this process's descriptors hold (_fit_descriptors)
+        self.host: Optional[SessionHost] = None  # what sessions see of us: made once the store is open
 
     # -- bookkeeping used by sessions ------------------------------------------------
     def new_session_id(self) -> str:
@@ -228,6 +228,20 @@ class Sensor:
         while len(failures) > self.auth_memory:
             failures.popitem(last=False)
 
+    def _session_host(self) -> SessionHost:
+        """The narrow view of this sensor that its sessions get (see sensor/host.py)."""
+        s, lim = self.cfg.sensor, self.cfg.limits
+        settings = SessionSettings(
+            greeting_delay_s=s.greeting_delay_s, tunnel_greeting_delay_s=s.tunnel_greeting_delay_s,
+            idle_timeout_s=lim.idle_timeout_s, session_lifetime_s=lim.session_lifetime_s,
+            progress_timeout_s=lim.progress_timeout_s)
+        return SessionHost(
+            loop=self.loop, sensor_id=self.sensor_id, settings=settings, recorder=self.recorder,
+            ssl_context=self.ssl_context, new_session_id=self.new_session_id, is_trusted=self.is_trusted,
+            lingering=self.lingering, admit=self.admit, opened=self.session_opened, closed=self.session_closed,
+            progressed=self.sessions.progressed, date_header=self.date_header, auth_policy=self.auth_policy,
+            auth_failed=self.auth_failed, count_event=self.count_event, limit_hit=self.limit_hit)
+
     def _sensor_event(self, ev: Event) -> Event:
         return stamp(ev, sensor=self.sensor_id, session="", src_ip="", src_port=0,
                      listener_port=0, protocol="sensor", depth=0)
@@ -296,7 +310,7 @@ class Sensor:
             assert len(copies) == 1, "take_share() first"
             for sock in copies[0]:
                 rt.servers.append(await self.loop.create_server(
-                    lambda rt=rt: Session(self, rt), sock=sock, backlog=self.backlog, start_serving=False))
+                    lambda rt=rt: Session(self.host, rt), sock=sock, backlog=self.backlog, start_serving=False))
 
     def _tls_wanted(self) -> bool:
         return self.cfg.smtp.starttls or any(lst.kind in TLS_KINDS for lst in self.cfg.listeners)
@@ -459,6 +473,7 @@ class Sensor:
             except (OSError, RuntimeError) as exc:  # e.g. another writer holds this sensor's packs
                 self.recorder = None  # type: ignore[assignment]
                 raise StartupError(f"cannot open the store in {data_dir}: {exc}") from None
+            self.host = self._session_host()
             if self.upkeep is not None:
                 self.upkeep.shown_dir = data_dir
                 if not lead:

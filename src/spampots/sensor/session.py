@@ -1,15 +1,29 @@
 """One client connection: thin asyncio glue around the sans-IO handlers.
 
 The session feeds bytes to its handler and carries out the actions it gets
-back (see ``protocols/base.py``): writes, events, durable messages (reading
-pauses until the body and its event are fsynced, so no ``250`` goes out
-before that), tunnels (the handler is swapped for the far end we play),
-STARTTLS and close. Timers, connection limits and the PROXY protocol header
-are the only logic here.
+back (see ``protocols/base.py``), one small method per action type: writes,
+events, durable messages (reading pauses until the body and its event are
+fsynced, so no ``250`` goes out before that), tunnels (the handler is swapped
+for the far end we play), STARTTLS and close. Timers, connection limits and
+the PROXY protocol header are the only logic here. What it needs of the sensor
+comes through a narrow :class:`~spampots.sensor.host.SessionHost`.
+
+The session is in one :class:`State` at a time. ``_NEXT`` lists the moves
+between them; any other raises :class:`IllegalTransition`:
+
+* OPENING: connected, admission not decided; then HEADER, GREETING or ACTIVE
+  (or CLOSED: refused);
+* HEADER: a trusted front end's PROXY header comes first; then admission;
+* GREETING: a speaks-first listener's banner waits ``greeting_delay_s``;
+* ACTIVE: bytes go to the handler as they come;
+* DURABLE_WAIT: a message is being made durable; the client's bytes wait;
+* TLS_HANDSHAKE: StartTLS; the client's bytes wait for the handshake;
+* TUNNEL_GREETING: after a proxy's grant, the far end's banner waits;
+* CLOSED: the connection is gone (or was refused); nothing happens any more.
 
 Backpressure: reading stops while the client does not drain our replies
 (the transport's write buffer is above its high-water mark, ``pause_writing``)
-or while a message is being made durable (``paused``), and resumes when both
+or while the session waits (DURABLE_WAIT, TLS_HANDSHAKE), and resumes when both
 have cleared. Bytes read meanwhile wait in ``backlog``, which holds at most
 what was already read when reading stopped. Large reads are fed to the handler
 in steps of :data:`FEED_STEP`, so one read of pipelined commands cannot queue
@@ -20,14 +34,15 @@ step: 18-byte ``GET /`` requests each answered with a 1.8 KB page).
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from typing import TYPE_CHECKING, Optional
 
 from ..events import Event, LimitHit, SessionClose, SessionOpen, SmtpAuth, name_of, stamp
 from ..store.recorder import RecorderError
-from ..protocols.base import Close, Context, Durable, Handler, StartTLS, Tunnel, error_event
+from ..protocols.base import Action, Close, Context, Durable, Handler, StartTLS, Tunnel, error_event
 from ..protocols.dispatch import (
-    SUBMISSION_KINDS, SUBMISSION_PORTS, Sniffer, far_end, listener_handler, listener_refusal, tunnel_context,
+    SUBMISSION_KINDS, SUBMISSION_PORTS, far_end, listener_handler, listener_refusal, tunnel_context,
 )
 from ..protocols.proxy_header import V1_PREFIX, V2_SIGNATURE, ProxyHeaderParser
 from .synsave import saved_syn
@@ -36,7 +51,8 @@ REFUSAL_LINGER_S = 0.5  # a refused HTTP client's request is read (and dropped) 
 REFUSAL_LINGER_MAX = 256  # refusals lingering at once; past it, the close comes at once (a flood)
 
 if TYPE_CHECKING:
-    from .server import ListenerRuntime, Sensor
+    from .host import SessionHost
+    from .server import ListenerRuntime
 
 log = logging.getLogger("spampots.sensor")  # rate limited on the sensor's stderr (lograte.install)
 
@@ -44,6 +60,46 @@ log = logging.getLogger("spampots.sensor")  # rate limited on the sensor's stder
 WRITE_HIGH = 64 * 1024
 WRITE_LOW = 16 * 1024
 FEED_STEP = 16 * 1024  # bytes handed to the handler at a time (see the module docstring)
+
+
+class State(enum.Enum):
+    OPENING = "opening"
+    HEADER = "header"
+    GREETING = "greeting"
+    ACTIVE = "active"
+    DURABLE_WAIT = "durable_wait"
+    TLS_HANDSHAKE = "tls_handshake"
+    TUNNEL_GREETING = "tunnel_greeting"
+    CLOSED = "closed"
+
+
+OPENING, HEADER, GREETING, ACTIVE = State.OPENING, State.HEADER, State.GREETING, State.ACTIVE
+DURABLE_WAIT, TLS_HANDSHAKE, TUNNEL_GREETING, CLOSED = (
+    State.DURABLE_WAIT, State.TLS_HANDSHAKE, State.TUNNEL_GREETING, State.CLOSED)
+
+#: the legal moves (see the module docstring)
+_NEXT: dict[State, frozenset[State]] = {
+    OPENING: frozenset({HEADER, GREETING, ACTIVE, CLOSED}),
+    HEADER: frozenset({GREETING, ACTIVE, CLOSED}),
+    GREETING: frozenset({ACTIVE, CLOSED}),
+    ACTIVE: frozenset({DURABLE_WAIT, TLS_HANDSHAKE, TUNNEL_GREETING, CLOSED}),
+    DURABLE_WAIT: frozenset({ACTIVE, CLOSED}),
+    TLS_HANDSHAKE: frozenset({ACTIVE, CLOSED}),
+    TUNNEL_GREETING: frozenset({ACTIVE, CLOSED}),
+    CLOSED: frozenset(),
+}
+for _state, _moves in _NEXT.items():
+    # What _enter reads: a tuple, as `in` then compares identities; hashing an Enum member
+    # runs Python code (0.6 us), and every message moves twice.
+    _state.moves = tuple(_moves)  # type: ignore[attr-defined]
+# Tuples, not sets, for the same reason.
+_WAITING = (DURABLE_WAIT, TLS_HANDSHAKE)  # the client's bytes wait in the backlog
+_GREETINGS = (GREETING, TUNNEL_GREETING)  # a greet_timer is armed
+_UNADMITTED = (OPENING, HEADER)
+
+
+class IllegalTransition(RuntimeError):
+    """A move that ``_NEXT`` does not list: a bug in the glue, never the client's doing."""
 
 
 def _clean_ip(ip: str) -> str:
@@ -56,18 +112,17 @@ def _clean_ip(ip: str) -> str:
 class Session(asyncio.Protocol):
     # Slots: tens of thousands of idle sessions must stay cheap.
     __slots__ = (
-        "sensor", "listener", "loop", "transport", "handler", "session_id", "src_ip", "src_port",
-        "local_ip", "ctx", "admitted", "closed", "close_reason", "paused", "reading_paused", "write_paused",
+        "host", "listener", "loop", "transport", "handler", "session_id", "src_ip", "src_port",
+        "local_ip", "ctx", "state", "close_reason", "reading_paused", "write_paused",
         "eof_pending", "backlog",
         "bytes_in", "bytes_out", "started", "last_active", "timer", "header_parser", "proxied_by", "tcp_sig",
-        "greet_timer", "greet_on_data", "tls_pending",
-        "progress_at",
+        "greet_timer", "progress_at",
     )
 
-    def __init__(self, sensor: "Sensor", listener: "ListenerRuntime") -> None:
-        self.sensor = sensor
+    def __init__(self, host: "SessionHost", listener: "ListenerRuntime") -> None:
+        self.host = host
         self.listener = listener
-        self.loop = sensor.loop
+        self.loop = host.loop
         self.transport: Optional[asyncio.Transport] = None
         self.handler: Optional[Handler] = None
         self.session_id = ""
@@ -75,13 +130,12 @@ class Session(asyncio.Protocol):
         self.src_port = 0
         self.local_ip = ""
         self.ctx: Optional[Context] = None
-        self.admitted = False
-        self.closed = False
+        self.state = OPENING
         self.close_reason = "client_eof"
-        self.paused = False  # waiting for durability or a TLS handshake
-        self.reading_paused = False  # the transport's reading is paused (see _pause)
+        # Flags independent of the state, as they can be set in any of them:
+        self.reading_paused = False  # the transport's reading is paused (see _pause_reading)
         self.write_paused = False  # the client is not draining our replies (pause_writing)
-        self.eof_pending = False  # the client half-closed while a message was being synced
+        self.eof_pending = False  # the client half-closed while its bytes still wait to be handled
         self.backlog: list[bytes] = []
         self.bytes_in = 0
         self.bytes_out = 0
@@ -89,12 +143,26 @@ class Session(asyncio.Protocol):
         self.last_active = 0.0
         self.progress_at = 0.0  # the last reply or record for the client's bytes (see _run)
         self.timer: Optional[asyncio.TimerHandle] = None
-        self.header_parser: Optional[ProxyHeaderParser] = None
+        self.header_parser: Optional[ProxyHeaderParser] = None  # in HEADER
         self.proxied_by: Optional[str] = None
         self.tcp_sig: Optional[str] = None  # see sensor/synsave.py
-        self.greet_timer: Optional[asyncio.TimerHandle] = None
-        self.greet_on_data = False  # a delayed tunnel greeting goes out before client bytes
-        self.tls_pending = False  # a TLS handshake is under way (see _start_tls)
+        self.greet_timer: Optional[asyncio.TimerHandle] = None  # in GREETING, TUNNEL_GREETING
+
+    @property
+    def closed(self) -> bool:
+        """For readers outside; inside, the state says it."""
+        return self.state is CLOSED
+
+    @closed.setter
+    def closed(self, value: bool) -> None:
+        # `closed = True` is the move to CLOSED, checked like any other; there is no way back.
+        if value != (self.state is CLOSED):
+            self._enter(CLOSED if value else ACTIVE)
+
+    def _enter(self, state: State) -> None:
+        if state not in self.state.moves:
+            raise IllegalTransition(f"session {self.session_id}: {self.state.name} -> {state.name}")
+        self.state = state
 
     # -- asyncio callbacks ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -105,12 +173,13 @@ class Session(asyncio.Protocol):
         self.src_ip, self.src_port = _clean_ip(peer[0]), peer[1]
         self.local_ip = _clean_ip(local[0])
         self.started = self.last_active = self.progress_at = self.loop.time()
-        self.session_id = self.sensor.new_session_id()
-        if self.sensor.is_trusted(self.src_ip):
+        self.session_id = self.host.new_session_id()
+        if self.host.is_trusted(self.src_ip):
             # A trusted front end: the real source comes in its PROXY header (and its SYN is
             # the front end's, so no fingerprint).
             self.proxied_by = self.src_ip
             self.header_parser = ProxyHeaderParser()
+            self._enter(HEADER)
             self._arm_timer()
             return
         self.tcp_sig = saved_syn(transport)
@@ -121,8 +190,8 @@ class Session(asyncio.Protocol):
             return
         self.bytes_in += len(data)
         self.last_active = self.loop.time()
-        if self.paused or self.write_paused or self.backlog:
-            # waiting on the disk or on the client to read, and it keeps sending
+        if self.state in _WAITING or self.write_paused or self.backlog:
+            # waiting on the disk, a handshake or the client to read, and it keeps sending
             self._hold(data)
             return
         left = self._receive(data) if len(data) <= FEED_STEP else self._feed(data)
@@ -143,9 +212,9 @@ class Session(asyncio.Protocol):
             return self._receive(data)
         off = 0
         while off < n:
-            if self.paused or self.write_paused:
+            if self.state in _WAITING or self.write_paused:
                 return data[off:]
-            if self.closed or self.transport is None or self.transport.is_closing():
+            if self.state is CLOSED or self.transport is None or self.transport.is_closing():
                 return b""
             piece = data[off:off + FEED_STEP]
             off += len(piece)
@@ -156,23 +225,25 @@ class Session(asyncio.Protocol):
 
     def _receive(self, data: bytes) -> bytes:
         """One step of :meth:`_feed`; returns ``data`` if it must wait after all."""
-        if self.header_parser is not None or self.bytes_in == len(data):  # a trusted peer, or the first bytes
+        if self.state is HEADER or self.bytes_in == len(data):  # a trusted peer, or the first bytes
             data = self._proxy_header(data)
             if not data or self.handler is None:
                 return b""
-        if self.greet_timer is not None:  # the client spoke before our greeting
-            self.greet_timer.cancel()
+        if self.state in _GREETINGS:  # the client spoke before our greeting
+            self.greet_timer.cancel()  # type: ignore[union-attr]
             self.greet_timer = None
-            if self.greet_on_data:  # in a tunnel: greet now, then handle its bytes
-                self.greet_on_data = False
+            tunnel = self.state is TUNNEL_GREETING
+            self._enter(ACTIVE)
+            if tunnel:  # in a tunnel: greet now, then handle its bytes
                 self._run(self.handler.start())  # type: ignore[union-attr]
-                if self.paused or self.closed:
-                    return b"" if self.closed else data
+                if self.state is not ACTIVE:
+                    return b"" if self.state is CLOSED else data
+            # on a listener the banner never comes: the client has already spoken
         handler = self.handler
         if handler is None:
             return b""
         actions = handler.receive(data)
-        if type(handler) is Sniffer and handler.delegate is not None:
+        if handler.delegate is not None:  # the sniffer chose: talk to its choice directly
             self.handler = handler.delegate
         self._run(actions)
         return b""
@@ -190,21 +261,21 @@ class Session(asyncio.Protocol):
             self.loop.call_soon(self._drain_soon)
 
     def _drain_soon(self) -> None:
-        if not self.closed and not self.paused:
+        if self.state is not CLOSED and self.state not in _WAITING:
             self._drain()
 
     def eof_received(self) -> Optional[bool]:
         self.close_reason = "client_eof"
-        if (self.paused or self.backlog) and not self.tls_pending:
+        if self.state is DURABLE_WAIT or (self.backlog and self.state is not TLS_HANDSHAKE):
             # A half-close right after DATA's end: its 250 (and replies to what it sent
-            # before the FIN) still go out once the message is on disk; _resume closes.
+            # before the FIN) still go out once the message is on disk; _drain closes.
             # The same when it has not read our replies: what it sent is still handled.
             self.eof_pending = True
             return True
         return False  # close our side too
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
-        if self.tls_pending:
+        if self.state is TLS_HANDSHAKE:
             # Lost mid-handshake (some loops tell the protocol before start_tls fails):
             # _start_tls records why the handshake failed, then calls us again.
             return
@@ -212,14 +283,15 @@ class Session(asyncio.Protocol):
             self.timer.cancel()
         if self.greet_timer is not None:
             self.greet_timer.cancel()
-        if self.closed:
+        was = self.state
+        if was is CLOSED:
             return
-        self.closed = True
-        if not self.admitted:
+        self._enter(CLOSED)
+        if was in _UNADMITTED:
             return
         if exc is not None and self.close_reason == "client_eof":
             self.close_reason = "error"
-        if self.handler is not None and not self.paused:
+        if self.handler is not None and was is not DURABLE_WAIT:
             try:
                 self._run(self.handler.eof(), final=True)
             except Exception:  # a handler bug must not lose the close event
@@ -233,34 +305,34 @@ class Session(asyncio.Protocol):
             bytes_out=self.bytes_out,
             reason=self.close_reason,
         ))
-        self.sensor.session_closed(self)
+        self.host.closed(self)
 
     # -- opening ----------------------------------------------------------------
     def _open(self) -> None:
-        hit, admitted = self.sensor.admit(self)  # a full house may make room (see Sensor.admit)
+        hit, admitted = self.host.admit(self)  # a full house may make room (see Sensor.admit)
         if hit is not None:
             name, value, observed = hit
             self._record(LimitHit(limit=name, value=value, observed=observed))
         if not admitted:
-            self.closed = True
+            self._enter(CLOSED)
             assert self.transport is not None
             # A server over its limits says so, in its own words, then closes: "421 4.7.0" on
             # SMTP ports, "503" on HTTP ones. A bare close looks like no real server.
             lst = self.listener
             reply = listener_refusal(
-                lst.context.for_session(self.src_ip, self.src_port, self.local_ip, self.sensor.date_header()),
+                lst.context.for_session(self.src_ip, self.src_port, self.local_ip, self.host.date_header()),
                 kind=lst.kind)
             if reply and lst.speaks_first:
                 self.transport.write(reply)
                 self.transport.close()
-            elif reply and self.sensor.lingering < REFUSAL_LINGER_MAX:
+            elif reply and self.host.lingering.count < REFUSAL_LINGER_MAX:
                 # An HTTP client sends its request at once: closing with it unread would reset
                 # the connection, and the reset discards the 503 before the client reads it.
                 # So: the reply, our FIN, its bytes read and dropped, the close soon after.
                 # Lingering refusals are bounded: they hold descriptors no limit counts.
                 self.transport.write(reply)
                 self.transport.write_eof()
-                self.sensor.lingering += 1
+                self.host.lingering.count += 1
                 self.loop.call_later(REFUSAL_LINGER_S, self._end_refusal)
             elif reply:
                 self.transport.write(reply)
@@ -268,32 +340,34 @@ class Session(asyncio.Protocol):
             else:
                 self.transport.abort()
             return
-        self.admitted = True
-        self.sensor.session_opened(self)
+        self.host.opened(self)
         self._record(SessionOpen(listener_addr=self.local_ip, proxied_by=self.proxied_by, tcp_sig=self.tcp_sig))
         lst = self.listener
         # Banners and HTTP Date headers show the time; a missing one would stand out.
-        self.ctx = lst.context.for_session(self.src_ip, self.src_port, self.local_ip, self.sensor.date_header())
-        auth = self.sensor.auth_policy(self.src_ip) if lst.kind in SUBMISSION_KINDS else None
-        self.handler = listener_handler(self.ctx, kind=lst.kind, auth=auth)
+        self.ctx = lst.context.for_session(self.src_ip, self.src_port, self.local_ip, self.host.date_header())
+        auth = self.host.auth_policy(self.src_ip) if lst.kind in SUBMISSION_KINDS else None
+        self.handler = handler = listener_handler(self.ctx, kind=lst.kind, auth=auth)
         self._arm_timer()
+        delay = self.host.settings.greeting_delay_s
+        if lst.speaks_first and delay > 0 and not handler.implicit_tls:
+            self._enter(GREETING)
+            self.greet_timer = self.loop.call_later(delay, self._greet)
+            return
+        self._enter(ACTIVE)
         if lst.speaks_first:
-            delay = self.sensor.greeting_delay
-            if delay > 0 and not getattr(self.handler, "implicit_tls", False):
-                self.greet_timer = self.loop.call_later(delay, self._greet)
-            else:
-                self._greet()
+            self._run(handler.start())
 
     def _end_refusal(self) -> None:
-        self.sensor.lingering -= 1
+        self.host.lingering.count -= 1
         assert self.transport is not None
         self.transport.close()
 
     def _greet(self) -> None:
+        """The greeting delay is over: the handler speaks first."""
         self.greet_timer = None
-        self.greet_on_data = False
-        if self.handler is not None and not self.closed:
-            self._run(self.handler.start())
+        if self.state in _GREETINGS:
+            self._enter(ACTIVE)
+            self._run(self.handler.start())  # type: ignore[union-attr]
 
     def _proxy_header(self, data: bytes) -> bytes:
         if self.header_parser is None:
@@ -312,7 +386,7 @@ class Session(asyncio.Protocol):
             # Trusted peer but no valid header: keep its own address and record why.
             # Without any header its bytes are served as usual; a broken header closes.
             self._open()
-            if not self.admitted:
+            if self.state is CLOSED:
                 return b""
             self._record(error_event(result.error, result.detail, result.header))
             if result.error != "proxy_header.missing":
@@ -325,84 +399,43 @@ class Session(asyncio.Protocol):
                 self.src_ip = _clean_ip(result.src_ip)
                 self.src_port = result.src_port or 0
             self._open()
-        return result.rest if self.admitted else b""
+        return result.rest if self.state is not CLOSED else b""
 
-    # -- carrying out actions ---------------------------------------------------
-    def _run(self, actions: list, final: bool = False) -> None:
+    # -- carrying out actions: one method per action type -------------------------
+    def _run(self, actions: list[Action], final: bool = False) -> None:
+        """Carry out actions in order. Replies in a row go out as one write; ``final``:
+        the connection is gone, only records and the handler's last words remain."""
         if actions:  # progress: the handler answered or recorded something (not a mere byte read)
             self.progress_at = self.loop.time()
-            self.sensor.sessions.progressed(self)
+            self.host.progressed(self)
         if len(actions) == 1 and type(actions[0]) is bytes:  # most replies: one write, nothing else
-            self._write(actions)
+            self._write(actions)  # type: ignore[arg-type]
             return
         out: list[bytes] = []
         i = 0
-        n = len(actions)
-        while i < n:
+        while i < len(actions):
             a = actions[i]
             i += 1
             t = type(a)
             if t is bytes:
-                out.append(a)
-            elif t is Durable:
-                if final:  # the client is gone: nothing can be acknowledged any more
-                    log.warning("durable message at end of session %s dropped", self.session_id)
-                    self._release(a.reserved)
-                    continue
-                self._write(out)
-                out = []
-                ev = self._stamp(a.event)
-                try:
-                    fut = self.sensor.recorder.emit_durable(ev, a.body)
-                except RecorderError as exc:
-                    fut = self.loop.create_future()
-                    fut.set_exception(exc)
-                # Hold the client's next bytes until the message is on disk; reading itself
-                # is paused only if it sends any meanwhile (most wait for the 250).
-                self.paused = True
-                rest = actions[i:]
-                fut.add_done_callback(lambda f, rest=rest, ev=ev, n=a.reserved: self._durable_done(f, rest, ev, n))
-                return
+                out.append(a)  # type: ignore[arg-type]
+                continue
+            if isinstance(a, Event):
+                self._record(a)
+                continue
+            self._write(out)
+            out = []
+            if t is Durable:
+                if self._durable(a, actions[i:], final):  # type: ignore[arg-type]
+                    return
             elif t is Tunnel:
-                self._write(out)
-                out = []
-                assert self.ctx is not None
-                self.ctx = tunnel_context(self.ctx, a)
-                auth = self.sensor.auth_policy(self.src_ip) if a.port in SUBMISSION_PORTS else None
-                self.handler = far_end(self.ctx, auth=auth)
-                delay = self.sensor.tunnel_greeting_delay
-                # implicit TLS (465): the client speaks first, so the handshake starts now
-                implicit_tls = getattr(self.handler, "implicit_tls", False)
-                if a.rest or delay <= 0 or implicit_tls:
-                    more = self.handler.start()
-                    if a.rest and implicit_tls:
-                        self.backlog.insert(0, a.rest)  # a pipelined ClientHello: raw, for _start_tls
-                    elif a.rest:
-                        more = more + self.handler.receive(a.rest)
-                    actions = more + actions[i:]
-                    i, n = 0, len(actions)
-                else:
-                    # The far end "answers" a moment after the grant, as a real one
-                    # would; clients that read the proxy reply with one recv() would
-                    # otherwise swallow the banner with it.
-                    self._write(out)
-                    out = []
-                    self.greet_on_data = True
-                    self.greet_timer = self.loop.call_later(delay, self._greet)
+                actions, i = self._tunnel(a, final) + actions[i:], 0  # type: ignore[arg-type]
             elif t is StartTLS:
-                self._write(out)
-                self._pause()
-                self.loop.create_task(self._start_tls(actions[i:]))
+                self._start_tls(actions[i:], final)
                 return
             elif t is Close:
-                self._write(out)
-                if not final:  # at the end, the reason that ended the session stands (idle, lifetime...)
-                    self.close_reason = a.reason
-                if self.transport is not None and not final:
-                    self.transport.close()
+                self._close(a, final)  # type: ignore[arg-type]
                 return
-            elif isinstance(a, Event):
-                self._record(a)
         self._write(out)
 
     def _write(self, out: list[bytes]) -> None:
@@ -412,33 +445,97 @@ class Session(asyncio.Protocol):
         self.bytes_out += len(data)
         self.transport.write(data)
 
-    def _pause(self) -> None:
-        self.paused = True
-        self._pause_reading()
+    def _durable(self, a: Durable, rest: list[Action], final: bool) -> bool:
+        """Record the message and its event; the actions after it (the 250) wait until both
+        are on disk. Returns whether they wait."""
+        if final:  # the client is gone: nothing can be acknowledged any more
+            log.warning("durable message at end of session %s dropped", self.session_id)
+            self._release(a.reserved)
+            return False
+        ev = self._stamp(a.event)
+        try:
+            fut = self.host.recorder.emit_durable(ev, a.body)
+        except RecorderError as exc:
+            fut = self.loop.create_future()
+            fut.set_exception(exc)
+        # Hold the client's next bytes until the message is on disk; reading itself
+        # is paused only if it sends any meanwhile (most wait for the 250).
+        self._enter(DURABLE_WAIT)
+        fut.add_done_callback(lambda f: self._durable_done(f, rest, ev, a.reserved))
+        return True
+
+    def _durable_done(self, fut: asyncio.Future, rest: list[Action], ev: Event, reserved: int = 0) -> None:
+        self._release(reserved)  # stored or not, the body is no longer ours to hold
+        if fut.cancelled() or fut.exception() is not None:
+            # Not on disk: the client must not see a 250. Dropping the connection
+            # tells it the message was not taken.
+            log.error("message not stored, closing session %s: %s", self.session_id,
+                      fut.exception() if not fut.cancelled() else "cancelled")
+            if self.state is CLOSED:
+                return
+            self.close_reason = "error"
+            self._enter(ACTIVE)
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        self.host.count_event(ev)  # counted once stored: the summary says what is on disk
+        if self.state is CLOSED:  # the client left meanwhile: nobody to answer
+            return
+        self._enter(ACTIVE)
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._run(rest)
+        self._drain()
+
+    def _tunnel(self, a: Tunnel, final: bool) -> list[Action]:
+        """The client was granted a tunnel: play its far end from now on. Returns the actions
+        to carry out now (the far end's greeting and its answer to the bytes that came along)."""
+        if final:  # the client is gone: there is no far end left to play
+            return []
+        assert self.ctx is not None
+        self.ctx = tunnel_context(self.ctx, a)
+        auth = self.host.auth_policy(self.src_ip) if a.port in SUBMISSION_PORTS else None
+        self.handler = handler = far_end(self.ctx, auth=auth)
+        if handler.implicit_tls:  # the client speaks first (465): the handshake starts now
+            if a.rest:
+                self.backlog.insert(0, a.rest)  # a pipelined ClientHello: raw, for _feed_tls
+            return handler.start()
+        if a.rest:
+            return handler.start() + handler.receive(a.rest)
+        delay = self.host.settings.tunnel_greeting_delay_s
+        if delay <= 0:
+            return handler.start()
+        # The far end "answers" a moment after the grant, as a real one would; clients that
+        # read the proxy reply with one recv() would otherwise swallow the banner with it.
+        self._enter(TUNNEL_GREETING)
+        self.greet_timer = self.loop.call_later(delay, self._greet)
+        return []
+
+    def _close(self, a: Close, final: bool) -> None:
+        """Close after what went before; at the end, the reason that ended the session
+        stands (idle, lifetime...)."""
+        if final:
+            return
+        self.close_reason = a.reason
+        if self.transport is not None:
+            self.transport.close()
 
     def _pause_reading(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.pause_reading()
             self.reading_paused = True
 
-    def _resume(self, rest: list) -> None:
-        self.paused = False
-        if self.transport is None or self.transport.is_closing():
-            return
-        self._run(rest)
-        self._drain()
-
     def _drain(self) -> None:
         """Durability and the client's reading both allow it: handle the backlog,
         then read again (or close, if the client half-closed meanwhile)."""
         transport = self.transport
-        while self.backlog and not (self.paused or self.write_paused):
+        while self.backlog and not (self.state in _WAITING or self.write_paused):
             if transport is None or transport.is_closing():
                 return
             left = self._feed(self.backlog.pop(0))
             if left:
                 self.backlog.insert(0, left)
-        if self.paused or self.write_paused or transport is None or transport.is_closing():
+        if self.state in _WAITING or self.write_paused or transport is None or transport.is_closing():
             return
         if self.eof_pending:
             transport.close()  # connection_lost then gives the handler its eof()
@@ -451,26 +548,18 @@ class Session(asyncio.Protocol):
         if reserved and self.ctx is not None:
             self.ctx.budget.release(reserved)
 
-    def _durable_done(self, fut: asyncio.Future, rest: list, ev: Event, reserved: int = 0) -> None:
-        self._release(reserved)  # stored or not, the body is no longer ours to hold
-        if fut.cancelled() or fut.exception() is not None:
-            # Not on disk: the client must not see a 250. Dropping the connection
-            # tells it the message was not taken.
-            log.error("message not stored, closing session %s: %s", self.session_id,
-                      fut.exception() if not fut.cancelled() else "cancelled")
-            self.close_reason = "error"
-            self.paused = False
-            if self.transport is not None:
-                self.transport.abort()
+    def _start_tls(self, rest: list[Action], final: bool) -> None:
+        """Upgrade the connection to TLS (server side); ``rest`` follows the handshake."""
+        if final:  # the client is gone: no handshake to make
             return
-        self.sensor.count_event(ev)  # counted once stored: the summary says what is on disk
-        self._resume(rest)
+        self._enter(TLS_HANDSHAKE)
+        self._pause_reading()
+        self.loop.create_task(self._handshake(rest))
 
-    async def _start_tls(self, rest: list) -> None:
+    async def _handshake(self, rest: list[Action]) -> None:
         handler = self.handler
         assert self.transport is not None and handler is not None
-        ssl_ctx = self.sensor.ssl_context
-        self.tls_pending = True
+        ssl_ctx = self.host.ssl_context
         try:
             if ssl_ctx is None:
                 raise RuntimeError("no TLS context")
@@ -483,24 +572,20 @@ class Session(asyncio.Protocol):
             self.loop.call_soon(self.loop.call_soon, self._feed_tls)
             new = await upgrade
         except Exception as exc:  # garbage instead of a ClientHello, a timeout, a client gone
-            self.tls_pending = False
-            self.paused = False
-            failed = getattr(handler, "tls_failed", None)
-            self._run(failed(f"{type(exc).__name__}: {exc}") if failed else [], final=True)
+            self._enter(ACTIVE)  # the handshake is over: the handler hears why, then we close
+            self._run(handler.tls_failed(f"{type(exc).__name__}: {exc}"), final=True)
             self.close_reason = "protocol"
             if self.transport is not None:
                 self.transport.abort()
             self.connection_lost(None)  # the TLS layer may never pass the loss on to us
             return
-        self.tls_pending = False
         self.transport = new  # type: ignore[assignment]
         new.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
         self.reading_paused = False  # the TLS transport reads on its own
         self.write_paused = False  # and has its own, empty, write buffer
-        done = getattr(handler, "tls_established", None)
-        self.paused = False
+        self._enter(ACTIVE)
         sni = getattr(new.get_extra_info("ssl_object"), "spampots_sni", None)  # see server._keep_sni
-        self._run((done(sni) if done else []) + rest)
+        self._run(handler.tls_established(sni) + rest)
         # Bytes that arrived during the handshake were decrypted into the backlog.
         self._drain()
 
@@ -537,7 +622,7 @@ class Session(asyncio.Protocol):
         h = self.handler
         return stamp(
             ev,
-            sensor=self.sensor.sensor_id,
+            sensor=self.host.sensor_id,
             session=self.session_id,
             src_ip=self.src_ip,
             src_port=self.src_port,
@@ -548,27 +633,27 @@ class Session(asyncio.Protocol):
 
     def _record(self, ev: Event) -> None:
         if type(ev) is SmtpAuth and ev.outcome == "rejected" and ev.policy is not None:
-            self.sensor.auth_failed(self.src_ip)  # the handler judged and refused: count it
+            self.host.auth_failed(self.src_ip)  # the handler judged and refused: count it
         ev = self._stamp(ev)
-        if type(ev) is LimitHit and not self.sensor.limit_hit(ev):
+        if type(ev) is LimitHit and not self.host.limit_hit(ev):
             return  # a repeat: counted, recorded with its count at the end of the interval
-        self.sensor.count_event(ev)
+        self.host.count_event(ev)
         try:
-            self.sensor.recorder.emit(ev)
+            self.host.recorder.emit(ev)
         except RecorderError:  # shutting down, or the disk failed (logged by the store)
             log.warning("event not recorded: %s", name_of(ev))
 
     def _arm_timer(self) -> None:
-        lim = self.sensor.cfg.limits
+        lim = self.host.settings
         deadline = min(self.last_active + lim.idle_timeout_s, self.started + lim.session_lifetime_s,
                        self.progress_at + lim.progress_timeout_s)
         self.timer = self.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
-        if self.closed or self.transport is None:
+        if self.state is CLOSED or self.transport is None:
             return
         now = self.loop.time()
-        lim = self.sensor.cfg.limits
+        lim = self.host.settings
         if now >= self.started + lim.session_lifetime_s:
             self.close_reason = "lifetime"
             self._record(LimitHit(limit="session_lifetime_s", value=lim.session_lifetime_s,
@@ -589,7 +674,7 @@ class Session(asyncio.Protocol):
 
     def evict(self) -> None:
         """A full house made room for a new session: close now (no lingering on unsent bytes)."""
-        if self.closed or self.transport is None:
+        if self.state is CLOSED or self.transport is None:
             return
         if not self.transport.is_closing():  # one already closing keeps its own reason
             self.close_reason = "evicted"
@@ -597,7 +682,7 @@ class Session(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """Sensor stopping: close with reason 'shutdown'."""
-        if not self.closed and self.transport is not None:
+        if self.state is not CLOSED and self.transport is not None:
             self.close_reason = "shutdown"
             self.transport.close()
 
