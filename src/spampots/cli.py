@@ -632,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .loadgen import cli as loadgen_cli
     from .policy import cli as policy_cli
     from .transport import cli as transport_cli
-    from . import campaigns_cli
+    from .analysis import campaigns_cli
     from . import prune as prune_cli
     from . import status as status_cli
     from .serve import cli as serve_cli

@@ -160,6 +160,7 @@ class Lake:
         self.base: Path | None = in_place if self.root != in_place and in_place.is_dir() else None
         self.batch_bytes = 256 << 20  # compressed segment bytes compacted together
         self.damage = ReadStats()  # what compaction and connect() skipped, for the report line
+        self._told: set[str] = set()  # damaged segments connect() has counted already
         self._told_ignored = False  # files not named like a segment: counted by the first listing only
 
     # -- bookkeeping -------------------------------------------------------------------------
@@ -396,7 +397,11 @@ class Lake:
                 except duckdb.IOException:  # a segment compressed (renamed) since the listing
                     if attempt == 4:
                         raise
-            self.damage.merge(damage)
+            # A report connects more than once (its tables, then the campaigns) over the same
+            # segments: damage already told is not told again; a pass that met new damage is.
+            if not set(damage.damaged) <= self._told:
+                self.damage.merge(damage)
+                self._told.update(damage.damaged)
             files = {name: self._parquet_files(name) for name in schema.TABLES}
             files.update({f"{n}_sample": self._parquet_files(f"{n}_sample") for n in schema.SAMPLED})
         where = ["true"]

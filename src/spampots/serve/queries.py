@@ -46,7 +46,7 @@ _DIMS: dict[str, tuple[str, Optional[str]]] = {
     "protocol": ("proto_class(m.proxy) = ?", None),
     "country": ("i.country = ?", "i.country = ?"),
     "asn": ("i.as_id = ?", "i.as_id = ?"),
-    "campaign": ("campaign_key(m.subject) = ?", None),
+    "campaign": ("m.sha256 IN (SELECT sha256 FROM message_campaign WHERE campaign = ?)", None),
     "helo": ("m.helo = ?", None),
     "subject": ("m.subject = ?", None),
     "src_ip": ("m.src_ip = ?", "s.src_ip = ?"),
@@ -82,13 +82,17 @@ class Snapshot:
         t = time.perf_counter()
         opts = metrics.Options(top=settings.top)
         report = metrics.run(self.con, ports=table, enricher=enricher, opts=opts)
+        # the campaigns the report shows (content campaigns in place of the subject-key table)
+        from ..analysis.campaign_report import report_step
+
+        report_step(report, lake, self.con, enricher, top=settings.top)
         report.meta.update(data_dir=str(settings.data_dir), filters="", engine="duckdb")
         self.report = json.loads(render.to_json(report))
         self._step("report", t)
         t = time.perf_counter()
         # the map: the report's own top_countries SQL, with every country
         countries = next(m for m in metrics.METRICS if m.name == "top_countries")
-        rows = self.con.execute(countries.sql.format(top=1000)).fetchall()
+        rows = self.con.execute(countries.query(metrics.Options(top=1000))).fetchall()
         self.countries = [{c.key: render._jsonable(v) for c, v in zip(countries.columns, r)} for r in rows]
         self._step("countries", t)
         t = time.perf_counter()

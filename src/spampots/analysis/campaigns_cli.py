@@ -14,7 +14,7 @@ from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .analysis.cli import _common
+    from .cli import _common
 
     p = sub.add_parser("campaigns", help="list, search and show spam campaigns",
                        description="Group the stored messages into campaigns (what stays constant across "
@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text", action="append", default=[], metavar="WORDS",
                    help="only campaigns whose template, subject or text contains WORDS (case-insensitive)")
     p.add_argument("--top", type=int, default=20, metavar="N", help="campaigns listed (default 20)")
-    p.add_argument("--format", choices=("terminal", "json"), default="terminal")
+    p.add_argument("--format", choices=("terminal", "json"), default="terminal",
+                   help="terminal tables (default) or JSON for scripts")
     p.add_argument("--asn-db", type=Path, metavar="FILE", help="AS database, as for `spampots report`")
     p.add_argument("--no-update", action="store_true",
                    help="do not compact, parse new messages or assign them first (show what the lake has)")
@@ -37,8 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _update(args: argparse.Namespace, prog: str):  # noqa: ANN202 - (data_dir, Lake) or an exit code
-    from .analysis import message_lake
-    from .analysis.cli import _data_dir, check_store, open_lake
+    from . import message_lake
+    from .cli import _data_dir, check_store, open_lake
 
     data_dir = _data_dir(args)
     bad = check_store(data_dir, prog)
@@ -58,7 +59,7 @@ def _update(args: argparse.Namespace, prog: str):  # noqa: ANN202 - (data_dir, L
 
 
 def cmd_campaigns(args: argparse.Namespace) -> int:
-    from .analysis import campaign_report, message_lake
+    from . import campaign_report, message_lake
 
     prog = "spampots campaigns"
     if args.campaign:
@@ -107,7 +108,7 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
 
 
 def _enricher(args: argparse.Namespace, lake, prog: str):  # noqa: ANN001, ANN202
-    from .analysis.enrich import Enricher, resolve_asn_db
+    from .enrich import Enricher, resolve_asn_db
 
     try:
         return Enricher(resolve_asn_db(args.asn_db), cache_dir=lake.root / "_cache", quiet=True)
