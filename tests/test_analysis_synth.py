@@ -95,10 +95,66 @@ def test_heavy_tables_from_the_session_sample_estimate_the_exact_ones(reports: d
         e = {r[key]: r for r in rows(exact, name)}
         top = rows(sampled, name)[0]
         assert top[key] == rows(exact, name)[0][key]
-        assert top["pct"] == pytest.approx(e[top[key]]["pct"], abs=3.0)
-        assert top[count] == pytest.approx(e[top[key]][count], rel=0.2)
+        # An email's recipients are all in its MX's domain and a session keeps one MX, so both tables
+        # are clustered by session: the sample holds ~270 sessions here, a standard error of ~2.5 points.
+        assert top["pct"] == pytest.approx(e[top[key]]["pct"], abs=6.0)
+        assert top[count] == pytest.approx(e[top[key]][count], rel=0.3)
     # the talk's tables never sample
     for name in ("summary", "ports", "outbound_http", "outbound_socks"):
         assert exact.get(name).rows == sampled.get(name).rows
     # the sample is 1 session in 64, in the lake as its own table
     assert any((synthetic / "lake" / "smtp_message_sample").glob("day=*/*.parquet"))
+
+
+def _run_on_a_terminal(cmd: list[str]) -> str:
+    """Run cmd with stdout and stderr on a pseudo-terminal; returns all it wrote there."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": "120"}
+    proc = subprocess.Popen([sys.executable, "-m", "spampots.analysis.cli", *cmd], stdin=subprocess.DEVNULL,
+                            stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(timeout=300) == 0, out[-2000:]
+    return out.decode(errors="replace")
+
+
+def _intermediate(out: str, label: str) -> list[tuple[int, int]]:
+    """(done, total) pairs shown after `label` with 0 < done < total."""
+    import re
+
+    pairs = re.findall(re.escape(label) + r"[^\r\n]*?([\d,]+)/([\d,]+)", out)
+    return [(int(a.replace(",", "")), int(b.replace(",", ""))) for a, b in pairs
+            if 0 < int(a.replace(",", "")) < int(b.replace(",", ""))]
+
+
+def test_synth_and_compact_show_real_progress_on_a_terminal_only(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "d"
+    args = ["synth", "--messages", "40_000", "--days", "150", "--sensors", "3", "--format", "store", "--out", str(out)]
+    shown = _run_on_a_terminal(args)
+    assert _intermediate(shown, "synth: emails written"), shown[-2000:]
+    shown = _run_on_a_terminal(["compact", "--data-dir", str(out)])
+    assert _intermediate(shown, "segments checked"), shown[-2000:]
+    # not a terminal: no bars (only synth's closing line of counts)
+    r = subprocess.run([sys.executable, "-m", "spampots.analysis.cli", *args[:-1], str(tmp_path / "e")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stderr.count("\n") == 1 and r.stderr.startswith("session_open"), r.stderr
+    r = subprocess.run([sys.executable, "-m", "spampots.analysis.cli", "compact", "--data-dir", str(tmp_path / "e")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "checked" not in r.stderr and "\x1b" not in r.stderr, r.stderr
