@@ -35,19 +35,20 @@ def loadgen_cmd() -> list[str]:
 
 # -- mixes -----------------------------------------------------------------------------------
 def test_talk_mix_follows_the_talk_shares():
+    """The talk's port shares are of emails; its outbound shares of sessions."""
     mix = load("talk")
     rng = random.Random(4)
     ports, cats, rcpts = Counter(), {"socks": Counter(), "http": Counter()}, []
     n = 60000
     for _ in range(n):
         plan = mix.plan(rng)
-        ports[plan.port] += 1
+        ports[plan.port] += len(plan.messages)
         family = "socks" if plan.protocol.startswith("socks") else plan.protocol
         if family in cats:
             cats[family][plan.outcome] += 1
         rcpts += [m.rcpts for m in plan.messages]
     for port, (_, share) in TALK_PORTS.items():
-        assert abs(100 * ports[port] / n - share) < 0.6, port
+        assert abs(100 * ports[port] / sum(ports.values()) - share) < 0.6, port
     socks_total, http_total = sum(cats["socks"].values()), sum(cats["http"].values())
     assert abs(100 * cats["socks"]["smtp"] / socks_total - 87.31) < 1.0
     assert abs(100 * cats["socks"]["error"] / socks_total - 10.72) < 1.0
@@ -74,6 +75,8 @@ def test_every_preset_and_the_example_mix_load(tmp_path):
     ({"ports": {"1080": 1}, "smtp": {"size": [5, 1]}}, "[min, max]"),
     ({"ports": {"1080": 1}, "modes": {"garbage": 0.7, "slowloris": 0.5}}, "at most 1"),
     ({"ports": {"1080": 1}, "bogus": 1}, "bogus"),
+    ({"ports": {"1080": 1}, "port_shares": "bytes"}, "port_shares must be one of sessions, emails"),
+    ({"ports": {"1080": 1}, "port_shares": "emails", "outbound": {"socks": {"error": 1}}}, "never send mail"),
 ])
 def test_bad_mixes_are_explained(raw, words):
     with pytest.raises(MixError, match=None) as exc:
