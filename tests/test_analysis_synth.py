@@ -158,3 +158,42 @@ def test_synth_and_compact_show_real_progress_on_a_terminal_only(tmp_path: Path)
     r = subprocess.run([sys.executable, "-m", "spampots.analysis.cli", "compact", "--data-dir", str(tmp_path / "e")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "checked" not in r.stderr and "\x1b" not in r.stderr, r.stderr
+
+
+def test_sources_are_the_talks_population_of_access_and_hosting_networks() -> None:
+    from spampots.analysis import synth_sources
+    from spampots.analysis.enrich import bundled
+
+    pool = synth_sources.ip_pool(synth.TALK["ips"], synth.TALK["days"], seed=1)
+    assert len(set(pool.ips)) == 216_888 and (pool.asns, pool.countries) == (3_006, 165)
+    # the names the report sees (the same bundled data): none of a bank, police or government
+    _cc, names, _private = bundled().lookup_v4(pool.ip_ints)
+    assert all(names) and not [n for n in set(names) if synth_sources.AVOID.search(n)]
+    assert len(set(names)) == 3_006
+    # heavy-tailed: the top 1% of sources weigh more than a third of all
+    w = sorted(pool.weight, reverse=True)
+    assert sum(w[: len(w) // 100]) > sum(w) / 3
+    small = synth_sources.ip_pool(413, 466, seed=1)  # a sample of the same population
+    assert len(set(small.ips)) == 413 and set(small.ips) <= set(pool.ips) and small.asns > 100
+
+
+def test_days_have_weekly_cycles_and_every_total_stays_exact() -> None:
+    import numpy as np
+
+    spec = synth.Spec(scale=1.0)
+    W = np.diff(synth.day_weights(spec)).astype(float)
+    weekday = np.array([(spec.start + dt.timedelta(days=d)).weekday() for d in range(spec.days)])
+    assert W[weekday >= 5].mean() < 0.85 * W[weekday < 5].mean() and W.std() / W.mean() > 0.2
+    ss = synth.streams(spec)
+    assert sum(s.emails for s in ss) == synth.TALK["emails"]
+    for cls, cats in synth.OUTBOUND.items():
+        n = {s.category: s.n for s in ss if s.cls == cls}
+        assert n["other"] + n["submit"] == cats["other"] and n["to25"] == cats["to25"]
+    # not everything is "prevented": submission tunnels carry 0.5% of the proxied mail at full size
+    sub = sum(s.emails for s in ss if s.category == "submit")
+    assert 0.004 < sub / synth.TALK["emails"] < 0.006
+
+
+def test_daily_series_of_a_synthetic_set_is_not_flat(reports: dict) -> None:
+    per_day = [r["emails"] for r in rows(reports["connection"], "daily")]
+    assert len(per_day) == 466 and max(per_day) > 2 * min(per_day)
