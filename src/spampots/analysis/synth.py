@@ -292,7 +292,7 @@ class _Generator:
         self.picker = DayPicker(pool)
         self._con: Any = None
         self._pid = 0
-        self.ss = [s for s in streams(spec)]
+        self.ss = streams(spec)
         self.W = day_weights(spec)
         self.vocab = _Vocab(spec.seed)
         self.ip_str = pa.array(pool.ips, pa.string())
@@ -359,7 +359,8 @@ class _Generator:
                         proxy=cat["proxy"][order], mx=mx[order], aux=rng.integers(0, 1 << 30, n)[order],
                         u=rng.random(n)[order], emails=cat["emails"][order])
         codes = pa.array([s.code for s in self.ss], pa.string()).take(pa.array(out.stream))
-        out.session = pc.binary_join_element_wise(codes, pc.utf8_lpad(pc.cast(pa.array(out.k), pa.string()), 9, "0"), "")
+        counter = pc.utf8_lpad(pc.cast(pa.array(out.k), pa.string()), 9, "0")
+        out.session = pc.binary_join_element_wise(codes, counter, "")
         self.con.register("_sess", pa.table({"s": out.session}))
         out.session_key = self.con.execute("SELECT md5_number_lower(s) FROM _sess").fetchnumpy()[
             "md5_number_lower(s)"].astype(np.uint64)

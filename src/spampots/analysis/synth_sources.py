@@ -57,12 +57,12 @@ def _networks() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[st
 
 
 def ip_pool(n: int, days: int, seed: int) -> Pool:
-    """n distinct public IPv4 sources in up to 3,006 ASes of up to 165 countries (all of them at n = 216,888).
+    """n distinct public IPv4 sources: a random sample of the talk's population (all of it at n = 216,888).
 
-    Candidate ASes are (AS name, country) pairs of distinct names: one per country first (the
-    165 countries, drawn with weight = how many eligible ASes they hold), then the rest. Every
-    candidate gets one source before any gets a second, when n allows; the other sources are
-    spread over the candidates by a 1/rank weight.
+    The population: 216,888 addresses in 3,006 ASes of 165 countries. ASes are (AS name, country)
+    pairs of distinct names: one per country first (countries drawn with weight = how many
+    eligible ASes they hold), then the rest. Every AS gets one address before any gets a second;
+    the others are spread over the ASes by a 1/rank weight, each in a random network of the AS.
     """
     rng = np.random.default_rng([seed, 1])
     first, last, label, cc_i, _codes = _networks()
