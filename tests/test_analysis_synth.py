@@ -97,8 +97,10 @@ def test_heavy_tables_from_the_session_sample_estimate_the_exact_ones(reports: d
         e = {r[key]: r for r in rows(exact, name)}
         top = rows(sampled, name)[0]
         assert top[key] == rows(exact, name)[0][key]
-        assert top["pct"] == pytest.approx(e[top[key]]["pct"], abs=3.0)
-        assert top[count] == pytest.approx(e[top[key]][count], rel=0.2)
+        # An email's recipients are all in its MX's domain and a session keeps one MX, so both tables
+        # are clustered by session: the sample holds ~270 sessions here, a standard error of ~2.5 points.
+        assert top["pct"] == pytest.approx(e[top[key]]["pct"], abs=6.0)
+        assert top[count] == pytest.approx(e[top[key]][count], rel=0.3)
     # the talk's tables never sample
     for name in ("summary", "ports", "outbound_http", "outbound_socks"):
         assert exact.get(name).rows == sampled.get(name).rows == reports["stored"].get(name).rows
@@ -121,3 +123,111 @@ def test_the_heavy_tables_read_no_fewer_rows_for_more_data() -> None:
     # expected rows rise to the limit, stay within one bucket's worth above it, then grow again
     for (n1, r1), (n2, r2) in zip(zip(sizes, rows), zip(sizes[1:], rows[1:])):
         assert r2 >= r1 - n2 / schema.BUCKETS, (n1, r1, n2, r2)
+
+
+def _run_on_a_terminal(cmd: list[str]) -> str:
+    """Run cmd with stdout and stderr on a pseudo-terminal; returns all it wrote there."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": "120"}
+    proc = subprocess.Popen([sys.executable, "-m", "spampots.analysis.cli", *cmd], stdin=subprocess.DEVNULL,
+                            stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(timeout=300) == 0, out[-2000:]
+    return out.decode(errors="replace")
+
+
+def _intermediate(out: str, label: str) -> list[tuple[int, int]]:
+    """(done, total) pairs shown after `label` with 0 < done < total."""
+    import re
+
+    pairs = re.findall(re.escape(label) + r"[^\r\n]*?([\d,]+)/([\d,]+)", out)
+    return [(int(a.replace(",", "")), int(b.replace(",", ""))) for a, b in pairs
+            if 0 < int(a.replace(",", "")) < int(b.replace(",", ""))]
+
+
+def test_synth_and_compact_show_real_progress_on_a_terminal_only(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "d"
+    args = ["synth", "--messages", "40_000", "--days", "150", "--sensors", "3", "--format", "store", "--out", str(out)]
+    shown = _run_on_a_terminal(args)
+    assert _intermediate(shown, "synth: emails written"), shown[-2000:]
+    shown = _run_on_a_terminal(["compact", "--data-dir", str(out)])
+    assert _intermediate(shown, "segments checked"), shown[-2000:]
+    # not a terminal: no bars (only synth's closing line of counts)
+    r = subprocess.run([sys.executable, "-m", "spampots.analysis.cli", *args[:-1], str(tmp_path / "e")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stderr.count("\n") == 1 and r.stderr.startswith("session_open"), r.stderr
+    r = subprocess.run([sys.executable, "-m", "spampots.analysis.cli", "compact", "--data-dir", str(tmp_path / "e")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "checked" not in r.stderr and "\x1b" not in r.stderr, r.stderr
+
+
+def test_sources_are_the_talks_population_of_access_and_hosting_networks() -> None:
+    from spampots.analysis import synth_sources
+    from spampots.analysis.enrich import bundled
+
+    pool = synth_sources.ip_pool(synth.TALK["ips"], synth.TALK["days"], seed=1)
+    assert len(set(pool.ips)) == 216_888 and (pool.asns, pool.countries) == (3_006, 165)
+    # the names the report sees (the same bundled data): none of a bank, police or government
+    _cc, names, _private = bundled().lookup_v4(pool.ip_ints)
+    assert all(names) and not [n for n in set(names) if synth_sources.AVOID.search(n)]
+    assert len(set(names)) == 3_006
+    # heavy-tailed: the top 1% of sources weigh more than a third of all
+    w = sorted(pool.weight, reverse=True)
+    assert sum(w[: len(w) // 100]) > sum(w) / 3
+    small = synth_sources.ip_pool(413, 466, seed=1)  # a sample of the same population
+    assert len(set(small.ips)) == 413 and set(small.ips) <= set(pool.ips) and small.asns > 100
+
+
+def test_days_have_weekly_cycles_and_every_total_stays_exact() -> None:
+    import numpy as np
+
+    spec = synth.Spec(scale=1.0)
+    W = np.diff(synth.day_weights(spec)).astype(float)
+    weekday = np.array([(spec.start + dt.timedelta(days=d)).weekday() for d in range(spec.days)])
+    assert W[weekday >= 5].mean() < 0.85 * W[weekday < 5].mean() and W.std() / W.mean() > 0.2
+    ss = synth.streams(spec)
+    assert sum(s.emails for s in ss) == synth.TALK["emails"]
+    for cls, cats in synth.OUTBOUND.items():
+        n = {s.category: s.n for s in ss if s.cls == cls}
+        assert n["other"] + n["submit"] == cats["other"] and n["to25"] == cats["to25"]
+    # not everything is "prevented": submission tunnels carry 0.5% of the proxied mail at full size
+    sub = sum(s.emails for s in ss if s.category == "submit")
+    assert 0.004 < sub / synth.TALK["emails"] < 0.006
+
+
+def test_daily_series_of_a_synthetic_set_is_not_flat(reports: dict) -> None:
+    per_day = [r["emails"] for r in rows(reports["connection"], "daily")]
+    assert len(per_day) == 466 and max(per_day) > 2 * min(per_day)
+
+
+def test_synth_writes_every_derived_column_as_compaction_would(tmp_path: Path) -> None:
+    """session_bucket (the report's sampling) is md5_number_lower(session) % BUCKETS on every row."""
+    import duckdb
+
+    from spampots.analysis import schema
+
+    synth.generate(tmp_path, synth.Spec(scale=20_000 / synth.TALK["emails"], days=3, sensors=2, seed=3), quiet=True)
+    con = duckdb.connect()
+    n, filled, same = con.execute(
+        f"""SELECT count(*), count(session_bucket),
+                   sum((session_bucket = md5_number_lower(session) % {schema.BUCKETS})::INT)
+            FROM read_parquet('{tmp_path}/lake/smtp_message/*/*.parquet')""").fetchone()
+    assert n == 20_000 and filled == n and same == n

@@ -271,27 +271,30 @@ class Lake:
         if not seg.closed:
             return stats
         con = con or new_connection(ordered=True)
-        with progress.bar("compacting", total=len(seg.closed), quiet=quiet) as tick:
-            for files in _batches(seg.closed, self.batch_bytes):
-                batch = uuid.uuid4().hex[:16]
-                n, parts, days = self._compact_batch(con, files, batch)
-                with open(self.root / MANIFEST, "a") as m:
-                    m.write("".join(json.dumps({"segment": self._rel(p), "size": p.stat().st_size,
-                                                "batch": batch}) + "\n" for p in files))
-                    m.flush()
-                    os.fsync(m.fileno())
-                stats.segments += len(files)
-                stats.events += n
-                stats.parts += parts
-                stats.days |= days
-                tick(len(files))
+        batches = list(_batches(seg.closed, self.batch_bytes))
+        for i, files in enumerate(batches):
+            batch = uuid.uuid4().hex[:16]
+            n, parts, days = self._compact_batch(con, files, batch, quiet=quiet,
+                                                 label=f" {i + 1}/{len(batches)}" if len(batches) > 1 else "")
+            with open(self.root / MANIFEST, "a") as m:
+                m.write("".join(json.dumps({"segment": self._rel(p), "size": p.stat().st_size,
+                                            "batch": batch}) + "\n" for p in files))
+                m.flush()
+                os.fsync(m.fileno())
+            stats.segments += len(files)
+            stats.events += n
+            stats.parts += parts
+            stats.days |= days
         return stats
 
-    def _compact_batch(self, con: duckdb.DuckDBPyConnection, files: Sequence[Path],
-                       batch: str) -> tuple[int, int, set[str]]:
+    def _compact_batch(self, con: duckdb.DuckDBPyConnection, files: Sequence[Path], batch: str, *,
+                       quiet: bool = True, label: str = "") -> tuple[int, int, set[str]]:
+        """Compact one batch of segments; progress (on a terminal) in two phases: segments checked
+        (each read through the store's checked reader), then lake tables written."""
         cols = schema.json_columns()
         with tempfile.TemporaryDirectory(prefix="_checked-", dir=self.root) as work:
-            checked, valid = self._checked(files, Path(work), self.damage)
+            with progress.bar(f"compacting{label}: segments checked", total=len(files), quiet=quiet) as tick:
+                checked, valid = self._checked(files, Path(work), self.damage, tick)
             con.execute(f"""CREATE OR REPLACE TEMP TABLE raw AS
                 SELECT * FROM read_json({_sql_list(checked)}, format='newline_delimited',
                                         columns={_struct_literal(cols)}, ignore_errors=true)
@@ -300,22 +303,27 @@ class Lake:
         if total < valid:  # valid events DuckDB could not take (no usable ts): counted, not hidden
             self.damage.undecodable += valid - total
             self.damage.note(files[0] if len(files) == 1 else f"{files[0].name} (+{len(files) - 1} in its batch)")
-        parts = 0
+        parts_total = 0
         days: set[str] = set()
         present = dict(con.execute("SELECT event, count(*) FROM raw GROUP BY 1").fetchall())
-        for name, table in schema.TABLES.items():
-            if not present.get(table.event):
-                continue
-            con.execute(f"""CREATE OR REPLACE TEMP TABLE t AS
-                SELECT {schema.select_list(name, cols)}, ts::DATE AS day FROM raw
-                WHERE event = {_sql_str(table.event)}""")
-            body = self._flags(con, name, "t")
-            write_parts(con, body, self.root, name, f"part-{batch}-{{i}}")
-            written = [r[0] for r in con.execute("SELECT DISTINCT day FROM t").fetchall()]
-            parts += len(written)
-            days.update(d.isoformat() for d in written)
+        names = [name for name, table in schema.TABLES.items() if present.get(table.event)]
+        with progress.bar(f"compacting{label}: lake tables written", total=len(names), quiet=quiet) as tick:
+            for name in names:
+                parts, written = self._write_table(con, name, batch)
+                parts_total += parts
+                days.update(d.isoformat() for d in written)
+                tick(1)
         con.execute("DROP TABLE IF EXISTS raw; DROP TABLE IF EXISTS t")
-        return total, parts, days
+        return total, parts_total, days
+
+    def _write_table(self, con: duckdb.DuckDBPyConnection, name: str, batch: str) -> tuple[int, list]:
+        """One table's rows of the batch in `raw` into the lake; returns (parts, days written)."""
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE t AS
+            SELECT {schema.select_list(name, schema.json_columns())}, ts::DATE AS day FROM raw
+            WHERE event = {_sql_str(schema.TABLES[name].event)}""")
+        write_parts(con, self._flags(con, name, "t"), self.root, name, f"part-{batch}-{{i}}")
+        written = [r[0] for r in con.execute("SELECT DISTINCT day FROM t").fetchall()]
+        return len(written), written
 
     def _flags(self, con: duckdb.DuckDBPyConnection, name: str, src: str) -> str:
         """SELECT over `src` adding the per-session flags of table `name`.

@@ -3,7 +3,7 @@ and asks for what. A mix turns a random generator into session :class:`Plan` s.
 
 Presets live here as TOML-shaped dicts and go through the same validation as a
 user's ``--mix FILE.toml`` (see :data:`EXAMPLE_TOML`). The ``talk`` preset
-follows the CERT.br SpamPots talk: listener shares from "Portas Abusadas",
+follows the CERT.br SpamPots talk: shares of emails by listener port from "Portas Abusadas",
 outbound categories from "Tentativas de Saída de Tráfego" (HTTP 97.62% to
 25/TCP, 0.12% other ports, 0.25% GET, 2.01% errors; SOCKS 87.31% to 25/TCP,
 1.97% other ports, 10.72% errors) and 9.16 recipients per message. What the
@@ -77,10 +77,14 @@ class OutboundSpec(_Base):
     http: dict[str, float] = msgspec.field(default_factory=dict)
 
 
+PORT_SHARES = ("sessions", "emails")
+
+
 class MixSpec(_Base):
     name: str = "custom"
     description: str = ""
     ports: dict[str, float] = msgspec.field(default_factory=dict)  # talk port -> weight
+    port_shares: str = "sessions"  # what [ports] weighs: sessions, or the emails that come in on the port
     protocols: dict[str, str] = msgspec.field(default_factory=dict)  # port -> socks | http | smtp
     socks: dict[str, float] = msgspec.field(default_factory=dict)  # variant -> weight
     http: dict[str, float] = msgspec.field(default_factory=dict)
@@ -97,6 +101,9 @@ _TALK: dict[str, Any] = {
     "name": "talk",
     "description": "CERT.br SpamPots talk: abused ports, outbound attempts, 9.16 recipients per message",
     "ports": {str(p): share for p, (_, share) in TALK_PORTS.items()},
+    # The talk's port table is of emails (as `spampots synth` and the report's "by emails" table read it):
+    # a port's session weight is its email share over the share of its sessions that send mail.
+    "port_shares": "emails",
     # assumption: the talk does not split SOCKS versions
     "socks": {"socks4": 20, "socks4a": 15, "socks5": 60, "socks5_auth": 5},
     "http": {"connect": 97, "connect_auth": 3},
@@ -149,7 +156,7 @@ class Plan:
 class Mix:
     name: str
     description: str
-    ports: dict[int, float]
+    ports: dict[int, float]  # as given: weights of sessions or of emails (port_shares)
     protocols: dict[int, str]
     socks: dict[str, float]
     http: dict[str, float]
@@ -160,6 +167,8 @@ class Mix:
     pipelining: bool
     slowloris: float
     garbage: float
+    port_shares: str = "sessions"
+    session_ports: dict[int, float] = field(default_factory=dict)  # what plan() draws from
 
     def with_modes(self, *, slowloris: Optional[float] = None, garbage: Optional[float] = None) -> "Mix":
         m = Mix(**self.__dict__)
@@ -172,7 +181,7 @@ class Mix:
 
     # -- drawing ---------------------------------------------------------------
     def plan(self, rng: random.Random) -> Plan:
-        port = _draw(rng, self.ports)
+        port = _draw(rng, self.session_ports or self.ports)
         family = self.protocols[port]
         seed = rng.getrandbits(32)
         u = rng.random()
@@ -317,12 +326,25 @@ def from_dict(raw: dict[str, Any], source: str = "mix") -> Mix:
             raise MixError(f"{source}: smtp.rcpts must be at least 1")
         rcpts = float(spec.smtp.rcpts)
     _check_modes(spec.modes.slowloris, spec.modes.garbage, f"{source}: modes")
+    if spec.port_shares not in PORT_SHARES:
+        raise MixError(f"{source}: port_shares must be one of {', '.join(PORT_SHARES)}")
+    session_ports = dict(ports)
+    if spec.port_shares == "emails":
+        # Emails per session are the same on every port (same [smtp] messages), so a port's share of
+        # sessions is its share of emails over the fraction of its sessions that send mail.
+        mail = {"smtp": 1.0, **{f: outbound[f].get("smtp", 0.0) / sum(outbound[f].values()) for f in outbound}}
+        for port, w in ports.items():
+            if not mail[protocols[port]]:
+                raise MixError(f"{source}: port {port} has an email share but its {protocols[port]} "
+                               "sessions never send mail (outbound smtp = 0)")
+            session_ports[port] = w / mail[protocols[port]]
     return Mix(
         name=spec.name, description=spec.description, ports=ports, protocols=protocols,
         socks=socks, http=http, outbound=outbound,
         messages=_range(spec.smtp.messages, f"{source}: smtp.messages"),
         rcpts=rcpts, size=_range(spec.smtp.size, f"{source}: smtp.size"),
         pipelining=spec.smtp.pipelining, slowloris=spec.modes.slowloris, garbage=spec.modes.garbage,
+        port_shares=spec.port_shares, session_ports=session_ports,
     )
 
 
@@ -345,6 +367,9 @@ EXAMPLE_TOML = """\
 # A spampots loadgen mix. Every section is optional except [ports].
 name = "my-mix"
 description = "mostly SOCKS5 spam runs, some HTTP CONNECT"
+
+port_shares = "sessions"  # [ports] weighs sessions; "emails": the emails that come in on each port
+                          # (as the talk's table, and `spampots synth`), whatever the outbound mix
 
 [ports]                 # listener (talk) port -> weight; --port-offset is added when connecting
 1080 = 70
