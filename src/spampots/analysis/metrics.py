@@ -535,14 +535,14 @@ METRICS: list[Metric] = [
     # The data of the per-day stacked charts and of the map (section "series": charts, JSON, CSV).
     Metric(
         "daily_protocol", "Emails per day by protocol",
-        "Emails per UTC day, split by the protocol that carried them (as in the ports table: SOCKS, HTTP, "
+        "Emails per day (in the report's time zone), split by the protocol that carried them (as in the ports table: SOCKS, HTTP, "
         "or SMTP when sent to us directly).",
         """SELECT day, proto_class(proxy) AS protocol, sum(emails)::BIGINT AS emails
            FROM msg_cube GROUP BY ALL ORDER BY day, protocol""",
         [C("day", "Day", "date"), C("protocol", "Protocol"), C("emails", "Emails", "int")], section="series"),
     Metric(
         "daily_port", "Emails per day by port",
-        "Emails per UTC day, split by the listener port the abuser connected to: the six ports with most "
+        "Emails per day (in the report's time zone), split by the listener port the abuser connected to: the six ports with most "
         "emails, the rest as `other`.",
         """WITH top AS (SELECT listener_port FROM msg_cube GROUP BY 1 ORDER BY sum(emails) DESC, 1 LIMIT 6)
            SELECT day, CASE WHEN listener_port IN (SELECT listener_port FROM top) THEN listener_port::VARCHAR
@@ -551,7 +551,7 @@ METRICS: list[Metric] = [
         [C("day", "Day", "date"), C("port", "Port"), C("emails", "Emails", "int")], section="series"),
     Metric(
         "daily_sensor", "Emails per day by sensor",
-        "Emails per UTC day, split by the sensor that captured them: the six sensors with most emails, the "
+        "Emails per day (in the report's time zone), split by the sensor that captured them: the six sensors with most emails, the "
         "rest as `other`.",
         """WITH top AS (SELECT sensor FROM msg_cube GROUP BY 1 ORDER BY sum(emails) DESC, 1 LIMIT 6)
            SELECT day, CASE WHEN sensor IN (SELECT sensor FROM top) THEN sensor ELSE 'other' END AS sensor,
