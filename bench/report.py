@@ -38,6 +38,7 @@ FLOOR = r"""
 import duckdb, json, os, sys
 d, ports = sys.argv[1], json.loads(sys.argv[2])
 con = duckdb.connect()
+con.execute("SET enable_progress_bar_print = false")  # else its bar lands in our JSON on long queries
 if len(sys.argv) > 3:
     con.execute(f"SET threads = {int(sys.argv[3])}")
 def t(name):

@@ -275,6 +275,7 @@ def test_register_keeps_a_global_data_dir() -> None:
 def test_two_compactions_at_once_do_not_double_count(tmp_path: Path) -> None:
     import subprocess
     import sys
+    import sys
 
     for day in ("2026-01-05", "2026-01-06", "2026-01-07"):
         for sensor in ("a", "b"):
@@ -366,6 +367,7 @@ def test_report_shows_its_steps_on_a_terminal_only(tmp_path: Path) -> None:
     import pty
     import subprocess
     import sys
+    import sys
 
     talk_like(tmp_path).flush()
     cmd = [sys.executable, "-m", "spampots.analysis.cli", "report", "--data-dir", str(tmp_path),
@@ -430,3 +432,16 @@ def test_parts_older_than_a_derived_column_get_it_computed(tmp_path: Path) -> No
         n, good = lake.connect().execute(check).fetchone()
         assert n == good == n0, p
     assert sampled() == before
+
+
+def test_duckdb_never_prints_its_bar_into_our_output() -> None:
+    """DuckDB prints a progress bar to stdout on queries past progress_bar_time (2 s), even into a
+    pipe: at the talk's scale that landed in `report --format json`. Our connections never print it."""
+    import subprocess
+    import sys
+
+    code = ("from spampots.analysis.lake import new_connection; c = new_connection(); "
+            "c.execute('SET progress_bar_time = 0'); "
+            "c.execute('SELECT count(*) FROM range(300000000) t(i) WHERE i % 7 = 3').fetchall()")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert r.returncode == 0 and r.stdout == b"", r.stdout[:200]

@@ -83,6 +83,9 @@ def new_connection(threads: int | None = None, memory_limit: str | None = None, 
     """A DuckDB connection with our macros. `ordered`: keep ORDER BY in what COPY writes;
     `temp_dir`: where DuckDB spills what exceeds its memory limit (else its default, ./.tmp)."""
     con = duckdb.connect()
+    # DuckDB's own bar would print into stdout (a report piped as JSON) on queries past 2 s:
+    # our progress (analysis/progress.py) polls query_progress instead, on stderr and a terminal only.
+    con.execute("SET enable_progress_bar_print = false")
     if temp_dir is not None:
         con.execute(f"SET temp_directory = {_sql_str(temp_dir)}")
     # The views are bound again by every query: keep the Parquet footers in memory, not re-read each time.
