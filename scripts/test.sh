@@ -31,6 +31,8 @@ command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 /usr/bin/python3 -c 'import location' 2>/dev/null || need+=(python3-location)
 # p0f's signature database classifies the sources' SYN fingerprints (tests/test_synfp.py)
 [ -f /etc/p0f/p0f.fp ] || need+=(p0f)
+# py-tlsh (the tlsh extra, in the test extra) builds from source
+command -v g++ >/dev/null || need+=(g++)
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)  # Spark's engine (tests/test_spark.py)
 command -v prometheus >/dev/null || need+=(prometheus)  # scrapes a sensor (tests/test_metrics.py)
 # the real products the personas are compared with (tests/test_personas_real.py), each run

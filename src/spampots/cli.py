@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 _HEX64 = re.compile(rb"^[0-9a-fA-F]{64}$")
 _HEX_PREFIX = re.compile(r"^[0-9a-fA-F]{8,64}$")
 # Imported only by the analysis commands; missing on a sensor-only install (no [analysis] extra).
-ANALYSIS_MODULES = frozenset({"duckdb", "pyarrow", "numpy", "matplotlib", "geoip2fast", "maxminddb", "tlsh",
+ANALYSIS_MODULES = frozenset({"duckdb", "pyarrow", "numpy", "matplotlib", "geoip2fast", "maxminddb",
                               "lingua", "tldextract", "aiohttp"})
 LOG_FORMATS = ("text", "json")
 DATA_DIR_HELP = (f"where events and messages are stored (default: the config's [sensor] data_dir, else "

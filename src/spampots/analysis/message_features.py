@@ -347,8 +347,12 @@ def parse(raw: bytes, *, received: Optional[float] = None, rcpts: list[str] = ()
 
 
 def tlsh_of(text: str) -> str:
-    import tlsh
-
+    """The layout's TLSH; '' when too short, or when py-tlsh (the `tlsh` extra: it builds from
+    source, so it needs a C++ compiler) is not installed. Campaigns never depend on it."""
+    try:
+        import tlsh
+    except ImportError:
+        return ""
     h = tlsh.hash(text.encode("utf-8", "replace"))
     return "" if h in ("", "TNULL") else h
 
