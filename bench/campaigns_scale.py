@@ -159,6 +159,7 @@ def main() -> int:
         # Our lake root in the scratch dir; the events are read from the big lake (its base, read-only).
         lake = Lake(args.lake_data_dir, root=scratch / "lake")
         con = lake.connect(memory_limit=limit)
+        con.execute("SET enable_progress_bar = false")
         con.execute("ALTER VIEW smtp_message RENAME TO smtp_message_events")
         con.register("_bodies", pa.table({"k": list(range(len(shas))), "sha256": shas}))
         con.execute("CREATE TEMP TABLE bench_body AS SELECT * FROM _bodies")
