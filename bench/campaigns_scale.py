@@ -49,6 +49,7 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
 
 from spampots.analysis import campaign_report as cr  # noqa: E402
 from spampots.analysis import message_lake as ml  # noqa: E402
@@ -120,7 +121,12 @@ class Meter:
 
 
 def make_bodies(data_dir: Path, k: int, seed: int) -> tuple[list[str], list[int]]:
-    """k bodies of the labelled campaigns (body i: campaign i mod C) in data_dir's message store."""
+    """k bodies of the labelled campaigns (body i: campaign i mod C) in data_dir's message store
+    (kept there and listed in bodies-<k>-<seed>.parquet: another run with --scratch reuses them)."""
+    listing = data_dir / f"bodies-{k}-{seed}.parquet"
+    if listing.exists():
+        t = pq.read_table(listing)
+        return t.column("sha256").to_pylist(), t.column("label").to_pylist()
     rng = random.Random(seed)
     store = MessageStore(data_dir, sensor="bench")
     shas, labels = [], []
@@ -134,6 +140,7 @@ def make_bodies(data_dir: Path, k: int, seed: int) -> tuple[list[str], list[int]
                 store.sync()
     finally:
         store.close()
+    pq.write_table(pa.table({"sha256": shas, "label": labels}), listing)
     return shas, labels
 
 
@@ -143,7 +150,7 @@ def main() -> int:
     ap.add_argument("--bodies", type=int, default=200_000, help="distinct bodies K (default 200,000)")
     ap.add_argument("--seed", type=int, default=14)
     ap.add_argument("--scratch", type=Path, help="scratch data dir (default: a new temporary dir)")
-    ap.add_argument("--keep", action="store_true", help="keep the scratch dir")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch dir (its bodies serve the next run)")
     ap.add_argument("--memory-limit", default=None, help="DuckDB memory limit (default: the report's)")
     args = ap.parse_args()
     if args.bodies < C:
@@ -156,7 +163,9 @@ def main() -> int:
     m = Meter()
     try:
         shas, labels = m.run("bodies: make and store", make_bodies, scratch, args.bodies, args.seed)
-        # Our lake root in the scratch dir; the events are read from the big lake (its base, read-only).
+        # Our lake root in the scratch dir (features and campaigns from scratch each run); the
+        # events are read from the big lake (its base, read-only).
+        shutil.rmtree(scratch / "lake", ignore_errors=True)
         lake = Lake(args.lake_data_dir, root=scratch / "lake")
         con = lake.connect(memory_limit=limit)
         con.execute("SET enable_progress_bar = false")
