@@ -233,6 +233,12 @@ def main() -> int:
               f"{len(shas):,} bodies: ARI {sc.ari:.3f}, purity {sc.purity:.3f}, inverse purity "
               f"{sc.inverse_purity:.3f}, merged {len(sc.merged)}; bodies per campaign {min(per_label.values()):,}"
               f"-{max(per_label.values()):,}")
+        cells = Counter(zip(groups, labels))
+        for g in sorted({g for g, _ in cells if len({lab for gg, lab in cells if gg == g}) > 1}):
+            print(f"  merged in {g}: " + ", ".join(f"campaign {lab} ({n:,} bodies)"
+                                                  for (gg, lab), n in sorted(cells.items()) if gg == g))
+        splits = Counter(lab for _, lab in cells)
+        print(f"  campaigns per labelled campaign: {', '.join(f'{lab}: {splits[lab]}' for lab in sorted(splits))}")
         total = sum(r["messages"] for r in rows)
         print(f"check: the campaigns' messages add up to {total:,} of {n_msgs:,} "
               f"({'equal' if total == n_msgs else 'DIFFERENT'}); tables: {', '.join(r.name for r in report.results)}")
