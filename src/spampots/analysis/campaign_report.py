@@ -14,23 +14,41 @@ import duckdb
 
 ID_RE = re.compile(r"^cmp-[0-9a-f]{4,12}$")
 
-# One scan of the events, kept for every query of a listing or a report (a view would join the
-# whole smtp_message table again for each). The text stays in message_features (search joins it).
-MESSAGES = """CREATE TEMP TABLE IF NOT EXISTS campaign_message AS
-    SELECT m.ts, m.day, m.src_ip, m.ip_key, m.listener_port, m.proxy, m.target_host, m.n_rcpts, m.sender_domain,
-           m.subject, m.sha256, l.campaign, f.url_domains, f.urls, f.from_domain, f.language
-    FROM smtp_message m JOIN message_features f USING (sha256) JOIN campaign_layout l USING (layout_hash)"""
+# One scan of the events per connection, kept for every query of a listing or a report: the
+# campaigns' messages counted along each axis the tables show (GROUPING SETS), not copied. A copy
+# of the rows (with their URLs) would not fit in memory nor on disk at 524.6M messages; these
+# counts are as many rows as there are campaign x (body, day, source, port and protocol, MX host,
+# sender domain). What belongs to a body (URLs, From domain, language, subject, text) is read from
+# message_features through the `body` rows, weighted by their messages.
+AGG = """CREATE TEMP TABLE IF NOT EXISTS campaign_agg AS
+    SELECT c.campaign,
+           CASE WHEN grouping(m.sha256) = 0 THEN 'body' WHEN grouping(m.day) = 0 THEN 'day'
+                WHEN grouping(m.ip_key) = 0 THEN 'source' WHEN grouping(m.listener_port) = 0 THEN 'port'
+                WHEN grouping(m.target_host) = 0 THEN 'mx' ELSE 'sender' END AS axis,
+           m.sha256, m.day, m.ip_key, any_value(m.src_ip) AS src_ip, m.listener_port, m.proxy, m.target_host,
+           m.sender_domain, count(*) AS n, sum(m.n_rcpts) AS rcpts, min(m.ts) AS first_ts, max(m.ts) AS last_ts
+    FROM smtp_message m JOIN message_campaign c USING (sha256)
+    GROUP BY GROUPING SETS ((c.campaign, m.sha256), (c.campaign, m.day), (c.campaign, m.ip_key),
+                            (c.campaign, m.listener_port, m.proxy), (c.campaign, m.target_host),
+                            (c.campaign, m.sender_domain))"""
+BODIES = "(SELECT a.*, f.* EXCLUDE (sha256) FROM campaign_agg a JOIN message_features f USING (sha256) " \
+         "WHERE a.axis = 'body')"
 
-LIST = """SELECT c.campaign, any_value(t.template) AS template, min(c.ts) AS first_seen, max(c.ts) AS last_seen,
-       count(*) AS messages, sum(c.n_rcpts) AS recipients, count(DISTINCT c.ip_key) AS sources,
-       list_sort(list_distinct(list(coalesce(nullif(c.proxy, ''), 'direct')))) AS protocols,
-       list_sort(list_distinct(list(c.listener_port))) AS ports,
-       count(DISTINCT c.target_host) AS mx_hosts,
-       len(list_distinct(flatten(list(c.url_domains)))) AS url_domains,
-       list_sort(list_distinct(list(nullif(c.language, '')))) AS languages
-FROM campaign_message c LEFT JOIN campaign_template t USING (campaign)
-WHERE {where}
-GROUP BY c.campaign ORDER BY messages DESC, c.campaign LIMIT {top}"""
+LIST = f"""WITH c AS (SELECT campaign, sum(n) AS messages, sum(rcpts) AS recipients, min(first_ts) AS first_seen,
+                  max(last_ts) AS last_seen FROM campaign_agg WHERE axis = 'day' GROUP BY 1),
+     s AS (SELECT campaign, count(DISTINCT ip_key) AS sources FROM campaign_agg WHERE axis = 'source' GROUP BY 1),
+     p AS (SELECT campaign, list_sort(list_distinct(list(coalesce(nullif(proxy, ''), 'direct')))) AS protocols,
+                  list_sort(list_distinct(list(listener_port))) AS ports FROM campaign_agg WHERE axis = 'port'
+           GROUP BY 1),
+     x AS (SELECT campaign, count(DISTINCT target_host) AS mx_hosts FROM campaign_agg WHERE axis = 'mx' GROUP BY 1),
+     b AS (SELECT campaign, len(list_distinct(flatten(list(url_domains)))) AS url_domains,
+                  list_sort(list_distinct(list(nullif(language, '')))) AS languages FROM {BODIES} GROUP BY 1)
+SELECT c.campaign, t.template, c.first_seen, c.last_seen, c.messages, c.recipients, s.sources, p.protocols,
+       p.ports, x.mx_hosts, b.url_domains, b.languages
+FROM c JOIN s USING (campaign) JOIN p USING (campaign) JOIN x USING (campaign) JOIN b USING (campaign)
+     LEFT JOIN campaign_template t USING (campaign)
+WHERE {{where}}
+ORDER BY c.messages DESC, c.campaign LIMIT {{top}}"""
 
 
 def check_id(cid: str) -> str:
@@ -46,21 +64,19 @@ def search(con: duckdb.DuckDBPyConnection, *, url_domains: Sequence[str] = (), s
     """Campaigns, largest first. Each filter narrows: a campaign matches when one of its messages
     links to a URL under the domain, comes from the sender domain (envelope or From: header), or
     when its template or one of its messages' text contains every text term (case-insensitive)."""
-    con.execute(MESSAGES)
+    con.execute(AGG)
     where, params = ["true"], []
     for d in url_domains:
-        where.append("c.campaign IN (SELECT campaign FROM campaign_message, unnest(url_domains) AS u(d) "
+        where.append(f"c.campaign IN (SELECT campaign FROM {BODIES}, unnest(url_domains) AS u(d) "
                      "WHERE u.d = ? OR u.d LIKE ?)")
         params += [d.lower().strip("."), "%." + d.lower().strip(".")]
     for d in sender_domains:
-        where.append("c.campaign IN (SELECT campaign FROM campaign_message WHERE sender_domain = ? "
-                     "OR from_domain = ? OR from_domain LIKE ?)")
+        where.append("c.campaign IN (SELECT campaign FROM campaign_agg WHERE axis = 'sender' AND sender_domain = ? "
+                     f"UNION SELECT campaign FROM {BODIES} WHERE from_domain = ? OR from_domain LIKE ?)")
         params += [d.lower(), d.lower(), "%." + d.lower()]
-    for t in text:
+    for t in text:  # the subject: as the body has it (encoded words decoded), the event's is the same header
         where.append("c.campaign IN (SELECT campaign FROM campaign_template WHERE template ILIKE ? "
-                     "UNION SELECT campaign FROM campaign_message WHERE subject ILIKE ? "
-                     "UNION SELECT l.campaign FROM message_features f JOIN campaign_layout l USING (layout_hash) "
-                     "WHERE f.text ILIKE ?)")
+                     f"UNION SELECT campaign FROM {BODIES} WHERE subject ILIKE ? OR text ILIKE ?)")
         params += ["%" + t + "%"] * 3
     if ids:
         where.append("(" + " OR ".join("starts_with(c.campaign, ?)" for _ in ids) + ")")
@@ -97,28 +113,27 @@ def detail(con: duckdb.DuckDBPyConnection, cid: str, enricher: Optional[Any] = N
     """One campaign: template, timeline (messages per day), sources (with AS and country when an
     Enricher is given), ports and protocols, target MX hosts, URL domains and URLs, sender domains,
     languages, subjects. None if there is no such campaign."""
-    con.execute(MESSAGES)
     rows = search(con, ids=[cid], top=1)
     if not rows:
         return None
     d = rows[0]
     cid = d["campaign"]
-    d["timeline"] = _top(con, "SELECT day, count(*) FROM campaign_message WHERE campaign = ? GROUP BY 1 ORDER BY 1",
-                         cid, 10_000)
-    d["ports_protocols"] = _top(con, """SELECT listener_port, coalesce(nullif(proxy, ''), 'direct'), count(*) AS n
-        FROM campaign_message WHERE campaign = ? GROUP BY 1, 2 ORDER BY n DESC, 1, 2""", cid, 50)
-    d["mx"] = _top(con, """SELECT coalesce(target_host, '(direct)'), count(*) AS n FROM campaign_message
+    d["timeline"] = _top(con, """SELECT day, sum(n) FROM campaign_agg WHERE axis = 'day' AND campaign = ?
+        GROUP BY 1 ORDER BY 1""", cid, 10_000)
+    d["ports_protocols"] = _top(con, """SELECT listener_port, coalesce(nullif(proxy, ''), 'direct'), sum(n) AS n
+        FROM campaign_agg WHERE axis = 'port' AND campaign = ? GROUP BY 1, 2 ORDER BY n DESC, 1, 2""", cid, 50)
+    d["mx"] = _top(con, """SELECT coalesce(target_host, '(direct)'), sum(n) AS n FROM campaign_agg
+        WHERE axis = 'mx' AND campaign = ? GROUP BY 1 ORDER BY n DESC, 1""", cid, top)
+    d["url_domains_top"] = _top(con, f"""SELECT u.d, sum(n) AS n FROM {BODIES}, unnest(url_domains) AS u(d)
         WHERE campaign = ? GROUP BY 1 ORDER BY n DESC, 1""", cid, top)
-    d["url_domains_top"] = _top(con, """SELECT u.d, count(*) AS n FROM campaign_message, unnest(url_domains) AS u(d)
+    d["urls"] = _top(con, f"""SELECT u.u, sum(n) AS n FROM {BODIES}, unnest(urls) AS u(u)
         WHERE campaign = ? GROUP BY 1 ORDER BY n DESC, 1""", cid, top)
-    d["urls"] = _top(con, """SELECT u.u, count(*) AS n FROM campaign_message, unnest(urls) AS u(u)
-        WHERE campaign = ? GROUP BY 1 ORDER BY n DESC, 1""", cid, top)
-    d["sender_domains"] = _top(con, """SELECT coalesce(nullif(sender_domain, ''), '<>'), count(*) AS n
-        FROM campaign_message WHERE campaign = ? GROUP BY 1 ORDER BY n DESC, 1""", cid, top)
-    d["subjects"] = _top(con, """SELECT subject, count(*) AS n FROM campaign_message WHERE campaign = ?
+    d["sender_domains"] = _top(con, """SELECT coalesce(nullif(sender_domain, ''), '<>'), sum(n) AS n
+        FROM campaign_agg WHERE axis = 'sender' AND campaign = ? GROUP BY 1 ORDER BY n DESC, 1""", cid, top)
+    d["subjects"] = _top(con, f"""SELECT subject, sum(n) AS n FROM {BODIES} WHERE campaign = ?
         GROUP BY 1 ORDER BY n DESC, 1""", cid, top)
-    srcs = _top(con, """SELECT norm_ip(src_ip), count(*) AS n FROM campaign_message WHERE campaign = ?
-        GROUP BY 1 ORDER BY n DESC, 1""", cid, 100_000)
+    srcs = _top(con, """SELECT norm_ip(any_value(src_ip)), sum(n) AS n FROM campaign_agg
+        WHERE axis = 'source' AND campaign = ? GROUP BY ip_key ORDER BY n DESC, 1""", cid, 100_000)
     info: dict[str, tuple] = {}
     if enricher is not None and srcs:
         t = enricher.enrich([ip for ip, _ in srcs])
@@ -156,9 +171,12 @@ STRATEGY_DEFINITION = (
     "protocol that carried most of its emails (SOCKS: SOCKS4/4a/5; HTTP: HTTP CONNECT or a POST to port 25; "
     "SMTP: straight to an SMTP port, no proxy) and under how many source IPs sent it (1, 2-10, 11-100, "
     "more than 100). Emails are the campaigns' emails.")
-STRATEGY = """WITH per AS (
-    SELECT campaign, mode(proto_class(proxy)) AS protocol, count(DISTINCT ip_key) AS ips, count(*) AS emails
-    FROM campaign_message GROUP BY campaign)
+STRATEGY = """WITH pc AS (
+    SELECT campaign, proto_class(proxy) AS cls, sum(n) AS n FROM campaign_agg WHERE axis = 'port' GROUP BY 1, 2),
+ips AS (SELECT campaign, count(DISTINCT ip_key) AS ips FROM campaign_agg WHERE axis = 'source' GROUP BY 1),
+per AS (
+    SELECT campaign, arg_max(cls, n) AS protocol, any_value(ips) AS ips, sum(n) AS emails
+    FROM pc JOIN ips USING (campaign) GROUP BY campaign)
 SELECT protocol, CASE WHEN ips = 1 THEN '1' WHEN ips <= 10 THEN '2-10' WHEN ips <= 100 THEN '11-100'
                       ELSE 'more than 100' END AS sources,
        count(*) AS campaigns, sum(emails) AS emails, min(ips) AS o

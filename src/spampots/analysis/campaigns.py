@@ -7,8 +7,10 @@ numbers, random tokens and the recipient's name already masked). Then:
 
 1. Items that occur in one message only are dropped (the FP-tree's minimum support of
    2): word salad, misspellings and whatever else a spammer varies per message never repeat,
-   while the template's shingles repeat in every message of the campaign. Items already known
-   to a campaign count as repeated, so new data meets old campaigns.
+   while the template's shingles repeat in every message of the campaign. In a big batch the
+   support needed grows to MIN_SUPPORT_SHARE of its messages (salad repeats by chance there);
+   a layout left with no item then falls back to support 2. Items already known to a campaign
+   count as repeated, so new data meets old campaigns.
 2. One pass over the distinct layouts, in order of first appearance: an inverted index from
    item to campaign finds the candidates (no comparison of all pairs); a layout joins the
    campaign whose representative shares the most of its items when that is at least
@@ -37,6 +39,11 @@ CLOSE = 0.8  # a member matching at least this well is not kept as an extra repr
 MAX_REPS = 8  # representatives per campaign
 MAX_ITEMS = 512  # items per layout (the first ones: a template's constant text is usually early)
 STOP_POSTINGS = 2000  # an item in more campaigns than this is boilerplate: it finds no candidates
+# Minimum support grows with the batch: among hundreds of thousands of bodies, word salad drawn from
+# a finite vocabulary repeats some 3-shingles by chance, and a layout made mostly of those would
+# found a campaign of its own (200,000 bodies of 24 campaigns gave 306). A template's shingles
+# repeat in every message of its campaign, far above this share.
+MIN_SUPPORT_SHARE = 1e-4
 _TOKEN_RE = re.compile(r"\w+|\n")
 
 
@@ -137,9 +144,12 @@ class CampaignIndex:
         for lay, s in zip(new, sets):
             for i in s:
                 df[i] += lay.messages
+        need = max(2.0, MIN_SUPPORT_SHARE * sum(lay.messages for lay in new))
         out: dict[str, str] = {}
         for lay, s in zip(new, sets):
-            f = frozenset(i for i in s if df[i] >= 2 or i in self._postings) or s
+            # A campaign too small for the batch's share keeps the plain minimum support of 2.
+            f = (frozenset(i for i in s if df[i] >= need or i in self._postings)
+                 or frozenset(i for i in s if df[i] >= 2) or s)
             cid = None
             if f:
                 best, score = self._best(f)
