@@ -34,6 +34,30 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+def run_on_a_terminal(cmd: list[str], timeout: float = 300, columns: int = 120) -> str:
+    """Run `spampots CMD...` with stdout and stderr on a pseudo-terminal (as a user at a
+    terminal sees it); returns all it wrote there. Fails if the command does."""
+    import pty
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": str(columns)}
+    proc = subprocess.Popen([sys.executable, "-m", "spampots.cli", *cmd], stdin=subprocess.DEVNULL,
+                            stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(timeout=timeout) == 0, out[-2000:]
+    return out.decode(errors="replace")
+
+
 def pick_offset() -> int:
     for _ in range(200):
         # below the ephemeral range (32768+), where our own client sockets could take a port

@@ -275,7 +275,6 @@ def test_register_keeps_a_global_data_dir() -> None:
 def test_two_compactions_at_once_do_not_double_count(tmp_path: Path) -> None:
     import subprocess
     import sys
-    import sys
 
     for day in ("2026-01-05", "2026-01-06", "2026-01-07"):
         for sensor in ("a", "b"):
@@ -363,31 +362,14 @@ def test_csv_report_neutralises_control_characters(tmp_path: Path, capsys: pytes
 def test_report_shows_its_steps_on_a_terminal_only(tmp_path: Path) -> None:
     """On a terminal, stderr names each step of the report and counts them (step k of n);
     with stderr piped it says nothing of the kind."""
-    import os
-    import pty
     import subprocess
     import sys
-    import sys
+
+    from conftest import run_on_a_terminal
 
     talk_like(tmp_path).flush()
-    cmd = [sys.executable, "-m", "spampots.analysis.cli", "report", "--data-dir", str(tmp_path),
-           "--format", "json", "--out", str(tmp_path / "r.json")]
-    env = {**os.environ, "COLUMNS": "160", "TERM": "xterm"}
-    master, slave = pty.openpty()
-    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave, env=env)
-    os.close(slave)
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(master, 1 << 16)
-        except OSError:  # EIO: the report closed its end
-            break
-        if not chunk:
-            break
-        seen += chunk
-    os.close(master)
-    assert p.wait(timeout=120) == 0
-    text = seen.decode(errors="replace")
+    args = ["report", "--data-dir", str(tmp_path), "--format", "json", "--out", str(tmp_path / "r.json")]
+    text = run_on_a_terminal(args, timeout=120, columns=160)
     # bases, enrichment, attempts, sample, SYN fingerprints (the sig_os tables), every table
     total = len(metrics.bases_for(metrics.METRICS)) + 5 + len(metrics.METRICS)
     last = metrics.METRICS[-1].name
@@ -395,7 +377,8 @@ def test_report_shows_its_steps_on_a_terminal_only(tmp_path: Path) -> None:
                  "outbound attempts", "table summary", "table campaigns", "table daily"):
         assert name in text, name
     assert f"step 1 of {total}" in text and f"step {total} of {total}: table {last}" in text
-    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "spampots.cli", *args], stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=120)
     assert r.returncode == 0 and b"step " not in r.stderr and b"\x1b[" not in r.stderr
 
 

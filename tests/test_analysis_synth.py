@@ -12,6 +12,8 @@ from spampots.analysis import synth
 from spampots.analysis.cli import main as cli_main
 from spampots.analysis.lake import Lake
 from spampots.store.segments import ReadStats, iter_events
+
+from conftest import run_on_a_terminal
 from test_analysis_pipeline import outbound, report, rows
 
 TALK_OUTBOUND = {
@@ -125,32 +127,6 @@ def test_the_heavy_tables_read_no_fewer_rows_for_more_data() -> None:
         assert r2 >= r1 - n2 / schema.BUCKETS, (n1, r1, n2, r2)
 
 
-def _run_on_a_terminal(cmd: list[str]) -> str:
-    """Run cmd with stdout and stderr on a pseudo-terminal; returns all it wrote there."""
-    import os
-    import pty
-    import subprocess
-    import sys
-
-    master, slave = pty.openpty()
-    env = {**os.environ, "TERM": "xterm", "COLUMNS": "120"}
-    proc = subprocess.Popen([sys.executable, "-m", "spampots.analysis.cli", *cmd], stdin=subprocess.DEVNULL,
-                            stdout=slave, stderr=slave, env=env)
-    os.close(slave)
-    out = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        out += chunk
-    os.close(master)
-    assert proc.wait(timeout=300) == 0, out[-2000:]
-    return out.decode(errors="replace")
-
-
 def _intermediate(out: str, label: str) -> list[tuple[int, int]]:
     """(done, total) pairs shown after `label` with 0 < done < total."""
     import re
@@ -166,9 +142,9 @@ def test_synth_and_compact_show_real_progress_on_a_terminal_only(tmp_path: Path)
 
     out = tmp_path / "d"
     args = ["synth", "--messages", "40_000", "--days", "150", "--sensors", "3", "--format", "store", "--out", str(out)]
-    shown = _run_on_a_terminal(args)
+    shown = run_on_a_terminal(args)
     assert _intermediate(shown, "synth: emails written"), shown[-2000:]
-    shown = _run_on_a_terminal(["compact", "--data-dir", str(out)])
+    shown = run_on_a_terminal(["compact", "--data-dir", str(out)])
     assert _intermediate(shown, "segments checked"), shown[-2000:]
     # not a terminal: no bars (only synth's closing line of counts)
     r = subprocess.run([sys.executable, "-m", "spampots.analysis.cli", *args[:-1], str(tmp_path / "e")],

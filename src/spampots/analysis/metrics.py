@@ -248,6 +248,14 @@ class Metric:
         return self.sql.format(top=int(opts.top), distinct=distinct, **time_exprs(opts.tz))
 
 
+def _daily_top(col: str, as_text: str, label: str) -> str:
+    """Emails per day by msg_cube's `col`: its six values with most emails, the rest as 'other'."""
+    return f"""WITH top AS (SELECT {col} FROM msg_cube GROUP BY 1 ORDER BY sum(emails) DESC, 1 LIMIT 6)
+           SELECT day, CASE WHEN {col} IN (SELECT {col} FROM top) THEN {as_text} ELSE 'other' END AS {label},
+                  sum(emails)::BIGINT AS emails
+           FROM msg_cube GROUP BY ALL ORDER BY day, {label}"""
+
+
 C = Column
 TOTAL_EMAILS = "(SELECT nullif(sum(emails), 0) FROM msg_cube)"
 
@@ -544,19 +552,13 @@ METRICS: list[Metric] = [
         "daily_port", "Emails per day by port",
         "Emails per day (in the report's time zone), split by the listener port the abuser connected to: the six ports with most "
         "emails, the rest as `other`.",
-        """WITH top AS (SELECT listener_port FROM msg_cube GROUP BY 1 ORDER BY sum(emails) DESC, 1 LIMIT 6)
-           SELECT day, CASE WHEN listener_port IN (SELECT listener_port FROM top) THEN listener_port::VARCHAR
-                            ELSE 'other' END AS port, sum(emails)::BIGINT AS emails
-           FROM msg_cube GROUP BY ALL ORDER BY day, port""",
+        _daily_top("listener_port", "listener_port::VARCHAR", "port"),
         [C("day", "Day", "date"), C("port", "Port"), C("emails", "Emails", "int")], section="series"),
     Metric(
         "daily_sensor", "Emails per day by sensor",
         "Emails per day (in the report's time zone), split by the sensor that captured them: the six sensors with most emails, the "
         "rest as `other`.",
-        """WITH top AS (SELECT sensor FROM msg_cube GROUP BY 1 ORDER BY sum(emails) DESC, 1 LIMIT 6)
-           SELECT day, CASE WHEN sensor IN (SELECT sensor FROM top) THEN sensor ELSE 'other' END AS sensor,
-                  sum(emails)::BIGINT AS emails
-           FROM msg_cube GROUP BY ALL ORDER BY day, sensor""",
+        _daily_top("sensor", "sensor", "sensor"),
         [C("day", "Day", "date"), C("sensor", "Sensor"), C("emails", "Emails", "int")], section="series"),
     Metric(
         "country_sources", "Sources by country",
