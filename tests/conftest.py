@@ -14,7 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import pytest
 
@@ -82,14 +82,18 @@ class SensorProc:
     def stderr(self) -> str:
         return self.stderr_path.read_text() if self.stderr_path else ""
 
-    def events(self, name: Optional[str] = None, wait_for: int = 0, timeout: float = 5.0) -> list:
-        """Events read back from the store (open segments included)."""
+    def events(self, name: Optional[str] = None, wait_for: int = 0, timeout: float = 5.0,
+               where: Optional[Callable[[Any], bool]] = None) -> list:
+        """Events read back from the store (open segments included): those named ``name`` and
+        passing ``where``, waiting until ``wait_for`` of them are there (a test's own probes,
+        such as the listening check's connection, must not count towards that number)."""
         from spampots.events import name_of
         from spampots.store.segments import iter_events
 
         deadline = time.time() + timeout
         while True:
-            evs = [e for e in iter_events(self.data_dir) if name is None or name_of(e) == name]
+            evs = [e for e in iter_events(self.data_dir)
+                   if (name is None or name_of(e) == name) and (where is None or where(e))]
             if len(evs) >= wait_for or time.time() > deadline:
                 return evs
             time.sleep(0.05)

@@ -31,7 +31,7 @@ import pytest
 
 import spampots
 from clients import make_message
-from conftest import port_free, wait_listening
+from conftest import ALL_PORTS, port_free, wait_listening
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTAINERFILE = ROOT / "deploy" / "container" / "Containerfile"
@@ -200,13 +200,16 @@ def test_image_sensor_captures_a_message(box):
     for _ in range(100):
         host = f"127.{random.randrange(1, 255)}.{random.randrange(0, 256)}.{random.randrange(2, 255)}"
         offset = random.randrange(2000, 24000, 7)
-        if port_free(25 + offset, host) and port_free(1080 + offset, host):
+        if all(port_free(p + offset, host) for p in ALL_PORTS):
             break
     cmd = box.command("run", "--data-dir", "/var/lib/spampots", "--address", host, "--port-offset", str(offset),
                       "--sensor-id", "container-test")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=box.env, cwd="/")
     try:
-        wait_listening(25 + offset, host, timeout=60, proc=proc)
+        try:
+            wait_listening(25 + offset, host, timeout=60, proc=proc)
+        except RuntimeError as e:  # exited: say why
+            raise AssertionError(f"{e}: {proc.communicate(timeout=30)[1][-3000:]}") from None
         with smtplib.SMTP(host, 25 + offset, timeout=20) as s:
             s.sendmail("a@spam.example", ["victim@example.org"], make_message(7))
     finally:

@@ -171,7 +171,8 @@ def test_slowloris_sessions_are_closed_and_others_served(tmp_path):
         idle = [d for g, _, d in ended if g == "idle"]
         assert 3.5 < min(busy) and max(busy) < 6.0, (min(busy), max(busy))
         assert 1.5 < min(idle) and max(idle) < 3.5, (min(idle), max(idle))
-        closes = [e for e in sp.events("spampots.session.close", wait_for=300) if e.src_ip.startswith("127.9.")]
+        closes = [e for e in sp.events("spampots.session.close", wait_for=300, timeout=15,
+                                                where=lambda e: e.src_ip.startswith("127.9."))]
         assert len(closes) == 300
         hits = Counter(e.limit for e in sp.events("spampots.limit.hit") if e.src_ip.startswith("127.9."))
         assert hits["session_lifetime_s"] == 200 and hits["idle_timeout_s"] == 100, hits

@@ -129,7 +129,7 @@ def test_proxy_protocol_from_trusted_only(tmp_path):
         u.sendall(b"PROXY TCP4 203.0.113.99 192.0.2.1 40000 25\r\n")
         u.recv(100)
         u.close()
-        opens = sp.events("spampots.session.open", wait_for=3)
+        opens = sp.events("spampots.session.open", wait_for=3, where=lambda e: e.src_ip != "127.0.0.1" or e.proxied_by)
     finally:
         sp.stop()
     by_ip = {e.src_ip: e for e in opens}

@@ -131,7 +131,7 @@ def test_sensor_records_each_sources_syn(tmp_path: Path) -> None:
         clients = {"127.0.5.1": (100, 1400, 16384), "127.0.5.2": (50, 1200, 65536), "127.0.5.3": (255, 536, 8192)}
         for src, (ttl, mss, rcv) in clients.items():
             _connect(sp.port(25), ttl=ttl, mss=mss, rcvbuf=rcv, src=src)
-        opens = sp.events("spampots.session.open", wait_for=3, timeout=15)
+        opens = sp.events("spampots.session.open", wait_for=3, timeout=15, where=lambda e: e.src_ip in clients)
     finally:
         sp.stop()
     by_src = {e.src_ip: e.tcp_sig for e in opens}
