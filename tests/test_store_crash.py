@@ -99,3 +99,27 @@ def test_sigkill_loses_nothing_acknowledged(tmp_path: Path) -> None:
         for i, sha in acked.items():
             assert s.get(sha) == body(i)
     assert all(f.name.endswith(".zst") for f in iter_segment_files(data))
+
+
+def test_workers_opening_a_new_store_at_once_wait_for_the_index(tmp_path: Path) -> None:
+    """Workers open a fresh store at the same moment; SQLite can answer "database is locked"
+    at once (a deadlock between two schema creations) or after its 5 s busy wait. Both are
+    retried: here another connection holds the index for longer than that busy wait."""
+    import sqlite3
+    import threading
+
+    from spampots.store.messages import INDEX_NAME, MESSAGES_DIR
+
+    MessageStore(tmp_path, "w0").close()  # the index exists, in WAL mode
+    holder = sqlite3.connect(tmp_path / MESSAGES_DIR / INDEX_NAME, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    threading.Timer(6.5, holder.rollback).start()
+    t = time.monotonic()
+    store = MessageStore(tmp_path, "w1")  # sqlite3's own busy timeout gives up after 5 s
+    try:
+        assert time.monotonic() - t > 6.0
+        sha, new = store.put(b"Subject: x\r\n\r\nbody\r\n")
+        assert new and store.get(sha) == b"Subject: x\r\n\r\nbody\r\n"
+    finally:
+        store.close()
+        holder.close()

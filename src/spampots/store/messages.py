@@ -33,9 +33,11 @@ import hashlib
 import logging
 import mmap
 import os
+import random
 import re
 import sqlite3
 import struct
+import time
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,6 +61,8 @@ DICT_SAMPLES = 256  # bodies a writer compresses alone before it trains its dict
 DICT_BYTES = 16 << 10  # dictionary size: the talk mix's bodies shrink from 0.29x to 0.20x
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _MAX_READ_FDS = 64
+_OPEN_BUSY_S = 30.0  # how long a store opened by several workers at once retries a locked index
+_BUSY_MS = 5000  # sqlite3's default busy wait, once the store is open
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
@@ -87,6 +91,11 @@ def _damaged(e: sqlite3.DatabaseError) -> bool:
     name = getattr(e, "sqlite_errorname", None) or ""
     return isinstance(e, _IndexDamaged) or name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) \
         or (not name and type(e) is sqlite3.DatabaseError)
+
+
+def _busy(e: sqlite3.DatabaseError) -> bool:
+    name = getattr(e, "sqlite_errorname", None) or ""
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
 
 
 def _disk_full(e: BaseException) -> bool:
@@ -243,8 +252,11 @@ class MessageStore:
 
     def _open_db(self) -> sqlite3.Connection:
         path = self.dir / INDEX_NAME
-        for attempt in (1, 2):
-            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        busy_until = time.monotonic() + _OPEN_BUSY_S
+        attempt = 1
+        while attempt <= 2:
+            # A long busy wait while opening (workers start together); _reconcile sets it back.
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=_OPEN_BUSY_S)
             try:
                 db.execute("PRAGMA journal_mode=WAL")
                 # OFF is safe here: the index is a cache; see the module docstring.
@@ -258,11 +270,18 @@ class MessageStore:
                 return db
             except sqlite3.DatabaseError as e:
                 db.close()
+                if _busy(e) and time.monotonic() < busy_until:
+                    # Workers open a new store at the same moment: creating the schema (or the
+                    # switch to WAL) can deadlock, and SQLite then says "locked" at once instead
+                    # of waiting in its busy handler. The loser tries again.
+                    time.sleep(random.uniform(0.01, 0.05))
+                    continue
                 if attempt == 2 or not _damaged(e):
                     raise
                 log.error("index %s damaged (%s): rebuilding it from the packs", path, e)
                 for suffix in ("", "-wal", "-shm"):
                     Path(str(path) + suffix).unlink(missing_ok=True)
+                attempt += 1
         raise AssertionError("unreachable")
 
     def _open_db_readonly(self) -> sqlite3.Connection:
@@ -337,6 +356,7 @@ class MessageStore:
             if db.in_transaction:  # a failed COMMIT (disk full) has already rolled back
                 db.execute("ROLLBACK")
             raise
+        db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")  # open: back to sqlite3's usual wait
 
     def _truncate_if_idle(self, path: Path, good_end: int, size: int) -> None:
         m = PACK_RE.match(path.name)
