@@ -1,0 +1,177 @@
+"""Where the event-loop thread's time goes for one direct SMTP message, without sockets.
+
+    python bench/smtp_replay.py [--sessions 5000] [--profile]
+
+Replays the bytes of one smtp-source session (HELO, MAIL, 10 RCPT, DATA, a 3 KB body,
+QUIT: the reads exactly as smtp-source sends them to a non-pipelining server) through
+
+1. the SMTP handler alone (protocols/, as the listener builds it: sniffer then SmtpServer);
+2. the whole session glue (sensor/session.py) on a real sensor host with a real recorder
+   (fsync off; the writer thread's work is not counted), with a transport that only
+   counts writes: no syscalls, so the figure is our own Python per message;
+3. the event encodings alone (what ``Recorder.emit`` does on the loop's thread).
+
+It prints microseconds of the loop thread's CPU per session for each. ``--profile`` adds
+a cProfile of (2), sorted by own time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from spampots import config
+from spampots.events import encode
+from spampots.protocols.dispatch import listener_handler
+from spampots.sensor.server import Sensor
+from spampots.sensor.session import Session
+
+FROM = b"From: <foo@bench.example>\r\nTo: <foo@bench.example>\r\nDate: Sun,  6 Dec 2026 08:40:03 +0000 (UTC)\r\n" \
+       b"Message-Id: <20261206084003.1@bench.example>\r\nSubject: test\r\n\r\n"
+BODY = FROM + b"La de da de da 1.\r\n" * ((3000 - len(FROM)) // 19) + b".\r\n"
+SESSION = [b"HELO bench.example\r\n", b"MAIL FROM:<foo@bench.example>\r\n",
+           *[f"RCPT TO:<{n or ''}foo@bench.example>\r\n".encode() for n in range(10, -1, -1) if n != 1],
+           b"DATA\r\n", BODY, b"QUIT\r\n"]
+
+
+class CountingTransport:
+    """The transport calls a session makes, with no socket behind them."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, peer: tuple[str, int]) -> None:
+        self.loop, self.peer, self.closing, self.protocol, self.written = loop, peer, False, None, 0
+
+    def set_write_buffer_limits(self, high: int, low: int) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default=None):
+        return {"peername": self.peer, "sockname": ("127.0.0.1", 25)}.get(name, default)
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self.loop.call_soon(self.protocol.connection_lost, None)
+
+    abort = close
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def handler_only(n: int) -> float:
+    cfg = config.from_dict({})
+    sensor = Sensor(cfg)
+    rt = next(r for r in sensor._runtimes() if r.kind == "smtp")
+    t = time.thread_time()
+    for i in range(n):
+        ctx = rt.context.for_session("127.0.0.1", 40000 + i % 20000, "127.0.0.1", "Sun, 06 Dec 2026")
+        h = listener_handler(ctx, kind="smtp")
+        h.start()
+        for chunk in SESSION:
+            h.receive(chunk)
+            if h.delegate is not None:
+                h = h.delegate
+    return (time.thread_time() - t) / n * 1e6
+
+
+async def glue(n: int, prof: cProfile.Profile | None) -> float:
+    data = Path(tempfile.mkdtemp(prefix="spampots-replay-"))
+    cfg = config.from_dict({"store": {"fsync": False},
+                            "limits": {"max_sessions": 100000, "max_sessions_per_ip": 100000,
+                                       "new_sessions_per_s_per_ip": 1000000}})
+    sensor = Sensor(cfg)
+    sensor.loop = loop = asyncio.get_running_loop()
+    sensor.listeners = sensor._runtimes()
+    rt = next(r for r in sensor.listeners if r.kind == "smtp")
+    from spampots.store.recorder import Recorder
+    sensor.recorder = Recorder(data, "replay", fsync=False)
+    sensor.recorder.start(loop)
+    host = sensor._session_host()
+    try:
+        spent = 0.0
+        for i in range(n):
+            t = time.thread_time()
+            if prof:
+                prof.enable()
+            s = Session(host, rt)
+            tr = CountingTransport(loop, ("127.0.0.1", 40000 + i % 20000))
+            tr.protocol = s
+            s.connection_made(tr)
+            for chunk in SESSION:
+                s.data_received(chunk)
+                if s.state.name == "DURABLE_WAIT":
+                    if prof:
+                        prof.disable()
+                    spent += time.thread_time() - t
+                    while s.state.name == "DURABLE_WAIT":  # the writer's commit: not ours
+                        await asyncio.sleep(0)
+                    t = time.thread_time()
+                    if prof:
+                        prof.enable()
+            await asyncio.sleep(0)  # connection_lost, the hand-off
+            if prof:
+                prof.disable()
+            spent += time.thread_time() - t
+        await sensor.recorder.close()
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+    return spent / n * 1e6
+
+
+def events_only(n: int) -> float:
+    from spampots.events import SessionClose, SessionOpen, SmtpMessage, stamp
+    evs = [SessionOpen(listener_addr="127.0.0.1"),
+           SmtpMessage(helo="bench.example", mail_from="foo@bench.example",
+                       rcpts=[f"{k}foo@bench.example" for k in range(10)], size=3000, sha256="ab" * 32,
+                       subject="test", header_from="<foo@bench.example>", message_id="<x@bench.example>"),
+           SessionClose(duration_s=0.01, bytes_in=3500, bytes_out=400, reason="client_eof")]
+    for e in evs:
+        stamp(e, sensor="bench", session="0123456789abcdef", src_ip="127.0.0.1", src_port=40000,
+              listener_port=25, protocol="smtp", depth=0)
+    t = time.thread_time()
+    for _ in range(n):
+        for e in evs:
+            encode(e)
+    return (time.thread_time() - t) / n * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sessions", type=int, default=5000)
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    n = args.sessions
+    handler_only(200)  # warm up
+    h = min(handler_only(n) for _ in range(3))
+    e = min(events_only(n) for _ in range(3))
+    g = min(asyncio.run(glue(n, None)) for _ in range(3))
+    print(f"per session (one message, {len(SESSION)} reads), loop thread CPU: handler {h:.1f} us, "
+          f"session glue + host + recorder hand-off {g:.1f} us (of which the handler {h:.1f} and "
+          f"3 event encodings {e:.1f}), no syscalls")
+    if args.profile:
+        prof = cProfile.Profile()
+        asyncio.run(glue(n, prof))
+        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+
+
+if __name__ == "__main__":
+    main()
