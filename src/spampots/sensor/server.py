@@ -54,6 +54,18 @@ class ListenerRuntime:
     context: Context
     persona_name: str
     servers: list = dataclasses.field(default_factory=list)  # asyncio servers, one per bound socket
+    # The address every connection here reaches us on, when bound to one (a session then
+    # needs no getsockname); "" for every address.
+    local_ip: str = dataclasses.field(init=False, default="")
+
+    def __post_init__(self) -> None:
+        if self.address and "%" not in self.address:  # the config checks it is an address
+            try:
+                ip = ipaddress.ip_address(self.address)
+            except ValueError:
+                return
+            if not ip.is_unspecified:
+                self.local_ip = str(ip)
 
     def describe(self, error: str = "") -> Listener:
         return Listener(address=self.address or "*", port=self.port, kind=self.kind,
