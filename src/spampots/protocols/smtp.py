@@ -279,6 +279,9 @@ class AuthPolicy:
         return ("PLAIN", "LOGIN", "CRAM-MD5") if self.nonce else ("PLAIN", "LOGIN")
 
 
+_DEFAULT_POLICY = AuthPolicy()  # frozen: one for every handler built without a policy
+
+
 # --- small helpers -------------------------------------------------------------
 
 def _printable(s: str, cap: int = ECHO_CAP) -> str:
@@ -426,7 +429,7 @@ class SmtpServer(Handler):
         self.implicit_tls = implicit_tls  # Handler.implicit_tls: the glue starts TLS at once
         self._handshake = implicit_tls  # the TLS handshake comes before the banner
         self._tls = tls or implicit_tls
-        self._policy = auth or AuthPolicy()
+        self._policy = auth or _DEFAULT_POLICY
         self._failures = self._policy.failures  # this source's rejected attempts, ours included
         self._challenge: Optional[str] = None  # CRAM-MD5 challenge of the exchange in progress
         self._buf = ReceiveBuffer()

@@ -59,13 +59,17 @@ class ListenerRuntime:
     local_ip: str = dataclasses.field(init=False, default="")
 
     def __post_init__(self) -> None:
-        if self.address and "%" not in self.address:  # the config checks it is an address
-            try:
-                ip = ipaddress.ip_address(self.address)
-            except ValueError:
-                return
-            if not ip.is_unspecified:
-                self.local_ip = str(ip)
+        a = self.address
+        # Not for scoped or IPv4-in-IPv6 forms: there the socket's own text is the safe one.
+        if not a or "%" in a or (":" in a and "." in a):
+            return
+        family = socket.AF_INET6 if ":" in a else socket.AF_INET
+        try:  # the config checks it is an address; written as getsockname would write it
+            text = socket.inet_ntop(family, socket.inet_pton(family, a))
+        except (OSError, ValueError):
+            return
+        if text not in ("0.0.0.0", "::"):
+            self.local_ip = text
 
     def describe(self, error: str = "") -> Listener:
         return Listener(address=self.address or "*", port=self.port, kind=self.kind,

@@ -487,24 +487,28 @@ class Session(asyncio.Protocol):
             self._release(a.reserved)
             return False
         ev = self._stamp(a.event)
-        try:
-            fut = self.host.recorder.emit_durable(ev, a.body)
-        except RecorderError as exc:
-            fut = self.loop.create_future()
-            fut.set_exception(exc)
         # Hold the client's next bytes until the message is on disk; reading itself
         # is paused only if it sends any meanwhile (most wait for the 250).
         self._enter(DURABLE_WAIT)
-        fut.add_done_callback(lambda f: self._durable_done(f, rest, ev, a.reserved))
+        reserved = a.reserved
+
+        def stored(result: object, exc: Optional[BaseException]) -> None:
+            self._durable_done(exc, rest, ev, reserved)
+
+        try:
+            # A callback, not a future: the recorder calls it as it settles the batch, so the
+            # 250 goes out in that same loop pass (a future's callbacks wait for the next one).
+            self.host.recorder.emit_durable_then(ev, a.body, stored)
+        except RecorderError as exc:
+            self.loop.call_soon(stored, None, exc)
         return True
 
-    def _durable_done(self, fut: asyncio.Future, rest: list[Action], ev: Event, reserved: int = 0) -> None:
+    def _durable_done(self, exc: Optional[BaseException], rest: list[Action], ev: Event, reserved: int = 0) -> None:
         self._release(reserved)  # stored or not, the body is no longer ours to hold
-        if fut.cancelled() or fut.exception() is not None:
+        if exc is not None:
             # Not on disk: the client must not see a 250. Dropping the connection
             # tells it the message was not taken.
-            log.error("message not stored, closing session %s: %s", self.session_id,
-                      fut.exception() if not fut.cancelled() else "cancelled")
+            log.error("message not stored, closing session %s: %s", self.session_id, exc)
             if self.state is CLOSED:
                 return
             self.close_reason = "error"
