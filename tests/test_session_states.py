@@ -254,14 +254,6 @@ def test_an_event_is_stamped_and_recorded() -> None:
     _run(go)
 
 
-def test_listener_bound_to_one_address_knows_it_without_asking_the_socket() -> None:
-    assert ListenerRuntime("127.0.0.1", 0, "smtp", True, Context(), "t").local_ip == "127.0.0.1"
-    assert ListenerRuntime("2001:0db8:0:0::1", 0, "smtp", True, Context(), "t").local_ip == "2001:db8::1"
-    # every address, or a form whose text the socket writes its own way: the socket is asked
-    for every in ("", "0.0.0.0", "::", "::ffff:127.0.0.1", "fe80::1%lo"):
-        assert ListenerRuntime(every, 0, "smtp", True, Context(), "t").local_ip == ""
-
-
 @pytest.mark.parametrize("address", ["127.0.0.1", ""])
 def test_session_open_names_both_ends(address: str) -> None:
     async def go(loop) -> None:

@@ -54,22 +54,6 @@ class ListenerRuntime:
     context: Context
     persona_name: str
     servers: list = dataclasses.field(default_factory=list)  # asyncio servers, one per bound socket
-    # The address every connection here reaches us on, when bound to one (a session then
-    # needs no getsockname); "" for every address.
-    local_ip: str = dataclasses.field(init=False, default="")
-
-    def __post_init__(self) -> None:
-        a = self.address
-        # Not for scoped or IPv4-in-IPv6 forms: there the socket's own text is the safe one.
-        if not a or "%" in a or (":" in a and "." in a):
-            return
-        family = socket.AF_INET6 if ":" in a else socket.AF_INET
-        try:  # the config checks it is an address; written as getsockname would write it
-            text = socket.inet_ntop(family, socket.inet_pton(family, a))
-        except (OSError, ValueError):
-            return
-        if text not in ("0.0.0.0", "::"):
-            self.local_ip = text
 
     def describe(self, error: str = "") -> Listener:
         return Listener(address=self.address or "*", port=self.port, kind=self.kind,

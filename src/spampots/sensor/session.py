@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..events import Event, LimitHit, SessionClose, SessionOpen, SmtpAuth, name_of, stamp
 from ..store.recorder import RecorderError
@@ -109,18 +109,6 @@ def _clean_ip(ip: str) -> str:
     return ip
 
 
-def _addresses(sock: Any, local_ip: str) -> tuple[tuple[str, int], str]:
-    """The peer's (address, port) and our own address (``local_ip``, when the listener is
-    bound to one address, saves a getsockname); empty ones if the socket is gone already."""
-    try:
-        peer = sock.getpeername() if sock is not None else ("", 0)
-        if not local_ip:
-            local_ip = _clean_ip(sock.getsockname()[0]) if sock is not None else ""
-    except OSError:  # reset before we got to it: connection_lost follows
-        return ("", 0), local_ip
-    return peer, local_ip
-
-
 class Session(asyncio.Protocol):
     # Slots: tens of thousands of idle sessions must stay cheap.
     __slots__ = (
@@ -180,12 +168,12 @@ class Session(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)  # type: ignore[attr-defined]
-        # One socket object for both addresses and the SYN: each get_extra_info("peername")
-        # or ("sockname") makes it again on uvloop, with a getsockname of its own.
-        sock = transport.get_extra_info("socket")
-        peer, local = _addresses(sock, self.listener.local_ip)
+        # Both addresses as the transport keeps them (uvloop reads them once, before this
+        # call); asking the "socket" for them would cost a socket object and syscalls.
+        peer = transport.get_extra_info("peername") or ("", 0)
+        local = transport.get_extra_info("sockname") or ("", 0)
         self.src_ip, self.src_port = _clean_ip(peer[0]), peer[1]
-        self.local_ip = local
+        self.local_ip = _clean_ip(local[0])
         self.started = self.last_active = self.progress_at = self.loop.time()
         self.session_id = self.host.new_session_id()
         if self.host.is_trusted(self.src_ip):
@@ -196,7 +184,7 @@ class Session(asyncio.Protocol):
             self._enter(HEADER)
             self._arm_timer()
             return
-        self.tcp_sig = saved_syn(sock)
+        self.tcp_sig = saved_syn(transport)
         self._open()
 
     def data_received(self, data: bytes) -> None:

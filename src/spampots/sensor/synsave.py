@@ -7,6 +7,7 @@ is recorded and nothing fails.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from typing import Any, Iterable, Optional
 
@@ -24,9 +25,9 @@ def save_syns(sockets: Iterable[Any]) -> bool:
     return ok
 
 
-def saved_syn(sock: Any) -> Optional[str]:
-    """The p0f raw signature of the SYN of this connection's socket (the transport's
-    ``socket`` extra), or None."""
+def saved_syn(transport: asyncio.BaseTransport) -> Optional[str]:
+    """The p0f raw signature of this connection's SYN, or None."""
+    sock = transport.get_extra_info("socket")
     if sock is None:
         return None
     try:
