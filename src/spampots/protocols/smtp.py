@@ -308,7 +308,7 @@ def _hostname(name: Optional[str]) -> str:
     return "".join(c for c in name[:255] if "!" <= c <= "~")
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=256)  # bounded: tunnels bring abusers' host names (cleaned, <= 255 bytes)
 def _banner_wire(text: str, host: str, ip: str, date: str) -> bytes:
     """A banner as sent: the same for every session with the same name and date (second)."""
     return _wire(text.format(host=host, ip=ip, date=date))
@@ -465,7 +465,9 @@ class SmtpServer(Handler):
             if self._date and self._style.dated:
                 text += self._style.dated
             self._bad = 0
-            self._pending.append(_banner_wire(text, self._host, self._ip, self._date))
+            # the client's address is part of the key only where the banner shows it
+            ip = self._ip if "{ip}" in text else ""
+            self._pending.append(_banner_wire(text, self._host, ip, self._date))
         return self._take()
 
     def receive(self, data: bytes) -> list[Action]:
