@@ -258,7 +258,8 @@ def test_an_event_is_stamped_and_recorded() -> None:
 def test_session_open_names_both_ends(address: str) -> None:
     async def go(loop) -> None:
         async with _Rig(_host(loop), ListenerRuntime(address, 0, "socks", False, Context(), "t")) as rig:
-            ev = next(e for e in rig.host.recorder.events if name_of(e) == "spampots.session.open")  # type: ignore[attr-defined]
+            events = rig.host.recorder.events  # type: ignore[attr-defined]
+            ev = next(e for e in events if name_of(e) == "spampots.session.open")
             client = rig.writer.get_extra_info("sockname")
             assert ev.listener_addr == "127.0.0.1"
             assert (ev.src_ip, ev.src_port) == (client[0], client[1]) == (rig.s.src_ip, rig.s.src_port)

@@ -881,7 +881,8 @@ def test_banners_are_each_sessions_own_though_cached() -> None:
     # Banners are built once per name, date and (where shown) address: a new date, name or
     # style must still show, and a tunnel's far end greets with the target's name.
     def banner(**kw) -> bytes:
-        return SmtpServer(ctx(persona=Persona(smtp_style=kw.pop("style", "exim"), hostname="mx.a.test")), **kw).start()[0]
+        persona = Persona(smtp_style=kw.pop("style", "exim"), hostname="mx.a.test")
+        return SmtpServer(ctx(persona=persona), **kw).start()[0]
 
     one = banner(now="Sun, 06 Dec 2026 09:00:00 +0000")
     assert one == b"220 mx.a.test ESMTP Exim 4.96 Sun, 06 Dec 2026 09:00:00 +0000\r\n"
