@@ -18,9 +18,11 @@ in the same rounds, so a change is measured side by side with what it replaces.
 ``--rounds N`` repeats everything N times in alternating order and prints each
 round and the medians. Besides the rate, each spampots line gives the CPU per
 message of the sensor's event-loop threads and of its store writer threads (summed
-over the workers), and smtp-source's own CPU per message (the client shares the
-machine). spampots runs with its default workers (one per core, or ``--workers``)
-and, for comparison, as one process (``1 worker``; ``--no-single`` skips it).
+over the workers), the loop threads' context switches per message (and how many were
+preemptions), and smtp-source's own CPU per message (the client shares the machine).
+spampots runs with its default workers (one per core, or ``--workers``) and, for
+comparison, as one process (``1 worker``; ``--no-single`` skips it). ``bench/smtp_replay.py``
+splits the loop thread's own Python work per message, without sockets.
 After each spampots leg the store is read back: every message must be there, as an
 event with its body.
 
@@ -41,7 +43,8 @@ from pathlib import Path
 from typing import Optional
 
 from _common import (
-    OPEN_LIMITS, Sensor, ensure_postfix_tools, free_port, machine, smtp_source_cpu, stored_messages, thread_cpu,
+    OPEN_LIMITS, Sensor, children, ensure_postfix_tools, free_port, machine, smtp_source_cpu, stored_messages,
+    thread_cpu,
     wait_port,
 )
 
@@ -55,6 +58,8 @@ class Run:
     loop_ms: float = 0.0  # spampots: event-loop thread CPU ms per message
     writer_ms: float = 0.0  # spampots: store writer (and any other) threads, CPU ms per message
     stored: int = 0  # message events whose body is in the store too
+    loop_cs: float = 0.0  # spampots: context switches of the event-loop threads per message,
+    loop_preempted: float = 0.0  # and how many of them were involuntary (the thread was runnable)
 
 
 def _driven(cmd: list[str], port: int, messages: int) -> Run:
@@ -90,17 +95,36 @@ def run_aiosmtpd(messages: int) -> tuple[Optional[Run], str]:
     return _driven(cmd, port, messages), aiosmtpd.__version__
 
 
+def loop_switches(pid: int) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches so far of the event-loop (main) threads of the
+    sensor and its workers: a loop waits for the writer or for the network (voluntary), or is
+    preempted, mostly by the client it has just woken with a reply (involuntary)."""
+    vol = invol = 0
+    for p in [pid, *children(pid)]:
+        try:
+            text = Path(f"/proc/{p}/task/{p}/status").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                vol += int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                invol += int(line.split()[1])
+    return vol, invol
+
+
 def run_spampots(messages: int, fsync: bool = True, src: Optional[str] = None,
                  workers: Optional[int] = None) -> Run:
     config = OPEN_LIMITS + ("" if fsync else "[store]\nfsync = false\n")
     with Sensor(config, src=src, workers=workers) as s:
-        cpu0 = thread_cpu(s.pid)
+        cpu0, cs0 = thread_cpu(s.pid), loop_switches(s.pid)
         wall, client = smtp_source_cpu(s.port(25), messages)
-        cpu1 = thread_cpu(s.pid)
+        cpu1, cs1 = thread_cpu(s.pid), loop_switches(s.pid)
         s.stop()
         events, stored = stored_messages(s.dir / "var")
     return Run(messages / wall, 1000 * client / messages, 1000 * (cpu1[0] - cpu0[0]) / messages,
-               1000 * (cpu1[1] - cpu0[1]) / messages, stored)
+               1000 * (cpu1[1] - cpu0[1]) / messages, stored,
+               (cs1[0] + cs1[1] - cs0[0] - cs0[1]) / messages, (cs1[1] - cs0[1]) / messages)
 
 
 def _median(runs: list[Run]) -> Run:
@@ -115,7 +139,8 @@ def _ours(label: str, r: Run, sink: Run, messages: int) -> str:
     lost = "" if r.stored == messages else f" [STORE HOLDS {r.stored} OF {messages}]"
     return (f"{label} {r.rate:,.0f} sessions/s = {r.rate:,.0f} msg/s, {r.rate / sink.rate:.2f}x smtp-sink "
             f"(session latency {20_000 / r.rate:.1f} ms; CPU/msg: loop {r.loop_ms:.3f} ms, writer "
-            f"{r.writer_ms:.3f} ms, client {r.client_ms:.3f} ms; {r.stored:,} durable{lost})")
+            f"{r.writer_ms:.3f} ms, client {r.client_ms:.3f} ms; loop context switches/msg {r.loop_cs:.1f}, "
+            f"{r.loop_preempted:.1f} of them preemptions; {r.stored:,} durable{lost})")
 
 
 def main() -> None:

@@ -190,3 +190,49 @@ def test_failed_pack_fsync_fails_the_whole_batch_and_rolls_back_its_index_rows(t
 
     asyncio.run(main())
     assert [e.index for e in iter_events(tmp_path) if isinstance(e, SmtpMessage)] == [99]
+
+
+def test_emit_durable_then_calls_back_once_on_the_loop_when_on_disk(tmp_path: Path) -> None:
+    # The sessions' form of emit_durable: a callback instead of a future, called as the batch
+    # is settled on the loop's thread; an error (a full disk here) is passed to it instead.
+    import threading
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        rec = Recorder(tmp_path, "t1")
+        rec.start(loop)
+        got: list = []
+        done = asyncio.Event()
+
+        def then(sha, exc) -> None:
+            got.append((sha, exc, threading.get_ident()))
+            with MessageStore(tmp_path, readonly=True) as reader:  # durable before the call
+                got.append(reader.get(sha) if sha else None)
+            if len(got) == 4:
+                done.set()
+
+        rec.emit_durable_then(SmtpMessage(index=1), body(1), then)
+        store = rec._store
+
+        def full(*a, **k):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        await asyncio.wait_for(_wait(lambda: len(got) == 2), 20)
+        store.put = full  # type: ignore[method-assign]
+        rec.emit_durable_then(SmtpMessage(index=2), body(2), then)
+        await asyncio.wait_for(done.wait(), 20)
+        del store.put
+        await rec.close()
+        assert got[0] == (hashlib.sha256(body(1)).hexdigest(), None, threading.get_ident())
+        assert got[1] == body(1)
+        sha, exc, tid = got[2]
+        assert sha is None and isinstance(exc, OSError) and tid == threading.get_ident()
+        await asyncio.sleep(0.1)
+        assert len(got) == 4  # each callback once
+
+    asyncio.run(main())
+
+
+async def _wait(cond) -> None:
+    while not cond():
+        await asyncio.sleep(0.01)

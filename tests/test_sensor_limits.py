@@ -105,6 +105,41 @@ def test_a_dead_workers_sessions_are_forgotten():
         st.close()
 
 
+def test_release_frees_a_slot_while_another_worker_holds_the_lock():
+    # release writes only this worker's own cells, so it takes no lock: a session closing
+    # must not wait on (or pay two fcntl calls for) another worker's admit.
+    import os
+    import threading
+
+    st, (g0, g1) = _shared_gates(2, Clock(), max_total=2, max_per_ip=2, rate_per_ip=100)
+    try:
+        assert g0.admit("a") is None and g0.admit("a") is None
+        assert g1.admit("a")[0] == "max_sessions_per_ip"
+        held, go_on = os.pipe(), os.pipe()
+        pid = os.fork()
+        if pid == 0:  # another worker, inside the lock until the parent says so
+            try:
+                st.lock()
+                os.write(held[1], b"x")
+                os.read(go_on[0], 1)
+            finally:
+                os._exit(0)
+        try:
+            assert os.read(held[0], 1) == b"x"
+            done = threading.Event()
+            t = threading.Thread(target=lambda: (g0.release("a"), done.set()), daemon=True)
+            t.start()
+            assert done.wait(20), "release waited for another worker's lock"
+        finally:
+            os.write(go_on[1], b"x")
+            os.waitpid(pid, 0)
+        assert st.open_total() == 1
+        assert g1.admit("a") is None  # the source's count over workers went down too
+        assert g1.admit("a")[0] in ("max_sessions_per_ip", "max_sessions")
+    finally:
+        st.close()
+
+
 def test_shared_table_reuses_rows_and_admits_past_a_full_window():
     clock = Clock()
     st = SharedState(1, sources=PROBES)  # one probe window: every source lands in it

@@ -128,6 +128,14 @@ class _Store:
         self.durable.append(fut)
         return fut
 
+    def emit_durable_then(self, ev, body: bytes, then) -> None:
+        def settled(f: asyncio.Future) -> None:
+            if f.cancelled():
+                then(None, asyncio.CancelledError())
+            else:
+                then(None if f.exception() else f.result(), f.exception())
+        self.emit_durable(ev, body).add_done_callback(settled)
+
     def names(self) -> list[str]:
         return [name_of(e) for e in self.events]
 
@@ -243,6 +251,34 @@ def test_an_event_is_stamped_and_recorded() -> None:
             rig.s._run([error_event("probe.x", "detail")])
             ev = rig.host.recorder.events[-1]  # type: ignore[attr-defined]
             assert ev.kind == "probe.x" and ev.session == rig.s.session_id and ev.src_ip == "127.0.0.1"
+    _run(go)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", ""])
+def test_session_open_names_both_ends(address: str) -> None:
+    async def go(loop) -> None:
+        async with _Rig(_host(loop), ListenerRuntime(address, 0, "socks", False, Context(), "t")) as rig:
+            events = rig.host.recorder.events  # type: ignore[attr-defined]
+            ev = next(e for e in events if name_of(e) == "spampots.session.open")
+            client = rig.writer.get_extra_info("sockname")
+            assert ev.listener_addr == "127.0.0.1"
+            assert (ev.src_ip, ev.src_port) == (client[0], client[1]) == (rig.s.src_ip, rig.s.src_port)
+    _run(go)
+
+
+def test_commands_answered_one_read_at_a_time_count_their_bytes() -> None:
+    # data_received's shortcut for a read answered by one reply keeps the counts and progress
+    async def go(loop) -> None:
+        async with _Rig(_host(loop), _listener()) as rig:
+            probe = rig.probe()
+            probe.script = [[b"250 a\r\n"], [b"250 bb\r\n"]]
+            rig.s.progress_at = 0.0
+            rig.writer.write(b"ONE\r\n")
+            assert await rig.read(7) == b"250 a\r\n"
+            rig.writer.write(b"TWO\r\n")
+            assert await rig.read(8) == b"250 bb\r\n"
+            assert probe.got == [b"ONE\r\n", b"TWO\r\n"]
+            assert rig.s.bytes_in == 10 and rig.s.bytes_out == 15 and rig.s.progress_at > 0
     _run(go)
 
 

@@ -875,3 +875,19 @@ def test_queue_ids_differ_between_connections_for_the_same_message():
 
     assert qid(40001) != qid(40002)
     assert qid(40001) == qid(40001)
+
+
+def test_banners_are_each_sessions_own_though_cached() -> None:
+    # Banners are built once per name, date and (where shown) address: a new date, name or
+    # style must still show, and a tunnel's far end greets with the target's name.
+    def banner(**kw) -> bytes:
+        persona = Persona(smtp_style=kw.pop("style", "exim"), hostname="mx.a.test")
+        return SmtpServer(ctx(persona=persona), **kw).start()[0]
+
+    one = banner(now="Sun, 06 Dec 2026 09:00:00 +0000")
+    assert one == b"220 mx.a.test ESMTP Exim 4.96 Sun, 06 Dec 2026 09:00:00 +0000\r\n"
+    assert banner(now="Sun, 06 Dec 2026 09:00:01 +0000").endswith(b"09:00:01 +0000\r\n")
+    assert banner(now="Sun, 06 Dec 2026 09:00:00 +0000", banner_host="mx.b{ip}.test") == \
+        b"220 mx.b{ip}.test ESMTP Exim 4.96 Sun, 06 Dec 2026 09:00:00 +0000\r\n"
+    assert banner(style="postfix", now="x") == b"220 mx.a.test ESMTP Postfix (Debian/GNU)\r\n"
+    assert banner(now="Sun, 06 Dec 2026 09:00:00 +0000") == one

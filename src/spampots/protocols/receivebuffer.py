@@ -20,17 +20,14 @@ class LineTooLong(NamedTuple):
 
 
 class ReceiveBuffer(bytearray):
-    __slots__ = ("_scan", "_skipping")
+    __slots__ = ("_scan", "skipping")
 
     def __init__(self) -> None:
         super().__init__()
         self._scan = 0  # this many leading bytes are known to hold no LF
-        self._skipping = False  # dropping the rest of an overlong line up to its LF
-
-    @property
-    def skipping(self) -> bool:
-        """The rest of an overlong line is being dropped."""
-        return self._skipping
+        # The rest of an overlong line is being dropped up to its LF. Read-only outside; a
+        # plain attribute, not a property: SMTP's fast path reads it for every command.
+        self.skipping = False
 
     def drop(self, n: int) -> None:
         """Consume the first n bytes."""
@@ -53,12 +50,12 @@ class ReceiveBuffer(bytearray):
         while True:
             j = self.find(b"\n", self._scan)
             if j < 0:
-                if self._skipping:
+                if self.skipping:
                     self.clear()
                 elif len(self) > limit + 1:
                     overlong = LineTooLong(len(self), bytes(self[:_HEAD]))
                     if skip_overlong:
-                        self._skipping = True
+                        self.skipping = True
                         self.clear()
                     return overlong
                 else:
@@ -67,8 +64,8 @@ class ReceiveBuffer(bytearray):
             line = bytes(self[:j])
             del self[: j + 1]
             self._scan = 0
-            if self._skipping:
-                self._skipping = False
+            if self.skipping:
+                self.skipping = False
                 continue
             if line.endswith(b"\r"):
                 line = line[:-1]

@@ -51,6 +51,7 @@ import base64
 import binascii
 import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
 from email.header import decode_header, make_header
 from typing import Callable, Optional
 
@@ -278,6 +279,9 @@ class AuthPolicy:
         return ("PLAIN", "LOGIN", "CRAM-MD5") if self.nonce else ("PLAIN", "LOGIN")
 
 
+_DEFAULT_POLICY = AuthPolicy()  # frozen: one for every handler built without a policy
+
+
 # --- small helpers -------------------------------------------------------------
 
 def _printable(s: str, cap: int = ECHO_CAP) -> str:
@@ -296,11 +300,18 @@ def refusal(ctx: Context) -> bytes:
     return _wire(text.format(host=host, ip=ctx.src_ip))
 
 
+@lru_cache(maxsize=256)  # every session asks (the persona's name, or a tunnel target's)
 def _hostname(name: Optional[str]) -> str:
     """A banner name: no spaces or controls (it may come from an abuser)."""
     if not name:
         return ""
     return "".join(c for c in name[:255] if "!" <= c <= "~")
+
+
+@lru_cache(maxsize=256)  # bounded: tunnels bring abusers' host names (cleaned, <= 255 bytes)
+def _banner_wire(text: str, host: str, ip: str, date: str) -> bytes:
+    """A banner as sent: the same for every session with the same name and date (second)."""
+    return _wire(text.format(host=host, ip=ip, date=date))
 
 
 def _path(arg: str, prefix: str) -> Optional[tuple[str, list[str]]]:
@@ -340,6 +351,9 @@ def _header_value(raw: bytes) -> str:
 
 
 _WANTED = {b"subject": 0, b"from": 1, b"message-id": 2}
+# First bytes a wanted field's line can start with: its name's first letter, or whitespace
+# that bytes.strip() removes from the name (space and tab start a continuation instead).
+_WANTED_FIRST = frozenset(b"sSfFmM\r\x0b\x0c")
 
 
 def parse_headers(raw: bytes, cap: int) -> list[Optional[str]]:
@@ -357,6 +371,9 @@ def parse_headers(raw: bytes, cap: int) -> list[Optional[str]]:
         if line[:1] in (b" ", b"\t"):
             if slot >= 0:
                 found[slot] += line  # type: ignore[operator]
+            continue
+        if line[0] not in _WANTED_FIRST:  # To:, Date:, Received:...: not one of ours
+            slot = -1
             continue
         name, colon, value = line.partition(b":")
         slot = _WANTED.get(name.strip().lower(), -1) if colon else -1
@@ -412,10 +429,11 @@ class SmtpServer(Handler):
         self.implicit_tls = implicit_tls  # Handler.implicit_tls: the glue starts TLS at once
         self._handshake = implicit_tls  # the TLS handshake comes before the banner
         self._tls = tls or implicit_tls
-        self._policy = auth or AuthPolicy()
+        self._policy = auth or _DEFAULT_POLICY
         self._failures = self._policy.failures  # this source's rejected attempts, ours included
         self._challenge: Optional[str] = None  # CRAM-MD5 challenge of the exchange in progress
         self._buf = ReceiveBuffer()
+        self._line_max = ctx.limits.line_length  # read for every command (ctx never changes)
         self._state = _CMD
         self._bad = 0  # refused commands in a row
         self._pending: list[bytes] = []  # replies not yet turned into an action
@@ -446,7 +464,10 @@ class SmtpServer(Handler):
             text = self._style.replies["banner"]
             if self._date and self._style.dated:
                 text += self._style.dated
-            self._reply(text)
+            self._bad = 0
+            # the client's address is part of the key only where the banner shows it
+            ip = self._ip if "{ip}" in text else ""
+            self._pending.append(_banner_wire(text, self._host, ip, self._date))
         return self._take()
 
     def receive(self, data: bytes) -> list[Action]:
@@ -457,7 +478,7 @@ class SmtpServer(Handler):
             # exactly what the general loop below would do with the same bytes.
             if state == _CMD and not self._buf.skipping:
                 j = data.find(b"\n")
-                if j == len(data) - 1 and j <= self.ctx.limits.line_length:
+                if j == len(data) - 1 and j <= self._line_max:
                     self._command(data[:-2] if data[-2:-1] == b"\r" else data[:-1])
                     return self._take()
             elif state == _DATA and self._bol and not self._size and data[:1] != b"." \
@@ -550,7 +571,12 @@ class SmtpServer(Handler):
         self._out.append(action)
 
     def _take(self) -> list[Action]:
-        if self._pending:
+        pending = self._pending
+        if pending and not self._out and len(pending) == 1:  # most commands: one reply, nothing else
+            out = [pending[0]]
+            pending.clear()
+            return out
+        if pending:
             self._flush_replies()
         out, self._out = self._out, []
         return out

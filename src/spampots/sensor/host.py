@@ -53,7 +53,7 @@ class SessionHost:
     loop: asyncio.AbstractEventLoop  # timers, the TLS upgrade, and loop.time() as the clock
     sensor_id: str
     settings: SessionSettings
-    recorder: "Recorder"  # emit (fire and forget) and emit_durable (a future)
+    recorder: "Recorder"  # emit (fire and forget) and emit_durable_then (a callback once fsynced)
     ssl_context: Optional[ssl.SSLContext]  # None: StartTLS fails and is recorded as failed
     new_session_id: Callable[[], str]
     lingering: Lingering  # the process's refusals still open (bounded by the session)

@@ -2,7 +2,8 @@
 for the one summary line.
 
 One memory file (``memfd``) mapped by every worker, made by the supervisor before it
-forks them. A ``lockf`` lock on that file guards every read-modify-write: the kernel
+forks them. A ``lockf`` lock on that file guards every read-modify-write of cells that
+more than one worker writes (see :meth:`SharedGate.release` for the ones that need none): the kernel
 drops it when its holder dies, so a worker killed with ``kill -9`` inside the lock
 cannot stall the others (a semaphore would stay taken).
 
@@ -20,6 +21,7 @@ import mmap
 import os
 import struct
 import time
+from functools import lru_cache
 from typing import Callable, Optional
 
 # per worker: pid, open sessions, sessions opened, messages, proxy requests, protocol errors,
@@ -30,6 +32,7 @@ _SRC_HEAD = struct.Struct("<Qdd")  # key (0: never used), tokens, last refill (m
 PROBES = 32  # rows looked at per source; past them a source is admitted untracked (counted)
 
 
+@lru_cache(maxsize=4096)  # every admit asks; a flood's sources repeat
 def _key(ip: str) -> int:
     return int.from_bytes(hashlib.blake2b(ip.encode(), digest_size=8).digest(), "little") or 1
 
@@ -194,17 +197,18 @@ class SharedGate:
             self._rows.pop(ip, None)
         else:
             self._rows[ip] = (at, ours - 1)
-        st = self.state
-        st.lock()
-        try:
-            self.total -= 1
-            struct.pack_into("<q", st.mem, self._open_at, self.total)
-            if at is not None:
-                cell = at + _SRC_HEAD.size + 4 * self.worker
-                (n,) = struct.unpack_from("<I", st.mem, cell)
-                struct.pack_into("<I", st.mem, cell, max(0, n - 1))
-        finally:
-            st.unlock()
+        # No lock (it costs two fcntl calls per session): both cells written here are this
+        # worker's own, which no other process writes while it lives. Its "open" figure is
+        # its row's; its count in the source's row cannot be reset under it, as another
+        # worker reuses a row only when every count in it is zero (_find), and ours is not
+        # zero until this write. An aligned store of 4 or 8 bytes is seen whole.
+        mem = self.state.mem
+        self.total -= 1
+        struct.pack_into("<q", mem, self._open_at, self.total)
+        if at is not None:
+            cell = at + _SRC_HEAD.size + 4 * self.worker
+            (n,) = struct.unpack_from("<I", mem, cell)
+            struct.pack_into("<I", mem, cell, max(0, n - 1))
 
     def prune(self) -> None:
         """Nothing to do: the table is fixed, and stale rows are reused (see _find)."""

@@ -137,6 +137,33 @@ class _Item:
         self.exc: Optional[BaseException] = None
 
 
+class _Then:
+    """A callback in a future's place (see :meth:`Recorder.emit_durable_then`): what
+    :func:`_settle` calls on a future, it passes on to the callback, once."""
+
+    __slots__ = ("fn", "fired")
+
+    def __init__(self, fn: Callable[[Any, Optional[BaseException]], None]) -> None:
+        self.fn = fn
+        self.fired = False
+
+    def done(self) -> bool:
+        return self.fired
+
+    def set_result(self, result: Any) -> None:
+        self._fire(result, None)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._fire(None, exc)
+
+    def _fire(self, result: Any, exc: Optional[BaseException]) -> None:
+        self.fired = True
+        try:
+            self.fn(result, exc)
+        except Exception:  # one session's bug must not keep the rest of the batch unanswered
+            log.exception("a durable message's callback failed")
+
+
 def _settle(entries: list[tuple[asyncio.Future, Any, Optional[BaseException]]]) -> None:
     for fut, result, exc in entries:
         if fut.done():  # cancelled by its waiter
@@ -322,6 +349,15 @@ class Recorder:
         fut = loop.create_future()
         self._put(_Item(_DURABLE, event=event, body=bytes(body), fut=fut, loop=loop))
         return fut
+
+    def emit_durable_then(self, event: SmtpMessage, body: bytes,
+                          then: Callable[[Optional[str], Optional[BaseException]], None]) -> None:
+        """:meth:`emit_durable` for the sensor's sessions: ``then(sha256, None)`` once body and
+        event are fsynced, or ``then(None, error)``, called on the loop's thread as the batch
+        is settled. No future: one object less per message, and no loop pass between the
+        commit and the reply a future's done callbacks would wait for."""
+        loop = self._loop or asyncio.get_running_loop()
+        self._put(_Item(_DURABLE, event=event, body=bytes(body), fut=_Then(then), loop=loop))  # type: ignore[arg-type]
 
     def flush(self) -> "asyncio.Future[None]":
         """A future resolved when everything queued before it is durable."""
