@@ -39,7 +39,7 @@ from . import privileges, tlscert
 from .limits import ConnectionGate, HitCoalescer, ProgressOrder, plan_descriptors, raise_nofile
 from .host import Lingering, SessionHost, SessionSettings
 from .session import Session
-from .upkeep import Upkeep
+from .upkeep import Upkeep, UpkeepSettings
 from .synsave import save_syns
 
 log = logging.getLogger("spampots.sensor")
@@ -252,7 +252,10 @@ class Sensor:
         # one memory budget for every listener; each session opens its own account on it. With
         # workers each process has an even share: the sensor as a whole keeps memory_budget_mb.
         budget = MemoryBudget(self.cfg.limits.memory_budget_mb * 2**20 // self.workers).account()
-        self.upkeep = Upkeep(self, budget.pool)  # the free-space floor refuses mail through it
+        store = self.cfg.store
+        self.upkeep = Upkeep(UpkeepSettings(  # the free-space floor refuses mail through the pool
+            sensor_id=self.sensor_id, min_free_mb=store.min_free_mb, keep_days=store.keep_days,
+            shipping=self.cfg.transport.nats is not None), budget.pool)
         out = []
         for lst in self.cfg.listeners:
             speaks_first = lst.kind in ("smtp", "submission", "smtps")  # smtps: the handshake, at once
@@ -476,8 +479,8 @@ class Sensor:
             self.host = self._session_host()
             if self.upkeep is not None:
                 self.upkeep.shown_dir = data_dir
-                if not lead:
-                    self.upkeep.keep_days = 0  # retention: worker 0's
+                self.upkeep.attach(self.recorder, worker=self.worker, workers=self.workers,
+                                   alive=self.shared.alive if self.shared is not None else None)
                 self.upkeep.poll()  # below the floor already: refuse mail from the first session
             for rt in self.listeners:
                 for server in rt.servers:
