@@ -183,15 +183,24 @@ def test_sigterm_stops_every_worker_with_one_summary(tmp_path):
     assert segments == {str(p) for p in kids}, "each worker writes its own segments"
 
 
-def test_metrics_per_worker_and_workers_stop_with_a_dead_supervisor(tmp_path):
-    """Worker k serves its figures on the metrics port + k; a supervisor killed with -9 takes
-    its workers down (they stop cleanly) instead of leaving them serving unsupervised."""
+def _scrape(port: int) -> dict[str, float]:
     import urllib.request
 
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
+def test_metrics_tell_the_sensor_and_workers_stop_with_a_dead_supervisor(tmp_path):
+    """One metrics port: whichever worker answers tells the sensor's totals (sessions made
+    through both workers add up) and one spampots_worker_* series per worker; a supervisor
+    killed with -9 takes its workers down (they stop cleanly) instead of leaving them
+    serving unsupervised."""
     import random
 
     mport = random.randrange(20000, 60000)
-    while not all(_free(mport + k) for k in range(2)):
+    while not _free(mport):
         mport = random.randrange(20000, 60000)
     config = WORKERS_CONFIG.format(n=2) + f"[metrics]\nenable = true\nport = {mport}\n"
     sp = start_sensor(tmp_path, config=config, wait_port=1080)
@@ -204,13 +213,22 @@ def test_metrics_per_worker_and_workers_stop_with_a_dead_supervisor(tmp_path):
             c.sendall(b"\x05\x01\x00")
             assert c.recv(2) == b"\x05\x00"
             held.append(c)
-        opened = []
-        for k in range(2):
-            with urllib.request.urlopen(f"http://127.0.0.1:{mport + k}/metrics", timeout=10) as r:
-                text = r.read().decode()
-            opened += [int(float(line.split()[1])) for line in text.splitlines()
-                       if line.startswith("spampots_sessions_open ")]
-        assert len(opened) == 2 and sum(opened) == 20
+        for n in range(10):  # closed sessions, spread over both workers
+            with smtplib.SMTP("127.0.0.1", sp.port(25), timeout=10) as s:
+                s.sendmail("a@b.example", ["c@d.example"], make_message(n))
+        time.sleep(2.5)  # each worker publishes its figures about once a second
+        scrapes = [_scrape(mport) for _ in range(12)]  # the kernel spreads them over both workers
+        answered = {int(m['spampots_worker_pid{worker="0"}']) for m in scrapes}
+        for m in scrapes:
+            assert m["spampots_sessions_open"] == 20
+            assert m['spampots_messages_total{port="%d",protocol="smtp"}' % sp.port(25)] == 10
+            per = [m[f'spampots_worker_sessions_open{{worker="{k}"}}'] for k in (0, 1)]
+            assert sum(per) == 20 and min(per) > 0, per  # both workers hold some
+            msgs = [m[f'spampots_worker_messages_total{{worker="{k}"}}'] for k in (0, 1)]
+            assert sum(msgs) == 10
+            assert m['spampots_worker_up{worker="0"}'] == m['spampots_worker_up{worker="1"}'] == 1
+            assert not any(k.startswith("process_") for k in m)  # one worker's: replaced by spampots_worker_*
+        assert {int(m['spampots_worker_pid{worker="1"}']) for m in scrapes} | answered <= set(kids)
         sp.kill9()
         deadline = time.time() + 30
         while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in kids):
@@ -220,7 +238,10 @@ def test_metrics_per_worker_and_workers_stop_with_a_dead_supervisor(tmp_path):
         for c in held:
             c.close()
         sp.stop()
-    assert len(sp.events("spampots.sensor.stop")) == 1  # worker 0 stopped cleanly
+    stops = sp.events("spampots.sensor.stop")
+    assert len(stops) == 1  # worker 0 stopped cleanly, with the sensor's figures
+    assert sum(t.messages for t in stops[0].tallies) == 10
+    assert stops[0].counters["spampots.session.open"] >= 30  # and the start-up probe
 
 
 def _free(port: int) -> bool:
@@ -294,3 +315,44 @@ def test_status_sees_the_stop_among_the_workers_beats(tmp_path, capsys):
     assert cli_main(["status", "--data-dir", str(sp.data_dir), "--sensor", "test-sensor",
                      "--min-free-mb", "0"]) == 1
     assert "sensor stopped at" in capsys.readouterr().out
+
+
+def test_the_sensor_counts_never_go_back_when_a_worker_dies(tmp_path):
+    """A worker started again after kill -9 goes on from its predecessor's figures: the
+    sensor's counters in the metrics and the heartbeats do not drop (no false counter reset)."""
+    import random
+
+    mport = random.randrange(20000, 60000)
+    while not _free(mport):
+        mport = random.randrange(20000, 60000)
+    config = (WORKERS_CONFIG.format(n=2).replace("[sensor]\n", "[sensor]\nheartbeat_interval_s = 0.5\n")
+              + f"[metrics]\nenable = true\nport = {mport}\n")
+    sp = start_sensor(tmp_path, config=config, wait_port=25)
+    try:
+        kids = workers_of(sp.proc.pid, 2)
+        for n in range(12):
+            with smtplib.SMTP("127.0.0.1", sp.port(25), timeout=10) as s:
+                s.sendmail("a@b.example", ["c@d.example"], make_message(n))
+        time.sleep(2.5)
+        before = _scrape(mport)
+        key = 'spampots_messages_total{port="%d",protocol="smtp"}' % sp.port(25)
+        assert before[key] == 12
+        victim = int(before['spampots_worker_pid{worker="1"}'])
+        assert victim in kids and before['spampots_worker_messages_total{worker="1"}'] > 0
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            after = workers_of(sp.proc.pid, 2, timeout=0.1)
+            if len(after) == 2 and victim not in after:
+                break
+            time.sleep(0.05)
+        time.sleep(2.5)
+        for _ in range(6):
+            m = _scrape(mport)
+            assert m[key] == 12
+            assert m['spampots_worker_restarts_total{worker="1"}'] == 1
+            assert m['spampots_worker_messages_total{worker="1"}'] == before['spampots_worker_messages_total{worker="1"}']
+    finally:
+        sp.stop(timeout=60)
+    beats = [b for b in sp.events("spampots.sensor.heartbeat") if b.worker == 1]
+    assert sum(t.messages for t in beats[-1].tallies) == before['spampots_worker_messages_total{worker="1"}']
