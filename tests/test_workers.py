@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import smtplib
 import socket
@@ -305,16 +306,32 @@ def test_status_sees_the_stop_among_the_workers_beats(tmp_path, capsys):
     config = WORKERS_CONFIG.format(n=2).replace("[sensor]\n", "[sensor]\nheartbeat_interval_s = 0.5\n")
     sp = start_sensor(tmp_path, config=config, wait_port=25)
     assert len(workers_of(sp.proc.pid, 2)) == 2
-    time.sleep(1.5)  # a few beats from each worker
+    for n in range(10):  # fresh connections: both workers store some
+        with smtplib.SMTP("127.0.0.1", sp.port(25), timeout=10) as s:
+            s.sendmail("a@b.example", ["c@d.example"], make_message(n))
+    deadline = time.time() + 20
+    while time.time() < deadline:  # the newest beat of each worker has its messages
+        last = {b.worker: b for b in sp.events("spampots.sensor.heartbeat")}
+        if len(last) == 2 and sum(t.messages for b in last.values() for t in b.tallies) == 10:
+            break
+        time.sleep(0.2)
+    per_worker = {k: sum(t.messages for t in b.tallies) for k, b in last.items()}
+    assert min(per_worker.values()) > 0, per_worker
+    capsys.readouterr()
     assert cli_main(["status", "--data-dir", str(sp.data_dir), "--sensor", "test-sensor",
                      "--min-free-mb", "0"]) == 0
+    out = capsys.readouterr().out
+    smtp_line = re.compile(rf"port {sp.port(25)} smtp: sessions 1[01], messages 10,")  # 11: the start-up probe
+    assert "(2 workers added up)" in out and smtp_line.search(out), out
+    for k in (0, 1):
+        assert f"worker {k}: last heard" in out and f"messages {per_worker[k]}" in out
     assert sp.stop(timeout=60) == 0
     beats = sp.events("spampots.sensor.heartbeat")
     assert {b.worker for b in beats} == {0, 1}
-    capsys.readouterr()
     assert cli_main(["status", "--data-dir", str(sp.data_dir), "--sensor", "test-sensor",
                      "--min-free-mb", "0"]) == 1
-    assert "sensor stopped at" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "sensor stopped at" in out and smtp_line.search(out), out
 
 
 def test_the_sensor_counts_never_go_back_when_a_worker_dies(tmp_path):
@@ -356,3 +373,34 @@ def test_the_sensor_counts_never_go_back_when_a_worker_dies(tmp_path):
         sp.stop(timeout=60)
     beats = [b for b in sp.events("spampots.sensor.heartbeat") if b.worker == 1]
     assert sum(t.messages for t in beats[-1].tallies) == before['spampots_worker_messages_total{worker="1"}']
+
+
+def test_status_tells_a_worker_that_hangs(tmp_path, capsys):
+    """Heartbeats are per worker: a worker that stops beating (here: stopped with SIGSTOP)
+    makes the sensor unhealthy while the others beat on."""
+    from spampots.cli import main as cli_main
+
+    config = WORKERS_CONFIG.format(n=2).replace("[sensor]\n", "[sensor]\nheartbeat_interval_s = 0.5\n")
+    sp = start_sensor(tmp_path, config=config, wait_port=25)
+    kids = workers_of(sp.proc.pid, 2)
+    try:
+        sp.events("spampots.sensor.heartbeat", wait_for=4, timeout=20)
+        hung = sorted(kids)[1]
+        os.kill(hung, signal.SIGSTOP)
+        try:
+            deadline = time.time() + 20
+            while time.time() < deadline:
+                capsys.readouterr()
+                code = cli_main(["status", "--data-dir", str(sp.data_dir), "--sensor", "test-sensor",
+                                 "--min-free-mb", "0"])
+                out = capsys.readouterr().out
+                if code == 1:
+                    break
+                time.sleep(0.3)
+        finally:
+            os.kill(hung, signal.SIGCONT)
+        assert code == 1 and "running" in out, out
+        assert re.search(r"unhealthy: worker [01]: no heartbeat for", out), out
+        assert "unhealthy: no heartbeat for" not in out  # the sensor as a whole is heard
+    finally:
+        sp.stop(timeout=60)
