@@ -201,8 +201,12 @@ class Upkeep:
         gen = _read_small(self._barrier_path())
         if not gen or gen == self._passed or self.recorder is None:
             return
-        await self.recorder.call(lambda store: None)
-        _write_small(self._barrier_path(f"{self.sensor_id}.w{self.worker}"), gen)
+        try:
+            await self.recorder.call(lambda store: None)
+            _write_small(self._barrier_path(f"{self.sensor_id}.w{self.worker}"), gen)
+        except Exception as e:  # a stopping recorder, a full disk: worker 0 waits, then keeps every pack
+            log.warning("retention barrier not answered: %r", e)
+            return
         self._passed = gen
 
     async def _prune_pass(self) -> None:
@@ -220,21 +224,20 @@ class Upkeep:
         loop = asyncio.get_running_loop()
         self.next_prune = loop.time() + self.prune_first_s
         pruning: Optional[asyncio.Task] = None
+        answering: Optional[asyncio.Task] = None  # beside the floor too: a busy writer never delays it
         try:
             while True:
                 await asyncio.sleep(POLL_S)
                 self.poll()
-                if self.workers > 1 and self.worker != 0:
-                    try:
-                        await self._answer_barrier()
-                    except Exception as e:  # a stopping recorder, a full disk: worker 0 waits, then keeps all
-                        log.warning("retention barrier not answered: %r", e)
+                if self.workers > 1 and self.worker != 0 and (answering is None or answering.done()):
+                    answering = loop.create_task(self._answer_barrier())
                 if (self.keep_days > 0 and loop.time() >= self.next_prune
                         and (pruning is None or pruning.done())):
                     pruning = loop.create_task(self._prune_pass())
         finally:
-            if pruning is not None:
-                pruning.cancel()
+            for task in (pruning, answering):
+                if task is not None:
+                    task.cancel()
 
 
 def _read_small(path: Path) -> str:
