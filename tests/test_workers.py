@@ -404,3 +404,28 @@ def test_status_tells_a_worker_that_hangs(tmp_path, capsys):
         assert "unhealthy: no heartbeat for" not in out  # the sensor as a whole is heard
     finally:
         sp.stop(timeout=60)
+
+
+def test_figures_board_keeps_the_last_complete_figures():
+    """A worker killed in the middle of writing its figures leaves the previous ones readable
+    (its successor carries them on); a slot never written reads as nothing."""
+    from spampots.metrics import Figures
+    from spampots.sensor.board import _HALF_HEAD, FigureBoard
+
+    board = FigureBoard(2)
+    try:
+        assert board.read(0) is None and board.read_all() == []
+        board.write(0, Figures(worker=0, counters={"spampots.smtp.message": 5}))
+        board.write(0, Figures(worker=0, counters={"spampots.smtp.message": 7}))
+        assert board.read(0).counters == {"spampots.smtp.message": 7}
+        # the next write goes to the other half: die in the middle of it
+        at = board._half(0, 1 - board.mem[0] % 2)  # the half not in use (the slot's index is its first byte)
+        seq, n = _HALF_HEAD.unpack_from(board.mem, at)
+        _HALF_HEAD.pack_into(board.mem, at, seq + 1, n)  # odd: being written
+        board.mem[at + _HALF_HEAD.size:at + _HALF_HEAD.size + 8] = b"\xff" * 8
+        assert board.read(0).counters == {"spampots.smtp.message": 7}
+        board.write(0, Figures(worker=0, counters={"spampots.smtp.message": 9}))  # the successor writes on
+        assert board.read(0).counters == {"spampots.smtp.message": 9}
+        assert [f.worker for f in board.read_all()] == [0]
+    finally:
+        board.close()

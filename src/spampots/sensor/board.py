@@ -37,7 +37,12 @@ class FigureBoard:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         size = _SLOT * workers
-        self.fd = os.memfd_create("spampots-figures", os.MFD_CLOEXEC)
+        if hasattr(os, "memfd_create"):
+            self.fd = os.memfd_create("spampots-figures", os.MFD_CLOEXEC)
+        else:  # pragma: no cover - Linux has memfd_create
+            from .shared import _tmpfile
+
+            self.fd = _tmpfile()
         os.ftruncate(self.fd, size)  # pages are only allocated when written
         self.mem = mmap.mmap(self.fd, size)
 
