@@ -184,7 +184,9 @@ def report(data_dir: Path, sensor: str, *, min_free_mb: float, ship_stale_s: flo
     elif st.beats and (workers > 1 or len(st.beats) > 1):
         fig = _sum_of_beats(list(st.beats.values()))
     if workers > 1 or len(st.beats) > 1:
-        lines += _worker_lines(st, workers, interval_s, now, running=not isinstance(ev, SensorStop), bad=bad)
+        # a worker's silence is its own reason only while the sensor as a whole is heard
+        heard = not isinstance(ev, SensorStop) and age <= STALE_BEATS * interval_s
+        lines += _worker_lines(st, workers, interval_s, now, running=heard, bad=bad)
     if fig is not None:
         added = isinstance(fig, SensorHeartbeat) and fig.worker == -1
         lines.append(f"figures of {fig.ts}" + (f" ({len(st.beats)} workers added up)" if added else "") + ":")
