@@ -270,6 +270,45 @@ def test_retired_packs_take_no_new_duplicates_and_come_back_when_named(tmp_path:
     assert_consistent(data2)
 
 
+def test_a_worker_that_does_not_answer_leaves_every_pack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Worker 0's retention with a real recorder: while another live worker does not pass the
+    barrier, every retired pack gets its rows back (and is tried again on the next pass);
+    once that worker is gone (what it acknowledged is on disk), the pass goes through."""
+    import asyncio
+
+    from spampots.protocols.budget import MemoryBudget
+    from spampots.sensor import upkeep as up
+    from spampots.store.recorder import Recorder
+
+    data = tmp_path / "var"
+    f = build(data)
+    monkeypatch.setattr(up, "BARRIER_WAIT_S", 0.3)
+    worker1 = {"alive": True}
+
+    async def passes() -> list:
+        rec = Recorder(data, SENSOR, pack_writer=f"{SENSOR}.w0")
+        rec.start(asyncio.get_running_loop())
+        u = up.Upkeep(up.UpkeepSettings(sensor_id=SENSOR, keep_days=5), MemoryBudget(1 << 20), data_dir=data)
+        u.attach(rec, worker=0, workers=2, alive=lambda k: worker1["alive"])
+        try:
+            first = await u.prune()
+            named = set(u._named)
+            worker1["alive"] = False
+            return [first, named, await u.prune()]
+        finally:
+            await rec.close()
+
+    with caplog.at_level("WARNING", logger="spampots.store"):
+        first, named, second = asyncio.run(passes())
+    assert "worker(s) 1 did not answer" in caplog.text
+    assert first.packs == 0 and named == set()
+    # A and B went on the first pass, and the dead writer's segment (recovered at start): their packs go
+    assert first.segments == 3 and second.packs == 3 and f["pack:shared"].exists() and f["pack:fresh"].exists()
+    assert not any(f[f"pack:{n}"].exists() for n in ("old", "unacked", "open"))
+    assert_consistent(data)
+
+
 def test_sensor_with_workers_prunes_every_workers_packs(tmp_path: Path) -> None:
     """A sensor of two workers: worker 0 prunes the old closed packs of both workers' writers
     while they run; a pack named by a kept event (today's duplicate) and the packs the

@@ -161,12 +161,12 @@ class Upkeep:
             if late:
                 log.warning("retention: packs left alone this pass: worker(s) %s did not answer within %g s",
                             ", ".join(map(str, late)), BARRIER_WAIT_S)
-                keep: set[str] = set()
-                spare: set[str] = set(retired)
+                # all rows back; not counted as named, so that the next pass tries them again
+                await rec.call(lambda store: retention.settle_packs(
+                    store, retired, set(), retention.PruneStats(), spare=retired))
             else:
                 keep = await loop.run_in_executor(None, lambda: retention.referenced(self.data_dir))
-                spare = set()
-            await rec.call(lambda store: retention.settle_packs(store, retired, keep, st, spare=spare))
+                await rec.call(lambda store: retention.settle_packs(store, retired, keep, st))
             settled = True
         finally:
             if not settled and retired:  # put the rows back (else the next start re-indexes the packs)
