@@ -305,27 +305,30 @@ def test_status_sees_the_stop_among_the_workers_beats(tmp_path, capsys):
 
     config = WORKERS_CONFIG.format(n=2).replace("[sensor]\n", "[sensor]\nheartbeat_interval_s = 0.5\n")
     sp = start_sensor(tmp_path, config=config, wait_port=25)
-    assert len(workers_of(sp.proc.pid, 2)) == 2
-    for n in range(10):  # fresh connections: both workers store some
-        with smtplib.SMTP("127.0.0.1", sp.port(25), timeout=10) as s:
-            s.sendmail("a@b.example", ["c@d.example"], make_message(n))
-    deadline = time.time() + 20
-    while time.time() < deadline:  # the newest beat of each worker has its messages
-        last = {b.worker: b for b in sp.events("spampots.sensor.heartbeat")}
-        if len(last) == 2 and sum(t.messages for b in last.values() for t in b.tallies) == 10:
-            break
-        time.sleep(0.2)
-    per_worker = {k: sum(t.messages for t in b.tallies) for k, b in last.items()}
-    assert min(per_worker.values()) > 0, per_worker
-    capsys.readouterr()
-    assert cli_main(["status", "--data-dir", str(sp.data_dir), "--sensor", "test-sensor",
-                     "--min-free-mb", "0"]) == 0
-    out = capsys.readouterr().out
-    smtp_line = re.compile(rf"port {sp.port(25)} smtp: sessions 1[01], messages 10,")  # 11: the start-up probe
-    assert "(2 workers added up)" in out and smtp_line.search(out), out
-    for k in (0, 1):
-        assert f"worker {k}: last heard" in out and f"messages {per_worker[k]}" in out
-    assert sp.stop(timeout=60) == 0
+    try:
+        assert len(workers_of(sp.proc.pid, 2)) == 2
+        for n in range(10):  # fresh connections: both workers store some
+            with smtplib.SMTP("127.0.0.1", sp.port(25), timeout=10) as s:
+                s.sendmail("a@b.example", ["c@d.example"], make_message(n))
+        deadline = time.time() + 20
+        while time.time() < deadline:  # the newest beat of each worker has its messages
+            last = {b.worker: b for b in sp.events("spampots.sensor.heartbeat")}
+            if len(last) == 2 and sum(t.messages for b in last.values() for t in b.tallies) == 10:
+                break
+            time.sleep(0.2)
+        per_worker = {k: sum(t.messages for t in b.tallies) for k, b in last.items()}
+        assert min(per_worker.values()) > 0, per_worker
+        capsys.readouterr()
+        assert cli_main(["status", "--data-dir", str(sp.data_dir), "--sensor", "test-sensor",
+                         "--min-free-mb", "0"]) == 0
+        out = capsys.readouterr().out
+        smtp_line = re.compile(rf"port {sp.port(25)} smtp: sessions 1[01], messages 10,")  # 11: the start-up probe
+        assert "(2 workers added up)" in out and smtp_line.search(out), out
+        for k in (0, 1):
+            assert f"worker {k}: last heard" in out and f"messages {per_worker[k]}" in out
+    finally:
+        code = sp.stop(timeout=60)
+    assert code == 0
     beats = sp.events("spampots.sensor.heartbeat")
     assert {b.worker for b in beats} == {0, 1}
     assert cli_main(["status", "--data-dir", str(sp.data_dir), "--sensor", "test-sensor",
