@@ -2,9 +2,9 @@
 
     python bench/sensor_quick.py [--seconds 10] [--concurrency 20] [--idle 1000]
 
-Starts a sensor (port offset, temp data dir, fsync on), drives it with a lean
+Starts a sensor (a free port offset: ``$SPAMPOTS_BENCH_OFFSET`` if set, temp data dir, fsync on), drives it with a lean
 asyncio client (raw bytes, so the client costs little), and prints one line of
-figures. Loopback only.
+figures. RSS is the sensor's whole: its process and its workers. Loopback only.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import asyncio
 import os
 import random
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +22,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import children, pick_offset, proc_stats  # noqa: E402
 
 BODY = b"Subject: bench\r\nFrom: a@b.example\r\n\r\n" + b"x" * 2900 + b"\r\n"
 
@@ -66,10 +70,14 @@ async def drive(port: int, seconds: float, concurrency: int, n_msgs: int, rcpts:
 
 
 def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    """The sensor's RSS: the process and its workers (the supervisor alone holds no session)."""
+    total = 0.0
+    for p in [pid] + children(pid):
+        try:
+            total += proc_stats(p).rss_mib
+        except OSError:  # gone meanwhile
+            continue
+    return int(total * 1024)
 
 
 def main() -> None:
@@ -84,7 +92,7 @@ def main() -> None:
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    offset = 21000  # below the ephemeral port range
+    offset = pick_offset((1080,))  # checked free; $SPAMPOTS_BENCH_OFFSET fixes it
     tmp = tempfile.mkdtemp(prefix="spampots-bench-")
     cfg = Path(tmp) / "c.toml"
     cfg.write_text(f"[sensor]\ntunnel_greeting_delay_s = {args.tunnel_greeting_delay}\n"
@@ -126,6 +134,7 @@ def main() -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -29,49 +29,88 @@ T0 = dt.datetime(2026, 1, 5, 10, 0, tzinfo=dt.timezone.utc)
 KINDS = {"start": ev.SensorStart, "heartbeat": ev.SensorHeartbeat, "stop": ev.SensorStop}
 
 
-def _sql(beats: list[tuple[str, float, str]]) -> dict[str, dict]:
-    """Run AVAILABILITY_SQL over in-memory sensor_start/heartbeat/stop tables."""
+def _sql(beats: list[tuple], sql: str = metrics.AVAILABILITY_SQL, key: int = 1) -> dict:
+    """Run an availability SQL over in-memory sensor_start/heartbeat/stop tables; beats are
+    (sensor, time, kind) or (sensor, time, kind, worker). Rows by their first ``key`` columns."""
     con = duckdb.connect()
     for kind in KINDS:
-        con.execute(f"CREATE TABLE sensor_{kind} (sensor VARCHAR, ts TIMESTAMP)")
-        sel = [(s, dt.datetime.fromtimestamp(t, dt.timezone.utc).replace(tzinfo=None))
-               for s, t, k in beats if k == kind]
+        worker = ", worker BIGINT" if kind == "heartbeat" else ""
+        con.execute(f"CREATE TABLE sensor_{kind} (sensor VARCHAR, ts TIMESTAMP{worker})")
+        sel = [(b[0], dt.datetime.fromtimestamp(b[1], dt.timezone.utc).replace(tzinfo=None))
+               + ((b[3] if len(b) > 3 else 0,) if worker else ()) for b in beats if b[2] == kind]
         if sel:
-            con.executemany(f"INSERT INTO sensor_{kind} VALUES (?, ?)", sel)
-    res = con.execute(metrics.AVAILABILITY_SQL)
+            con.executemany(f"INSERT INTO sensor_{kind} VALUES (?, ?{', ?' if worker else ''})", sel)
+    res = con.execute(sql)
     keys = [d[0] for d in res.description]
-    return {r[0]: dict(zip(keys, r)) for r in res.fetchall()}
+    return {(r[0] if key == 1 else tuple(r[:key])): dict(zip(keys, r)) for r in res.fetchall()}
+
+
+def _spacings(seq: list[tuple[float, str]]) -> list[float]:
+    seq = sorted(seq)
+    return [b[0] - a[0] for a, b in zip(seq, seq[1:]) if a[1] == b[1] == "heartbeat" and b[0] > a[0]]
 
 
 def _median_interval(seq: list[tuple[float, str]]) -> float:
-    seq = sorted(seq)
-    d = [b[0] - a[0] for a, b in zip(seq, seq[1:]) if a[1] == b[1] == "heartbeat" and b[0] > a[0]]
+    d = _spacings(seq)
     return statistics.median(d) if d else metrics.AVAILABILITY_DEFAULT_INTERVAL_S
 
 
+def _worker_seq(seq: list[tuple[float, str, int]], worker: int) -> list[tuple[float, str]]:
+    """A worker's beats: its heartbeats, and the sensor's starts and stops."""
+    return [(t, k) for t, k, w in seq if k != "heartbeat" or w == worker]
+
+
 _beat = st.tuples(st.sampled_from(["a", "b"]), st.integers(0, 4 * 3600), st.sampled_from(
-    ["heartbeat"] * 6 + ["start", "stop"]))
+    ["heartbeat"] * 6 + ["start", "stop"]), st.sampled_from([0, 0, 1]))
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(_beat, min_size=1, max_size=60))
-def test_sql_matches_the_python_rule(raw: list[tuple[str, int, str]]) -> None:
+def test_sql_matches_the_python_rule(raw: list[tuple[str, int, str, int]]) -> None:
+    """Per sensor, and per worker of the sensors with several: the interval is read off each
+    worker's own heartbeats, not off the interleaved beats of all of them."""
     t0 = T0.timestamp()
-    beats = [(s, t0 + t, k) for s, t, k in raw]
+    beats = [(s, t0 + t, k, w) for s, t, k, w in raw]
     got = _sql(beats)
-    assert set(got) == {s for s, _, _ in beats}
+    assert set(got) == {b[0] for b in beats}
+    per_worker = _sql(beats, metrics.AVAILABILITY_WORKERS_SQL, key=2)
     for sensor, row in got.items():
-        seq = [(t, k) for s, t, k in beats if s == sensor]
-        first, last = min(t for t, _ in seq), max(t for t, _ in seq)
-        interval = _median_interval(seq)
-        want = avail.availability([(sensor, t, k) for t, k in seq], since=first, until=last,
-                                  interval_s=interval, tolerance=metrics.AVAILABILITY_TOLERANCE)[sensor]
-        assert row["interval_s"] == pytest.approx(interval)
-        assert row["hours_covered"] == pytest.approx((last - first) / 3600)
-        assert row["hours_up"] == pytest.approx(want.up_s / 3600, abs=1e-9)
-        assert row["gaps"] == len(want.gaps)
-        assert row["longest_gap_min"] == pytest.approx(want.longest_gap_s / 60, abs=1e-9)
-        assert row["hours_up"] <= row["hours_covered"] + 1e-9
+        seq = [(t, k, w) for s, t, k, w in beats if s == sensor]
+        workers = sorted({w for _, k, w in seq if k == "heartbeat"}) or [0]
+        d = [x for w in workers for x in _spacings(_worker_seq(seq, w))]
+        interval = statistics.median(d) if d else metrics.AVAILABILITY_DEFAULT_INTERVAL_S
+        _check(row, sensor, [(t, k) for t, k, _ in seq], interval)
+        for w in workers if len(workers) > 1 else []:
+            wseq = _worker_seq(seq, w)
+            _check(per_worker.pop((sensor, w)), sensor, wseq, _median_interval(wseq))
+    assert per_worker == {}  # rows only for the sensors with several workers
+
+
+def _check(row: dict, sensor: str, seq: list[tuple[float, str]], interval: float) -> None:
+    first, last = min(t for t, _ in seq), max(t for t, _ in seq)
+    want = avail.availability([(sensor, t, k) for t, k in seq], since=first, until=last,
+                              interval_s=interval, tolerance=metrics.AVAILABILITY_TOLERANCE)[sensor]
+    assert row["interval_s"] == pytest.approx(interval)
+    assert row["hours_covered"] == pytest.approx((last - first) / 3600)
+    assert row["hours_up"] == pytest.approx(want.up_s / 3600, abs=1e-9)
+    assert row["gaps"] == len(want.gaps)
+    assert row["longest_gap_min"] == pytest.approx(want.longest_gap_s / 60, abs=1e-9)
+    assert row["hours_up"] <= row["hours_covered"] + 1e-9
+
+
+def test_two_workers_beating_side_by_side_are_one_sensor_up() -> None:
+    """Two workers beating a minute apart each, a second apart from each other: the sensor's
+    interval is a minute (not the second between their beats), and it is up all along;
+    worker 1 hung for 10 minutes, and only its row shows the gap."""
+    t0 = T0.timestamp()
+    beats = [("s", t0, "start", 0)]
+    beats += [("s", t0 + 60 * i, "heartbeat", 0) for i in range(1, 61)]
+    beats += [("s", t0 + 60 * i + 1, "heartbeat", 1) for i in range(1, 61) if not 20 <= i < 30]
+    row = _sql(beats)["s"]
+    assert row["interval_s"] == 60 and row["gaps"] == 0 and row["up_pct"] == pytest.approx(100.0)
+    rows = _sql(beats, metrics.AVAILABILITY_WORKERS_SQL, key=2)
+    assert rows[("s", 0)]["gaps"] == 0 and rows[("s", 1)]["gaps"] == 1
+    assert rows[("s", 1)]["longest_gap_min"] == pytest.approx(11.0)
 
 
 def _write(data_dir: Path, sensor: str, beats: list[tuple[float, str]]) -> None:

@@ -67,12 +67,15 @@ def _odd_cases(c: Capture) -> None:
             .mail(2, "socks5:mx.b.example:25", subject="Fingerprinted 1")
 
 
-def _beats(data_dir: Path, sensor: str, t0: dt.datetime, kinds: list[tuple[float, str]],
+def _beats(data_dir: Path, sensor: str, t0: dt.datetime, kinds: list[tuple],
            labels: tuple[str, str] = ("", "")) -> None:
+    """kinds: (minutes, kind) or, for a heartbeat of another worker, (minutes, kind, worker)."""
     cls = {"start": ev.SensorStart, "heartbeat": ev.SensorHeartbeat, "stop": ev.SensorStop}
     evs = []
-    for minutes, kind in kinds:
+    for minutes, kind, *worker in kinds:
         e = cls[kind](version="test")
+        if worker:
+            e.worker = worker[0]
         if kind == "start":
             e.listeners = [ev.Listener(address="0.0.0.0", port=21080, kind="socks")]
             e.isp, e.network = labels
@@ -96,6 +99,9 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
            + [(i, "heartbeat") for i in range(40, 60)] + [(60, "stop"), (75, "start"), (76, "heartbeat")],
            ("Telefonica", "ADSL"))
     _beats(d, "us-vps-2", t0, [(0, "start")] + [(i * 0.5, "heartbeat") for i in range(1, 40)])
+    # two workers beating side by side; worker 1 silent for 10 minutes
+    _beats(d, "de-2w-3", t0, [(0, "start")] + [(i, "heartbeat", 0) for i in range(1, 40)]
+           + [(i + 0.01, "heartbeat", 1) for i in range(1, 40) if not 10 <= i < 20])
     Lake(d).compact()
     return d
 

@@ -229,3 +229,128 @@ def test_store_settings_are_validated() -> None:
     config.validate(msgspec.toml.decode("[store]\nmin_free_mb = 0\nkeep_days = 0\n", type=config.Config))
     example = msgspec.toml.decode(config.example_toml(), type=config.Config)
     assert example.store.min_free_mb == 256 and example.store.keep_days == 0
+
+
+# -- several writers of one index: a sensor's workers -----------------------------------------------
+
+def test_retired_packs_take_no_new_duplicates_and_come_back_when_named(tmp_path: Path) -> None:
+    """Two writers share the index (worker 0 and worker 1). Once worker 0 retired the old packs,
+    worker 1 cannot dedup into them (it stores the body anew); a pack named by a kept event
+    gets its rows back, one re-indexed meanwhile by a starting writer stays, the rest goes."""
+    from spampots.store.retention import PruneStats, pack_candidates, referenced, retire_packs, settle_packs
+
+    data = tmp_path / "var"
+    f = build(data)  # packs of writer test-sensor; 'shared' and 'open' are named by kept events
+    with MessageStore(data, f"{SENSOR}.w0") as w0, MessageStore(data, f"{SENSOR}.w1") as w1:
+        prune(data, 5)  # the segments only (no store): A and B go
+        cands = pack_candidates(data, NOW - 5 * DAY_S)
+        assert {f[f"pack:{n}"].name for n in ("old", "shared", "unacked", "open")} <= set(cands)
+        st = PruneStats()
+        retired = retire_packs(w0, cands, st)
+        assert w0.location(_sha("old")) is None and w1.location(_sha("old")) is None
+        sha, new = w1.put(BODIES["old"])  # a duplicate now: stored again, in w1's own pack
+        assert new and w1.location(sha).pack.startswith(f"pack-{SENSOR}.w1-")  # type: ignore[union-attr]
+        settle_packs(w0, retired, referenced(data), st)
+    assert not f["pack:old"].exists() and not f["pack:unacked"].exists()
+    assert f["pack:shared"].exists() and f["pack:open"].exists()
+    assert (st.packs, st.kept_packs) == (2, 2)
+    assert_consistent(data)
+    with MessageStore(data, readonly=True) as store:
+        assert store.get(_sha("old")) == BODIES["old"] and store.get(_sha("shared")) == BODIES["shared"]
+
+    # a writer starting between retire and settle re-indexes the packs: they stay
+    data2 = tmp_path / "var2"
+    f2 = build(data2)
+    with MessageStore(data2, f"{SENSOR}.w0") as w0:
+        st2 = PruneStats()
+        retired = retire_packs(w0, pack_candidates(data2, NOW - 5 * DAY_S), st2)
+        MessageStore(data2, f"{SENSOR}.w1").close()  # a restarted worker reconciles the index
+        settle_packs(w0, retired, set(), st2)
+    assert st2.packs == 0 and f2["pack:old"].exists()
+    assert_consistent(data2)
+
+
+def test_a_worker_that_does_not_answer_leaves_every_pack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Worker 0's retention with a real recorder: while another live worker does not pass the
+    barrier, every retired pack gets its rows back (and is tried again on the next pass);
+    once that worker is gone (what it acknowledged is on disk), the pass goes through."""
+    import asyncio
+
+    from spampots.protocols.budget import MemoryBudget
+    from spampots.sensor import upkeep as up
+    from spampots.store.recorder import Recorder
+
+    data = tmp_path / "var"
+    f = build(data)
+    monkeypatch.setattr(up, "BARRIER_WAIT_S", 0.3)
+    worker1 = {"alive": True}
+
+    async def passes() -> list:
+        rec = Recorder(data, SENSOR, pack_writer=f"{SENSOR}.w0")
+        rec.start(asyncio.get_running_loop())
+        u = up.Upkeep(up.UpkeepSettings(sensor_id=SENSOR, keep_days=5), MemoryBudget(1 << 20), data_dir=data)
+        u.attach(rec, worker=0, workers=2, alive=lambda k: worker1["alive"])
+        try:
+            first = await u.prune()
+            named = set(u._named)
+            worker1["alive"] = False
+            return [first, named, await u.prune()]
+        finally:
+            await rec.close()
+
+    with caplog.at_level("WARNING", logger="spampots.store"):
+        first, named, second = asyncio.run(passes())
+    assert "worker(s) 1 did not answer" in caplog.text
+    assert first.packs == 0 and named == set()
+    # A and B went on the first pass, and the dead writer's segment (recovered at start): their packs go
+    assert first.segments == 3 and second.packs == 3 and f["pack:shared"].exists() and f["pack:fresh"].exists()
+    assert not any(f[f"pack:{n}"].exists() for n in ("old", "unacked", "open"))
+    assert_consistent(data)
+
+
+def test_sensor_with_workers_prunes_every_workers_packs(tmp_path: Path) -> None:
+    """A sensor of two workers: worker 0 prunes the old closed packs of both workers' writers
+    while they run; a pack named by a kept event (today's duplicate) and the packs the
+    workers write now stay; every message answered 250 is there with its body."""
+    data = tmp_path / "var"
+    old = NOW - 10 * DAY_S
+    _segment(data, old, ["old", "shared"])
+    _segment(data, NOW, ["fresh"])
+    packs: dict[str, Path] = {}
+    for k in (0, 1):  # each worker's writer: one old body per pack, then a last pack it writes on
+        with MessageStore(data, f"{SENSOR}.w{k}", pack_max_bytes=1) as store:
+            for name in (("old", "shared") if k else ("unacked", "open")) + ("fresh",) * (k == 0):
+                store.put(BODIES[name])
+                packs[name] = data / "messages" / store.location(_sha(name)).pack  # type: ignore[union-attr]
+    for name in ("old", "shared", "unacked", "open"):
+        os.utime(packs[name], (old, old))
+    config = ("[sensor]\nworkers = 2\n[store]\nkeep_days = 5\nmin_free_mb = 0\n"
+              "[limits]\nnew_sessions_per_s_per_ip = 1000\n")
+    sp = start_sensor(tmp_path / "run", config=config, data_dir=data, wait_port=25, args=("--user", ""))
+    sent = []
+    try:
+        for n in range(10):  # fresh connections: both workers take some
+            body = BODIES["shared"] if n == 0 else b"Subject: new %d\r\n\r\nnew\r\n" % n
+            with smtplib.SMTP("127.0.0.1", sp.port(25), timeout=20) as s:
+                s.sendmail("a@b.example", ["c@d.example"], body)
+            sent.append(body)
+        deadline = time.monotonic() + 40
+        while "retention (keep_days = 5): deleted" not in sp.stderr() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        assert sp.stop(timeout=60) == 0
+    log = sp.stderr()
+    assert "retention (keep_days = 5): deleted 1 segment(s)" in log, log[-3000:]
+    assert "left alone" not in log and "Traceback" not in log
+    assert not packs["old"].exists() and not packs["unacked"].exists() and not packs["open"].exists()
+    assert packs["shared"].exists()  # today's duplicate names its body
+    assert packs["fresh"].exists()  # worker 0's last pack: it writes on there
+    assert (data / "messages" / f"retention-{SENSOR}.w1.passed").exists()  # worker 1's writer passed the barrier
+    with MessageStore(data, readonly=True) as store:
+        for body in sent:
+            import hashlib
+
+            assert store.get(hashlib.sha256(body).hexdigest()) == body
+        packs_now = {p.name for p in (data / "messages").glob("*.pack")}
+        assert all(store.location(sha).pack in packs_now for sha in store.iter_shas())  # type: ignore[union-attr]

@@ -160,6 +160,49 @@ def test_availability_hours_up_and_gaps():
     assert av["b"].up_s == pytest.approx(1200 + 1200) and av["b"].gaps == [(1200.0, 2400.0)]
 
 
+def test_network_status_takes_a_config_as_run_does(tmp_path):
+    """`spampots network status` reads --config as `run` does (before or after the action):
+    its [transport.nats], its [sensor] data_dir (the central store, for availability) and
+    its heartbeat_interval_s; a flag on the command line still wins."""
+    import json
+
+    from spampots.events import SensorStart, encode_many
+    from spampots.store.segments import SegmentWriter
+
+    store = tmp_path / "central"
+    now = time.time()
+    evs = []
+    for i, t in enumerate([now - 3000 + 100 * k for k in range(30)]):  # a beat every 100 s
+        e = SensorStart(version="t") if i == 0 else SensorHeartbeat(version="t")
+        stamp(e, sensor="s1", session="", src_ip="", src_port=0, listener_port=0, protocol="", depth=0,
+              ts=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".000000Z")
+        evs.append(e)
+    w = SegmentWriter(store, "s1", clock=lambda: now - 3000)
+    w.write(encode_many(evs))
+    w.close()
+    with __import__("socket").socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    cfg = tmp_path / "collector.toml"
+    cfg.write_text(f'[sensor]\ndata_dir = "{store}"\nheartbeat_interval_s = 30\n'
+                   f'[transport.nats]\nservers = ["nats://127.0.0.1:{closed}"]\nconnect_timeout_s = 0.5\n')
+    cli = [sys.executable, "-m", "spampots.cli"]
+    for argv in (["network", "--config", str(cfg), "status", "--json"],
+                 ["network", "status", "-c", str(cfg), "--json"]):
+        r = subprocess.run([*cli, *argv], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1, r.stderr  # the broker is not there: a problem, said so
+        doc = json.loads(r.stdout)
+        assert any("broker" in p for p in doc["problems"])
+        row = doc["sensors"]["s1"]["collected"]  # read from the config's data_dir
+        assert row["up_s"] == 0  # beats 100 s apart are too far apart for the config's 30 s interval
+    r = subprocess.run([*cli, "network", "status", "-c", str(cfg), "--json", "--heartbeat-interval-s", "60"],
+                       capture_output=True, text=True, timeout=60)
+    assert json.loads(r.stdout)["sensors"]["s1"]["collected"]["up_s"] > 2800  # within 2.5 x 60 s: up
+    r = subprocess.run([*cli, "network", "-c", str(tmp_path / "none.toml"), "status"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "none.toml: no such file" in r.stderr
+
+
 class _FakeMsg:
     """Just what Collector.handle uses of a JetStream message."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import smtplib
 import socket
@@ -183,15 +184,24 @@ def test_sigterm_stops_every_worker_with_one_summary(tmp_path):
     assert segments == {str(p) for p in kids}, "each worker writes its own segments"
 
 
-def test_metrics_per_worker_and_workers_stop_with_a_dead_supervisor(tmp_path):
-    """Worker k serves its figures on the metrics port + k; a supervisor killed with -9 takes
-    its workers down (they stop cleanly) instead of leaving them serving unsupervised."""
+def _scrape(port: int) -> dict[str, float]:
     import urllib.request
 
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
+def test_metrics_tell_the_sensor_and_workers_stop_with_a_dead_supervisor(tmp_path):
+    """One metrics port: whichever worker answers tells the sensor's totals (sessions made
+    through both workers add up) and one spampots_worker_* series per worker; a supervisor
+    killed with -9 takes its workers down (they stop cleanly) instead of leaving them
+    serving unsupervised."""
     import random
 
     mport = random.randrange(20000, 60000)
-    while not all(_free(mport + k) for k in range(2)):
+    while not _free(mport):
         mport = random.randrange(20000, 60000)
     config = WORKERS_CONFIG.format(n=2) + f"[metrics]\nenable = true\nport = {mport}\n"
     sp = start_sensor(tmp_path, config=config, wait_port=1080)
@@ -204,13 +214,22 @@ def test_metrics_per_worker_and_workers_stop_with_a_dead_supervisor(tmp_path):
             c.sendall(b"\x05\x01\x00")
             assert c.recv(2) == b"\x05\x00"
             held.append(c)
-        opened = []
-        for k in range(2):
-            with urllib.request.urlopen(f"http://127.0.0.1:{mport + k}/metrics", timeout=10) as r:
-                text = r.read().decode()
-            opened += [int(float(line.split()[1])) for line in text.splitlines()
-                       if line.startswith("spampots_sessions_open ")]
-        assert len(opened) == 2 and sum(opened) == 20
+        for n in range(10):  # closed sessions, spread over both workers
+            with smtplib.SMTP("127.0.0.1", sp.port(25), timeout=10) as s:
+                s.sendmail("a@b.example", ["c@d.example"], make_message(n))
+        time.sleep(2.5)  # each worker publishes its figures about once a second
+        scrapes = [_scrape(mport) for _ in range(12)]  # the kernel spreads them over both workers
+        answered = {int(m['spampots_worker_pid{worker="0"}']) for m in scrapes}
+        for m in scrapes:
+            assert m["spampots_sessions_open"] == 20
+            assert m['spampots_messages_total{port="%d",protocol="smtp"}' % sp.port(25)] == 10
+            per = [m[f'spampots_worker_sessions_open{{worker="{k}"}}'] for k in (0, 1)]
+            assert sum(per) == 20 and min(per) > 0, per  # both workers hold some
+            msgs = [m[f'spampots_worker_messages_total{{worker="{k}"}}'] for k in (0, 1)]
+            assert sum(msgs) == 10
+            assert m['spampots_worker_up{worker="0"}'] == m['spampots_worker_up{worker="1"}'] == 1
+            assert not any(k.startswith("process_") for k in m)  # one worker's: replaced by spampots_worker_*
+        assert {int(m['spampots_worker_pid{worker="1"}']) for m in scrapes} | answered <= set(kids)
         sp.kill9()
         deadline = time.time() + 30
         while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in kids):
@@ -220,7 +239,10 @@ def test_metrics_per_worker_and_workers_stop_with_a_dead_supervisor(tmp_path):
         for c in held:
             c.close()
         sp.stop()
-    assert len(sp.events("spampots.sensor.stop")) == 1  # worker 0 stopped cleanly
+    stops = sp.events("spampots.sensor.stop")
+    assert len(stops) == 1  # worker 0 stopped cleanly, with the sensor's figures
+    assert sum(t.messages for t in stops[0].tallies) == 10
+    assert stops[0].counters["spampots.session.open"] >= 30  # and the start-up probe
 
 
 def _free(port: int) -> bool:
@@ -283,14 +305,130 @@ def test_status_sees_the_stop_among_the_workers_beats(tmp_path, capsys):
 
     config = WORKERS_CONFIG.format(n=2).replace("[sensor]\n", "[sensor]\nheartbeat_interval_s = 0.5\n")
     sp = start_sensor(tmp_path, config=config, wait_port=25)
-    assert len(workers_of(sp.proc.pid, 2)) == 2
-    time.sleep(1.5)  # a few beats from each worker
-    assert cli_main(["status", "--data-dir", str(sp.data_dir), "--sensor", "test-sensor",
-                     "--min-free-mb", "0"]) == 0
-    assert sp.stop(timeout=60) == 0
+    try:
+        assert len(workers_of(sp.proc.pid, 2)) == 2
+        for n in range(10):  # fresh connections: both workers store some
+            with smtplib.SMTP("127.0.0.1", sp.port(25), timeout=10) as s:
+                s.sendmail("a@b.example", ["c@d.example"], make_message(n))
+        deadline = time.time() + 20
+        while time.time() < deadline:  # the newest beat of each worker has its messages
+            last = {b.worker: b for b in sp.events("spampots.sensor.heartbeat")}
+            if len(last) == 2 and sum(t.messages for b in last.values() for t in b.tallies) == 10:
+                break
+            time.sleep(0.2)
+        per_worker = {k: sum(t.messages for t in b.tallies) for k, b in last.items()}
+        assert min(per_worker.values()) > 0, per_worker
+        capsys.readouterr()
+        assert cli_main(["status", "--data-dir", str(sp.data_dir), "--sensor", "test-sensor",
+                         "--min-free-mb", "0"]) == 0
+        out = capsys.readouterr().out
+        smtp_line = re.compile(rf"port {sp.port(25)} smtp: sessions 1[01], messages 10,")  # 11: the start-up probe
+        assert "(2 workers added up)" in out and smtp_line.search(out), out
+        for k in (0, 1):
+            assert f"worker {k}: last heard" in out and f"messages {per_worker[k]}" in out
+    finally:
+        code = sp.stop(timeout=60)
+    assert code == 0
     beats = sp.events("spampots.sensor.heartbeat")
     assert {b.worker for b in beats} == {0, 1}
-    capsys.readouterr()
     assert cli_main(["status", "--data-dir", str(sp.data_dir), "--sensor", "test-sensor",
                      "--min-free-mb", "0"]) == 1
-    assert "sensor stopped at" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "sensor stopped at" in out and smtp_line.search(out), out
+
+
+def test_the_sensor_counts_never_go_back_when_a_worker_dies(tmp_path):
+    """A worker started again after kill -9 goes on from its predecessor's figures: the
+    sensor's counters in the metrics and the heartbeats do not drop (no false counter reset)."""
+    import random
+
+    mport = random.randrange(20000, 60000)
+    while not _free(mport):
+        mport = random.randrange(20000, 60000)
+    config = (WORKERS_CONFIG.format(n=2).replace("[sensor]\n", "[sensor]\nheartbeat_interval_s = 0.5\n")
+              + f"[metrics]\nenable = true\nport = {mport}\n")
+    sp = start_sensor(tmp_path, config=config, wait_port=25)
+    try:
+        kids = workers_of(sp.proc.pid, 2)
+        for n in range(12):
+            with smtplib.SMTP("127.0.0.1", sp.port(25), timeout=10) as s:
+                s.sendmail("a@b.example", ["c@d.example"], make_message(n))
+        time.sleep(2.5)
+        before = _scrape(mport)
+        key = 'spampots_messages_total{port="%d",protocol="smtp"}' % sp.port(25)
+        assert before[key] == 12
+        victim = int(before['spampots_worker_pid{worker="1"}'])
+        assert victim in kids and before['spampots_worker_messages_total{worker="1"}'] > 0
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            after = workers_of(sp.proc.pid, 2, timeout=0.1)
+            if len(after) == 2 and victim not in after:
+                break
+            time.sleep(0.05)
+        time.sleep(2.5)
+        for _ in range(6):
+            m = _scrape(mport)
+            assert m[key] == 12
+            assert m['spampots_worker_restarts_total{worker="1"}'] == 1
+            assert m['spampots_worker_messages_total{worker="1"}'] == before['spampots_worker_messages_total{worker="1"}']
+    finally:
+        sp.stop(timeout=60)
+    beats = [b for b in sp.events("spampots.sensor.heartbeat") if b.worker == 1]
+    assert sum(t.messages for t in beats[-1].tallies) == before['spampots_worker_messages_total{worker="1"}']
+
+
+def test_status_tells_a_worker_that_hangs(tmp_path, capsys):
+    """Heartbeats are per worker: a worker that stops beating (here: stopped with SIGSTOP)
+    makes the sensor unhealthy while the others beat on."""
+    from spampots.cli import main as cli_main
+
+    config = WORKERS_CONFIG.format(n=2).replace("[sensor]\n", "[sensor]\nheartbeat_interval_s = 0.5\n")
+    sp = start_sensor(tmp_path, config=config, wait_port=25)
+    kids = workers_of(sp.proc.pid, 2)
+    try:
+        sp.events("spampots.sensor.heartbeat", wait_for=4, timeout=20)
+        hung = sorted(kids)[1]
+        os.kill(hung, signal.SIGSTOP)
+        try:
+            deadline = time.time() + 20
+            while time.time() < deadline:
+                capsys.readouterr()
+                code = cli_main(["status", "--data-dir", str(sp.data_dir), "--sensor", "test-sensor",
+                                 "--min-free-mb", "0"])
+                out = capsys.readouterr().out
+                if code == 1:
+                    break
+                time.sleep(0.3)
+        finally:
+            os.kill(hung, signal.SIGCONT)
+        assert code == 1 and "running" in out, out
+        assert re.search(r"unhealthy: worker [01]: no heartbeat for", out), out
+        assert "unhealthy: no heartbeat for" not in out  # the sensor as a whole is heard
+    finally:
+        sp.stop(timeout=60)
+
+
+def test_figures_board_keeps_the_last_complete_figures():
+    """A worker killed in the middle of writing its figures leaves the previous ones readable
+    (its successor carries them on); a slot never written reads as nothing."""
+    from spampots.metrics import Figures
+    from spampots.sensor.board import _HALF_HEAD, FigureBoard
+
+    board = FigureBoard(2)
+    try:
+        assert board.read(0) is None and board.read_all() == []
+        board.write(0, Figures(worker=0, counters={"spampots.smtp.message": 5}))
+        board.write(0, Figures(worker=0, counters={"spampots.smtp.message": 7}))
+        assert board.read(0).counters == {"spampots.smtp.message": 7}
+        # the next write goes to the other half: die in the middle of it
+        at = board._half(0, 1 - board.mem[0] % 2)  # the half not in use (the slot's index is its first byte)
+        seq, n = _HALF_HEAD.unpack_from(board.mem, at)
+        _HALF_HEAD.pack_into(board.mem, at, seq + 1, n)  # odd: being written
+        board.mem[at + _HALF_HEAD.size:at + _HALF_HEAD.size + 8] = b"\xff" * 8
+        assert board.read(0).counters == {"spampots.smtp.message": 7}
+        board.write(0, Figures(worker=0, counters={"spampots.smtp.message": 9}))  # the successor writes on
+        assert board.read(0).counters == {"spampots.smtp.message": 9}
+        assert [f.worker for f in board.read_all()] == [0]
+    finally:
+        board.close()

@@ -1,13 +1,17 @@
 """``spampots status``: one sensor's health from its data dir, read only.
 
-The figures come from the sensor's newest lifecycle event (``spampots.sensor.start``,
+The figures come from the sensor's newest lifecycle events (``spampots.sensor.start``,
 ``heartbeat`` or ``stop``, found by reading its segments newest first) and from the disk
-now (free space, the shipping cursor). The exit status is 0 when healthy, 1 when not
-(one ``unhealthy:`` line per reason), 2 when there is nothing to judge.
+now (free space, the shipping cursor). A sensor of several workers has one heartbeat per
+worker: the sensor's figures are the newest heartbeat of each worker added up, and each
+worker gets a line of its own. The stop event has the figures of all workers together.
+The exit status is 0 when healthy, 1 when not (one ``unhealthy:`` line per reason), 2
+when there is nothing to judge.
 
 Unhealthy when:
 * the sensor never started in this data dir, or its newest lifecycle event is a stop;
 * nothing was heard for more than ``STALE_BEATS`` heartbeat intervals (it died, or hangs);
+* with workers: one of them was not heard for that long (it hangs, or keeps dying);
 * the data dir has less free space than ``--min-free-mb``;
 * with shipping: bytes wait for the broker and nothing was acked for ``--ship-stale-s``.
 """
@@ -23,8 +27,8 @@ from typing import Optional, Union
 import msgspec
 
 from . import config
-from .events import SensorHeartbeat, SensorStart, SensorStop, decode
-from .metrics import disk_free_bytes
+from .events import MESSAGE, SESSION_CLOSE, PROXY_REQUEST, SensorHeartbeat, SensorStart, SensorStop, decode
+from .metrics import Figures, disk_free_bytes, event_fields, sensor_total
 from .store.catalog import iter_segment_files
 from .store.segments import SEGMENT_RE, ReadStats, iter_file_lines
 
@@ -41,6 +45,7 @@ class SensorState(msgspec.Struct, kw_only=True):
     newest: Optional[Lifecycle] = None  # the newest start, heartbeat or stop
     start: Optional[SensorStart] = None  # the start it belongs to, when found
     figures: Optional[Union[SensorHeartbeat, SensorStop]] = None  # the newest with figures
+    beats: dict[int, SensorHeartbeat] = {}  # the newest heartbeat of each worker (since the start, if found)
 
 
 def read_state(data_dir: Path, sensor: str) -> SensorState:
@@ -71,10 +76,44 @@ def read_state(data_dir: Path, sensor: str) -> SensorState:
                 st.newest = ev
             if isinstance(ev, (SensorHeartbeat, SensorStop)) and (st.figures is None or ev.ts > st.figures.ts):
                 st.figures = ev
+            if isinstance(ev, SensorHeartbeat):
+                seen = st.beats.get(ev.worker)
+                if seen is None or ev.ts > seen.ts:
+                    st.beats[ev.worker] = ev
             if isinstance(ev, SensorStart):
                 st.start = ev
-                return st
+                break
+        if st.start is not None:
+            break
+    if st.start is not None:  # beats of an earlier run are not this one's
+        st.beats = {k: b for k, b in st.beats.items() if b.ts >= st.start.ts}
     return st
+
+
+def beat_figures(ev: Union[SensorHeartbeat, SensorStop]) -> Figures:
+    """A heartbeat's (or stop's) figures, to add up with metrics.sensor_total."""
+    events = []
+    for t in ev.tallies:
+        for name, n in ((SESSION_CLOSE, t.sessions), (MESSAGE, t.messages), (PROXY_REQUEST, t.proxy_requests)):
+            if n:
+                events.append((name, t.port, t.protocol, n))
+    f = Figures(worker=getattr(ev, "worker", 0), counters=dict(ev.counters), events=events,
+                recipients=[(t.port, t.protocol, t.recipients) for t in ev.tallies if t.recipients],
+                errors=dict(ev.errors), limits=dict(ev.limit_hits))
+    h = ev.health
+    if h is not None:
+        f.sessions_open, f.recorder_queue, f.store_errors = h.sessions_open, h.recorder_queue, h.store_errors
+        f.fsync_counts, f.fsync_sum, f.fsync_max = [h.fsyncs], h.fsync_seconds_sum, h.fsync_seconds_max
+        f.disk_free_bytes, f.disk_low = h.disk_free_bytes, h.disk_low
+        f.ship_backlog_bytes, f.ship_last_ack_age_s = h.ship_backlog_bytes, h.ship_last_ack_age_s
+    return f
+
+
+def _sum_of_beats(beats: list[SensorHeartbeat]) -> SensorHeartbeat:
+    """The workers' newest heartbeats added up, as one heartbeat (the newest's time)."""
+    newest = max(beats, key=lambda b: b.ts)
+    total = event_fields(sensor_total([beat_figures(b) for b in beats]))
+    return msgspec.structs.replace(newest, worker=-1, **total)
 
 
 def sensors_in(data_dir: Path) -> set[str]:
@@ -138,9 +177,19 @@ def report(data_dir: Path, sensor: str, *, min_free_mb: float, ship_stale_s: flo
     if st.start is not None:
         lines.append("listeners: " + (" ".join(f"{x.port}/{x.kind}" for x in st.start.listeners) or "none")
                      + (f"; failed: {' '.join(str(x.port) for x in st.start.failed)}" if st.start.failed else ""))
+    workers = st.start.workers if st.start is not None else 1
     fig = st.figures
+    if isinstance(ev, SensorStop):
+        fig = ev  # the sensor's figures, all workers together
+    elif st.beats and (workers > 1 or len(st.beats) > 1):
+        fig = _sum_of_beats(list(st.beats.values()))
+    if workers > 1 or len(st.beats) > 1:
+        # a worker's silence is its own reason only while the sensor as a whole is heard
+        heard = not isinstance(ev, SensorStop) and age <= STALE_BEATS * interval_s
+        lines += _worker_lines(st, workers, interval_s, now, running=heard, bad=bad)
     if fig is not None:
-        lines.append(f"figures of {fig.ts}:")
+        added = isinstance(fig, SensorHeartbeat) and fig.worker == -1
+        lines.append(f"figures of {fig.ts}" + (f" ({len(st.beats)} workers added up)" if added else "") + ":")
         for t in fig.tallies:
             lines.append(f"  port {t.port} {t.protocol}: sessions {t.sessions}, messages {t.messages}, "
                          f"recipients {t.recipients}, proxy requests {t.proxy_requests}")
@@ -164,6 +213,28 @@ def report(data_dir: Path, sensor: str, *, min_free_mb: float, ship_stale_s: flo
                        "(a sensor with this [store] min_free_mb refuses mail with 452 until there is room)")
     lines += _shipping(data_dir, sensor, st, now, ship_stale_s, shipping, bad)
     return lines, bad
+
+
+def _worker_lines(st: SensorState, workers: int, interval_s: float, now: float, *, running: bool,
+                  bad: list[str]) -> list[str]:
+    """One line per worker: when it was last heard, and what it holds and stored."""
+    since = _age(st.start.ts, now) if st.start is not None else float("inf")
+    out = []
+    for k in range(max(workers, max(st.beats, default=-1) + 1)):
+        b = st.beats.get(k)
+        if b is None:
+            out.append(f"worker {k}: no heartbeat yet")
+            if running and since > STALE_BEATS * interval_s:
+                bad.append(f"worker {k}: no heartbeat since the start {_dur(since)} ago")
+            continue
+        age = _age(b.ts, now)
+        opened = b.health.sessions_open if b.health is not None else 0
+        out.append(f"worker {k}: last heard {_dur(age)} ago, up {_dur(b.uptime_s + age)}, sessions open {opened}, "
+                   f"messages {sum(t.messages for t in b.tallies)}")
+        if running and age > STALE_BEATS * interval_s:
+            bad.append(f"worker {k}: no heartbeat for {_dur(age)} (more than {STALE_BEATS} intervals of "
+                       f"{interval_s:g} s): it hangs, or dies again and again")
+    return out
 
 
 def _shipping(data_dir: Path, sensor: str, st: SensorState, now: float, stale_s: float,

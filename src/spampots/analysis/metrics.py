@@ -185,6 +185,9 @@ def attempts_sql(first_per: str) -> str:
 # docs/network.md describes). Beats of a sensor in time order (ties: heartbeat < start < stop, as
 # there); each pair of consecutive beats is a span, up or not; zero-length spans are dropped and
 # consecutive non-up spans merge into one gap (the island of up spans before it gives its id).
+# A sensor of several workers has one heartbeat per worker: the interval is read off each
+# worker's own beats (its heartbeats and the sensor's starts and stops), never off the
+# interleaved beats of all of them; the sensor is up while any worker beats.
 AVAILABILITY_TOLERANCE = 2.5
 AVAILABILITY_DEFAULT_INTERVAL_S = 60.0
 AVAILABILITY_DEFINITION = (
@@ -194,38 +197,64 @@ AVAILABILITY_DEFINITION = (
     "beats the sensor is up when they are at most 2.5 x the interval apart, the earlier is not a stop and the "
     "later is not a start (a start after a gap means it was down until then); any other stretch is a gap, "
     "and adjacent gap stretches count as one. Hours up: the up stretches; % up: hours up / hours covered; "
-    "gaps: their number; longest gap in minutes. The same rule as spampots.transport.availability.")
-AVAILABILITY_SQL = f"""
-WITH beats AS (
-  SELECT sensor, ts, 'start' AS kind FROM sensor_start
-  UNION ALL SELECT sensor, ts, 'heartbeat' FROM sensor_heartbeat
-  UNION ALL SELECT sensor, ts, 'stop' FROM sensor_stop),
-pairs AS (
-  SELECT sensor, ts, kind, lead(kind) OVER w AS next_kind, epoch(lead(ts) OVER w) - epoch(ts) AS dur
-  FROM beats WINDOW w AS (PARTITION BY sensor ORDER BY ts, kind)),
+    "gaps: their number; longest gap in minutes. The same rule as spampots.transport.availability. "
+    "With workers (each beats on its own) the interval is the median spacing of each worker's consecutive "
+    "heartbeats, and the sensor is up while any of them beats.")
+AVAILABILITY_WORKERS_DEFINITION = (
+    "The availability rule of the availability table per worker of the sensors that ran with more than one "
+    "worker process: a worker's beats are its own heartbeats and the sensor's starts and stops. A worker "
+    "that died and was started again at once shows no gap; one that hung or kept dying does.")
+
+
+def _availability_sql(key: tuple[str, ...], beats: str, where: str = "") -> str:
+    """The availability rule per ``key`` (sensor, or sensor and worker) over ``beats``."""
+    cols = ", ".join(key)
+    on = lambda a: " AND ".join(f"{a}.{c} = seen.{c}" for c in key)  # noqa: E731
+    return f"""
+WITH hb AS (SELECT sensor, coalesce(worker, 0) AS worker, ts FROM sensor_heartbeat),
+workers AS (SELECT DISTINCT sensor, worker FROM hb),
+life AS (SELECT sensor, ts, 'start' AS kind FROM sensor_start UNION ALL SELECT sensor, ts, 'stop' FROM sensor_stop),
+wbeats AS (
+  SELECT sensor, worker, ts, 'heartbeat' AS kind FROM hb
+  UNION ALL SELECT l.sensor, w.worker, l.ts, l.kind FROM life l JOIN workers w USING (sensor)
+  UNION ALL SELECT sensor, 0, ts, kind FROM life WHERE sensor NOT IN (SELECT sensor FROM workers)),
+spacing AS (
+  SELECT sensor, worker, kind, lead(kind) OVER w AS next_kind, epoch(lead(ts) OVER w) - epoch(ts) AS dur
+  FROM wbeats WINDOW w AS (PARTITION BY sensor, worker ORDER BY ts, kind)),
 rule AS (
-  SELECT sensor, coalesce(median(dur) FILTER (WHERE kind = 'heartbeat' AND next_kind = 'heartbeat' AND dur > 0),
+  SELECT {cols}, coalesce(median(dur) FILTER (WHERE kind = 'heartbeat' AND next_kind = 'heartbeat' AND dur > 0),
                           {AVAILABILITY_DEFAULT_INTERVAL_S}) AS interval_s
-  FROM pairs GROUP BY sensor),
+  FROM spacing GROUP BY {cols}),
+beats AS ({beats}),
+pairs AS (
+  SELECT {cols}, ts, kind, lead(kind) OVER w AS next_kind, epoch(lead(ts) OVER w) - epoch(ts) AS dur
+  FROM beats WINDOW w AS (PARTITION BY {cols} ORDER BY ts, kind)),
 spans AS (
-  SELECT sensor, ts, kind, dur,
+  SELECT {cols}, ts, kind, dur,
          kind <> 'stop' AND next_kind <> 'start' AND dur <= {AVAILABILITY_TOLERANCE} * interval_s AS up
-  FROM pairs JOIN rule USING (sensor) WHERE dur > 0),
+  FROM pairs JOIN rule USING ({cols}) WHERE dur > 0),
 gaps AS (
-  SELECT sensor, sum(dur) AS gap_s
-  FROM (SELECT *, sum(up::INTEGER) OVER (PARTITION BY sensor ORDER BY ts, kind ROWS UNBOUNDED PRECEDING) AS island
+  SELECT {cols}, sum(dur) AS gap_s
+  FROM (SELECT *, sum(up::INTEGER) OVER (PARTITION BY {cols} ORDER BY ts, kind ROWS UNBOUNDED PRECEDING) AS island
         FROM spans)
-  WHERE NOT up GROUP BY sensor, island),
-seen AS (SELECT sensor, min(ts) AS first_seen, max(ts) AS last_seen FROM beats GROUP BY sensor)
-SELECT sensor, first_seen, last_seen, (epoch(last_seen) - epoch(first_seen)) / 3600.0 AS hours_covered,
-       coalesce((SELECT sum(dur) FROM spans s WHERE s.sensor = seen.sensor AND up), 0) / 3600.0 AS hours_up,
-       100.0 * coalesce((SELECT sum(dur) FROM spans s WHERE s.sensor = seen.sensor AND up), 0)
+  WHERE NOT up GROUP BY {cols}, island),
+seen AS (SELECT {cols}, min(ts) AS first_seen, max(ts) AS last_seen FROM beats GROUP BY {cols})
+SELECT {cols}, first_seen, last_seen, (epoch(last_seen) - epoch(first_seen)) / 3600.0 AS hours_covered,
+       coalesce((SELECT sum(dur) FROM spans s WHERE {on("s")} AND up), 0) / 3600.0 AS hours_up,
+       100.0 * coalesce((SELECT sum(dur) FROM spans s WHERE {on("s")} AND up), 0)
              / nullif(epoch(last_seen) - epoch(first_seen), 0) AS up_pct,
-       (SELECT count(*) FROM gaps g WHERE g.sensor = seen.sensor) AS gaps,
-       coalesce((SELECT max(gap_s) FROM gaps g WHERE g.sensor = seen.sensor), 0) / 60.0 AS longest_gap_min,
+       (SELECT count(*) FROM gaps g WHERE {on("g")}) AS gaps,
+       coalesce((SELECT max(gap_s) FROM gaps g WHERE {on("g")}), 0) / 60.0 AS longest_gap_min,
        interval_s
-FROM seen JOIN rule USING (sensor) ORDER BY sensor
+FROM seen JOIN rule USING ({cols}) {where} ORDER BY {cols}
 """
+
+
+AVAILABILITY_SQL = _availability_sql(("sensor",), "SELECT sensor, ts, kind FROM life UNION ALL "
+                                                  "SELECT sensor, ts, 'heartbeat' FROM hb")
+AVAILABILITY_WORKERS_SQL = _availability_sql(
+    ("sensor", "worker"), "SELECT * FROM wbeats",
+    "WHERE sensor IN (SELECT sensor FROM workers GROUP BY sensor HAVING count(*) > 1)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,6 +408,13 @@ METRICS: list[Metric] = [
         [C("sensor", "Sensor"), C("first_seen", "First seen"), C("last_seen", "Last seen"),
          C("hours_covered", "Hours covered", "num"), C("hours_up", "Hours up", "num"), C("up_pct", "% up", "pct"),
          C("gaps", "Gaps", "int"), C("longest_gap_min", "Longest gap (min)", "num"),
+         C("interval_s", "Heartbeat interval (s)", "num")]),
+    Metric(
+        "availability_workers", "Worker availability",
+        AVAILABILITY_WORKERS_DEFINITION, AVAILABILITY_WORKERS_SQL,
+        [C("sensor", "Sensor"), C("worker", "Worker", "int"), C("first_seen", "First seen"),
+         C("last_seen", "Last seen"), C("hours_covered", "Hours covered", "num"), C("hours_up", "Hours up", "num"),
+         C("up_pct", "% up", "pct"), C("gaps", "Gaps", "int"), C("longest_gap_min", "Longest gap (min)", "num"),
          C("interval_s", "Heartbeat interval (s)", "num")]),
     Metric(
         "target_mx", "Target mail servers",

@@ -34,12 +34,12 @@ from ..protocols.budget import MemoryBudget
 from ..protocols.smtp import AuthPolicy
 from ..store.recorder import Recorder, RecorderError
 from .. import lograte
-from ..metrics import MetricsEndpoint, Tally, is_loopback, sensor_figures
+from ..metrics import Figures, MetricsEndpoint, Tally, event_fields, figures_of, is_loopback, sensor_total
 from . import privileges, tlscert
 from .limits import ConnectionGate, HitCoalescer, ProgressOrder, plan_descriptors, raise_nofile
 from .host import Lingering, SessionHost, SessionSettings
 from .session import Session
-from .upkeep import Upkeep
+from .upkeep import Upkeep, UpkeepSettings
 from .synsave import save_syns
 
 log = logging.getLogger("spampots.sensor")
@@ -128,6 +128,8 @@ class Sensor:
         self.workers = 1
         self.shared = None  # the SharedState, with workers > 1
         self.restarted = False  # a worker forked again after its predecessor died
+        self.board = None  # the FigureBoard, with workers > 1: every worker's figures (metrics, stop)
+        self.carried: Optional[Figures] = None  # a restarted worker's predecessor's last figures
         self.lingering = Lingering()  # refused HTTP connections still open for their 503 to be read
         # per listener, per worker: the bound sockets (one per address family); a worker keeps its own
         self.sockets: list[list[list[socket.socket]]] = []
@@ -252,7 +254,10 @@ class Sensor:
         # one memory budget for every listener; each session opens its own account on it. With
         # workers each process has an even share: the sensor as a whole keeps memory_budget_mb.
         budget = MemoryBudget(self.cfg.limits.memory_budget_mb * 2**20 // self.workers).account()
-        self.upkeep = Upkeep(self, budget.pool)  # the free-space floor refuses mail through it
+        store = self.cfg.store
+        self.upkeep = Upkeep(UpkeepSettings(  # the free-space floor refuses mail through the pool
+            sensor_id=self.sensor_id, min_free_mb=store.min_free_mb, keep_days=store.keep_days,
+            shipping=self.cfg.transport.nats is not None), budget.pool)
         out = []
         for lst in self.cfg.listeners:
             speaks_first = lst.kind in ("smtp", "submission", "smtps")  # smtps: the handshake, at once
@@ -476,8 +481,8 @@ class Sensor:
             self.host = self._session_host()
             if self.upkeep is not None:
                 self.upkeep.shown_dir = data_dir
-                if not lead:
-                    self.upkeep.keep_days = 0  # retention: worker 0's
+                self.upkeep.attach(self.recorder, worker=self.worker, workers=self.workers,
+                                   alive=self.shared.alive if self.shared is not None else None)
                 self.upkeep.poll()  # below the floor already: refuse mail from the first session
             for rt in self.listeners:
                 for server in rt.servers:
@@ -543,23 +548,23 @@ class Sensor:
 
     def _bind_metrics(self, copies: int = 1) -> None:
         """Bind the Prometheus endpoint with the listeners, before the drop ([metrics]); with
-        workers, worker k answers on port + k (each its own figures)."""
+        workers, one socket each on the same port (SO_REUSEPORT): whichever answers tells the
+        sensor's figures, read from every worker's (see sensor/board.py)."""
         m = self.cfg.metrics
         if not m.enable:
             return
-        socks = []
         try:
-            for k in range(copies):
-                socks.append(bind_listener(m.address, m.port + k)[0][0])
+            socks = [c[0] for c in bind_listener(m.address, m.port, copies=copies)]
         except OSError as exc:
-            for sock in socks:
-                sock.close()
-            raise StartupError(f"metrics endpoint {m.address}:{m.port + len(socks)}: {exc.strerror or exc}") from None
+            raise StartupError(f"metrics endpoint {m.address}:{m.port}: {exc.strerror or exc}") from None
         self.metrics_sock = socks[0] if copies == 1 else socks  # type: ignore[assignment]
         from ..metrics import SensorMetrics, registry_for
 
-        # Built before the drop: prometheus_client's files may be unreadable after it.
-        self._metrics_registry = registry_for(SensorMetrics(self))
+        # Built before the drop: prometheus_client's files may be unreadable after it. With
+        # workers, the process_* figures would be one worker's: spampots_worker_* replace them.
+        self._metrics_registry = registry_for(
+            SensorMetrics(self.sensor_id, self.all_figures, shipping=self.cfg.transport.nats is not None),
+            process=copies == 1)
         if not is_loopback(m.address):
             log.warning("metrics endpoint on %s, not loopback: whoever reaches port %d reads this "
                         "sensor's figures", m.address, m.port)
@@ -576,7 +581,7 @@ class Sensor:
             await self.metrics.start()
             if self.worker == 0:
                 log.info("metrics on http://%s:%d/metrics%s", self.cfg.metrics.address, self.metrics.port,
-                         f" (worker k: port + k, {self.workers} workers)" if self.workers > 1 else "")
+                         f" (any of the {self.workers} workers answers)" if self.workers > 1 else "")
 
     def _close_metrics(self) -> None:
         if self.metrics is not None:
@@ -630,16 +635,16 @@ class Sensor:
             await asyncio.sleep(0.02)
         self._flush_hits()
         if self.worker == 0:
+            total = await self._sensor_figures()  # with workers: all of them together
             self.recorder.emit(self._sensor_event(SensorStop(
                 version=__version__,
-                uptime_s=round(time.time() - self.started_at, 3),
+                uptime_s=round(time.time() - (total.started_at or self.started_at), 3),
                 listeners=[rt.describe() for rt in self.listeners],
                 limits=limits,
-                counters=dict(self.counters),
-                **sensor_figures(self),
+                **event_fields(total),
             )))
         await self.recorder.close()
-        self.publish()
+        self.publish(final=True)
         if self.shared is None:
             log.info("stopped; %s", self._summary())
 
@@ -649,8 +654,35 @@ class Sensor:
                 f"messages {c[MESSAGE]}, proxy requests {c[PROXY_REQUEST]}, "
                 f"errors {c[PROTOCOL_ERROR]}, limits hit {self.limit_hits}")
 
-    def publish(self) -> None:
-        """This worker's figures into the shared table (the supervisor's summary line)."""
+    def all_figures(self) -> list[Figures]:
+        """Every worker's figures, this one's fresh (one process: its own)."""
+        mine = figures_of(self)
+        if self.board is None:
+            return [mine]
+        self.board.write(self.worker, mine)
+        return self.board.read_all()
+
+    async def _sensor_figures(self) -> Figures:
+        """The sensor's figures for its stop event: with workers, worker 0 waits a moment for
+        the others' last figures (they stop at the same time)."""
+        if self.board is None:
+            return figures_of(self)
+        deadline = self.loop.time() + 5.0
+        while True:
+            figs = self.all_figures()
+            pending = [f.worker for f in figs if f.worker != self.worker and not f.final
+                       and self.shared is not None and self.shared.alive(f.worker)]
+            if not pending or self.loop.time() >= deadline:
+                return sensor_total(figs)
+            await asyncio.sleep(0.05)
+
+    def publish(self, final: bool = False) -> None:
+        """This worker's figures into the shared table (the supervisor's summary line) and on
+        the figures board (the metrics, worker 0's stop event)."""
+        if self.board is not None:
+            f = figures_of(self)
+            f.final = final
+            self.board.write(self.worker, f)
         if self.shared is None:
             return
         c = self.counters
@@ -677,12 +709,12 @@ class Sensor:
                 self.gate.prune()
                 next_summary = now + summary_every
             if now >= next_beat:
+                mine = figures_of(self)  # with its predecessors' counts, if it was started again
                 self.recorder.emit(self._sensor_event(SensorHeartbeat(
                     version=__version__,
-                    uptime_s=round(time.time() - self.started_at, 3),
+                    uptime_s=round(time.time() - (mine.started_at or self.started_at), 3),
                     worker=self.worker,
-                    counters=dict(self.counters),
-                    **sensor_figures(self),
+                    **event_fields(mine),
                 )))
                 next_beat = now + beat_every
 

@@ -72,6 +72,19 @@ class SharedState:
         row[-1] = time.time()
         _WORKER.pack_into(self.mem, _WORKER.size * k, *row)
 
+    def alive(self, k: int) -> bool:
+        """Whether worker k runs now (its pid is published and the process exists)."""
+        pid = int(_WORKER.unpack_from(self.mem, _WORKER.size * k)[0])
+        if pid <= 0:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+
     def open_total(self) -> int:
         return sum(_WORKER.unpack_from(self.mem, _WORKER.size * k)[1] for k in range(self.workers))
 

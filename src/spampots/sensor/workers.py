@@ -5,8 +5,10 @@ listener address (joined by ``SO_REUSEPORT``: the kernel spreads new connections
 them), and drops privileges. Then it forks the workers. Each worker keeps its own
 sockets, runs its own event loop and store writer (its own segments, its own message
 packs ``pack-<sensor>.w<k>-*``), and shares one table with the others for the limits
-that hold for the whole sensor (see ``shared.py``). Worker 0 also runs what a sensor has
-once: the shipper, the outputs and retention.
+that hold for the whole sensor (see ``shared.py``) and a board of its figures (see
+``board.py``: whichever worker answers a metrics scrape tells the sensor's totals). Worker 0
+also runs what a sensor has once: the shipper, the outputs and retention (of every
+worker's packs), and records the sensor's start and stop.
 
 The supervisor runs no event loop and no thread: it waits for signals. A worker that
 dies is forked again on the same sockets (connections queued meanwhile wait in its
@@ -30,6 +32,7 @@ from ..config import Config
 from ..store.messages import MESSAGES_DIR
 from ..store.segments import try_lock
 from .server import Sensor, StartupError, install_uvloop
+from .board import FigureBoard
 from .shared import WORKER_FIELDS, SharedGate, SharedState
 
 log = logging.getLogger("spampots.sensor")
@@ -45,6 +48,7 @@ class Supervisor:
         self.sensor = Sensor(cfg, strict=strict)
         self.sensor.workers = workers
         self.shared: Optional[SharedState] = None
+        self.board: Optional[FigureBoard] = None
         self.children: dict[int, int] = {}  # pid -> worker number
         self.started: dict[int, float] = {}  # worker -> monotonic time of its last fork
         self.quick_deaths: dict[int, int] = {}  # worker -> deaths in a row soon after start
@@ -61,6 +65,7 @@ class Supervisor:
         self.sensor.prepare(data_dir, copies=self.n)
         lock_fd = self._lock_sensor(data_dir)
         self.shared = SharedState(self.n)
+        self.board = FigureBoard(self.n)
         log.info("sensor %s: %d workers on the same ports", self.sensor.sensor_id, self.n)
         try:
             for k in range(self.n):
@@ -204,7 +209,9 @@ class Supervisor:
         sensor, shared = self.sensor, self.shared
         assert shared is not None
         lim = sensor.cfg.limits
-        sensor.worker, sensor.shared = k, shared
+        sensor.worker, sensor.shared, sensor.board = k, shared, self.board
+        # A worker started again goes on from its predecessor's figures: the sensor's never go back.
+        sensor.carried = self.board.read(k) if sensor.restarted and self.board is not None else None
         sensor.take_share(k)
         sensor.gate = SharedGate(shared, k, max_total=lim.max_sessions, max_per_ip=lim.max_sessions_per_ip,
                                  rate_per_ip=lim.new_sessions_per_s_per_ip, max_local=sensor.max_local)

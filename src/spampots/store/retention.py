@@ -18,6 +18,17 @@ The pack step has three parts so that a writer can keep writing: :func:`pack_can
 (cheap: names and mtimes), :func:`referenced` (reads the kept events; any thread), and
 :func:`drop_packs` (runs where the index is written: in the sensor's writer thread,
 where a dedup hit into a doomed pack since the scan is seen and keeps that pack).
+
+A sensor with workers has several writers (one per worker, ``pack-<sensor>.w<k>-*``)
+sharing one index, and a dedup hit in one worker is invisible to another's writer
+thread. There the pack step runs the other way round (:func:`retire_packs`, then
+:func:`settle_packs`): the candidates' index rows are taken out first, so that from
+that commit on no writer can name one of their bodies again (a duplicate is stored
+anew); then every worker's writer passes a barrier (a hit found before the commit has
+its event written by then); then the kept events are read, and each retired pack is
+either deleted or has its rows put back. A pack that is re-indexed meanwhile (a
+restarted worker reconciles the index) is kept: the check and the deletion share one
+index transaction.
 """
 
 from __future__ import annotations
@@ -38,7 +49,8 @@ from .segments import EVENTS_DIR, SEGMENT_RE, ReadStats, _day_dirs, fsync_dir, i
 
 log = logging.getLogger("spampots.store")
 
-__all__ = ["PruneStats", "prune_segments", "pack_candidates", "referenced", "drop_packs", "prune", "cutoff_of"]
+__all__ = ["PruneStats", "prune_segments", "pack_candidates", "referenced", "drop_packs", "retire_packs",
+           "settle_packs", "prune", "cutoff_of"]
 
 DAY_S = 86400.0
 _SHA_FIELD = re.compile(rb'"sha256":"([0-9a-f]{64})"')
@@ -210,6 +222,76 @@ def drop_packs(
         st.bodies += len(shas)
         st.removed.append(f"{MESSAGES_DIR}/{name}")
     if st.packs and not dry_run:
+        fsync_dir(store.dir)
+
+
+#: pack name -> its index rows (sha256, pack, offset, raw_len, comp_len), out of the index
+Retired = dict[str, list[tuple]]
+
+
+def retire_packs(store: MessageStore, candidates: Iterable[str], st: PruneStats, *,
+                 max_packs: int = 16) -> Retired:
+    """Take up to ``max_packs`` candidates' rows out of the shared index (one transaction) and
+    return them: from the commit on, no writer of the data dir dedups into these packs.
+    Runs in ``store``'s writer thread; the files stay until :func:`settle_packs`."""
+    db = store._db  # the store's own connection: its writer thread
+    out: Retired = {}
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for name in candidates:
+            if len(out) >= max_packs:
+                st.more = True
+                break
+            out[name] = db.execute("SELECT * FROM blobs WHERE pack = ?", (name,)).fetchall()
+            db.execute("DELETE FROM blobs WHERE pack = ?", (name,))
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return out
+
+
+def settle_packs(store: MessageStore, retired: Retired, keep_shas: set[str], st: PruneStats, *,
+                 spare: Iterable[str] = ()) -> None:
+    """After the barrier and the scan: delete each retired pack none of whose bodies a kept
+    event names (nor in ``spare``: this writer's own hits), else put its rows back. A pack
+    whose rows came back meanwhile (a writer re-indexed it at its start) is kept as it is.
+    Runs in ``store``'s writer thread; the check and the unlink share one index transaction,
+    so a writer opening the store either re-indexes a pack before it or finds it gone."""
+    spared = set(spare)
+    db = store._db
+    gone: list[str] = []
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for name, rows in retired.items():
+            named = name in spared or any(r[0] in keep_shas for r in rows)
+            back = db.execute("SELECT 1 FROM blobs WHERE pack = ? LIMIT 1", (name,)).fetchone() is not None
+            if named or back:
+                # A body stored again meanwhile (in a younger pack) keeps its new row.
+                db.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?, ?)", rows)
+                st.kept_packs += 1
+                st.named.append(name)
+                continue
+            path = store.dir / name
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            gone.append(name)
+            st.packs += 1
+            st.pack_bytes += size
+            st.bodies += len(rows)
+            st.removed.append(f"{MESSAGES_DIR}/{name}")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    for name in gone:
+        store.forget_pack(name)
+    if gone:
         fsync_dir(store.dir)
 
 

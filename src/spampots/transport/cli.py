@@ -19,13 +19,22 @@ from spampots.cli import main  # the one entry point; `python -m` this module ru
 from .config import NatsSection, load_section
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_HEARTBEAT_INTERVAL_S = 60.0
+
+
+CONFIG_HELP = ("TOML config file (see `spampots example-config`), as `run` takes it: its [transport.nats] "
+               "(or [nats]) table, and its [sensor] data_dir and id")
+
+
+def _config_option(p: argparse.ArgumentParser) -> None:
+    """--config / -c, as `run` takes it. SUPPRESS: given before a network ACTION
+    (`spampots network -c FILE status`) or after it, neither default overwrites the other."""
+    p.add_argument("--config", "-c", type=Path, default=argparse.SUPPRESS, help=CONFIG_HELP)
 
 
 def _nats_options(p: argparse.ArgumentParser) -> None:
+    _config_option(p)
     g = p.add_argument_group("NATS connection (overrides the config's [transport.nats])")
-    g.add_argument("--config", "-c", type=Path,
-                   help="TOML file with a [transport.nats] (or [nats]) table; its [sensor] data_dir and id "
-                        "are used too")
     g.add_argument("--server", action="append", default=[], metavar="URL",
                    help="NATS server URL, e.g. nats://127.0.0.1:4222 (repeatable)")
     g.add_argument("--user", help="user name (with --password)")
@@ -47,18 +56,21 @@ def _data_dir_option(p: argparse.ArgumentParser, help: str) -> None:
 def nats_config(args: argparse.Namespace) -> NatsSection:
     """The section from --config, with the command-line overrides applied and validated."""
     raw: dict = {}
-    if args.config:
+    path = getattr(args, "config", None)
+    if path:
         try:
-            raw = tomllib.loads(Path(args.config).read_text(encoding="utf-8"))
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValueError(f"{path}: no such file") from None
         except (OSError, tomllib.TOMLDecodeError) as e:
-            raise ValueError(f"{args.config}: {e}") from None
+            raise ValueError(f"{path}: {e}") from None
     table = dict((raw.get("transport") or {}).get("nats") or raw.get("nats") or {})
     for key, val in (("servers", args.server or None), ("user", args.user), ("password", args.password),
                      ("creds_file", args.creds), ("nkey_seed_file", args.nkey), ("stream", args.stream),
                      ("subject_prefix", args.subject_prefix)):
         if val is not None:
             table[key] = val
-    return load_section(table, str(args.config or "command line"))
+    return load_section(table, str(path or "command line"))
 
 
 def _run(coro_fn) -> int:  # type: ignore[no-untyped-def]
@@ -182,8 +194,22 @@ def cmd_network_status(args: argparse.Namespace) -> int:
     if cfg is None:
         return 2
     data_dir = getattr(args, "data_dir", None)
-    st = asyncio.run(network_status(cfg, durable=args.durable, data_dir=data_dir,
-                                    window_h=args.window_h, heartbeat_interval_s=args.heartbeat_interval_s))
+    interval = args.heartbeat_interval_s
+    if getattr(args, "config", None):  # the central store and the sensors' interval, from the config
+        from .. import config as _config
+        from ..cli import sensor_section
+
+        try:
+            section = sensor_section(args.config)
+        except _config.ConfigError as e:
+            print(f"spampots: bad configuration: {e}", file=sys.stderr)
+            return 2
+        if data_dir is None and section.data_dir:
+            data_dir = Path(section.data_dir)
+        if interval is None:
+            interval = section.heartbeat_interval_s
+    st = asyncio.run(network_status(cfg, durable=args.durable, data_dir=data_dir, window_h=args.window_h,
+                                    heartbeat_interval_s=interval or DEFAULT_HEARTBEAT_INTERVAL_S))
     if args.json:
         sys.stdout.buffer.write(status_json(st) + b"\n")
     else:
@@ -228,6 +254,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     n = subparsers.add_parser("network", help="set up and watch the sensor network's JetStream streams",
                               description="Set up (init) and watch (status) the JetStream streams, bucket "
                                           "and consumer that a sensor network shares.")
+    _config_option(n)
     nsub = n.add_subparsers(dest="network_command", metavar="ACTION", required=True)
     i = nsub.add_parser("init", help="create or update streams, bucket and consumer (idempotent)",
                         description="Create or update the streams, the bodies bucket and the collectors' "
@@ -248,11 +275,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     i.set_defaults(func=cmd_network_init)
     t = nsub.add_parser("status", help="per sensor: last heartbeat, lag, backlog, availability")
     _nats_options(t)
-    _data_dir_option(t, "also read heartbeats from this central store (availability)")
+    _data_dir_option(t, "also read heartbeats from this central store (availability; default: the "
+                        "config's [sensor] data_dir, if it sets one)")
     t.add_argument("--durable", default=DEFAULT_DURABLE, help="the collectors' durable consumer name")
     t.add_argument("--window-h", type=float, default=24.0, help="availability window in hours")
-    t.add_argument("--heartbeat-interval-s", type=float, default=60.0,
-                   help="the sensors' [sensor] heartbeat_interval_s, to tell a missed heartbeat (60)")
+    t.add_argument("--heartbeat-interval-s", type=float, default=None,
+                   help="the sensors' [sensor] heartbeat_interval_s, to tell a missed heartbeat (default: "
+                        f"the config's, else {DEFAULT_HEARTBEAT_INTERVAL_S:g})")
     t.add_argument("--json", action="store_true", help="print the status as one JSON object")
     t.set_defaults(func=cmd_network_status)
 
