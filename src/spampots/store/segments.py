@@ -146,7 +146,7 @@ class SegmentWriter:
         self.clock = clock
         self.level = level
         self.fsyncs = 0  # data and directory fsyncs, for the recorder's stats
-        self.bytes_written = 0  # of lines (uncompressed)
+        self.bytes_written = 0  # to the files (frames, compressed)
         self._fd: Optional[int] = None
         self._path: Optional[Path] = None
         self._size = 0  # bytes of lines in the open segment: the offset readers count in
@@ -181,7 +181,7 @@ class SegmentWriter:
             raise
         self._size += len(data)
         self._file_size += len(frame)
-        self.bytes_written += len(data)
+        self.bytes_written += len(frame)
         self._dirty = True
 
     def sync(self) -> None:
