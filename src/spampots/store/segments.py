@@ -51,7 +51,8 @@ EVENTS_DIR = "events"
 _SENSOR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 SEGMENT_RE = re.compile(
-    r"^(?P<sensor>.+)-(?P<opened>\d{8}T\d{6})Z-(?P<pid>\d+)-(?P<seq>\d+)\.jsonl(?:(?P<open>\.zst\.open)|(?P<zst>\.zst))?$"
+    r"^(?P<sensor>.+)-(?P<opened>\d{8}T\d{6})Z-(?P<pid>\d+)-(?P<seq>\d+)\.jsonl"
+    r"(?:(?P<open>\.zst\.open)|(?P<zst>\.zst))?$"
 )
 OPEN_SUFFIX = ".zst.open"  # after the stem "x.jsonl": the open segment, zstd frames
 EVENTS_DICT_ID = 0x53500001  # the dictionary shipped as data/events-1.zdict; never changes once shipped
