@@ -61,7 +61,7 @@ def test_write_rotate_by_size_and_age_compress_and_read(tmp_path: Path) -> None:
     w.close()
     files = iter_segment_files(tmp_path)
     assert all(p.name.endswith(".jsonl.zst") for p in files)
-    assert not list(tmp_path.rglob("*.jsonl")) and not list(tmp_path.rglob("*.tmp"))
+    assert not list(tmp_path.rglob("*.jsonl*.open")) and not list(tmp_path.rglob("*.tmp"))
     assert {p.parent.name for p in files} == {"2024-03-01", "2024-03-02"}
     assert sessions(tmp_path) == [f"s{i}" for i in range(22)]
     assert sessions(tmp_path, since_day="2024-03-02") == ["s21"]
@@ -357,14 +357,21 @@ def test_a_failed_write_is_cut_at_the_frame_boundary(tmp_path: Path, monkeypatch
 
     def half_then_full(fd: int, data: bytes) -> None:
         real(fd, data[: len(data) // 2])
+        seen.append(tail.read(10))  # a follower looks while the half frame is there
         raise OSError(28, "No space left on device")
 
+    tail = SegmentTail(tmp_path, segment_id(w.current), 0)
+    assert [x for _, x in tail.read(10)] == [ev(0)[:-1]]
+    seen: list = []
     monkeypatch.setattr(segments, "write_all", half_then_full)
     with pytest.raises(OSError):
         w.write(ev(1) + ev(2))
     monkeypatch.setattr(segments, "write_all", real)
     w.write(ev(3))  # the same file, right after the last complete frame
     assert len(_frames(w.current)) == 2 and _lines_of(w.current) == ev(0) + ev(3)
+    # the follower that looked while the half frame was there reads the retried frame from its start
+    assert seen == [[]] and tail.read(10) == [(len(ev(0)), ev(3)[:-1])]
+    tail.close()
     st = ReadStats()
     assert sessions(tmp_path, stats=st) == ["s0", "s3"] and not st.damage_line() and st.torn == 0
     w.close()

@@ -711,6 +711,9 @@ class FrameReader:
             nxt = self._resync(self.pos + 1)
             if nxt < 0:
                 self.torn = len(self._buf) - (self.pos - self._base)
+                # Read those bytes again next time: a writer whose write failed cuts its half
+                # frame off and writes another in its place.
+                self._buf, self._base = b"", self.pos
                 return None
             self.bad += 1
             self.pos = nxt
