@@ -325,14 +325,18 @@ def test_recover_cuts_a_dead_writers_torn_frame_even_if_compression_fails(tmp_pa
     assert sessions(tmp_path, stats=st) == ["s0"] and st.torn == 0
 
 
-def test_damaged_frame_in_the_middle_is_skipped_counted_and_keeps_offsets(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["data", "block header"])
+def test_damaged_frame_in_the_middle_is_skipped_counted_and_keeps_offsets(tmp_path: Path, where: str) -> None:
     w = SegmentWriter(tmp_path, "s")
     for i in range(3):
         w.write(ev(2 * i) + ev(2 * i + 1))
     path, seg = w.current, segment_id(w.current)
     (a, b) = _frames(path)[1]
     data = bytearray(path.read_bytes())
-    data[(a + b) // 2] ^= 0x55  # bit rot inside the second frame
+    if where == "data":
+        data[(a + b) // 2] ^= 0x55  # bit rot inside the second frame: its checksum fails
+    else:
+        data[a + zstandard.frame_header_size(bytes(data[a:b])) + 2] |= 0xF0  # a block bigger than zstd's
     path.write_bytes(bytes(data))
     st = ReadStats()
     assert sessions(tmp_path, stats=st) == ["s0", "s1", "s4", "s5"]
@@ -396,3 +400,13 @@ def test_an_older_versions_plain_open_segment_is_still_read_followed_and_recover
     assert tail.read(10) == [] and tail.finished
     tail.close()
     assert sessions(tmp_path) == ["s0", "s1", "s2"]
+
+
+def test_a_write_bigger_than_a_frame_is_cut_at_line_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(segments, "_FRAME_MAX", 2 * len(ev(0)) + 10)
+    w = SegmentWriter(tmp_path, "s")
+    w.write(b"".join(ev(i) for i in range(7)))
+    assert len(_frames(w.current)) == 4  # two lines a frame (the ids keep the lines the same length)
+    assert sessions(tmp_path) == [f"s{i}" for i in range(7)]
+    w.abandon()
+    assert len(recover(tmp_path)) == 1 and sessions(tmp_path) == [f"s{i}" for i in range(7)]

@@ -57,6 +57,10 @@ SEGMENT_RE = re.compile(
 OPEN_SUFFIX = ".zst.open"  # after the stem "x.jsonl": the open segment, zstd frames
 EVENTS_DICT_ID = 0x53500001  # the dictionary shipped as data/events-1.zdict; never changes once shipped
 _READ_CHUNK = 1 << 20
+_MAGIC = b"\x28\xb5\x2f\xfd"  # of a zstd frame
+_BLOCK_MAX = 1 << 17  # zstd's largest block
+_FRAME_MAX = 16 << 20  # lines in one frame: a bigger write is cut in several; a header claiming more is damage
+_INCOMPLETE = -1
 _STALE_TEMP_S = 60.0  # a hidden temp segment older than this belongs to nobody
 _seq = itertools.count(1)  # process-wide, so two writers never pick the same name
 
@@ -174,7 +178,7 @@ class SegmentWriter:
         if self._fd is None:
             self._open()
         assert self._fd is not None
-        frame = self._cctx.compress(data)  # content size and checksum in the frame
+        frame = b"".join(map(self._cctx.compress, _pieces(data)))  # content size and checksum in each
         try:
             write_all(self._fd, frame)
         except OSError:
@@ -304,6 +308,17 @@ class SegmentWriter:
         self._dirty = False
         midnight = _dt.datetime.combine(opened.date() + _dt.timedelta(days=1), _dt.time(), _dt.timezone.utc)
         self._rotate_at = min(now + self.max_age_s, midnight.timestamp())
+
+
+def _pieces(data: bytes) -> list[bytes]:
+    """``data`` cut at line ends into pieces of at most _FRAME_MAX (one piece, as a rule)."""
+    out = []
+    while len(data) > _FRAME_MAX:
+        cut = data.rfind(b"\n", 0, _FRAME_MAX) + 1 or _FRAME_MAX  # a longer line: cut anyway
+        out.append(data[:cut])
+        data = data[cut:]
+    out.append(data)
+    return out
 
 
 def compress_segment(path: Path, *, level: int = 3) -> Path:
@@ -593,14 +608,10 @@ class _CheckedZst:
         return data
 
 
-_MAGIC = b"\x28\xb5\x2f\xfd"
-_BLOCK_MAX = 1 << 17  # zstd's largest block
-_FRAME_MAX = 256 << 20  # content of one frame (one write); a header claiming more is damage
-_INCOMPLETE = -1
-
-
 class _BadFrame(ValueError):
-    pass
+    def __init__(self, why: str, size: int = -1) -> None:
+        super().__init__(why)
+        self.size = size  # the content size its header gave, -1 if none
 
 
 def _frame_span(buf: bytes, i: int) -> tuple[int, int]:
@@ -640,7 +651,7 @@ def _frame_span(buf: bytes, i: int) -> tuple[int, int]:
         h = int.from_bytes(buf[p:p + 3], "little")
         kind, bsize = h >> 1 & 3, h >> 3
         if kind == 3 or bsize > _BLOCK_MAX:
-            raise _BadFrame("bad block header")
+            raise _BadFrame("bad block header", size)
         p += 3 + (1 if kind == 1 else bsize)
         if h & 1:
             break
@@ -699,8 +710,8 @@ class FrameReader:
             i = self.pos - self._base
             try:
                 end, size = _frame_span(self._buf, i)
-            except _BadFrame:
-                end, size = -2, -1
+            except _BadFrame as e:
+                end, size = -2, e.size
             if end == _INCOMPLETE and self._more():
                 continue
             if end >= 0:
