@@ -410,3 +410,16 @@ def test_a_write_bigger_than_a_frame_is_cut_at_line_ends(tmp_path: Path, monkeyp
     assert sessions(tmp_path) == [f"s{i}" for i in range(7)]
     w.abandon()
     assert len(recover(tmp_path)) == 1 and sessions(tmp_path) == [f"s{i}" for i in range(7)]
+
+
+def test_a_skippable_frame_is_not_damage(tmp_path: Path) -> None:
+    w = SegmentWriter(tmp_path, "s")
+    w.write(ev(0))
+    with open(w.current, "ab") as f:  # zstd's skippable frame: magic, length, payload
+        f.write(b"\x50\x2a\x4d\x18" + (5).to_bytes(4, "little") + b"notes")
+    w._file_size = w.current.stat().st_size
+    w.write(ev(1))
+    st = ReadStats()
+    assert sessions(tmp_path, stats=st) == ["s0", "s1"] and not st.damage_line() and st.torn == 0
+    w.close()
+    assert sessions(tmp_path) == ["s0", "s1"]

@@ -750,6 +750,8 @@ class FrameReader:
                 return -1
 
     def _decode(self, size: int, frame: bytes) -> bytes:
+        if frame and size == 0:  # a skippable frame (zstd's comments; we write none) or an empty one
+            return b""
         if frame:
             try:
                 dict_id = zstandard.get_frame_parameters(frame).dict_id
