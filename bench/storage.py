@@ -1,6 +1,7 @@
 """(h) Stored bytes per raw message byte, measured on a running sensor and after its stop.
 
     python bench/storage.py [--seconds 20] [--concurrency 100] [--repeat-messages 4000] [--workers N]
+                            [--baseline-src DIR]
 
 Leg 1, the talk mix: `spampots loadgen --mix talk` against a sensor with its default
 store settings (fsync on, 64 MiB / 1 h segments); every message is unique. While the
@@ -10,7 +11,9 @@ acknowledged; then again after a clean stop (the open segments compressed). Leg 
 repeated bodies: smtplib clients send a few distinct messages again and again, so
 deduplication does the work. Each leg reads the store back: every acknowledged
 message must be there, event and body. One line per leg, with the parts
-(segments open and closed, packs, index). Loopback only.
+(segments open and closed, packs, index). ``--baseline-src DIR`` runs both legs again
+with the spampots of another source tree (e.g. ``git archive <rev> src | tar -x -C /tmp/old``,
+then ``/tmp/old/src``), in the same run, for a side-by-side figure. Loopback only.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def parts(data_dir: Path) -> dict[str, int]:
                 size = os.path.getsize(os.path.join(root, name))
             except OSError:  # compressed and removed meanwhile
                 continue
-            if name.endswith(".jsonl"):
+            if name.endswith((".jsonl", ".jsonl.zst.open")):  # open: zstd frames (older versions: plain)
                 out["segments_open"] += size
             elif name.endswith(".jsonl.zst"):
                 out["segments_closed"] += size
@@ -68,8 +71,8 @@ def check(data_dir: Path, acked: int) -> str:
     return f"STORE MISSES: {acked:,} acknowledged, {events:,} events, {bodies:,} bodies"
 
 
-def talk(seconds: float, concurrency: int, workers: Optional[int]) -> str:
-    with Sensor(OPEN_LIMITS, workers=workers) as s:
+def talk(seconds: float, concurrency: int, workers: Optional[int], src: Optional[str] = None) -> str:
+    with Sensor(OPEN_LIMITS, workers=workers, src=src) as s:
         runner = run(Options(mix=load("talk"), port_offset=s.offset, concurrency=concurrency, duration=seconds,
                              sources=1000, seed=1))
         time.sleep(1.0)  # the last batch's plain events (synced within 50 ms)
@@ -77,16 +80,17 @@ def talk(seconds: float, concurrency: int, workers: Optional[int]) -> str:
         s.stop()
         stopped = parts(s.dir / "var")
         t = runner.tally
-        return line("talk mix", t.message_bytes, running, stopped, t.messages, check(s.dir / "var", t.messages))
+        return line("talk mix" + (" (baseline)" if src else ""), t.message_bytes, running, stopped, t.messages,
+                    check(s.dir / "var", t.messages))
 
 
-def repeated(messages: int, distinct: int, workers: Optional[int]) -> str:
+def repeated(messages: int, distinct: int, workers: Optional[int], src: Optional[str] = None) -> str:
     bodies = [(f"From: <news@shop{i}.example>\r\nTo: <you@example.com>\r\nSubject: offer {i}\r\n\r\n"
                + f"Buy now, offer {i}.\r\n" * (40 + i * 7)).encode() for i in range(distinct)]
     raw = 0
     acked = 0
     lock = threading.Lock()
-    with Sensor(OPEN_LIMITS, workers=workers) as s:
+    with Sensor(OPEN_LIMITS, workers=workers, src=src) as s:
         def client(c: int) -> None:
             nonlocal raw, acked
             sent = 0
@@ -111,7 +115,8 @@ def repeated(messages: int, distinct: int, workers: Optional[int]) -> str:
         running = parts(s.dir / "var")
         s.stop()
         stopped = parts(s.dir / "var")
-        return line(f"repeated bodies ({distinct} distinct)", raw, running, stopped, acked, check(s.dir / "var", acked))
+        return line(f"repeated bodies ({distinct} distinct)" + (" (baseline)" if src else ""), raw, running, stopped,
+                    acked, check(s.dir / "var", acked))
 
 
 def main() -> None:
@@ -121,10 +126,12 @@ def main() -> None:
     ap.add_argument("--repeat-messages", type=int, default=4000)
     ap.add_argument("--distinct", type=int, default=20)
     ap.add_argument("--workers", type=int, default=None, help="sensor workers (default: one per core)")
+    ap.add_argument("--baseline-src", help="also run the spampots of this source tree (its src/ dir)")
     args = ap.parse_args()
-    print(talk(args.seconds, args.concurrency, args.workers), flush=True)
-    if args.repeat_messages:
-        print(repeated(args.repeat_messages, args.distinct, args.workers), flush=True)
+    for src in [None] + ([args.baseline_src] if args.baseline_src else []):
+        print(talk(args.seconds, args.concurrency, args.workers, src), flush=True)
+        if args.repeat_messages:
+            print(repeated(args.repeat_messages, args.distinct, args.workers, src), flush=True)
     print(f"    workers {args.workers or 'default'} | target <= 0.3x raw on a running sensor | {machine()} | "
           f"{time.strftime('%Y-%m-%d')}")
 

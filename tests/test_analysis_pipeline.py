@@ -46,7 +46,7 @@ class Capture:
         self.pending.append(e)
 
     def flush(self, *, close: bool = True, torn: bytes = b"") -> Path:
-        """Write pending events to one segment: closed (.jsonl.zst) or left open (.jsonl)."""
+        """Write pending events to one segment: closed (.jsonl.zst) or left open (.jsonl.zst.open)."""
         t0 = self.t.timestamp()
         w = SegmentWriter(self.data_dir, self.sensor, clock=lambda: t0)
         w.write(ev.encode_many(self.pending) + torn)
@@ -169,7 +169,9 @@ def test_open_segment_with_torn_line_is_read_and_compaction_is_idempotent(tmp_pa
     c.flush()
     c.session("200.160.2.3", 1080).request("socks5", "mx.a.example", 25).mail(7, "socks5:mx.a.example:25")
     open_seg = c.flush(close=False, torn=b'{"event":"spampots.smtp.mess')
-    assert open_seg.name.endswith(".jsonl")
+    assert open_seg.name.endswith(".jsonl.zst.open")
+    with open(open_seg, "ab") as f:  # and half of the next frame, as a writer killed mid-write leaves it
+        f.write(SegmentWriter(tmp_path, "x")._cctx.compress(b'{"event":"spampots.smtp.message"}\n' * 9)[:20])
     assert rows(report(tmp_path), "summary")[0]["emails"] == 8
     lake = Lake(tmp_path)
     assert lake.compact().segments == 0  # the closed one is in already; the open one is never compacted

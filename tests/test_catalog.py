@@ -191,7 +191,36 @@ rec.close_sync(10)
         got = drain(reader)
         reader.close()
         assert len(got) == 10, "the other worker's open segment held this one's lines back"
-        assert len({p.name for p in iter_segment_files(tmp_path, sensor="s") if p.suffix == ".jsonl"}) == 2
+        assert len({p.name for p in iter_segment_files(tmp_path, sensor="s") if p.name.endswith(".jsonl.zst.open")}) == 2
         mine.close_sync(10)
     finally:
         child.communicate("", timeout=30)
+
+
+def test_reader_resumes_mid_frame_of_an_open_segment_and_after_its_rotation(tmp_path):
+    """The shipper's cursor holds offsets into the lines: a restart resumes in the middle of
+    an open segment's frame (frames before it are passed over, not decompressed), and at the
+    same offset once the segment was recompressed at rotation."""
+    w = SegmentWriter(tmp_path, "s")
+    lines = [json.dumps({"event": "spampots.session.open", "session": f"s-{i}"}).encode() for i in range(40)]
+    for i in range(0, 40, 8):
+        w.write(b"".join(x + b"\n" for x in lines[i:i + 8]))  # five frames of eight lines
+    w.sync()
+    cursor = tmp_path / "r.cursor"
+    reader = Reader(tmp_path, cursor_path=cursor)
+    first = reader.read(13)  # ends inside the second frame
+    assert [ln.data for ln in first] == lines[:13]
+    reader.commit()
+    reader.close()
+    again = Reader(tmp_path, cursor_path=cursor)
+    rest = drain(again)
+    assert rest == lines[13:]  # nothing twice, nothing lost
+    again.close()
+    offsets = {ln.offset for ln in first}
+    w.close()  # recompressed as one frame: the cursor's offsets still hold
+    resumed = Reader(tmp_path, cursor_path=cursor)
+    after = []
+    while got := resumed.read(50):
+        after += got
+    assert [ln.data for ln in after] == lines[13:] and not offsets & {ln.offset for ln in after}
+    resumed.close()

@@ -29,7 +29,7 @@ def test_start_and_stop_events_record_listeners_and_limits(tmp_path):
     assert starts[0].limits["recipients"] == 7 and starts[0].version
     assert stops[0].uptime_s > 0
     # a closed store: segments compressed, nothing torn
-    assert not list((sp.data_dir / "events").rglob("*.jsonl"))
+    assert not list((sp.data_dir / "events").rglob("*.jsonl")) and not list((sp.data_dir / "events").rglob("*.open"))
     assert list((sp.data_dir / "events").rglob("*.jsonl.zst"))
 
 

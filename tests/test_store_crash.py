@@ -86,7 +86,7 @@ def test_sigkill_loses_nothing_acknowledged(tmp_path: Path) -> None:
     # A new recorder re-opens cleanly: recovers segments, trims any torn pack tail.
     with Recorder(data, "crash") as rec:
         new_sha = rec.emit_durable_sync(SmtpMessage(index=-1), b"after the crash\r\n", timeout=10)
-    assert not list(data.rglob("*.jsonl")) and not list(data.rglob("*.tmp"))
+    assert not list(data.rglob("*.jsonl")) and not list(data.rglob("*.open")) and not list(data.rglob("*.tmp"))
     for pack in (data / "messages").glob("*.pack"):
         _, good_end, size = scan_pack(pack)
         assert good_end == size

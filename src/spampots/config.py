@@ -665,7 +665,7 @@ trusted = []                # e.g. ["127.0.0.1", "10.0.0.0/8"]: front ends allow
 
 [store]
 fsync = true                # a 250 after DATA is sent only once message and event are fsynced
-segment_max_mb = 64         # at least 1
+segment_max_mb = 64         # of event lines (uncompressed); at least 1
 segment_max_age_s = 3600    # at least 1
 min_free_mb = 256           # below this much free space in the data dir, mail gets 452 4.3.1; 0 = off
 keep_days = 0               # delete closed events and message packs older than this; 0 = keep forever

@@ -5,12 +5,13 @@ Layout under the lake's root (``<data_dir>/lake``, or a cache dir: see :func:`la
     <table>/day=YYYY-MM-DD/part-<batch>.parquet   one table per event type (schema.py)
     _manifest.jsonl                                 one line per compacted segment
 
-A closed segment (``events/<day>/*.jsonl.zst``, with no ``.jsonl`` twin still being
+A closed segment (``events/<day>/*.jsonl.zst``, with no open twin still being
 written) is compacted once; the manifest records it. Parts whose batch never reached
 the manifest (a crash between the Parquet write and the manifest line) are removed
-on the next run, so a segment is never counted twice. Open segments (``*.jsonl``,
-possibly with a torn last line) are read straight from JSON at report time, so a
-report sees data up to now. The event segments stay the source of truth: the lake
+on the next run, so a segment is never counted twice. Open segments (``*.jsonl.zst.open``,
+zstd frames with the store's dictionary, possibly with a torn last frame; an older
+version's ``*.jsonl``) are read at report time through the store's reader, so a report
+sees data up to now. The event segments stay the source of truth: the lake
 can be dropped and rebuilt (``compact --rebuild``).
 
 Derived files never go where they do not belong: a reader that may not write the data dir
@@ -47,7 +48,7 @@ except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
     fcntl = None  # type: ignore[assignment]
 
 from ..store.catalog import iter_file_events, iter_segment_files
-from ..store.segments import ReadStats
+from ..store.segments import OPEN_SUFFIX, ReadStats, is_open_name, segment_stem
 from . import progress, schema
 
 MANIFEST = "_manifest.jsonl"
@@ -202,7 +203,7 @@ class Lake:
         done = {**base, **own}
         listing = ReadStats()
         for p in iter_segment_files(self.data_dir, stats=listing):
-            if p.name.endswith(".jsonl"):
+            if is_open_name(p.name):
                 seg.open.append(p)
             elif self._rel(p) in done:
                 seg.compacted += 1
@@ -219,7 +220,8 @@ class Lake:
         """The files DuckDB may read, and how many valid events they hold (`tick`: one per file).
 
         Each segment is read once through the store's checked reader; a damaged one is
-        replaced by a copy of its valid lines in `work` (damage is rare: no copy otherwise).
+        replaced by a copy of its valid lines in `work` (damage is rare: no copy otherwise),
+        and so is an open framed one (DuckDB knows neither its dictionary nor torn frames).
         """
         out: list[Path] = []
         events = 0
@@ -228,10 +230,10 @@ class Lake:
             events += sum(1 for _ in iter_file_events(p, damage))
             if tick is not None:
                 tick(1)
-            if damage.damaged_files == before:
+            if damage.damaged_files == before and not p.name.endswith(OPEN_SUFFIX):
                 out.append(p)
                 continue
-            clean = work / p.name.removesuffix(".zst")
+            clean = work / segment_stem(p.name)
             with open(clean, "wb") as f:
                 f.writelines(line + b"\n" for line, _ in iter_file_events(p, ReadStats()))
             out.append(clean)

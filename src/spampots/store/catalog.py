@@ -3,21 +3,23 @@
 Every reader of events goes through here (reports and the lake, ``spampots events``, the
 shipper, the collector's recovery, the outputs), so there is one answer to each question:
 
-* **Which file of a segment.** A segment is named ``<day>/<stem>`` (``stem`` = the file
-  name without ``.zst``): it keeps its identity when its writer compresses it. When both
-  ``x.jsonl`` and ``x.jsonl.zst`` exist, the ``.zst`` is complete (it got its final name
-  after its fsync) and is the one read; the ``.jsonl`` is about to be unlinked.
+* **Which file of a segment.** A segment is named ``<day>/<stem>`` (``stem`` = ``x.jsonl``,
+  the file name without ``.zst.open`` or ``.zst``): it keeps its identity when its writer
+  compresses it. When both the open file (``x.jsonl.zst.open``, or an older version's
+  ``x.jsonl``) and ``x.jsonl.zst`` exist, the ``.zst`` is complete (it got its final name
+  after its fsync) and is the one read; the open file is about to be unlinked.
 * **Write order.** :func:`segment_key`: day, opening second, writer pid, then the writer's
   sequence number as a number (``-9`` before ``-10``), then the sensor.
 * **Where a reader is.** A :class:`Cursor` (saved atomically, survives restarts) holds the
-  byte offset (into the uncompressed lines) reached in each segment being read, and which
+  byte offset (into the uncompressed lines, the same in the open and the closed file)
+  reached in each segment being read, and which
   segments are done: every segment of a day before ``since_day``, and those in ``done``.
   A done-set and not just "everything before the cursor": names do not sort by time in
   every case (a sensor restarted within a second gets an unrelated pid), so an ordering
   alone could skip a segment for good. Order only decides what is read *first*.
 * **Following.** :class:`Reader` reads from a cursor and then follows the log like
-  ``tail -F``: lines appended to an open segment, new segments, and the compression of a
-  ``.jsonl`` into its ``.zst`` while it is being read (the open descriptor stays valid).
+  ``tail -F``: frames appended to an open segment, new segments, and the compression of an
+  open segment into its ``.zst`` while it is being read (the open descriptor stays valid).
   Each sensor's segments are read in order, the sensors side by side, so a collector's
   store (one open segment per remote sensor) is followed as a whole.
 * **Damage** is checked and counted in a :class:`~.segments.ReadStats`, never raised, the
@@ -28,14 +30,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Optional, Union
+from typing import Any, BinaryIO, Callable, Iterator, Optional, Union
 
 import msgspec
 import zstandard
 
 from ..events import Event, decode
 from .segments import (
-    EVENTS_DIR, SEGMENT_RE, DayLike, ReadStats, _CheckedZst, _day, _day_dirs, _Truncated, iter_file_lines, try_lock,
+    EVENTS_DIR, OPEN_SUFFIX, SEGMENT_RE, DayLike, FrameReader, ReadStats, _CheckedZst, _day, _day_dirs, _Truncated,
+    iter_file_lines, segment_stem, try_lock,
 )
 
 _CHUNK = 1 << 20
@@ -44,8 +47,8 @@ _CHUNK = 1 << 20
 
 
 def segment_id(path: Path) -> str:
-    """``<day>/<stem>`` of a segment file (.jsonl or .jsonl.zst)."""
-    return f"{path.parent.name}/{path.name.removesuffix('.zst')}"
+    """``<day>/<stem>`` of a segment file (.jsonl.zst.open, .jsonl or .jsonl.zst)."""
+    return f"{path.parent.name}/{segment_stem(path.name)}"
 
 
 def segment_key(seg: str) -> tuple:
@@ -65,10 +68,12 @@ def segment_writer(seg: str) -> str:
 
 
 def segment_files(data_dir: Union[str, Path], seg: str) -> tuple[Path, Path]:
-    """(``.jsonl``, ``.jsonl.zst``) paths of segment ``seg``; either may not exist."""
+    """(open file, ``.jsonl.zst``) paths of segment ``seg``; either may not exist. The open
+    file is ``x.jsonl.zst.open``, or ``x.jsonl`` when an older version's is what is there."""
     day, _, stem = seg.partition("/")
     jsonl = Path(data_dir) / EVENTS_DIR / day / stem
-    return jsonl, jsonl.with_name(stem + ".zst")
+    framed = jsonl.with_name(stem + OPEN_SUFFIX)
+    return framed if framed.exists() or not jsonl.exists() else jsonl, jsonl.with_name(stem + ".zst")
 
 
 def iter_segment_files(
@@ -79,11 +84,12 @@ def iter_segment_files(
     sensor: Optional[str] = None,
     stats: Optional[ReadStats] = None,
 ) -> list[Path]:
-    """Segments (open .jsonl and closed .jsonl.zst), days inclusive, in write order.
+    """Segments (open .jsonl.zst.open or .jsonl, and closed .jsonl.zst), days inclusive, in
+    write order.
 
-    Of twins ``x.jsonl`` and ``x.jsonl.zst`` only the complete ``.zst`` is listed. A
-    ``*.jsonl[.zst]`` whose name is not a segment's is not ours: it is left out, and counted
-    in ``stats.ignored``.
+    Of twins ``x.jsonl[.zst.open]`` and ``x.jsonl.zst`` only the complete ``.zst`` is listed.
+    A ``*.jsonl[.zst[.open]]`` whose name is not a segment's is not ours: it is left out, and
+    counted in ``stats.ignored``.
     """
     root = Path(data_dir) / EVENTS_DIR
     out: list[Path] = []
@@ -92,38 +98,52 @@ def iter_segment_files(
             names = {e.name for e in os.scandir(day) if not e.name.startswith(".")}
         except FileNotFoundError:  # removed meanwhile (retention)
             continue
-        for name in sorted(names, key=lambda n: segment_key(n.removesuffix(".zst"))):
+        for name in sorted(names, key=lambda n: segment_key(segment_stem(n))):
             m = SEGMENT_RE.match(name)
             if m is None:
-                if stats is not None and name.endswith((".jsonl", ".jsonl.zst")):
+                if stats is not None and name.endswith((".jsonl", ".jsonl.zst", ".jsonl" + OPEN_SUFFIX)):
                     stats.ignored += 1
                     stats.note(day / name)
                 continue
             if sensor is not None and m["sensor"] != sensor:
                 continue
-            if not m["zst"] and name + ".zst" in names:
+            if not m["zst"] and segment_stem(name) + ".zst" in names:
                 continue
             out.append(day / name)
     return out
 
 
 def complete_length(data_dir: Union[str, Path], seg: str) -> Optional[int]:
-    """Bytes of segment ``seg`` up to its last newline (what recovery keeps); None while a
-    writer holds it (it is still growing); 0 if it is gone."""
-    jsonl, zst = segment_files(data_dir, seg)
+    """Bytes of lines of segment ``seg`` up to its last complete frame or newline (what
+    recovery keeps); None while a writer holds it (it is still growing); 0 if it is gone."""
+    path, zst = segment_files(data_dir, seg)
     if zst.exists():
         return _content_size(zst)
     try:
-        fd = os.open(jsonl, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return _content_size(zst) if zst.exists() else 0  # compressed meanwhile
     try:
         if not try_lock(fd):
             return None
+        if path.name.endswith(OPEN_SUFFIX):
+            return FrameReader(fd).content_length()
         data = os.pread(fd, os.fstat(fd).st_size, 0)
     finally:
         os.close(fd)
     return data.rfind(b"\n") + 1
+
+
+def bytes_left(path: Path, offset: int) -> int:
+    """File bytes of open segment ``path`` after line offset ``offset`` (what a reader at
+    ``offset`` has yet to read, as on disk). Raises FileNotFoundError if it is gone."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if not path.name.endswith(OPEN_SUFFIX):
+            return size - offset
+        frames = FrameReader(f.fileno())
+        frames.skip(offset)
+        return size - frames.pos
 
 
 def _content_size(path: Path) -> int:
@@ -277,10 +297,11 @@ def save_cursor(path: Path, cur: Cursor) -> None:
 class SegmentTail:
     """Complete lines of one segment from a byte offset on, following it while it grows.
 
-    An open ``.jsonl`` is read through its file descriptor, which stays valid when the
-    writer compresses it and unlinks it. The segment is *finished* once its ``.zst``
-    exists (the writer wrote its last line before compressing) and we have read to EOF.
-    A ``.zst`` is checked like every reader checks it (whole frame); damage ends the
+    An open segment is read through its file descriptor, which stays valid when the writer
+    compresses it and unlinks it; of a framed one (``.zst.open``) only complete frames are
+    read, so a frame being written is waited for. The segment is *finished* once its
+    ``.zst`` exists (the writer wrote its last frame before compressing) and we have read to
+    EOF. A ``.zst`` is checked like every reader checks it (whole frame); damage ends the
     segment and is counted in ``stats``.
     """
 
@@ -288,10 +309,14 @@ class SegmentTail:
         self.seg = seg
         self.offset = offset  # of the first byte not yet returned
         self.stats = stats if stats is not None else ReadStats()
-        self._jsonl, self._zst = segment_files(data_dir, seg)
+        self._path, self._zst = segment_files(data_dir, seg)
         self._buf = bytearray()
-        self._f: Optional[BinaryIO] = None
-        self._raw: Optional[BinaryIO] = None
+        self._file: Optional[BinaryIO] = None  # the file under the reader
+        self._f: Optional[Any] = None  # what reads lines from it: the file, its frames, a .zst decoder
+        self._frames: Optional[FrameReader] = None
+        self._skip = 0  # bytes of lines still to pass over to reach ``offset``
+        self._bad = 0  # damaged frames counted so far
+        self._compressed = False  # reading the closed .zst
         self._sealed = False  # no more bytes will be appended
         self._eof = False
         self.missing = False
@@ -299,29 +324,31 @@ class SegmentTail:
 
     def _open(self) -> None:
         try:
-            f = open(self._jsonl, "rb")
-            f.seek(self.offset)
+            f = open(self._path, "rb")
         except FileNotFoundError:
             try:
-                raw = open(self._zst, "rb")
+                f = open(self._zst, "rb")
             except FileNotFoundError:
                 self.missing = True  # pruned or deleted by hand: nothing to read
                 self._sealed = self._eof = True
                 return
-            self._raw, self._sealed = raw, True
+            self._file, self._sealed, self._compressed = f, True, True
             try:
-                f = _CheckedZst(raw)  # type: ignore[assignment]
-                left = self.offset
-                while left > 0:  # no random access into a zstd frame: skip what was taken
-                    got = f.read(min(left, _CHUNK))
-                    if not got:
-                        break
-                    left -= len(got)
+                self._f, self._skip = _CheckedZst(f), self.offset  # no random access into one frame
             except (zstandard.ZstdError, OSError) as e:
                 self._damaged(e)
                 return
+        else:
+            self._file = f
+            if self._path.name.endswith(OPEN_SUFFIX):
+                self._f = self._frames = FrameReader(f.fileno())
+                rest, self._skip = self._frames.skip(self.offset)  # frames before it: not decompressed
+                self._buf += rest
+                self._count_bad()
+            else:
+                f.seek(self.offset)
+                self._f = f
         self.stats.files += 1
-        self._f = f
 
     def _damaged(self, e: Exception) -> None:
         self.stats.errors += 1
@@ -329,6 +356,12 @@ class SegmentTail:
         self.stats.note(self._zst)
         self._eof = self._sealed = True
         self._buf.clear()
+
+    def _count_bad(self) -> None:
+        if self._frames is not None and self._frames.bad > self._bad:
+            self.stats.bad_frames += self._frames.bad - self._bad
+            self._bad = self._frames.bad
+            self.stats.note(self._path)
 
     def read(self, max_lines: int) -> list[tuple[int, bytes]]:
         """Up to ``max_lines`` (offset, line without newline); blank lines are skipped."""
@@ -355,14 +388,17 @@ class SegmentTail:
         except (zstandard.ZstdError, OSError) as e:
             self._damaged(e)
             return False
+        self._count_bad()
         if chunk:
-            self._buf += chunk
+            n = min(self._skip, len(chunk))  # still on the way to ``offset``
+            self._skip -= n
+            self._buf += chunk[n:] if n else chunk
             return True
         if self._sealed:
             self._eof = True
-            if self._buf:  # a finished segment ending in half a line
+            if self._buf or (self._frames is not None and self._frames.torn):  # a finished segment ends in half a line
                 self.stats.torn += 1
-                if self._raw is not None:  # compressed segments hold whole lines only
+                if self._compressed:  # compressed segments hold whole lines only
                     self._damaged(_Truncated("ends in half a line"))
             return False
         if self._zst.exists():  # compressed: the last write is behind us; read once more
@@ -373,14 +409,13 @@ class SegmentTail:
     @property
     def finished(self) -> bool:
         """Every complete line was returned and none will follow (bytes after the last
-        newline of a finished segment are a torn line that recovery drops)."""
+        newline or complete frame of a finished segment are a torn end that recovery drops)."""
         return self._eof
 
     def close(self) -> None:
-        f = self._raw if self._raw is not None else self._f  # a .zst: the file under the decoder
-        if f is not None:
-            f.close()
-        self._f = self._raw = None
+        if self._file is not None:
+            self._file.close()
+        self._file = self._f = self._frames = None
 
 
 class Line(msgspec.Struct, frozen=True, array_like=True):

@@ -3,7 +3,7 @@
 What goes, per pass (bounded: at most ``max_segments`` segment files and ``max_packs`` packs):
 
 * **closed segments** (``.jsonl.zst``) in day directories that ended more than
-  ``keep_days`` ago; open ``.jsonl`` files are never touched (a dead writer's is
+  ``keep_days`` ago; open segments are never touched (a dead writer's is
   recovered and compressed first, and goes on a later pass). With a transport, only
   segments the broker acknowledged (``acked``) go; an emptied day directory goes too.
 * **whole message packs**: bodies are content-addressed and shared (a message today

@@ -2,23 +2,33 @@
 
 Layout (see ``docs/store.md``)::
 
-    <data_dir>/events/YYYY-MM-DD/<sensor>-<YYYYmmddTHHMMSS>Z-<pid>-<seq>.jsonl      open
-    <data_dir>/events/YYYY-MM-DD/<sensor>-<YYYYmmddTHHMMSS>Z-<pid>-<seq>.jsonl.zst  closed
+    <data_dir>/events/YYYY-MM-DD/<sensor>-<YYYYmmddTHHMMSS>Z-<pid>-<seq>.jsonl.zst.open  open
+    <data_dir>/events/YYYY-MM-DD/<sensor>-<YYYYmmddTHHMMSS>Z-<pid>-<seq>.jsonl.zst       closed
+    <data_dir>/events/YYYY-MM-DD/<sensor>-<YYYYmmddTHHMMSS>Z-<pid>-<seq>.jsonl           open, older versions
+
+The open segment is compressed as it is written: each write (one group commit of the
+recorder) is one complete zstd frame, compressed with the event dictionary shipped in
+the package (small frames compress badly without one). At every write boundary the file
+is a valid multi-frame zstd stream. At rotation the frames are recompressed into one
+frame without a dictionary (what ``zstd -d`` and DuckDB read). Offsets into a segment
+(cursors, the shipper's ids) count bytes of the uncompressed lines in every form.
 
 A writer holds an exclusive ``flock`` on its open segment for as long as it
 writes it, so :func:`recover` can tell a live writer's file (locked) from one
 left by a dead process (unlocked) without trusting pids, which get reused.
 A new segment is created under a hidden temporary name, locked, then renamed,
-so an unlocked ``.jsonl`` is never a brand-new file of a live writer.
+so an unlocked open segment is never a brand-new file of a live writer.
 
-Readers never take locks: they read complete lines only, so the open segment
-(possibly ending in half a line) and a torn last line after a crash are fine.
+Readers never take locks: they read complete frames and complete lines only, so the open
+segment (possibly ending in half a frame) and a torn last frame after a crash are fine.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import errno
+import functools
+import importlib.resources
 import itertools
 import logging
 import os
@@ -41,9 +51,16 @@ EVENTS_DIR = "events"
 _SENSOR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 SEGMENT_RE = re.compile(
-    r"^(?P<sensor>.+)-(?P<opened>\d{8}T\d{6})Z-(?P<pid>\d+)-(?P<seq>\d+)\.jsonl(?P<zst>\.zst)?$"
+    r"^(?P<sensor>.+)-(?P<opened>\d{8}T\d{6})Z-(?P<pid>\d+)-(?P<seq>\d+)\.jsonl"
+    r"(?:(?P<open>\.zst\.open)|(?P<zst>\.zst))?$"
 )
+OPEN_SUFFIX = ".zst.open"  # after the stem "x.jsonl": the open segment, zstd frames
+EVENTS_DICT_ID = 0x53500001  # the dictionary shipped as data/events-1.zdict; never changes once shipped
 _READ_CHUNK = 1 << 20
+_MAGIC = b"\x28\xb5\x2f\xfd"  # of a zstd frame
+_BLOCK_MAX = 1 << 17  # zstd's largest block
+_FRAME_MAX = 16 << 20  # lines in one frame: a bigger write is cut in several; a header claiming more is damage
+_INCOMPLETE = -1
 _STALE_TEMP_S = 60.0  # a hidden temp segment older than this belongs to nobody
 _seq = itertools.count(1)  # process-wide, so two writers never pick the same name
 
@@ -51,6 +68,16 @@ DayLike = Union[str, _dt.date, None]
 
 
 # -- small shared helpers (also used by messages.py) ---------------------------------------------
+
+
+def segment_stem(name: str) -> str:
+    """``x.jsonl`` of a segment file name in any of its forms (open, older open, closed)."""
+    return name.removesuffix(OPEN_SUFFIX).removesuffix(".zst")
+
+
+def is_open_name(name: str) -> bool:
+    """An open segment's file name (framed, or an older version's plain ``.jsonl``)."""
+    return name.endswith((".jsonl", ".jsonl" + OPEN_SUFFIX))
 
 
 def check_sensor(sensor: str) -> str:
@@ -102,9 +129,9 @@ def fsync_dir(path: Path) -> None:
 class SegmentWriter:
     """Appends JSON lines to the current segment of one sensor; rotates and compresses.
 
-    Not thread-safe: one thread (the recorder's writer thread) owns it. ``write``
-    goes straight to the kernel (no user-space buffer), so a killed process loses
-    nothing it wrote; ``sync`` makes it survive power loss too.
+    Not thread-safe: one thread (the recorder's writer thread) owns it. Each ``write``
+    is one zstd frame that goes straight to the kernel (no user-space buffer), so a
+    killed process loses nothing it wrote; ``sync`` makes it survive power loss too.
     """
 
     def __init__(
@@ -124,10 +151,12 @@ class SegmentWriter:
         self.clock = clock
         self.level = level
         self.fsyncs = 0  # data and directory fsyncs, for the recorder's stats
-        self.bytes_written = 0
+        self.bytes_written = 0  # to the files (frames, compressed)
         self._fd: Optional[int] = None
         self._path: Optional[Path] = None
-        self._size = 0
+        self._size = 0  # bytes of lines in the open segment: the offset readers count in
+        self._file_size = 0  # bytes of frames in the file
+        self._cctx = zstandard.ZstdCompressor(level=level, write_checksum=True, dict_data=events_dict())
         self._rotate_at = 0.0
         self._dirty = False
         self._dirs_to_sync: list[Path] = []
@@ -143,19 +172,21 @@ class SegmentWriter:
         return self._path
 
     def write(self, data: bytes) -> None:
-        """Append whole lines (callers pass ``events.encode`` output)."""
+        """Append whole lines (callers pass ``events.encode`` output) as one zstd frame."""
         if not data:
             return
         if self._fd is None:
             self._open()
         assert self._fd is not None
+        frame = b"".join(map(self._cctx.compress, _pieces(data)))  # content size and checksum in each
         try:
-            write_all(self._fd, data)
+            write_all(self._fd, frame)
         except OSError:
             self._undo_partial()
             raise
         self._size += len(data)
-        self.bytes_written += len(data)
+        self._file_size += len(frame)
+        self.bytes_written += len(frame)
         self._dirty = True
 
     def sync(self) -> None:
@@ -192,7 +223,7 @@ class SegmentWriter:
         """fsync, compress the current segment (if any); the next write opens a new one.
 
         Returns the .zst, or None if there was nothing to close or no room to compress
-        (disk full): then the complete .jsonl stays, readable, for recover() to compress.
+        (disk full): then the open segment stays, complete and readable, for recover().
         """
         if self._fd is None:
             return None
@@ -215,18 +246,18 @@ class SegmentWriter:
         return out
 
     def _undo_partial(self) -> None:
-        """After a failed write (disk full), cut what part of it got in and keep the segment:
-        the next write retries the same file, so a full disk makes no new files. If even
-        the cut fails, give the file up as after a failed sync."""
+        """After a failed write (disk full), cut what part of its frame got in and keep the
+        segment: the next write retries the same file at the same frame boundary, so a full
+        disk makes no new files. If even the cut fails, give the file up as after a failed sync."""
         try:
-            os.ftruncate(self._fd, self._size)  # type: ignore[arg-type]
+            os.ftruncate(self._fd, self._file_size)  # type: ignore[arg-type]
         except OSError:
             self.abandon()
 
     def abandon(self) -> None:
         """Stop writing the current segment without compressing it (after a write error).
 
-        The file keeps whatever reached it, maybe half a line at the end; the next
+        The file keeps whatever reached it, maybe half a frame at the end; the next
         :func:`recover` truncates that and compresses it. New writes go to a new file,
         so the torn bytes stay at the end of their file. A file that holds nothing is
         removed at once.
@@ -254,7 +285,7 @@ class SegmentWriter:
         self._dirs_to_sync.append(day)
         stamp = opened.strftime("%Y%m%dT%H%M%S")
         while True:
-            name = f"{self.sensor}-{stamp}Z-{os.getpid()}-{next(_seq):06d}.jsonl"
+            name = f"{self.sensor}-{stamp}Z-{os.getpid()}-{next(_seq):06d}.jsonl{OPEN_SUFFIX}"
             final = day / name
             if final.exists():
                 continue
@@ -273,24 +304,50 @@ class SegmentWriter:
             tmp.unlink(missing_ok=True)
             raise
         self._fd, self._path = fd, final
-        self._size, self._dirty = 0, False
+        self._size = self._file_size = 0
+        self._dirty = False
         midnight = _dt.datetime.combine(opened.date() + _dt.timedelta(days=1), _dt.time(), _dt.timezone.utc)
         self._rotate_at = min(now + self.max_age_s, midnight.timestamp())
 
 
-def compress_segment(path: Path, *, level: int = 3) -> Path:
-    """``x.jsonl`` -> ``x.jsonl.zst``: temp file, fsync, rename, fsync dir, unlink the original.
+def _pieces(data: bytes) -> list[bytes]:
+    """``data`` cut at line ends into pieces of at most _FRAME_MAX (one piece, as a rule)."""
+    out = []
+    while len(data) > _FRAME_MAX:
+        cut = data.rfind(b"\n", 0, _FRAME_MAX) + 1 or _FRAME_MAX  # a longer line: cut anyway
+        out.append(data[:cut])
+        data = data[cut:]
+    out.append(data)
+    return out
 
-    A crash at any point leaves either the .jsonl alone, or both (readers and
-    recover() prefer the .zst, which is complete once it has its final name).
+
+def compress_segment(path: Path, *, level: int = 3) -> Path:
+    """Open segment -> ``x.jsonl.zst`` (one frame, no dictionary): temp file, fsync, rename,
+    fsync dir, unlink the original.
+
+    A crash at any point leaves either the open file alone, or both (readers and
+    recover() prefer the .zst, which is complete once it has its final name). The frames
+    of an open segment are recompressed as one (better ratio, and plain ``zstd -d`` reads
+    it); a damaged frame becomes a filler line of its length (see :class:`FrameReader`),
+    so offsets into the segment stay the same.
     """
-    dst = path.with_name(path.name + ".zst")
-    tmp = path.with_name(path.name + ".zst.tmp")
+    dst = path.with_name(segment_stem(path.name) + ".zst")
+    tmp = path.with_name(dst.name + ".tmp")
     cctx = zstandard.ZstdCompressor(level=level, write_checksum=True)
     try:
         with open(path, "rb") as src, open(tmp, "wb") as out:
-            # Content size in the frame header: one-shot decompressors want it.
-            cctx.copy_stream(src, out, size=os.fstat(src.fileno()).st_size)
+            # Content size in the frame header: one-shot decompressors want it, and readers
+            # check with it that a closed segment is whole.
+            if path.name.endswith(OPEN_SUFFIX):
+                size = FrameReader(src.fileno()).content_length()
+                with cctx.stream_writer(out, size=size, closefd=False) as z:
+                    frames = FrameReader(src.fileno())
+                    while chunk := frames.read(_READ_CHUNK):
+                        z.write(chunk)
+                if frames.bad:
+                    log.warning("segment %s: %d damaged frame(s) kept as filler lines", path.name, frames.bad)
+            else:
+                cctx.copy_stream(src, out, size=os.fstat(src.fileno()).st_size)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, dst)
@@ -305,8 +362,13 @@ def compress_segment(path: Path, *, level: int = 3) -> Path:
 # -- recovery ------------------------------------------------------------------------------------
 
 
-def _complete_length(fd: int, size: int) -> int:
-    """Offset just past the last newline (0 if none): where a torn line starts."""
+def _complete_length(fd: int, size: int, framed: bool) -> int:
+    """File offset where a torn end starts: just past the last complete frame (framed), or
+    past the last newline (an older version's plain segment); 0 if there is none."""
+    if framed:
+        frames = FrameReader(fd)
+        frames.content_length()
+        return frames.pos
     end = size
     while end > 0:
         start = max(0, end - 65536)
@@ -319,14 +381,14 @@ def _complete_length(fd: int, size: int) -> int:
 
 
 def recover(data_dir: Union[str, Path], *, level: int = 3) -> list[Path]:
-    """Finish the segments of dead writers: truncate a torn last line, compress.
+    """Finish the segments of dead writers: truncate a torn last frame (or line), compress.
 
-    A ``.jsonl`` is dead when nobody holds its lock (the kernel drops flocks when
+    An open segment is dead when nobody holds its lock (the kernel drops flocks when
     a process dies, whatever its pid became). Also removes stale temp files and
-    a ``.jsonl`` whose ``.zst`` was already complete. Returns the new .zst paths.
+    an open segment whose ``.zst`` was already complete. Returns the new .zst paths.
     Safe to run while other writers work in the same data dir.
 
-    A segment that cannot be compressed (disk full) stays a complete ``.jsonl``, which
+    A segment that cannot be compressed (disk full) stays a complete open segment, which
     every reader reads as it is; one warning names them and the next recovery retries.
     """
     root = Path(data_dir) / EVENTS_DIR
@@ -337,7 +399,14 @@ def recover(data_dir: Union[str, Path], *, level: int = 3) -> list[Path]:
         for entry in sorted(os.scandir(day), key=lambda e: e.name):
             path = Path(entry.path)
             name = entry.name
-            if name.endswith(".jsonl"):
+            if name.startswith("."):
+                if name.endswith((".jsonl.new", OPEN_SUFFIX + ".new")):
+                    try:  # a writer died between create and rename (or is in it right now)
+                        if time.time() - path.stat().st_mtime > _STALE_TEMP_S and not _locked(path):
+                            path.unlink()
+                    except FileNotFoundError:
+                        pass
+            elif is_open_name(name):
                 try:
                     out = _recover_one(path, level)
                 except OSError as e:
@@ -347,14 +416,9 @@ def recover(data_dir: Union[str, Path], *, level: int = 3) -> list[Path]:
                 if out is not None:
                     done.append(out)
             elif name.endswith(".jsonl.zst.tmp"):
-                if not _locked(path.with_name(name[: -len(".zst.tmp")])):
+                stem = path.with_name(name[: -len(".zst.tmp")])
+                if not _locked(stem) and not _locked(stem.with_name(stem.name + OPEN_SUFFIX)):
                     path.unlink(missing_ok=True)
-            elif name.startswith(".") and name.endswith(".jsonl.new"):
-                try:  # a writer died between create and rename (or is in it right now)
-                    if time.time() - path.stat().st_mtime > _STALE_TEMP_S and not _locked(path):
-                        path.unlink()
-                except FileNotFoundError:
-                    pass
     if left:
         log.warning("recovery left %d segment(s) uncompressed (still readable): %s: %s",
                     len(left), name_list(left), err)
@@ -387,13 +451,15 @@ def _recover_one(path: Path, level: int) -> Optional[Path]:
     try:
         if not try_lock(fd):
             return None  # a live writer
-        if path.with_name(path.name + ".zst").exists():
+        if path.with_name(segment_stem(path.name) + ".zst").exists():
             path.unlink()  # died between rename and unlink: the .zst is complete
             return None
         size = os.fstat(fd).st_size
-        keep = _complete_length(fd, size)
+        framed = path.name.endswith(OPEN_SUFFIX)
+        keep = _complete_length(fd, size, framed)
         if keep < size:
-            log.warning("segment %s: truncating torn last line (%d bytes)", path, size - keep)
+            log.warning("segment %s: truncating torn last %s (%d bytes)", path, "frame" if framed else "line",
+                        size - keep)
             os.ftruncate(fd, keep)
             os.fsync(fd)
         if keep == 0:
@@ -421,8 +487,9 @@ class ReadStats:
     lines: int = 0
     events: int = 0
     undecodable: int = 0  # complete lines that are not a valid event
-    torn: int = 0  # files that ended in half a line (an open segment: normal; a .zst: damage)
+    torn: int = 0  # files that ended in half a line or frame (an open segment: normal; a .zst: damage)
     errors: int = 0  # files that could not be read (vanished, corrupt or truncated .zst)
+    bad_frames: int = 0  # damaged frames of open segments, skipped (the rest of the file is read)
     truncated: int = 0  # .zst files that end before their frame does (also in errors)
     ignored: int = 0  # files in a day directory whose name is not a segment's
     damaged_files: int = 0  # files with any damage (errors, damaged lines, foreign names)
@@ -446,6 +513,8 @@ class ReadStats:
         what = []
         if self.errors:
             what.append(f"{self.errors} unreadable file(s)" + (f", {self.truncated} cut short" if self.truncated else ""))
+        if self.bad_frames:
+            what.append(f"{self.bad_frames} damaged frame(s)")
         if self.undecodable:
             what.append(f"{self.undecodable} undecodable line(s)")
         if self.ignored:
@@ -454,7 +523,7 @@ class ReadStats:
 
     def merge(self, other: "ReadStats") -> None:
         """Add another pass's counts (and names, up to the bound)."""
-        for f in ("files", "lines", "events", "undecodable", "torn", "errors", "truncated", "ignored",
+        for f in ("files", "lines", "events", "undecodable", "torn", "errors", "bad_frames", "truncated", "ignored",
                   "damaged_files"):
             setattr(self, f, getattr(self, f) + getattr(other, f))
         self.damaged += other.damaged[: max(0, _NAMES_KEPT - len(self.damaged))]
@@ -539,13 +608,210 @@ class _CheckedZst:
         return data
 
 
+class _BadFrame(ValueError):
+    def __init__(self, why: str, size: int = -1) -> None:
+        super().__init__(why)
+        self.size = size  # the content size its header gave, -1 if none
+
+
+def _frame_span(buf: bytes, i: int) -> tuple[int, int]:
+    """(end, content size) of the zstd frame at ``buf[i:]``, from its header and block
+    headers only; end is ``_INCOMPLETE`` if ``buf`` stops inside it. Raises _BadFrame for
+    what cannot be a frame. Content size -1: not in the header."""
+    n = len(buf)
+    if n - i < 5:
+        if buf[i:i + 4] != _MAGIC[: n - i]:
+            raise _BadFrame("not a zstd frame")
+        return _INCOMPLETE, -1
+    magic = int.from_bytes(buf[i:i + 4], "little")
+    if magic & 0xFFFFFFF0 == 0x184D2A50:  # a skippable frame: no content
+        if n - i < 8:
+            return _INCOMPLETE, 0
+        end = i + 8 + int.from_bytes(buf[i + 4:i + 8], "little")
+        return (end if end <= n else _INCOMPLETE), 0
+    if buf[i:i + 4] != _MAGIC:
+        raise _BadFrame("not a zstd frame")
+    fhd = buf[i + 4]
+    if fhd & 0x08:
+        raise _BadFrame("reserved bit set")
+    single = fhd >> 5 & 1
+    fcs_len = (single, 2, 4, 8)[fhd >> 6]
+    p = i + 5 + (1 - single) + (0, 1, 2, 4)[fhd & 3]
+    if n < p + fcs_len:
+        return _INCOMPLETE, -1
+    size = -1
+    if fcs_len:
+        size = int.from_bytes(buf[p:p + fcs_len], "little") + (256 if fcs_len == 2 else 0)
+        if size > _FRAME_MAX:
+            raise _BadFrame("content size out of range")
+    p += fcs_len
+    while True:
+        if n < p + 3:
+            return _INCOMPLETE, size
+        h = int.from_bytes(buf[p:p + 3], "little")
+        kind, bsize = h >> 1 & 3, h >> 3
+        if kind == 3 or bsize > _BLOCK_MAX:
+            raise _BadFrame("bad block header", size)
+        p += 3 + (1 if kind == 1 else bsize)
+        if h & 1:
+            break
+    p += 4 if fhd & 4 else 0
+    return (p if p <= n else _INCOMPLETE), size
+
+
+@functools.lru_cache(maxsize=None)
+def events_dict() -> zstandard.ZstdCompressionDict:
+    """The dictionary open segments are compressed with (trained on event lines; shipped,
+    fixed: segments written with it need it to be read)."""
+    data = importlib.resources.files("spampots").joinpath("data/events-1.zdict").read_bytes()
+    d = zstandard.ZstdCompressionDict(data)
+    assert d.dict_id() == EVENTS_DICT_ID
+    return d
+
+
+class FrameReader:
+    """The lines of an open segment: its complete zstd frames, decompressed, from file offset
+    ``pos`` on, read with ``pread`` (so a writer that cuts a failed write and writes again at
+    the same place is read from the frame start, and several readers can share nothing).
+
+    ``read`` returns b"" once the complete frames are exhausted; bytes after them are a frame
+    being written (call ``read`` again later: the file grows) or, after a crash, a torn frame
+    that recovery cuts (``torn`` says how many bytes). A damaged frame is skipped and counted
+    (``bad``): it reads as one filler line of its content size (``#...#\n``, an undecodable
+    line), so offsets into the lines stay those of the writer; the next frame is found by its
+    magic number.
+    """
+
+    def __init__(self, fd: int, pos: int = 0) -> None:
+        self.fd = fd
+        self.pos = pos  # file offset of the next frame
+        self.bad = 0
+        self.torn = 0
+        self._buf = b""  # file bytes from self._base on
+        self._base = pos
+        self._dctx = zstandard.ZstdDecompressor(dict_data=events_dict())
+        self._plain = zstandard.ZstdDecompressor()
+
+    def _more(self) -> bool:
+        """Read more of the file into the buffer (dropping what was consumed)."""
+        i = self.pos - self._base
+        got = os.pread(self.fd, _READ_CHUNK, self._base + len(self._buf))
+        if not got:
+            return False
+        self._buf = self._buf[i:] + got
+        self._base = self.pos
+        return True
+
+    def _next(self) -> Optional[tuple[int, bytes]]:
+        """(content size, frame bytes) of the next complete frame, or None at the end of the
+        complete frames. A damaged frame comes back as (its content size, b"") when its
+        header says it, else it is passed over."""
+        while True:
+            i = self.pos - self._base
+            try:
+                end, size = _frame_span(self._buf, i)
+            except _BadFrame as e:
+                end, size = -2, e.size
+            if end == _INCOMPLETE and self._more():
+                continue
+            if end >= 0:
+                self.torn = 0
+                self.pos = self._base + end
+                return size, self._buf[i:end]
+            # Damage, or the end of the complete frames: a complete frame further on tells them apart.
+            nxt = self._resync(self.pos + 1)
+            if nxt < 0:
+                self.torn = len(self._buf) - (self.pos - self._base)
+                # Read those bytes again next time: a writer whose write failed cuts its half
+                # frame off and writes another in its place.
+                self._buf, self._base = b"", self.pos
+                return None
+            self.bad += 1
+            self.pos = nxt
+            if size > 0:
+                return size, b""
+
+    def _resync(self, start: int) -> int:
+        """File offset of the next complete frame at or after ``start`` (-1: none)."""
+        while True:
+            i = start - self._base
+            j = self._buf.find(_MAGIC, i)
+            retry = -1  # a frame that may complete with more bytes
+            while j >= 0:
+                try:
+                    if _frame_span(self._buf, j)[0] >= 0:
+                        return self._base + j
+                    retry = j if retry < 0 else retry
+                except _BadFrame:
+                    pass
+                j = self._buf.find(_MAGIC, j + 1)
+            start = self._base + (retry if retry >= 0 else max(i, len(self._buf) - 3))
+            if not self._more():
+                return -1
+
+    def _decode(self, size: int, frame: bytes) -> bytes:
+        if frame and size == 0:  # a skippable frame (zstd's comments; we write none) or an empty one
+            return b""
+        if frame:
+            try:
+                dict_id = zstandard.get_frame_parameters(frame).dict_id
+                dctx = self._plain if dict_id == 0 else self._dctx if dict_id == EVENTS_DICT_ID else None
+                if dctx is not None:
+                    out = dctx.decompress(frame)
+                    if size < 0 or len(out) == size:
+                        return out
+            except zstandard.ZstdError:
+                pass
+            self.bad += 1
+        return b"#" * (size - 1) + b"\n" if size > 0 else b""
+
+    def read(self, n: int = _READ_CHUNK) -> bytes:
+        """Lines of the next complete frames (about ``n`` bytes, at least one frame), b"" if none."""
+        out = []
+        got = 0
+        while got < n:
+            nxt = self._next()
+            if nxt is None:
+                break
+            data = self._decode(*nxt)
+            out.append(data)
+            got += len(data)
+        return b"".join(out)
+
+    def skip(self, offset: int) -> tuple[bytes, int]:
+        """Pass over ``offset`` bytes of lines (frames before it are not decompressed): the
+        rest of the frame that holds that offset, and what is left to pass over when the
+        complete frames ran out first."""
+        left = offset
+        while left > 0:
+            nxt = self._next()
+            if nxt is None:
+                break
+            size, frame = nxt
+            if size < 0 or size > left:
+                data = self._decode(size, frame)
+                if len(data) > left:
+                    return data[left:], 0
+                size = len(data)
+            left -= size
+        return b"", left
+
+    def content_length(self) -> int:
+        """Bytes of lines in the complete frames (from ``pos``); leaves ``pos`` after them."""
+        total = 0
+        while (nxt := self._next()) is not None:
+            size, frame = nxt
+            total += size if size >= 0 else len(self._decode(size, frame))
+        return total
+
+
 def _open_segment(path: Path) -> BinaryIO:
     if path.name.endswith(".zst"):
         return open(path, "rb")
     try:
         return open(path, "rb")
     except FileNotFoundError:  # compressed and unlinked since listing
-        return open(path.with_name(path.name + ".zst"), "rb")
+        return open(path.with_name(segment_stem(path.name) + ".zst"), "rb")
 
 
 def iter_file_lines(path: Path, stats: ReadStats) -> Iterator[bytes]:
@@ -553,6 +819,8 @@ def iter_file_lines(path: Path, stats: ReadStats) -> Iterator[bytes]:
 
     A closed segment (.zst) must be a whole zstd frame ending in a newline: anything else
     is damage, counted and named in ``stats``, and the lines before it are still returned.
+    An open segment is read up to its last complete frame; a damaged frame in it is
+    skipped and counted (``stats.bad_frames``).
     """
     try:
         f = _open_segment(path)
@@ -565,8 +833,15 @@ def iter_file_lines(path: Path, stats: ReadStats) -> Iterator[bytes]:
     with f:
         zst = f.name.endswith(".zst")
         torn = stats.torn
+        frames = FrameReader(f.fileno()) if f.name.endswith(OPEN_SUFFIX) else None
         try:
-            yield from _lines(_CheckedZst(f) if zst else f, stats)  # type: ignore[arg-type]
+            src = _CheckedZst(f) if zst else frames if frames is not None else f
+            yield from _lines(src, stats)  # type: ignore[arg-type]
+            if frames is not None:
+                stats.torn += frames.torn > 0
+                stats.bad_frames += frames.bad
+                if frames.bad:
+                    stats.note(path)
         except (zstandard.ZstdError, OSError) as e:
             stats.errors += 1
             stats.truncated += isinstance(e, _Truncated)

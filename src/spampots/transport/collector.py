@@ -41,7 +41,7 @@ from typing import Any, Optional
 from ..events import MESSAGE, peek
 from ..store.catalog import complete_length
 from ..store.messages import MessageStore
-from ..store.segments import SegmentWriter, check_sensor, recover
+from ..store.segments import SegmentWriter, check_sensor, recover, segment_stem
 from .config import NatsSection
 from .wire import (
     H_OBJECT, H_SHA, MSG_ID, AuthFailed, Backoff, connect, decode_body, headers_of, reconnect_loop,
@@ -75,7 +75,7 @@ class _Writer(SegmentWriter):
         if self._fd is None:
             self._open()
         assert self._path is not None
-        return f"{self._path.parent.name}/{self._path.name}", self._size
+        return f"{self._path.parent.name}/{segment_stem(self._path.name)}", self._size
 
 
 @dataclass

@@ -31,7 +31,7 @@ from nats.js.errors import NoStreamResponseError
 
 from .. import __version__
 from ..events import HEARTBEAT, MESSAGE, SensorHeartbeat, decode, now_iso, peek
-from ..store.catalog import Cursor, Line, Reader, pending_segments, segment_files
+from ..store.catalog import Cursor, Line, Reader, bytes_left, pending_segments, segment_files
 from ..store.messages import MessageStore
 from ..store.segments import check_sensor, fsync_dir
 from .availability import ts_seconds
@@ -56,7 +56,7 @@ def backlog(data_dir: Path, sensor: str, cursor: Cursor, finished: tuple[str, ..
     for seg in pending_segments(data_dir, sensor, cursor):
         path, zst = segment_files(data_dir, seg)
         try:
-            left = path.stat().st_size - cursor.position(seg)
+            left = bytes_left(path, cursor.position(seg))
         except FileNotFoundError:
             if seg in finished:
                 continue
