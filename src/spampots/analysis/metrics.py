@@ -789,12 +789,10 @@ def time_exprs(tz: str) -> dict[str, str]:
     UTC reads the lake's own `day` partition column; another zone converts each `ts`
     (macro utc_to_local), so only a report that asks for a zone pays for it.
     """
+    day = schema.local_day(tz)  # raises ValueError on a name that cannot be one
     if tz == "UTC":
-        return {"day": "day", "hour": "hour(ts)", "tz": tz}
-    if "'" in tz:
-        raise ValueError(f"not a time zone name: {tz!r}")
-    local = f"utc_to_local(ts, '{tz}')"
-    return {"day": f"CAST({local} AS DATE)", "hour": f"hour({local})", "tz": tz}
+        return {"day": day, "hour": "hour(ts)", "tz": tz}
+    return {"day": day, "hour": f"hour(utc_to_local(ts, '{tz}'))", "tz": tz}
 
 
 def zone_problem(con: duckdb.DuckDBPyConnection, tz: str) -> Optional[str]:
