@@ -119,3 +119,23 @@ def test_report_tables_and_html_detail(captured, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     text = html.read_text()
     assert f"Campaign {details[0].removeprefix('campaign_')}" in text and "Ports and protocols" in text
+
+
+def test_campaign_os_counts_the_campaigns_table(captured) -> None:
+    """campaign_os groups the fingerprinted emails by the same cmp- campaigns as the Campaigns table
+    (it grouped by the subject key before), and by subject with --no-campaigns."""
+    data, _ = captured
+    ids = set(_by_label(data).values())
+    r = _cli("report", "--format", "json", "-q", "--top", "50", "--data-dir", str(data))
+    assert r.returncode == 0, r.stderr
+    tables = json.loads(r.stdout)["tables"]
+    emails = {row["campaign"]: row["emails"] for row in tables["campaigns"]["rows"]}
+    by_os: dict[str, int] = {}
+    for row in tables["campaign_os"]["rows"]:
+        by_os[row["campaign"]] = by_os.get(row["campaign"], 0) + row["emails"]
+    assert set(by_os) == ids  # every session on loopback kept its SYN: every campaign is there
+    assert by_os == emails
+    r = _cli("report", "--format", "json", "-q", "--top", "50", "--no-campaigns", "--data-dir", str(data))
+    assert r.returncode == 0, r.stderr
+    keys = {row["campaign"] for row in json.loads(r.stdout)["tables"]["campaign_os"]["rows"]}
+    assert keys and not keys & ids and all(len(k) == 16 for k in keys)  # subject keys
