@@ -139,3 +139,33 @@ def test_campaign_os_counts_the_campaigns_table(captured) -> None:
     assert r.returncode == 0, r.stderr
     keys = {row["campaign"] for row in json.loads(r.stdout)["tables"]["campaign_os"]["rows"]}
     assert keys and not keys & ids and all(len(k) == 16 for k in keys)  # subject keys
+
+
+def test_campaign_update_keeps_the_report_memory_limit(captured, tmp_path: Path) -> None:
+    """message_lake.update's own DuckDB connection has the report's memory limit (default or
+    --memory-limit) and spills into the lake's spill dir; it had DuckDB's 80% of RAM before."""
+    from spampots.analysis.lake import new_connection, report_memory_limit
+
+    data, _ = captured
+
+    class Watched(Lake):
+        def connect(self, **kw):  # noqa: ANN003, ANN201
+            con = super().connect(**kw)
+            self.seen.append(con.execute("SELECT current_setting('memory_limit'), "
+                                         "current_setting('temp_directory')").fetchone())
+            return con
+
+    def setting(limit: str) -> str:
+        con = new_connection(memory_limit=limit)
+        try:
+            return con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+        finally:
+            con.close()
+
+    for limit, want in ((None, report_memory_limit()), ("300MB", "300MB")):
+        lake = Watched(data, root=tmp_path / f"lake-{limit}")  # a lake of its own: the messages are parsed anew
+        lake.seen = []
+        lake.compact()
+        st = message_lake.update(lake, memory_limit=limit)
+        assert st.parsed > 0
+        assert lake.seen == [(setting(want), str(lake.root / "_cache" / "spill"))]

@@ -256,14 +256,15 @@ def _flat(s: str, n: int) -> str:
 
 
 def report_step(report: Any, lake: Any, con: duckdb.DuckDBPyConnection, enricher: Optional[Any], *, top: int,
-                quiet: bool = True) -> None:
+                quiet: bool = True, memory_limit: Optional[str] = None, threads: Optional[int] = None) -> None:
     """`spampots report`: bring the lake's features and campaigns up to date (all days and
-    sensors), then put the campaigns of the report's selection into it (add_to_report)."""
+    sensors; within the report's --memory-limit and --threads), then put the campaigns of the
+    report's selection into it (add_to_report)."""
     import sys
 
     from . import message_lake
 
-    st = message_lake.update(lake)
+    st = message_lake.update(lake, memory_limit=memory_limit, threads=threads)
     if not quiet and (st.parsed or st.missing):
         print(f"spampots report: campaigns: parsed {st.parsed:,} new messages ({st.missing:,} bodies not in "
               f"the store), {st.campaigns_new:,} new campaigns", file=sys.stderr)

@@ -352,7 +352,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.engine == "duckdb" and not args.talk_only and not args.no_campaigns:
         from .campaign_report import report_step  # content campaigns replace the subject-key table
 
-        report_step(report, lake, con, enricher, top=args.top, quiet=args.quiet)
+        report_step(report, lake, con, enricher, top=args.top, quiet=args.quiet, memory_limit=args.memory_limit,
+                    threads=args.threads)
     report.meta.update(data_dir=str(args.lake or data_dir), filters=describe_filters(args), engine=args.engine)
     tell_damage(lake.damage, "spampots report")
 
