@@ -266,3 +266,18 @@ def test_bases_are_grouped_not_one_row_per_email(tmp_path: Path) -> None:
     assert cats["tunnel to 587/TCP"] == (1, 1, pytest.approx(100 / 41))
     assert cats["tunnel to 25/TCP"][:2] == (0, 40)
     assert {r[0]: r[1:5] for r in rep.get("port25_by_protocol").rows}["HTTP"] == (40, 1, pytest.approx(4000 / 41), 0)
+
+
+def test_policy_connection_has_the_report_memory_limit(data: Path) -> None:
+    """`policy port25` and `notify` read the lake within the report's memory limit (DuckDB's own
+    default, 80% of RAM, before), spilling into the lake's spill dir."""
+    from spampots.analysis.lake import new_connection, report_memory_limit
+    from spampots.cli import build_parser
+    from spampots.policy.cli import _open
+
+    args = build_parser().parse_args(["policy", "port25", "--data-dir", str(data), "-q", "--asn-db", "none"])
+    con, _ = _open(args, "spampots policy port25")
+    ref = new_connection(memory_limit=report_memory_limit())
+    want = ref.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    assert con.execute("SELECT current_setting('memory_limit'), current_setting('temp_directory')").fetchone() == \
+        (want, str(data / "lake" / "_cache" / "spill"))
