@@ -248,8 +248,8 @@ def test_as_named_once(data: Path) -> None:
 
 
 def test_bases_are_grouped_not_one_row_per_email(tmp_path: Path) -> None:
-    """A session of many emails is a few base rows (the 10M-email lake: 37 s with one row per email
-    and session and windows over them; 11 s grouped), and the first email still names the session."""
+    """A session of many emails is a few base rows (10M-email lake: 14-20 s with one row per email
+    and session and windows over them, 4 s grouped), and the first email still names the session."""
     c = Capture(tmp_path, sensor="br-dsl-1", day="2026-01-05")
     s = c.session("200.160.2.3", 8080).request("http", "smtp.mail.example", 587)
     mail_to(s, 2, "http:smtp.mail.example:587")  # its first email: the session is a tunnel to 587
