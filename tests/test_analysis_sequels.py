@@ -228,3 +228,33 @@ def test_labels_from_a_real_sensor_reach_the_per_isp_table(tmp_path: Path) -> No
     assert (row["isp"], row["network"], row["sensors"], row["emails"], row["rcpts"]) == ("Oi Velox", "ADSL 2+", 1, 1, 2)
     assert row["sessions"] >= 1 and row["ips"] == 1
     assert [(r["destination"], r["rcpts"]) for r in tables["rcpt_brazil"]["rows"]][0] == (".br (Brazil)", 1)
+
+
+def _period(data_dir: Path, tz: str, day_from: dt.date, day_to: dt.date) -> tuple:
+    """(source IPs, emails, first day, last day) of the report over --from/--to in zone `tz`."""
+    con = Lake(data_dir).connect(day_from=day_from, day_to=day_to, tz=tz)
+    rep = metrics.run(con, ports=ports.load(), enricher=Enricher(asn_db=data_dir / "asn.tsv"),
+                      opts=metrics.Options(tz=tz, talk_only=True))
+    s = dict(zip([c.key for c in rep.get("summary").columns], rep.get("summary").rows[0]))
+    return s["ips_all"], s["emails"], s["first_day"], s["last_day"]
+
+
+def test_from_to_name_days_of_the_zone(data_dir: Path, tmp_path: Path) -> None:
+    """--from/--to with --tz: whole local days. S3 (01-12 01:00Z) is Sunday 01-11 in Sao Paulo,
+    S4 (02-01 02:00Z) is 01-31 there; in UTC they are on 01-12 and 02-01 (before: UTC days whatever
+    the zone, so S3 was missed from its local day and S4 from the range that holds its local day)."""
+    d = dt.date
+    assert _period(data_dir, SP, d(2026, 1, 11), d(2026, 1, 11)) == (2, 2, d(2026, 1, 11), d(2026, 1, 11))
+    assert _period(data_dir, "UTC", d(2026, 1, 11), d(2026, 1, 11)) == (1, 1, d(2026, 1, 11), d(2026, 1, 11))
+    # days also count sensor starts: b-cable's of 01-20 00:00Z is 01-19 in Sao Paulo
+    assert _period(data_dir, SP, d(2026, 1, 12), d(2026, 1, 31)) == (1, 0, d(2026, 1, 19), d(2026, 1, 31))
+    assert _period(data_dir, "UTC", d(2026, 1, 12), d(2026, 1, 31)) == (1, 1, d(2026, 1, 12), d(2026, 1, 20))
+    # the command line: the same selection, and its help says whose days they are
+    assert cli_main(["report", "--data-dir", str(data_dir), "-q", "--asn-db", "none", "--talk-only", "--tz", SP,
+                     "--from", "2026-01-11", "--to", "2026-01-11", "--format", "json",
+                     "--out", str(tmp_path / "r.json")]) == 0
+    summary = json.loads((tmp_path / "r.json").read_text())["tables"]["summary"]["rows"][0]
+    assert (summary["ips_all"], summary["emails"], summary["first_day"]) == (2, 2, "2026-01-11")
+    proc = subprocess.run([sys.executable, "-m", "spampots.analysis.cli", "report", "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert "UTC day" not in proc.stdout and "--tz's zone" in " ".join(proc.stdout.split())

@@ -119,3 +119,53 @@ def test_report_tables_and_html_detail(captured, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     text = html.read_text()
     assert f"Campaign {details[0].removeprefix('campaign_')}" in text and "Ports and protocols" in text
+
+
+def test_campaign_os_counts_the_campaigns_table(captured) -> None:
+    """campaign_os groups the fingerprinted emails by the same cmp- campaigns as the Campaigns table
+    (it grouped by the subject key before), and by subject with --no-campaigns."""
+    data, _ = captured
+    ids = set(_by_label(data).values())
+    r = _cli("report", "--format", "json", "-q", "--top", "50", "--data-dir", str(data))
+    assert r.returncode == 0, r.stderr
+    tables = json.loads(r.stdout)["tables"]
+    emails = {row["campaign"]: row["emails"] for row in tables["campaigns"]["rows"]}
+    by_os: dict[str, int] = {}
+    for row in tables["campaign_os"]["rows"]:
+        by_os[row["campaign"]] = by_os.get(row["campaign"], 0) + row["emails"]
+    assert set(by_os) == ids  # every session on loopback kept its SYN: every campaign is there
+    assert by_os == emails
+    r = _cli("report", "--format", "json", "-q", "--top", "50", "--no-campaigns", "--data-dir", str(data))
+    assert r.returncode == 0, r.stderr
+    keys = {row["campaign"] for row in json.loads(r.stdout)["tables"]["campaign_os"]["rows"]}
+    assert keys and not keys & ids and all(len(k) == 16 for k in keys)  # subject keys
+
+
+def test_campaign_update_keeps_the_report_memory_limit(captured, tmp_path: Path) -> None:
+    """message_lake.update's own DuckDB connection has the report's memory limit (default or
+    --memory-limit) and spills into the lake's spill dir; it had DuckDB's 80% of RAM before."""
+    from spampots.analysis.lake import new_connection, report_memory_limit
+
+    data, _ = captured
+
+    class Watched(Lake):
+        def connect(self, **kw):  # noqa: ANN003, ANN201
+            con = super().connect(**kw)
+            self.seen.append(con.execute("SELECT current_setting('memory_limit'), "
+                                         "current_setting('temp_directory')").fetchone())
+            return con
+
+    def setting(limit: str) -> str:
+        con = new_connection(memory_limit=limit)
+        try:
+            return con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+        finally:
+            con.close()
+
+    for limit, want in ((None, report_memory_limit()), ("300MB", "300MB")):
+        lake = Watched(data, root=tmp_path / f"lake-{limit}")  # a lake of its own: the messages are parsed anew
+        lake.seen = []
+        lake.compact()
+        st = message_lake.update(lake, memory_limit=limit)
+        assert st.parsed > 0
+        assert lake.seen == [(setting(want), str(lake.root / "_cache" / "spill"))]

@@ -245,3 +245,39 @@ def test_as_named_once(data: Path) -> None:
     for r in rows:
         assert r[0] != r[1], r
         assert r[0] == "" or (r[0].startswith("AS") and r[0][2:].isdigit()), r
+
+
+def test_bases_are_grouped_not_one_row_per_email(tmp_path: Path) -> None:
+    """A session of many emails is a few base rows (10M-email lake: 14-20 s with one row per email
+    and session and windows over them, 4 s grouped), and the first email still names the session."""
+    c = Capture(tmp_path, sensor="br-dsl-1", day="2026-01-05")
+    s = c.session("200.160.2.3", 8080).request("http", "smtp.mail.example", 587)
+    mail_to(s, 2, "http:smtp.mail.example:587")  # its first email: the session is a tunnel to 587
+    for _ in range(40):
+        mail_to(s, 1, "http:mx.a.example:25")
+    c.flush()
+    lake = Lake(tmp_path)
+    lake.compact()
+    con = lake.connect()
+    rep = port25.run(con)
+    assert con.execute("SELECT count(*) FROM p25_mail").fetchone()[0] == 2
+    assert con.execute("SELECT count(*) FROM p25_facts").fetchone()[0] == 2
+    cats = {r[1]: r[2:5] for r in rep.get("port25_categories").rows}
+    assert cats["tunnel to 587/TCP"] == (1, 1, pytest.approx(100 / 41))
+    assert cats["tunnel to 25/TCP"][:2] == (0, 40)
+    assert {r[0]: r[1:5] for r in rep.get("port25_by_protocol").rows}["HTTP"] == (40, 1, pytest.approx(4000 / 41), 0)
+
+
+def test_policy_connection_has_the_report_memory_limit(data: Path) -> None:
+    """`policy port25` and `notify` read the lake within the report's memory limit (DuckDB's own
+    default, 80% of RAM, before), spilling into the lake's spill dir."""
+    from spampots.analysis.lake import new_connection, report_memory_limit
+    from spampots.cli import build_parser
+    from spampots.policy.cli import _open
+
+    args = build_parser().parse_args(["policy", "port25", "--data-dir", str(data), "-q", "--asn-db", "none"])
+    con, _ = _open(args, "spampots policy port25")
+    ref = new_connection(memory_limit=report_memory_limit())
+    want = ref.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    assert con.execute("SELECT current_setting('memory_limit'), current_setting('temp_directory')").fetchone() == \
+        (want, str(data / "lake" / "_cache" / "spill"))

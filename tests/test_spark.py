@@ -218,3 +218,28 @@ def test_missing_pyspark_or_java_is_a_clear_error(data_dir: Path, monkeypatch: p
     old.write_text('#!/bin/sh\necho \'openjdk version "11.0.22" 2024-01-16\' >&2\n')
     old.chmod(0o755)
     assert "is Java 11" in spark_mod.check_java()
+
+
+def test_from_to_in_the_report_zone(spark, tmp_path: Path) -> None:
+    """--from/--to with --tz name local days on both engines: 01:00Z and 02:30Z on 01-06 are 22:00
+    and 23:30 on 01-05 in Sao Paulo (UTC-3), 02:00Z on 01-05 is 23:00 on 01-04 there."""
+    c = Capture(tmp_path, sensor="br-dsl-1", day="2026-01-05")
+    for iso in ("2026-01-05T02:00:00", "2026-01-05T12:00:00", "2026-01-06T01:00:00", "2026-01-06T02:30:00",
+                "2026-01-06T04:00:00"):
+        c.t = dt.datetime.fromisoformat(iso + "+00:00")
+        c.session("200.160.2.3", 1080).request("socks5", "mx.a.example", 25).mail(1, "socks5:mx.a.example:25")
+    c.flush()
+    lake = Lake(tmp_path)
+    lake.compact()
+    day = dt.date(2026, 1, 5)
+    for tz, emails in (("America/Sao_Paulo", 3), ("UTC", 2)):
+        opts = metrics.Options(tz=tz, talk_only=True)
+        sp = spark_mod.connect(lake.root, spark=spark, day_from=day, day_to=day, tz=tz)
+        try:
+            reps = [metrics.run(con, ports=ports.load(), enricher=Enricher(), opts=opts)
+                    for con in (lake.connect(day_from=day, day_to=day, tz=tz), sp)]
+        finally:
+            sp.close()
+        _same(*reps)
+        summary = reps[0].get("summary").rows[0]
+        assert summary[:2] == (day, day) and summary[3] == emails, tz

@@ -191,7 +191,7 @@ def add_to_report(report: Any, con: duckdb.DuckDBPyConnection, enricher: Optiona
     """Put the campaigns into `report` (metrics.Report): the Campaigns table becomes these
     campaigns (the subject-key table stays, renamed subject_campaigns), and the largest
     DETAILS campaigns get a detail table each. False (report untouched) if the lake has none."""
-    from .metrics import Column as C, Result
+    from .metrics import Column as C, Result, campaign_os_sql
 
     rows = search(con, top=top)
     if not rows:
@@ -234,6 +234,10 @@ def add_to_report(report: Any, con: duckdb.DuckDBPyConnection, enricher: Optiona
                        C("emails", "Emails", "int")],
                       [r[:4] for r in con.execute(STRATEGY).fetchall()], section="more")
     details.insert(0, strategy)
+    for res in report.results:  # the SYN fingerprints per campaign: of these campaigns, not the subject key's
+        if res.name == "campaign_os":
+            sql = campaign_os_sql("c.campaign", "JOIN message_campaign c ON c.sha256 = m.sha256")
+            res.rows = [tuple(r) for r in con.execute(sql.format(top=int(top))).fetchall()]
     out = []
     for res in report.results:
         if res.name == "campaigns":  # the subject key, kept under its own name
@@ -252,14 +256,15 @@ def _flat(s: str, n: int) -> str:
 
 
 def report_step(report: Any, lake: Any, con: duckdb.DuckDBPyConnection, enricher: Optional[Any], *, top: int,
-                quiet: bool = True) -> None:
+                quiet: bool = True, memory_limit: Optional[str] = None, threads: Optional[int] = None) -> None:
     """`spampots report`: bring the lake's features and campaigns up to date (all days and
-    sensors), then put the campaigns of the report's selection into it (add_to_report)."""
+    sensors; within the report's --memory-limit and --threads), then put the campaigns of the
+    report's selection into it (add_to_report)."""
     import sys
 
     from . import message_lake
 
-    st = message_lake.update(lake)
+    st = message_lake.update(lake, memory_limit=memory_limit, threads=threads)
     if not quiet and (st.parsed or st.missing):
         print(f"spampots report: campaigns: parsed {st.parsed:,} new messages ({st.missing:,} bodies not in "
               f"the store), {st.campaigns_new:,} new campaigns", file=sys.stderr)

@@ -119,11 +119,13 @@ def _common(p: argparse.ArgumentParser, *, reads: bool = True) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
-def add_selection(p: argparse.ArgumentParser, *, output: bool = True) -> None:
+def add_selection(p: argparse.ArgumentParser, *, output: bool = True, tz: bool = False) -> None:
     """Period, sensors and (unless `output` is False) output: the same options for every
-    report-like command."""
-    p.add_argument("--from", dest="day_from", type=_date, metavar="DAY", help="first UTC day (YYYY-MM-DD), inclusive")
-    p.add_argument("--to", dest="day_to", type=_date, metavar="DAY", help="last UTC day (YYYY-MM-DD), inclusive")
+    report-like command. `tz`: the command has --tz, and its days are in that zone (else UTC)."""
+    zone = "in --tz's zone" if tz else "UTC"
+    p.add_argument("--from", dest="day_from", type=_date, metavar="DAY",
+                   help=f"first day (YYYY-MM-DD, {zone}), inclusive")
+    p.add_argument("--to", dest="day_to", type=_date, metavar="DAY", help=f"last day (YYYY-MM-DD, {zone}), inclusive")
     p.add_argument("--sensor", action="append", default=[], metavar="ID", help="only this sensor (repeatable)")
     if output:
         p.add_argument("--format", choices=FORMATS, help="output format (default: from --out's suffix, else terminal)")
@@ -193,7 +195,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("report", help="the talk's tables and more, from the stored events",
                               description="Compact closed segments, then report on lake + open segments.")
     _common(p)
-    add_selection(p)
+    add_selection(p, tz=True)
     p.add_argument("--charts", type=Path, metavar="DIR", help="also write every chart as SVG and PNG into DIR")
     p.add_argument("--first-per", choices=FIRST_PER, default="connection",
                    help="outbound attempts: count the first request per connection (default), per source IP, "
@@ -209,7 +211,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="extra port table (TOML, like spampots/data/ports.toml); repeatable")
     p.add_argument("--tz", type=_zone, default="UTC", metavar="ZONE",
                    help="IANA time zone that days, weeks, months and hours are counted in, e.g. America/Sao_Paulo "
-                        "(default UTC); --from/--to still name UTC days")
+                        "(default UTC); --from/--to name days in it")
     add_locale(p)
     p.add_argument("--no-compact", action="store_true",
                    help="do not compact closed segments first (they are read from JSON instead)")
@@ -300,7 +302,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         try:
             con = spark.connect(args.lake or lake.root, day_from=args.day_from, day_to=args.day_to,
                                 sensors=args.sensor, master=args.spark_master, conf=args.spark_conf,
-                                quiet=args.quiet)
+                                quiet=args.quiet, tz=args.tz)
         except spark.SparkUnavailable as e:
             print(f"spampots report: {e}", file=sys.stderr)
             return 2
@@ -315,7 +317,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         con = lake.connect(day_from=args.day_from, day_to=args.day_to, sensors=args.sensor,
                            threads=args.threads, memory_limit=args.memory_limit or report_memory_limit(),
-                           quiet=args.quiet)
+                           quiet=args.quiet, tz=args.tz)
     try:
         enricher = Enricher(resolve_asn_db(args.asn_db), cache_dir=cache_dir, quiet=args.quiet)
     except (OSError, ValueError, RuntimeError) as e:  # maxminddb's InvalidDatabaseError is a RuntimeError
@@ -350,7 +352,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.engine == "duckdb" and not args.talk_only and not args.no_campaigns:
         from .campaign_report import report_step  # content campaigns replace the subject-key table
 
-        report_step(report, lake, con, enricher, top=args.top, quiet=args.quiet)
+        report_step(report, lake, con, enricher, top=args.top, quiet=args.quiet, memory_limit=args.memory_limit,
+                    threads=args.threads)
     report.meta.update(data_dir=str(args.lake or data_dir), filters=describe_filters(args), engine=args.engine)
     tell_damage(lake.damage, "spampots report")
 

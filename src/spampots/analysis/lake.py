@@ -376,8 +376,10 @@ class Lake:
 
     def connect(self, *, day_from: dt.date | None = None, day_to: dt.date | None = None,
                 sensors: Sequence[str] = (), threads: int | None = None,
-                memory_limit: str | None = None, quiet: bool = True) -> duckdb.DuckDBPyConnection:
+                memory_limit: str | None = None, quiet: bool = True, tz: str = "UTC") -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with one view per table over lake + segments, filtered.
+
+        `day_from`/`day_to`: days in zone `tz` (the report's --tz), see schema.period_where.
 
         `quiet`: no progress bar of the segments read from JSON (shown on a terminal otherwise).
 
@@ -417,11 +419,7 @@ class Lake:
                 self._told.update(damage.damaged)
             files = {name: self._parquet_files(name) for name in schema.TABLES}
             files.update({f"{n}_sample": self._parquet_files(f"{n}_sample") for n in schema.SAMPLED})
-        where = ["true"]
-        if day_from:
-            where.append(f"day >= DATE '{day_from.isoformat()}'")
-        if day_to:
-            where.append(f"day <= DATE '{day_to.isoformat()}'")
+        where = ["true"] + schema.period_where(day_from, day_to, tz)
         if sensors:
             where.append("sensor IN (" + ", ".join(_sql_str(s) for s in sensors) + ")")
         cond = " AND ".join(where)

@@ -234,11 +234,19 @@ def _update_templates(con: duckdb.DuckDBPyConnection, root: Path, idx: cp.Campai
     _write(path, [{"campaign": c, "template": t} for c, t in old.items()], TEMPLATE_SCHEMA)
 
 
-def update(lake, *, limits: Limits = Limits()) -> UpdateStats:  # noqa: ANN001 - lake.Lake
-    """Features for new bodies, then campaigns for new layouts, under the campaigns lock."""
+def update(lake, *, limits: Limits = Limits(), memory_limit: Optional[str] = None,  # noqa: ANN001 - lake.Lake
+           threads: Optional[int] = None) -> UpdateStats:
+    """Features for new bodies, then campaigns for new layouts, under the campaigns lock.
+
+    Its DuckDB connection has the report's bounds: `memory_limit` (default
+    lake.report_memory_limit(), as `spampots report`), spilling beyond it into the lake's spill
+    dir (lake.connect), and `threads` (default all cores).
+    """
+    from .lake import report_memory_limit
+
     stats = UpdateStats()
     with _locked(lake.root):
-        con = lake.connect()
+        con = lake.connect(memory_limit=memory_limit or report_memory_limit(), threads=threads)
         try:
             update_features(con, lake.data_dir, lake.root, limits, stats)
             update_campaigns(con, lake.root, stats)

@@ -285,6 +285,22 @@ def _daily_top(col: str, as_text: str, label: str) -> str:
            FROM msg_cube GROUP BY ALL ORDER BY day, {label}"""
 
 
+def campaign_os_sql(campaign: str, join: str = "") -> str:
+    """campaign_os's SQL ({top} left to fill) where an email's campaign is SQL `campaign` over
+    smtp_message m (plus `join`): the subject key here, the content campaigns in campaign_report."""
+    return f"""WITH so AS (SELECT o.session, coalesce(f.os, 'unknown') AS os
+                       FROM session_open o LEFT JOIN sig_os f ON f.tcp_sig = o.tcp_sig
+                       WHERE o.tcp_sig IS NOT NULL),
+                m AS (SELECT {campaign} AS campaign, so.os FROM smtp_message m {join}
+                      JOIN so ON so.session = m.session),
+                j AS (SELECT campaign, os, count(*) AS emails FROM m GROUP BY 1, 2),
+                tot AS (SELECT campaign, sum(emails) AS total FROM j WHERE campaign IS NOT NULL
+                        GROUP BY campaign ORDER BY total DESC, campaign LIMIT {{top}})
+           SELECT j.campaign, j.os, j.emails, 100.0 * j.emails / tot.total AS pct
+           FROM j JOIN tot ON tot.campaign = j.campaign
+           ORDER BY tot.total DESC, j.campaign, j.emails DESC, j.os"""
+
+
 C = Column
 TOTAL_EMAILS = "(SELECT nullif(sum(emails), 0) FROM msg_cube)"
 
@@ -559,21 +575,11 @@ METRICS: list[Metric] = [
          C("ips", "Source IPs", "int"), C("pct", "%", "pct")]),
     Metric(
         "campaign_os", "Campaigns by source operating system",
-        "For the campaigns (macro campaign_key) with the most fingerprinted emails: the emails of each "
-        "by the operating system of the session that carried them (as in source_os), and their share "
-        "of the campaign's fingerprinted emails. Bots on compromised desktops and spammers' own "
-        "servers show up as different systems.",
-        """WITH so AS (SELECT o.session, coalesce(f.os, 'unknown') AS os
-                       FROM session_open o LEFT JOIN sig_os f ON f.tcp_sig = o.tcp_sig
-                       WHERE o.tcp_sig IS NOT NULL),
-                m AS (SELECT m.subject, so.os FROM smtp_message m JOIN so ON so.session = m.session),
-                j AS (SELECT campaign_key(subject) AS campaign, os, count(*) AS emails
-                      FROM m GROUP BY 1, 2),
-                tot AS (SELECT campaign, sum(emails) AS total FROM j WHERE campaign IS NOT NULL
-                        GROUP BY campaign ORDER BY total DESC, campaign LIMIT {top})
-           SELECT j.campaign, j.os, j.emails, 100.0 * j.emails / tot.total AS pct
-           FROM j JOIN tot ON tot.campaign = j.campaign
-           ORDER BY tot.total DESC, j.campaign, j.emails DESC, j.os""",
+        "For the campaigns with the most fingerprinted emails (those of the Campaigns table, cmp-..., when the "
+        "report computes them; else the subject key, macro campaign_key): the emails of each by the operating "
+        "system of the session that carried them (as in source_os), and their share of the campaign's "
+        "fingerprinted emails. Bots on compromised desktops and spammers' own servers show up as different systems.",
+        campaign_os_sql("campaign_key(m.subject)"),
         [C("campaign", "Campaign"), C("os", "OS (p0f)"), C("emails", "Emails", "int"),
          C("pct", "% of campaign", "pct")]),
     # The data of the per-day stacked charts and of the map (section "series": charts, JSON, CSV).
@@ -825,12 +831,10 @@ def time_exprs(tz: str) -> dict[str, str]:
     UTC reads the lake's own `day` partition column; another zone converts each `ts`
     (macro utc_to_local), so only a report that asks for a zone pays for it.
     """
+    day = schema.local_day(tz)  # raises ValueError on a name that cannot be one
     if tz == "UTC":
-        return {"day": "day", "hour": "hour(ts)", "tz": tz}
-    if "'" in tz:
-        raise ValueError(f"not a time zone name: {tz!r}")
-    local = f"utc_to_local(ts, '{tz}')"
-    return {"day": f"CAST({local} AS DATE)", "hour": f"hour({local})", "tz": tz}
+        return {"day": day, "hour": "hour(ts)", "tz": tz}
+    return {"day": day, "hour": f"hour(utc_to_local(ts, '{tz}'))", "tz": tz}
 
 
 def zone_problem(con: duckdb.DuckDBPyConnection, tz: str) -> Optional[str]:

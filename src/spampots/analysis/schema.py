@@ -10,6 +10,7 @@ both when compacting closed segments and when reading open ones.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 import msgspec.inspect as mi
@@ -116,6 +117,37 @@ CREATE OR REPLACE MACRO utc_to_local(ts, zone) AS
 CREATE OR REPLACE MACRO email_domain(a) AS
   lower(CASE WHEN a LIKE '%@%' THEN rtrim(split_part(a, '@', -1), '> ') ELSE '' END);
 """
+
+def local_day(tz: str) -> str:
+    """SQL for a row's day in IANA zone `tz`: the lake's own `day` partition column for UTC, else
+    its `ts` (naive UTC) converted by macro utc_to_local."""
+    if tz == "UTC":
+        return "day"
+    if "'" in tz:
+        raise ValueError(f"not a time zone name: {tz!r}")
+    return f"CAST(utc_to_local(ts, '{tz}') AS DATE)"
+
+
+def period_where(day_from: dt.date | None, day_to: dt.date | None, tz: str = "UTC") -> list[str]:
+    """SQL conditions keeping the rows of days day_from..day_to (inclusive, either open) in zone `tz`.
+
+    The `day` column is the UTC day and what the lake is partitioned by: for another zone it is
+    widened by one day each side (no zone is more than 14 h off UTC), so the scan still skips
+    the other days, and the row's local day is then compared exactly.
+    """
+    widen = dt.timedelta(days=0 if tz == "UTC" else 1)
+    out = []
+    if day_from:
+        out.append(f"day >= DATE '{(day_from - widen).isoformat()}'")
+    if day_to:
+        out.append(f"day <= DATE '{(day_to + widen).isoformat()}'")
+    if tz != "UTC":
+        if day_from:
+            out.append(f"{local_day(tz)} >= DATE '{day_from.isoformat()}'")
+        if day_to:
+            out.append(f"{local_day(tz)} <= DATE '{day_to.isoformat()}'")
+    return out
+
 
 # Sample buckets of a session (session_bucket); a multiple of every SAMPLED rate.
 BUCKETS = 4096

@@ -225,8 +225,9 @@ def _snapshot_lock(uri: str) -> Iterator[None]:
 
 def connect(lake: str | Path, *, day_from: dt.date | None = None, day_to: dt.date | None = None,
             sensors: Sequence[str] = (), spark: Any = None, master: Optional[str] = None,
-            conf: Sequence[tuple[str, str]] = (), quiet: bool = True) -> SparkConnection:
-    """A SparkConnection with one view per lake table, filtered like Lake.connect's views."""
+            conf: Sequence[tuple[str, str]] = (), quiet: bool = True, tz: str = "UTC") -> SparkConnection:
+    """A SparkConnection with one view per lake table, filtered like Lake.connect's views
+    (`day_from`/`day_to` are days in zone `tz`)."""
     from .lake import UNFILTERED
 
     owned = False
@@ -238,10 +239,8 @@ def connect(lake: str | Path, *, day_from: dt.date | None = None, day_to: dt.dat
     con = SparkConnection(spark, owned=owned)
     uri = lake_uri(lake)
     cond = F.lit(True)
-    if day_from:
-        cond = cond & (F.col("day") >= F.lit(day_from))
-    if day_to:
-        cond = cond & (F.col("day") <= F.lit(day_to))
+    for where in schema.period_where(day_from, day_to, tz):
+        cond = cond & F.expr(dialect.to_spark(where))
     if sensors:
         cond = cond & F.col("sensor").isin(list(sensors))
     t = time.perf_counter()

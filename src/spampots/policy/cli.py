@@ -92,11 +92,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _open(args: argparse.Namespace, prog: str) -> Optional[tuple["duckdb.DuckDBPyConnection", "Enricher"]]:
     """(lake connection, enricher) for the selection, or None after saying why not (exit 2)."""
     from spampots.analysis.enrich import Enricher, resolve_asn_db
+    from spampots.analysis.lake import report_memory_limit
 
     lake = open_lake(_data_dir(args), args, prog)
     if lake is None:
         return None
-    con = lake.connect(day_from=args.day_from, day_to=args.day_to, sensors=args.sensor)
+    # the report's memory bound: beyond it DuckDB spills into the lake's spill dir
+    con = lake.connect(day_from=args.day_from, day_to=args.day_to, sensors=args.sensor,
+                       memory_limit=report_memory_limit())
     tell_damage(lake.damage, prog)
     try:
         enricher = Enricher(resolve_asn_db(args.asn_db), cache_dir=lake.root / "_cache", quiet=args.quiet)

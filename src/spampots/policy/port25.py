@@ -32,7 +32,9 @@ CASE WHEN target_port = 25 THEN 'tunnel to 25/TCP' WHEN lower(command) = 'get' T
      ELSE 'tunnel to other ports' END"""
 OUTCOME = f"CASE WHEN category IN {PREVENTED!r} THEN 'prevented' ELSE 'not prevented' END"
 
-# Base tables, built once; every table below is a small GROUP BY over p25_facts.
+# Base tables, built once; every table below is a small GROUP BY over p25_facts. Each large table is
+# read once and grouped by hash on few keys (no per-row window or sort): at 10M emails the four bases
+# hold a few million rows, not one per email and session.
 BASES: dict[str, tuple[str, str]] = {
     "p25_kinds": (
         "What each listener port is (sensor.start listeners: socks, http, smtp, submission, smtps).",
@@ -42,37 +44,47 @@ BASES: dict[str, tuple[str, str]] = {
         "submission true -> 'authenticated submission'; depth 0 on an smtp listener (the sensor.start kind, "
         "or port 25 when no sensor.start names the port) -> 'open relay on our 25/TCP'; depth >= 1 to 587, "
         "465 or any other port -> 'tunnel to 587/TCP', 'tunnel to 465/TCP', 'tunnel to other ports'; "
-        "anything else -> 'direct SMTP on other ports'. Its protocol is that of the first via hop (SMTP if none).",
-        f"""SELECT m.session, m.ip_key, m.sensor, m.day, m.ts, m.depth, proto_class(m.proxy) AS proxy_class,
-                   m.n_rcpts, {MAIL_CATEGORY} AS category
-            FROM smtp_message m LEFT JOIN p25_kinds k ON k.port = m.listener_port"""),
+        "anything else -> 'direct SMTP on other ports'. Its protocol is that of the first via hop (SMTP if none). "
+        "Kept grouped by session, day, depth, category and protocol: emails, recipients and the first ts.",
+        f"""SELECT m.session, m.ip_key, m.sensor, m.day, m.depth,
+                   proto_class(m.proxy) AS proxy_class, {MAIL_CATEGORY} AS category,
+                   count(*) AS emails, sum(m.n_rcpts) AS rcpts, min(m.ts) AS ts
+            FROM smtp_message m LEFT JOIN p25_kinds k ON k.port = m.listener_port
+            GROUP BY ALL"""),
     "p25_sessions": (
         "Every session that sent mail or asked a proxy for something, in one category: that of its first "
         "email, else that of its deepest proxy.request (in a chain, the hop that leaves: target_port 25 -> "
         "'tunnel to 25/TCP', command GET -> 'web GET', 587/465 -> their tunnel, else 'tunnel to other ports'). "
         "Its protocol is that of its outermost hop (the depth-0 request; SMTP for direct mail). Sessions with "
         "only errors or nothing at all are not uses and are left out.",
+        # first email: smallest (prio 0, deepest, earliest); outermost hop: smallest (depth, request first, ts)
         f"""WITH u AS (
               SELECT session, ip_key, sensor, day, ts, depth, 0 AS prio, proxy_class, category FROM p25_mail
               UNION ALL
               SELECT session, ip_key, sensor, day, ts, depth, 1, proto_class(proxy), {REQUEST_CATEGORY}
-              FROM proxy_request)
-            SELECT session, ip_key, sensor, day, category, outer_class AS proxy_class FROM (
-              SELECT *, row_number() OVER (PARTITION BY session ORDER BY prio, depth DESC, ts) AS rn,
-                     first_value(proxy_class) OVER (PARTITION BY session ORDER BY depth, prio DESC, ts)
-                       AS outer_class
-              FROM u) WHERE rn = 1"""),
+              FROM proxy_request),
+            s AS (
+              SELECT arg_min({{'ip_key': ip_key, 'sensor': sensor, 'day': day, 'category': category}},
+                             {{'prio': prio, 'depth': -depth, 'ts': ts}}) AS c,
+                     arg_min(proxy_class, {{'depth': depth, 'prio': -prio, 'ts': ts}}) AS proxy_class
+              FROM u GROUP BY session)
+            SELECT c.ip_key, c.sensor, c.day, c.category, proxy_class FROM s"""),
     "p25_facts": (
-        "One row per session (sessions = 1) and one per email (emails = 1, rcpts = len(rcpts)), with category, "
-        f"outcome (prevented = {' or '.join(PREVENTED)}; everything else is not prevented), sensor, protocol "
-        "and UTC month, and the source's country and AS (ip_info, as in `spampots report`; '??' / "
+        "Sessions (sessions), emails (emails) and their recipients (rcpts = len(rcpts)) per source, sensor, "
+        f"UTC month, category and protocol, with the outcome (prevented = {' or '.join(PREVENTED)}; everything "
+        "else is not prevented) and the source's country and AS (ip_info, as in `spampots report`; '??' / "
         "'unknown' when the address is not located).",
-        f"""SELECT f.*, {OUTCOME} AS outcome, strftime(day, '%Y-%m') AS month,
+        f"""SELECT f.*, {OUTCOME} AS outcome,
                    coalesce(nullif(i.country, ''), '??') AS country, i.as_id, i.as_name, i.asn FROM (
-              SELECT ip_key, sensor, day, category, proxy_class, 1 AS sessions, 0 AS emails, 0 AS rcpts
-              FROM p25_sessions
-              UNION ALL
-              SELECT ip_key, sensor, day, category, proxy_class, 0, 1, n_rcpts FROM p25_mail) f
+              SELECT ip_key, sensor, month, category, proxy_class, sum(sessions)::BIGINT AS sessions,
+                     sum(emails)::BIGINT AS emails, sum(rcpts)::BIGINT AS rcpts FROM (
+                SELECT ip_key, sensor, strftime(day, '%Y-%m') AS month, category, proxy_class,
+                       count(*) AS sessions, 0 AS emails, 0 AS rcpts
+                FROM p25_sessions GROUP BY ALL
+                UNION ALL
+                SELECT ip_key, sensor, strftime(day, '%Y-%m'), category, proxy_class, 0, sum(emails), sum(rcpts)
+                FROM p25_mail GROUP BY ALL)
+              GROUP BY ALL) f
             LEFT JOIN ip_info i USING (ip_key)"""),
 }
 
