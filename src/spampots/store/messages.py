@@ -409,6 +409,12 @@ class MessageStore:
         ``sha256``, if given, is checked against the body (ValueError on mismatch).
         The bytes reach the kernel before this returns; call :meth:`sync` for disk.
         """
+        sha, new, _ = self.put_keep(body, sha256)
+        return sha, new
+
+    def put_keep(self, body: bytes, sha256: Optional[str] = None) -> tuple[str, bool, bytes]:
+        """:meth:`put`, also returning the whole pack record that holds the body (the new one,
+        or the intact copy found): the recorder journals it (store/journal.py)."""
         self._check_writable()
         digest = hashlib.sha256(body).digest()
         sha = digest.hex()
@@ -416,16 +422,34 @@ class MessageStore:
             raise ValueError(f"sha256 {sha256!r} does not match the body ({sha})")
         loc = self._locate(sha)
         if loc is not None:
-            if self._intact(sha, loc):
+            record = self._intact_record(sha, loc)
+            if record is not None:
                 if loc.pack != self._pack:
                     self._foreign.add(loc.pack)  # maybe not yet fsynced by its writer
                     self.hit_packs.add(loc.pack)  # named again: retention keeps it (retention.py)
-                return sha, False
+                return sha, False, record
             log.warning("index row for %s points at bad bytes: storing the body again", sha)
         comp = self._cctx.compress(body)
         if self._samples is not None:
             self._sample(body)
         record = HEADER.pack(MAGIC, digest, len(body), len(comp), zlib.crc32(comp)) + comp
+        self._append(record, sha, len(body), len(comp))
+        return sha, True, record
+
+    def put_record(self, record: bytes) -> bool:
+        """Store a whole pack record (a journaled one) unless an intact copy of its body
+        exists; True if it was written. ValueError if the record does not check."""
+        self._check_writable()
+        rec = _valid_at(record, 0, len(record))
+        if rec is None or HEADER_SIZE + rec.comp_len != len(record):
+            raise ValueError("not a valid pack record")
+        loc = self._locate(rec.sha)
+        if loc is not None and self._intact_record(rec.sha, loc) is not None:
+            return False
+        self._append(record, rec.sha, rec.raw_len, rec.comp_len)
+        return True
+
+    def _append(self, record: bytes, sha: str, raw_len: int, comp_len: int) -> None:
         self._ensure_room(len(record))
         assert self._fd is not None and self._pack is not None
         offset = self._pack_size
@@ -437,12 +461,11 @@ class MessageStore:
         self._pack_size += len(record)
         self._dirty = True
         self.bytes_written += len(record)
-        row = (sha, self._pack, offset, len(body), len(comp))
+        row = (sha, self._pack, offset, raw_len, comp_len)
         if self._staged is not None:
             self._staged[sha] = row  # committed at the end of the batch, after its sync
         else:
             self._db.execute("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?, ?)", row)
-        return sha, True
 
     # -- the compression dictionary ------------------------------------------------------------
     # Spam bodies share most of their words, headers and markup with each other, far more than
@@ -623,6 +646,10 @@ class MessageStore:
 
     def _record(self, sha: str, loc: Location) -> bytes:
         """The compressed bytes at ``loc``, after checking header and CRC."""
+        return self._whole_record(sha, loc)[HEADER_SIZE:]
+
+    def _whole_record(self, sha: str, loc: Location) -> bytes:
+        """The record (header and frame) at ``loc``, checked."""
         try:
             data = os.pread(self._read_fd(loc.pack), HEADER_SIZE + loc.comp_len, loc.offset)
         except FileNotFoundError:
@@ -630,14 +657,13 @@ class MessageStore:
         rec = _valid_at(data, 0, len(data))
         if rec is None or rec.sha != sha or rec.raw_len != loc.raw_len or rec.comp_len != loc.comp_len:
             raise CorruptRecord(f"{sha}: bad record at {loc.pack}:{loc.offset}")
-        return data[HEADER_SIZE:]
+        return data
 
-    def _intact(self, sha: str, loc: Location) -> bool:
+    def _intact_record(self, sha: str, loc: Location) -> Optional[bytes]:
         try:
-            self._record(sha, loc)
+            return self._whole_record(sha, loc)
         except (CorruptRecord, OSError):
-            return False
-        return True
+            return None
 
     def get(self, sha256: str) -> bytes:
         """The exact raw body. KeyError if unknown; CorruptRecord if it fails CRC or SHA-256."""
