@@ -564,21 +564,25 @@ class MessageStore:
         sensor's workers, a collector) share the index, and none waits on another's fsync.
         A failed commit is rolled back and raised (sqlite3.Error): treat the batch's puts as
         not stored (their records are indexed from the pack on the next open). Nested use
-        joins the outer batch.
+        joins the outer batch. The dedup lookups of the block share one read transaction
+        (each autocommit SELECT took and dropped the shared-memory locks: two ``fcntl`` per
+        body); it only pins a snapshot, so other writers go on committing meanwhile.
         """
         self._check_writable()
         if self._staged is not None:
             yield
             return
         self._staged = {}
+        db = self._db
         try:
             yield
             rows = list(self._staged.values())
         finally:
             self._staged = None
+            if db.in_transaction:  # the lookups' read transaction
+                db.execute("COMMIT")
         if not rows:
             return
-        db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?, ?)", rows)
@@ -622,8 +626,11 @@ class MessageStore:
     # -- reading ---------------------------------------------------------------------------------
 
     def _locate(self, sha: str) -> Optional[Location]:
-        if self._staged and sha in self._staged:
-            return Location(*self._staged[sha][1:])
+        if self._staged is not None:
+            if sha in self._staged:
+                return Location(*self._staged[sha][1:])
+            if not self._db.in_transaction:
+                self._db.execute("BEGIN")  # one read transaction for the batch's lookups
         row = self._db.execute(
             "SELECT pack, offset, raw_len, comp_len FROM blobs WHERE sha256 = ?", (sha,)
         ).fetchone()
