@@ -191,6 +191,7 @@ class Recorder:
         self._store: Optional[MessageStore] = None
         self._journal: Optional[Journal] = None  # with fsync only; None again after a failed checkpoint
         self._journal_fsyncs = 0  # of a journal given up
+        self._seg_name: tuple[Optional[Path], str] = (None, "")  # the open segment, relative to data_dir
         self._closing = False
         self._close_fut: Optional[asyncio.Future] = None
         self._close_waiter: Optional[_SyncWaiter] = None
@@ -559,7 +560,9 @@ class Recorder:
             return False
         journal, current = self._journal, seg.current
         if journal is not None and current is not None:
-            name = str(current.relative_to(self.data_dir))
+            if self._seg_name[0] is not current:
+                self._seg_name = (current, str(current.relative_to(self.data_dir)))
+            name = self._seg_name[1]
             lines = b"".join(it.line for it in durable if it.exc is None)  # type: ignore[misc]
             if journal.fits(name, lines, records):
                 t0 = time.monotonic()
