@@ -115,10 +115,7 @@ def test_one_data_sync_per_batch_and_a_checkpoint_resets_the_journal(tmp_path: P
         await rec.close()
 
     asyncio.run(main())
-    with MessageStore(tmp_path, "t1") as s:
-        j = Journal(s.dir, "t1")
-        assert j.read() == []  # a clean close leaves no round to replay
-        j.close()
+    assert not (tmp_path / "messages" / journal_name("t1")).exists()  # a clean close leaves no journal
     assert sorted(e.index for e in iter_events(tmp_path) if isinstance(e, SmtpMessage)) == list(range(5))
 
 

@@ -8,8 +8,9 @@ batch's pack records and its message event lines, and syncs only the journal bef
 cadence (a *checkpoint*), after which the journal's records are redundant and it starts over.
 
 Layout: ``messages/journal-<writer>.bin``, one per pack writer (guarded by that writer's pack
-lock), a fixed-size file of zeros written once, so a record overwrites blocks that already
-exist and its fdatasync carries no metadata. Records::
+lock), a fixed-size file of zeros (128 KiB) written at start, so a record overwrites blocks
+that already exist and its fdatasync carries no metadata; removed at a clean shutdown.
+Records::
 
     0   8  magic b"SPMJRNL1"
     8   8  sequence number (u64 little-endian), one more than the record before
@@ -42,7 +43,7 @@ log = logging.getLogger("spampots.store")
 MAGIC = b"SPMJRNL1"
 _HEAD = struct.Struct("<8sQII")  # magic, seq, payload length, crc32
 _PAYLOAD = struct.Struct("<HI")  # segment name length, lines length
-JOURNAL_BYTES = 256 << 10  # about 50 ms of a busy writer's records; a bigger batch syncs pack and segment
+JOURNAL_BYTES = 128 << 10  # about 50 ms of a busy writer's records; a bigger batch syncs pack and segment
 
 
 class Entry(NamedTuple):
@@ -77,7 +78,7 @@ class Journal:
         self._pos = 0  # where the next record goes; 0: nothing since the last checkpoint
         if not self.path.exists():
             tmp = self.path.with_name(f".{self.path.name}.new")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
                 write_all(fd, bytes(size))
                 os.fsync(fd)
@@ -143,10 +144,14 @@ class Journal:
             os.pwrite(self._fd, bytes(_HEAD.size), 0)
             self._pos = 0
 
-    def close(self) -> None:
+    def close(self, *, remove: bool = False) -> None:
+        """``remove``: after a clean shutdown (everything synced) the file goes; the next start
+        writes a fresh one."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+            if remove:
+                self.path.unlink(missing_ok=True)
 
 
 def missing_lines(data_dir: Path, entries: list[Entry]) -> bytes:

@@ -260,7 +260,7 @@ class Recorder:
         if self._fsync:
             self._journal = journal
         else:
-            journal.close()
+            journal.close(remove=True)
 
     async def close(self) -> None:
         """Drain the queue, fsync, compress the open segment, close the store."""
@@ -602,10 +602,8 @@ class Recorder:
                 exc = exc or e
                 self._stats.errors += 1
                 log.error("closing the store failed: %r", e)
-        if self._journal is not None:
-            if exc is None:  # segment and pack synced: nothing journaled is needed any more
-                self._journal.checkpoint()
-            self._journal.close()
+        if self._journal is not None:  # segment and pack synced: nothing journaled is needed any more
+            self._journal.close(remove=exc is None)
         for throttled in (self._log_sync, self._log_bodies, self._log_lines, self._log_rotate):
             throttled.flush()
         self._fail_queued(RecorderError("recorder closed"))
