@@ -29,7 +29,7 @@ recorder._PLAIN_SYNC_S = 3600.0  # no checkpoint: every message after the flush 
 
 def body(i):
     k = i % 12 + 5 if i >= 100 else i  # later ones repeat bodies: of before the crash point, and of each other
-    return b"Subject: %d\r\n\r\n" % k + hashlib.shake_256(b"%d" % k).digest(2000) + b"\r\n"
+    return b"Subject: %d\r\n\r\n" % k + hashlib.shake_256(b"%d" % k).digest(500) + b"\r\n"
 
 async def main():
     d = sys.argv[1]
@@ -41,11 +41,13 @@ async def main():
     await rec.flush()  # a checkpoint: pack and segment synced, the journal empty
     sizes = {str(p): p.stat().st_size for p in list(rec._store.dir.glob("*.pack")) + [rec._seg.current]}
     print(json.dumps(sizes), flush=True)
+    checkpointed = rec._synced_at
     for start in range(100, 160, 6):
         shas = await asyncio.gather(*(rec.emit_durable(SmtpMessage(session=f"s{i}", index=i), body(i))
                                       for i in range(start, start + 6)))
         for i, sha in zip(range(start, start + 6), shas):
             print(i, sha, flush=True)
+    assert rec._synced_at == checkpointed and rec._journal.pending  # all of it in this journal round
     os.kill(os.getpid(), signal.SIGKILL)
 
 asyncio.run(main())
@@ -54,7 +56,7 @@ asyncio.run(main())
 
 def body(i: int) -> bytes:
     k = i % 12 + 5 if i >= 100 else i
-    return b"Subject: %d\r\n\r\n" % k + hashlib.shake_256(b"%d" % k).digest(2000) + b"\r\n"
+    return b"Subject: %d\r\n\r\n" % k + hashlib.shake_256(b"%d" % k).digest(500) + b"\r\n"
 
 
 def message_events(d: Path) -> Counter[int]:

@@ -542,20 +542,23 @@ class Recorder:
         is synced now and the caller syncs the segment after writing the lines)."""
         st = self._stats
         records: list[bytes] = []
-        for it in durable:
-            try:
-                ev = it.event
-                given = getattr(ev, "sha256", "")
-                sha, new, record = store.put_keep(it.body, given or None)  # type: ignore[arg-type]
-                if not given:
-                    ev.sha256 = sha  # type: ignore[union-attr]
-                it.line, it.result, it.body = encode(ev), sha, None  # type: ignore[arg-type]
-                records.append(record)
-                st.bodies_new += new
-            except Exception as e:
-                it.exc = e
+        try:
+            results = store.put_many([(it.body, getattr(it.event, "sha256", "") or None) for it in durable])  # type: ignore[misc]
+        except Exception as e:  # the lookup itself (the index unreadable): every body of the batch
+            results = [e] * len(durable)
+        for it, res in zip(durable, results):
+            if isinstance(res, Exception):
+                it.exc = res
                 st.errors += 1
-                self._log_bodies.error("storing a message body failed: %r", e)
+                self._log_bodies.error("storing a message body failed: %r", res)
+                continue
+            sha, new, record = res
+            ev = it.event
+            if not getattr(ev, "sha256", ""):
+                ev.sha256 = sha  # type: ignore[union-attr]
+            it.line, it.result, it.body = encode(ev), sha, None  # type: ignore[arg-type]
+            records.append(record)
+            st.bodies_new += new
         if not self._fsync or not records:
             return False
         journal, current = self._journal, seg.current
