@@ -163,3 +163,29 @@ def test_a_torn_or_stale_journal_record_ends_the_round(tmp_path: Path) -> None:
         f.write(b"\xff")
     assert j.read() == []
     j.close()
+
+
+def test_a_failed_record_is_written_over_and_the_chain_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from spampots.store import journal as jmod
+
+    j = Journal(tmp_path, "w")
+    j._dsync = False  # the pwrite + fdatasync path, where a failed sync can leave the record behind
+    j.append("events/x.jsonl", b'{"a":1}\n', [])
+
+    def eio(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(jmod, "fdatasync", eio)
+    with pytest.raises(OSError):
+        j.append("events/x.jsonl", b'{"lost":1}\n', [])  # written, not synced: its batch failed
+    monkeypatch.undo()
+    j.append("events/x.jsonl", b'{"a":2}\n', [])
+    assert [e.lines for e in j.read()] == [b'{"a":1}\n', b'{"a":2}\n']
+    j.close()
+    j2 = Journal(tmp_path, "w")  # a restarted writer numbers above everything in the file
+    assert [e.lines for e in j2.read()] == [b'{"a":1}\n', b'{"a":2}\n'] and j2._seq > 0
+    j2.checkpoint()
+    j2.append("events/y.jsonl", b'{"b":1}\n', [])
+    assert [e.lines for e in j2.read()] == [b'{"b":1}\n']
+    j2.close(remove=True)
+    assert not (tmp_path / journal_name("w")).exists()

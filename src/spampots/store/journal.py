@@ -34,6 +34,7 @@ import errno
 import logging
 import os
 import struct
+import time
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -78,7 +79,9 @@ class Journal:
         self.path = messages_dir / journal_name(writer)
         self.fsyncs = 0
         self.bytes_written = 0
-        self._seq = 0
+        # Sequence numbers start from the clock (us): a new writer's records number above any
+        # older round's, so stale records can never continue its chain.
+        self._seq = time.time_ns() // 1000
         self._pos = 0  # where the next record goes; 0: nothing since the last checkpoint
         if not self.path.exists():
             tmp = self.path.with_name(f".{self.path.name}.new")
@@ -134,8 +137,8 @@ class Journal:
         """Write one record and fdatasync it (call :meth:`fits` first)."""
         name = segment.encode()
         payload = b"".join([_PAYLOAD.pack(len(name), len(lines)), name, lines, *records])
-        self._seq += 1
-        tail = struct.pack("<QI", self._seq, len(payload))
+        seq = self._seq + 1  # taken only once the record is durable: a failed one is written over
+        tail = struct.pack("<QI", seq, len(payload))
         rec = MAGIC + tail + struct.pack("<I", zlib.crc32(tail + payload)) + payload
         if self._dsync:  # write and data sync in one call (one GIL hand-off less)
             try:
@@ -150,6 +153,7 @@ class Journal:
         if not self._dsync:
             os.pwrite(self._fd, rec, self._pos)  # within the file: one write, no size change
             fdatasync(self._fd)
+        self._seq = seq
         self._pos += len(rec)
         self.bytes_written += len(rec)
         self.fsyncs += 1
