@@ -22,10 +22,11 @@ Records::
            to the data dir, the event lines, then whole pack records (messages.HEADER + frame)
 
 A checkpoint rewinds to offset 0 and zeroes the first header (not synced: if that is lost
-the old records are replayed, which changes nothing, see :func:`replay`). Reading starts at 0
+the old records are replayed, which changes nothing: see :func:`missing_lines`). Reading starts at 0
 and follows the records while each one checks and its sequence number is one more than the
 last, so the records of an earlier round further on (lower numbers) and a torn last record
-end the chain.
+end the chain. Numbers start from the clock (microseconds) when a writer starts, above any
+older round's; a record whose write or sync failed is written over by the next one.
 """
 
 from __future__ import annotations
