@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from spampots.store import Recorder
 from spampots.store.messages import (
     HEADER,
     HEADER_SIZE,
@@ -357,3 +358,24 @@ def test_put_many_matches_put_one_by_one(tmp_path: Path) -> None:
             loc = s.location(sha)
             assert (tmp_path / "many" / "messages" / loc.pack).read_bytes()[loc.offset:][:len(record)] == record
         assert len(s) == 12 and len(packs(tmp_path / "many")) == len(packs(tmp_path / "one")) >= 2
+
+
+def test_two_writers_open_a_new_index_at_the_same_moment(tmp_path: Path) -> None:
+    """A sensor's workers start together: turning a new index into WAL mode must wait for the
+    other writer's lock instead of failing with "database is locked"."""
+    failures = []
+    for trial in range(40):
+        d = tmp_path / str(trial)
+        pids = []
+        for k in range(2):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                code = 1  # each opens its store as a worker's recorder does
+                try:
+                    Recorder(d, "s", pack_writer=f"s.w{k}").start()
+                    code = 0
+                finally:
+                    os._exit(code)
+            pids.append(pid)
+        failures += [st for st in (os.waitpid(p, 0)[1] for p in pids) if st != 0]
+    assert failures == []

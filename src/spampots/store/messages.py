@@ -36,6 +36,7 @@ import os
 import re
 import sqlite3
 import struct
+import time
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -115,6 +116,23 @@ def _disk_full(e: BaseException) -> bool:
     if isinstance(e, sqlite3.Error):
         return (getattr(e, "sqlite_errorname", None) or "") == "SQLITE_FULL"
     return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _to_wal(db: sqlite3.Connection, wait_s: float = 10.0) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting for other writers: turning a new index into WAL
+    mode takes an exclusive lock, and SQLite answers "database is locked" at once (without
+    its busy timeout) when another writer (a sensor's other worker starting at the same
+    moment) holds one."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if (getattr(e, "sqlite_errorname", "") or "") not in ("SQLITE_BUSY", "SQLITE_LOCKED") \
+                    or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _check_index(db: sqlite3.Connection) -> None:
@@ -268,7 +286,7 @@ class MessageStore:
         for attempt in (1, 2):
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             try:
-                db.execute("PRAGMA journal_mode=WAL")
+                _to_wal(db)
                 # OFF is safe here: the index is a cache; see the module docstring.
                 db.execute("PRAGMA synchronous=OFF")
                 # A bounded WAL: checkpoint every 256 pages (1 MiB) and cut the file back to that
