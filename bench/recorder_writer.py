@@ -1,7 +1,7 @@
 """The store writer thread alone: CPU per message, step by step, no network.
 
     python bench/recorder_writer.py [--messages 6000] [--batch 5,10,20] [--rounds 3]
-                                    [--baseline-src DIR] [--no-fsync-run]
+                                    [--baseline-src DIR] [--no-fsync-run] [--no-steps]
 
 Two parts:
 
