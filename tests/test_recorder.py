@@ -135,11 +135,11 @@ def test_disk_full_reaches_futures_and_log(tmp_path: Path, caplog: pytest.LogCap
         def full(*a, **k):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        store.put = full  # type: ignore[method-assign]
+        store.put_many = full  # type: ignore[method-assign]
         with pytest.raises(OSError) as ei:
             await rec.emit_durable(SmtpMessage(index=1), b"body")
         assert ei.value.errno == errno.ENOSPC
-        del store.put
+        del store.put_many
         real_write = seg.write
         seg.write = full  # type: ignore[method-assign]
         rec.emit(SessionOpen(session="lost"))

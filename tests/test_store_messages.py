@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from spampots.store import Recorder
 from spampots.store.messages import (
     HEADER,
     HEADER_SIZE,
@@ -333,3 +334,48 @@ def test_writers_of_one_index_batch_at_once(tmp_path: Path) -> None:
         assert len(ro) == 3 + 3 * 40 * 5
     finally:
         ro.close()
+
+
+def test_put_many_matches_put_one_by_one(tmp_path: Path) -> None:
+    """A batch of bodies stored with one lookup, one compression call and one write per pack:
+    the same records, rows and dedup as putting them one by one; a wrong sha fails alone; a
+    batch that does not fit in the pack spills into the next one."""
+    bs = bodies(12, 900)
+    with MessageStore(tmp_path / "one", "w", pack_max_bytes=4000) as one:
+        for b in bs[:3]:
+            one.put(b)
+        want = [one.put(b) for b in bs + bs[:2]]
+    with MessageStore(tmp_path / "many", "w", pack_max_bytes=4000) as s:
+        for b in bs[:3]:
+            s.put(b)
+        with s.batch():
+            got = s.put_many([(b, None) for b in bs + bs[:2]] + [(b"x", "0" * 64), (bs[5], None)])
+            s.sync()
+        assert [(sha, new) for sha, new, _ in got[:14]] == want
+        assert isinstance(got[14], ValueError) and got[15][:2] == (want[5][0], False)
+        for (sha, _, record), b in zip(got, bs):
+            assert record.startswith(MAGIC) and s.get(sha) == b
+            loc = s.location(sha)
+            assert (tmp_path / "many" / "messages" / loc.pack).read_bytes()[loc.offset:][:len(record)] == record
+        assert len(s) == 12 and len(packs(tmp_path / "many")) == len(packs(tmp_path / "one")) >= 2
+
+
+def test_two_writers_open_a_new_index_at_the_same_moment(tmp_path: Path) -> None:
+    """A sensor's workers start together: turning a new index into WAL mode must wait for the
+    other writer's lock instead of failing with "database is locked"."""
+    failures = []
+    for trial in range(40):
+        d = tmp_path / str(trial)
+        pids = []
+        for k in range(2):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                code = 1  # each opens its store as a worker's recorder does
+                try:
+                    Recorder(d, "s", pack_writer=f"s.w{k}").start()
+                    code = 0
+                finally:
+                    os._exit(code)
+            pids.append(pid)
+        failures += [st for st in (os.waitpid(p, 0)[1] for p in pids) if st != 0]
+    assert failures == []

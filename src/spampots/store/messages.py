@@ -63,6 +63,28 @@ _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _MAX_READ_FDS = 64
 _OPEN_BUSY_S = 30.0  # how long a store opened by several workers at once retries a locked index
 _BUSY_MS = 5000  # sqlite3's default busy wait, once the store is open
+# The writer thread shares the GIL with the sensor's event loop, and every C call that lets
+# the GIL go may cost a hand-off back and forth: a batch of bodies is stored with one
+# lookup, one pack write and one index insert instead of one of each per body.
+_HASH_CHUNK = 2047  # hashlib lets the GIL go for an update of 2048 bytes or more
+_HASH_HELD = 16 << 10  # bodies up to this size are hashed holding it (a few us)
+_ROWS_PER_INSERT = 150  # 750 parameters: under SQLite's oldest limit of 999
+_LOOKUPS_PER_SELECT = 500
+
+
+def _insert_sql(n: int) -> str:
+    return "INSERT OR REPLACE INTO blobs VALUES " + ",".join(["(?, ?, ?, ?, ?)"] * n)
+
+
+def _sha256(body: bytes) -> bytes:
+    """SHA-256 of ``body``; a small body in updates under hashlib's GIL-release size."""
+    if len(body) > _HASH_HELD:
+        return hashlib.sha256(body).digest()
+    h = hashlib.sha256()
+    view = memoryview(body)
+    for i in range(0, len(body), _HASH_CHUNK):
+        h.update(view[i:i + _HASH_CHUNK])
+    return h.digest()
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
@@ -258,7 +280,7 @@ class MessageStore:
             # A long busy wait while opening (workers start together); _reconcile sets it back.
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=_OPEN_BUSY_S)
             try:
-                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA journal_mode=WAL")  # locked by a worker opening at once: retried below
                 # OFF is safe here: the index is a cache; see the module docstring.
                 db.execute("PRAGMA synchronous=OFF")
                 # A bounded WAL: checkpoint every 256 pages (1 MiB) and cut the file back to that
@@ -429,23 +451,150 @@ class MessageStore:
         ``sha256``, if given, is checked against the body (ValueError on mismatch).
         The bytes reach the kernel before this returns; call :meth:`sync` for disk.
         """
+        sha, new, _ = self.put_keep(body, sha256)
+        return sha, new
+
+    def put_keep(self, body: bytes, sha256: Optional[str] = None) -> tuple[str, bool, bytes]:
+        """:meth:`put`, also returning the whole pack record that holds the body (the new one,
+        or the intact copy found): the recorder journals it (store/journal.py)."""
         self._check_writable()
-        digest = hashlib.sha256(body).digest()
+        digest = _sha256(body)
         sha = digest.hex()
         if sha256 is not None and sha256.lower() != sha:
             raise ValueError(f"sha256 {sha256!r} does not match the body ({sha})")
         loc = self._locate(sha)
         if loc is not None:
-            if self._intact(sha, loc):
+            record = self._intact_record(sha, loc)
+            if record is not None:
                 if loc.pack != self._pack:
                     self._foreign.add(loc.pack)  # maybe not yet fsynced by its writer
                     self.hit_packs.add(loc.pack)  # named again: retention keeps it (retention.py)
-                return sha, False
+                return sha, False, record
             log.warning("index row for %s points at bad bytes: storing the body again", sha)
         comp = self._cctx.compress(body)
         if self._samples is not None:
             self._sample(body)
         record = HEADER.pack(MAGIC, digest, len(body), len(comp), zlib.crc32(comp)) + comp
+        self._append(record, sha, len(body), len(comp))
+        return sha, True, record
+
+    def put_many(self, items: list[tuple[bytes, Optional[str]]]) -> list[Union[tuple[str, bool, bytes], Exception]]:
+        """:meth:`put_keep` for each ``(body, sha256)``, with one index lookup and one pack write
+        per call instead of one of each per body. Each item's result, or its exception (a wrong sha256, a failed write): one item's
+        failure is its own. Use inside :meth:`batch` (the index rows are inserted at its end)."""
+        self._check_writable()
+        out: list = [None] * len(items)
+        shas: list[str] = []
+        for k, (body, given) in enumerate(items):
+            digest = _sha256(body)
+            sha = digest.hex()
+            shas.append(sha)
+            if given is not None and given.lower() != sha:
+                out[k] = ValueError(f"sha256 {given!r} does not match the body ({sha})")
+        staged = self._staged or {}
+        found = self._locate_many([sha for k, sha in enumerate(shas) if out[k] is None and sha not in staged])
+        first: dict[str, int] = {}  # sha -> the item of this call that stores it
+        new: list[int] = []
+        for k, sha in enumerate(shas):
+            if out[k] is not None or sha in first:
+                continue
+            loc = Location(*staged[sha][1:]) if sha in staged else found.get(sha)
+            if loc is not None:
+                record = self._intact_record(sha, loc)
+                if record is not None:
+                    if loc.pack != self._pack:
+                        self._foreign.add(loc.pack)  # maybe not yet fsynced by its writer
+                        self.hit_packs.add(loc.pack)  # named again: retention keeps it (retention.py)
+                    out[k] = (sha, False, record)
+                    continue
+                log.warning("index row for %s points at bad bytes: storing the body again", sha)
+            first[sha] = k
+            new.append(k)
+        if new:
+            bodies = [items[k][0] for k in new]
+            records = [HEADER.pack(MAGIC, bytes.fromhex(shas[k]), len(b), len(c), zlib.crc32(c)) + c
+                       for k, b, c in zip(new, bodies, self._compress_many(bodies))]
+            errors = self._append_many([(r, shas[k], len(items[k][0]), len(r) - HEADER_SIZE)
+                                        for k, r in zip(new, records)])
+            for k, r, e in zip(new, records, errors):
+                out[k] = e if e is not None else (shas[k], True, r)
+        for k, sha in enumerate(shas):  # copies of a body stored by this call
+            if out[k] is None:
+                stored = out[first[sha]]
+                out[k] = stored if isinstance(stored, Exception) else (sha, False, stored[2])
+        return out
+
+    def _compress_many(self, bodies: list[bytes]) -> list[bytes]:
+        # One compress call per body: zstandard's multi_compress_to_buffer takes one call but
+        # sets up its context each time, 10x the cost of three small bodies with a dictionary.
+        out = []
+        for body in bodies:
+            out.append(self._cctx.compress(body))
+            if self._samples is not None:
+                self._sample(body)
+        return out
+
+    def _locate_many(self, shas: list[str]) -> dict[str, Location]:
+        found: dict[str, Location] = {}
+        for i in range(0, len(shas), _LOOKUPS_PER_SELECT):
+            part = shas[i:i + _LOOKUPS_PER_SELECT]
+            rows = self._db.execute("SELECT sha256, pack, offset, raw_len, comp_len FROM blobs WHERE sha256 IN ("
+                                    + ",".join("?" * len(part)) + ")", part)
+            for sha, *loc in rows:
+                found[sha] = Location(*loc)
+        return found
+
+    def _append_many(self, recs: list[tuple[bytes, str, int, int]]) -> list[Optional[Exception]]:
+        """Append records (record, sha, raw_len, comp_len), as many per write as fit in the pack."""
+        errors: list[Optional[Exception]] = [None] * len(recs)
+        i = 0
+        while i < len(recs):
+            try:
+                self._ensure_room(len(recs[i][0]))
+            except Exception as e:
+                errors[i] = e
+                i += 1
+                continue
+            j, end = i + 1, self._pack_size + len(recs[i][0])
+            while j < len(recs) and end + len(recs[j][0]) <= self.pack_max_bytes:
+                end += len(recs[j][0])
+                j += 1
+            offset = self._pack_size
+            try:
+                write_all(self._fd, b"".join(r[0] for r in recs[i:j]))  # type: ignore[arg-type]
+            except Exception as e:
+                self._undo_partial(offset)
+                errors[i:j] = [e] * (j - i)
+                i = j
+                continue
+            for record, sha, raw_len, comp_len in recs[i:j]:
+                self._index_row((sha, self._pack, offset, raw_len, comp_len))  # type: ignore[arg-type]
+                offset += len(record)
+            self.bytes_written += offset - self._pack_size
+            self._pack_size, self._dirty = offset, True
+            i = j
+        return errors
+
+    def _index_row(self, row: tuple[str, str, int, int, int]) -> None:
+        if self._staged is not None:
+            self._staged[row[0]] = row  # committed at the end of the batch, after its sync
+        else:
+            self._db.execute("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?, ?)", row)
+
+    def put_record(self, record: bytes) -> bool:
+        """Store a whole pack record (a journaled one) unless an intact copy of its body
+        exists; True if it was written. ValueError if the record does not check."""
+        self._check_writable()
+        rec = _valid_at(record, 0, len(record))
+        if rec is None or HEADER_SIZE + rec.comp_len != len(record):
+            raise ValueError("not a valid pack record")
+        loc = self._locate(rec.sha)
+        if loc is not None and self._intact_record(rec.sha, loc) is not None:
+            return False
+        self._append(record, rec.sha, rec.raw_len, rec.comp_len)
+        return True
+
+    def _append(self, record: bytes, sha: str, raw_len: int, comp_len: int) -> None:
         self._ensure_room(len(record))
         assert self._fd is not None and self._pack is not None
         offset = self._pack_size
@@ -457,12 +606,7 @@ class MessageStore:
         self._pack_size += len(record)
         self._dirty = True
         self.bytes_written += len(record)
-        row = (sha, self._pack, offset, len(body), len(comp))
-        if self._staged is not None:
-            self._staged[sha] = row  # committed at the end of the batch, after its sync
-        else:
-            self._db.execute("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?, ?)", row)
-        return sha, True
+        self._index_row((sha, self._pack, offset, raw_len, comp_len))
 
     # -- the compression dictionary ------------------------------------------------------------
     # Spam bodies share most of their words, headers and markup with each other, far more than
@@ -561,7 +705,9 @@ class MessageStore:
         sensor's workers, a collector) share the index, and none waits on another's fsync.
         A failed commit is rolled back and raised (sqlite3.Error): treat the batch's puts as
         not stored (their records are indexed from the pack on the next open). Nested use
-        joins the outer batch.
+        joins the outer batch. Up to ``_ROWS_PER_INSERT`` rows go in one multi-row
+        ``INSERT``, its own transaction (one statement: a single step of SQLite, which lets
+        the GIL go once instead of once per row); more take an explicit transaction.
         """
         self._check_writable()
         if self._staged is not None:
@@ -576,9 +722,14 @@ class MessageStore:
         if not rows:
             return
         db = self._db
+        if len(rows) <= _ROWS_PER_INSERT:
+            db.execute(_insert_sql(len(rows)), [v for row in rows for v in row])
+            return
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?, ?)", rows)
+            for i in range(0, len(rows), _ROWS_PER_INSERT):
+                part = rows[i:i + _ROWS_PER_INSERT]
+                db.execute(_insert_sql(len(part)), [v for row in part for v in row])
             db.execute("COMMIT")
         except sqlite3.Error:
             try:
@@ -643,6 +794,10 @@ class MessageStore:
 
     def _record(self, sha: str, loc: Location) -> bytes:
         """The compressed bytes at ``loc``, after checking header and CRC."""
+        return self._whole_record(sha, loc)[HEADER_SIZE:]
+
+    def _whole_record(self, sha: str, loc: Location) -> bytes:
+        """The record (header and frame) at ``loc``, checked."""
         try:
             data = os.pread(self._read_fd(loc.pack), HEADER_SIZE + loc.comp_len, loc.offset)
         except FileNotFoundError:
@@ -650,14 +805,13 @@ class MessageStore:
         rec = _valid_at(data, 0, len(data))
         if rec is None or rec.sha != sha or rec.raw_len != loc.raw_len or rec.comp_len != loc.comp_len:
             raise CorruptRecord(f"{sha}: bad record at {loc.pack}:{loc.offset}")
-        return data[HEADER_SIZE:]
+        return data
 
-    def _intact(self, sha: str, loc: Location) -> bool:
+    def _intact_record(self, sha: str, loc: Location) -> Optional[bytes]:
         try:
-            self._record(sha, loc)
+            return self._whole_record(sha, loc)
         except (CorruptRecord, OSError):
-            return False
-        return True
+            return None
 
     def get(self, sha256: str) -> bytes:
         """The exact raw body. KeyError if unknown; CorruptRecord if it fails CRC or SHA-256."""

@@ -1,6 +1,7 @@
 """The group-commit writer between the asyncio sensor and the store.
 
-One thread owns the :class:`SegmentWriter` and the :class:`MessageStore`. The
+One thread owns the :class:`SegmentWriter`, the :class:`MessageStore` and the
+:class:`~spampots.store.journal.Journal`. The
 event loop never blocks on it: what the loop emits during one pass of the loop
 goes into a plain list, handed to the writer once at the end of the pass (one
 lock, at most one wake-up, however many sessions emitted). Other threads hand
@@ -8,16 +9,23 @@ over each item at once. Natural group commit: an idle writer takes what is
 queued at once (no linger); whatever queues while it commits forms the next
 batch. A batch:
 
-1. message bodies into the pack, then one pack fdatasync (their index rows in
-   one SQLite transaction, committed after it);
-2. all event lines (in queue order) in one write, then one segment fdatasync,
-   but only when the batch holds a message, a flush or a close, or the last
-   segment sync is ``_PLAIN_SYNC_S`` old (plain events need no sync of their
-   own; this bounds their loss in a machine crash);
-3. the futures of the batch are resolved in one ``call_soon_threadsafe``.
+1. message bodies into the pack (written, not synced);
+2. one journal record holding those pack records and the messages' event lines,
+   and the journal's fdatasync: the one sync a message waits for (journal.py);
+   then the bodies' index rows in one SQLite transaction;
+3. all event lines (in queue order) in one write to the segment;
+4. a *checkpoint* (pack and segment fdatasync, the journal starts over) when the
+   batch holds a flush or a close, the journal is full, or the last one is
+   ``_PLAIN_SYNC_S`` old (this also bounds the loss of plain events in a machine
+   crash); a batch that does not fit the journal, or the first one of a new
+   segment, syncs the pack before its lines are written and the segment after;
+5. the futures of the batch are resolved in one ``call_soon_threadsafe``.
 
-Bodies are durable before the event lines that name them are written, so after
-any crash an ``spampots.smtp.message`` event on disk implies its body is too.
+Every message event line reaches the segment only once it and its body are
+durable (in the journal, or the pack synced first), and :meth:`Recorder.start`
+puts back what a crash lost of the journaled ones (bodies into the pack, event
+lines missing from their segment appended again), so after any crash an
+``spampots.smtp.message`` event on disk implies its body is too.
 A failure (disk full) fails the futures it affects and is logged to
 ``spampots.store``, at most one line per failure kind and ``_FAIL_LOG_S`` with a count
 of the rest; plain ``emit`` events have no future, so their loss is logged and
@@ -37,6 +45,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from ..events import Event, SmtpMessage, encode
+from .journal import Journal, missing_lines
 from .messages import MessageStore
 from ..lograte import RateLimitedLog
 from .segments import SegmentWriter, recover
@@ -44,7 +53,7 @@ from .segments import SegmentWriter, recover
 log = logging.getLogger("spampots.store")
 
 _IDLE_TICK_S = 0.5  # how often an idle writer checks segment age
-_PLAIN_SYNC_S = 0.05  # the longest plain events stay queued, or written but not synced
+_PLAIN_SYNC_S = 0.05  # the longest plain events stay queued, or written but not synced; the checkpoint cadence
 _PLAIN_MAX_QUEUED = 1024  # plain events that wake the writer before the tick
 _FAIL_LOG_S = 10.0  # one log line per failure kind per this many seconds (a full disk fails every batch)
 # kinds _DURABLE.._CLOSE need a sync before they resolve; _CALL runs a function in the writer thread
@@ -89,7 +98,7 @@ class RecorderStats:
     messages: int = 0  # message events written with a durable body
     bodies_new: int = 0  # bodies stored (the others were already there)
     bytes: int = 0  # bytes written to segments and packs
-    fsyncs: int = 0  # file and directory fsyncs
+    fsyncs: int = 0  # file and directory fsyncs (journal, packs, segments)
     batches: int = 0  # group commits
     errors: int = 0  # failed batches, failed bodies, failed rotations
     queued: int = 0  # items waiting for the writer thread right now
@@ -207,6 +216,9 @@ class Recorder:
         self._thread: Optional[threading.Thread] = None
         self._seg: Optional[SegmentWriter] = None
         self._store: Optional[MessageStore] = None
+        self._journal: Optional[Journal] = None  # with fsync only; None again after a failed checkpoint
+        self._journal_fsyncs = 0  # of a journal given up
+        self._seg_name: tuple[Optional[Path], str] = (None, "")  # the open segment, relative to data_dir
         self._closing = False
         self._close_fut: Optional[asyncio.Future] = None
         self._close_waiter: Optional[_SyncWaiter] = None
@@ -239,11 +251,43 @@ class Recorder:
         self._store = MessageStore(self.data_dir, self.pack_writer, pack_max_bytes=self._pack_max)
         try:
             self._seg = SegmentWriter(self.data_dir, self.sensor, **self._seg_args)  # type: ignore[arg-type]
+            self._replay_journal()
         except BaseException:
+            if self._journal is not None:
+                self._journal.close()
             self._store.close()
             raise
         self._thread = threading.Thread(target=self._run, name="spampots-recorder", daemon=True)
         self._thread.start()
+
+    def _replay_journal(self) -> None:
+        """Put back what a crash lost of the last journal round, then start a new round.
+
+        Bodies the packs lack are appended (a dedup hit is only checked); event lines not in
+        the segment the dead writer wrote them to are appended to ours. Both are synced before
+        the journal is reset. Replaying a round that was already complete changes nothing."""
+        store, seg = self._store, self._seg
+        assert store is not None and seg is not None
+        path = store.dir / f"journal-{self.pack_writer}.bin"
+        if not self._fsync and not path.exists():
+            return
+        journal = Journal(store.dir, self.pack_writer)
+        entries = journal.read()
+        if entries:
+            put = sum(store.put_record(r) for e in entries for r in e.records)
+            lines = missing_lines(self.data_dir, entries)
+            store.sync()
+            if lines:
+                seg.write(lines)
+                seg.sync()
+            if put or lines:
+                log.warning("journal %s: %d bodies and %d message events a crash had lost put back",
+                            path.name, put, lines.count(b"\n"))
+        journal.checkpoint()
+        if self._fsync:
+            self._journal = journal
+        else:
+            journal.close(remove=True)
 
     async def close(self) -> None:
         """Drain the queue, fsync, compress the open segment, close the store."""
@@ -398,6 +442,7 @@ class Recorder:
             if part is not None:
                 s.fsyncs += part.fsyncs
                 s.bytes += part.bytes_written
+        s.fsyncs += self._journal_fsyncs + (self._journal.fsyncs if self._journal is not None else 0)
         s.queued = len(self._pending) + len(self._local)
         return s
 
@@ -430,7 +475,7 @@ class Recorder:
         with self._cond:
             if not self._urgent:
                 timeout = _IDLE_TICK_S
-                if self._pending or (self._fsync and self._seg is not None and self._seg.dirty):
+                if self._pending or (self._fsync and self._seg is not None and self._unsynced()):
                     timeout = max(0.0, min(timeout, self._synced_at + _PLAIN_SYNC_S - time.monotonic()))
                 else:
                     self._idle = True
@@ -438,26 +483,39 @@ class Recorder:
             batch, self._pending, self._urgent, self._idle = self._pending, [], False, False
         return batch
 
-    def _sync_plain(self) -> None:
-        """Sync plain events written without a sync once they have waited long enough."""
-        seg = self._seg
-        if not self._fsync or seg is None or not seg.dirty:
-            return
-        if time.monotonic() - self._synced_at >= _PLAIN_SYNC_S:
-            self._sync_segment()
+    def _unsynced(self) -> bool:
+        """Written since the last checkpoint: plain events, or journaled messages."""
+        return self._seg.dirty or (self._journal is not None and self._journal.pending)  # type: ignore[union-attr]
 
-    def _sync_segment(self) -> Optional[BaseException]:
+    def _sync_plain(self) -> None:
+        """Checkpoint once plain events or journaled messages have waited long enough."""
+        if self._fsync and self._seg is not None and self._unsynced() \
+                and time.monotonic() - self._synced_at >= _PLAIN_SYNC_S:
+            self._checkpoint()
+
+    def _checkpoint(self) -> Optional[BaseException]:
+        """fdatasync the pack (and dedup hits' packs) and the segment; the journal starts over."""
         try:
-            self._timed_sync(self._seg)
+            if self._journal is not None and self._journal.pending:
+                self._timed_sync(self._store)  # type: ignore[arg-type]
+            self._timed_sync(self._seg)  # type: ignore[arg-type]
+            if self._journal is not None:
+                self._journal.checkpoint()
         except Exception as e:
             self._stats.errors += 1
-            self._log_sync.error("fsync of the event segment failed: %r", e)
-            return e  # the writer gave the segment up; recover() finishes it
+            self._log_sync.error("fsync of the event segment or the pack failed: %r", e)
+            journal = self._journal
+            if journal is not None and journal.pending:
+                # What it holds may now be the only durable copy: keep it as it is for the next
+                # start to replay, and sync pack and segment on every batch until then.
+                self._journal, self._journal_fsyncs = None, self._journal_fsyncs + journal.fsyncs
+                journal.close()
+            return e  # a failed segment was given up (recover() finishes it)
         finally:
             self._synced_at = time.monotonic()
         return None
 
-    def _timed_sync(self, part: Union[SegmentWriter, MessageStore]) -> None:
+    def _timed_sync(self, part: Union[SegmentWriter, MessageStore, Journal]) -> None:
         t0 = time.monotonic()
         part.sync()
         self._stats.fsync_seconds.observe(time.monotonic() - t0)
@@ -467,12 +525,13 @@ class Recorder:
         assert store is not None and seg is not None
         durable = [it for it in batch if it.kind == _DURABLE]
         # Only messages, flushes and closes are waited on; plain events ride along.
-        must_sync = self._fsync and any(_DURABLE <= it.kind <= _CLOSE for it in batch)
+        barrier = self._fsync and any(_BARRIER <= it.kind <= _CLOSE for it in batch)
+        synced = False  # a checkpoint made everything written so far durable
         if durable:
             try:
                 with store.batch():
-                    self._store_bodies(store, durable)
-            except Exception as e:  # the pack's fsync or the index commit: none of them acknowledged
+                    synced = self._store_bodies(store, seg, durable)
+            except Exception as e:  # the journal's or the pack's fsync, or the index commit: none acknowledged
                 st.errors += 1
                 self._log_bodies.error("storing %d message bodies failed: %r", len(durable), e)
                 for it in durable:
@@ -482,22 +541,22 @@ class Recorder:
         if lines:
             try:
                 seg.write(b"".join(lines))
-                if must_sync or time.monotonic() - self._synced_at >= _PLAIN_SYNC_S:
-                    if self._fsync:
-                        self._timed_sync(seg)
-                    self._synced_at = time.monotonic()
             except Exception as e:
                 batch_exc = e
                 st.errors += 1
                 lost = sum(it.kind == _EVENT for it in batch)
                 self._log_lines.error("writing %d event lines failed (%d plain events lost): %r", len(lines), lost, e)
-                # The writer cut off what got in and retries the same file, or (after a failed
-                # fsync) gave it up to recover().
+                # The writer cut off what got in and retries the same file. Journaled message
+                # lines are still put back by the next start if the process dies before that.
             else:
                 st.events += len(lines)
                 st.messages += sum(1 for it in durable if it.exc is None)
-        if must_sync and not lines and batch_exc is None:
-            batch_exc = self._sync_segment()  # a flush: earlier plain events may be unsynced
+        if batch_exc is None and self._fsync and (
+                synced or barrier or time.monotonic() - self._synced_at >= _PLAIN_SYNC_S
+                or (self._journal is not None and self._journal.nearly_full)):
+            batch_exc = self._checkpoint()
+        elif not self._fsync and lines:
+            self._synced_at = time.monotonic()
         st.batches += 1
         self._resolve([it for it in batch if it.kind < _CLOSE], batch_exc)
 
@@ -512,23 +571,45 @@ class Recorder:
         if calls:
             self._resolve(calls, None)
 
-    def _store_bodies(self, store: MessageStore, durable: list[_Item]) -> None:
-        """Put each body (its failure is its own), then fsync the pack once for all of them."""
+    def _store_bodies(self, store: MessageStore, seg: SegmentWriter, durable: list[_Item]) -> bool:
+        """Put each body (its failure is its own) and encode its event, then make them durable
+        with one journal record and its fdatasync; returns True when it took a checkpoint instead
+        (no journal, a record too big for what is left of it, or no segment open yet: the pack
+        is synced now and the caller syncs the segment after writing the lines)."""
         st = self._stats
-        for it in durable:
-            try:
-                ev = it.event
-                sha, new = store.put(it.body, getattr(ev, "sha256", "") or None)  # type: ignore[arg-type]
-                if not getattr(ev, "sha256", ""):
-                    ev.sha256 = sha  # type: ignore[union-attr]
-                it.line, it.result = encode(ev), sha  # type: ignore[arg-type]
-                st.bodies_new += new
-            except Exception as e:
-                it.exc = e
+        records: list[bytes] = []
+        try:
+            results = store.put_many([(it.body, getattr(it.event, "sha256", "") or None) for it in durable])  # type: ignore[misc]
+        except Exception as e:  # the lookup itself (the index unreadable): every body of the batch
+            results = [e] * len(durable)
+        for it, res in zip(durable, results):
+            if isinstance(res, Exception):
+                it.exc = res
                 st.errors += 1
-                self._log_bodies.error("storing a message body failed: %r", e)
-        if self._fsync and any(it.exc is None for it in durable):
-            self._timed_sync(store)  # raises: the caller fails the batch and the index rows roll back
+                self._log_bodies.error("storing a message body failed: %r", res)
+                continue
+            sha, new, record = res
+            ev = it.event
+            if not getattr(ev, "sha256", ""):
+                ev.sha256 = sha  # type: ignore[union-attr]
+            it.line, it.result, it.body = encode(ev), sha, None  # type: ignore[arg-type]
+            records.append(record)
+            st.bodies_new += new
+        if not self._fsync or not records:
+            return False
+        journal, current = self._journal, seg.current
+        if journal is not None and current is not None:
+            if self._seg_name[0] is not current:
+                self._seg_name = (current, str(current.relative_to(self.data_dir)))
+            name = self._seg_name[1]
+            lines = b"".join(it.line for it in durable if it.exc is None)  # type: ignore[misc]
+            if journal.fits(name, lines, records):
+                t0 = time.monotonic()
+                journal.append(name, lines, records)  # raises: the caller fails the batch, rows roll back
+                st.fsync_seconds.observe(time.monotonic() - t0)
+                return False
+        self._timed_sync(store)  # raises: the caller fails the batch and the index rows roll back
+        return True
 
     def _resolve(self, items: list[_Item], batch_exc: Optional[BaseException]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
@@ -560,6 +641,8 @@ class Recorder:
                 exc = exc or e
                 self._stats.errors += 1
                 log.error("closing the store failed: %r", e)
+        if self._journal is not None:  # segment and pack synced: nothing journaled is needed any more
+            self._journal.close(remove=exc is None)
         for throttled in (self._log_sync, self._log_bodies, self._log_lines, self._log_rotate):
             throttled.flush()
         self._fail_queued(RecorderError("recorder closed"))
