@@ -218,10 +218,10 @@ def test_emit_durable_then_calls_back_once_on_the_loop_when_on_disk(tmp_path: Pa
             raise OSError(errno.ENOSPC, "No space left on device")
 
         await asyncio.wait_for(_wait(lambda: len(got) == 2), 20)
-        store.put = full  # type: ignore[method-assign]
+        store.put_many = full  # type: ignore[method-assign]
         rec.emit_durable_then(SmtpMessage(index=2), body(2), then)
         await asyncio.wait_for(done.wait(), 20)
-        del store.put
+        del store.put_many
         await rec.close()
         assert got[0] == (hashlib.sha256(body(1)).hexdigest(), None, threading.get_ident())
         assert got[1] == body(1)

@@ -41,7 +41,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
-from .segments import ReadStats, fdatasync, fsync_dir, iter_file_lines, write_all
+from .segments import ReadStats, fdatasync, fsync_dir, iter_file_lines, segment_stem, write_all
 
 log = logging.getLogger("spampots.store")
 
@@ -188,7 +188,7 @@ def missing_lines(data_dir: Path, entries: list[Entry]) -> bytes:
     have: dict[str, Counter[bytes]] = {}
     for name, want in wanted.items():
         path = data_dir / name
-        if path.exists() or path.with_name(path.name + ".zst").exists():
+        if path.exists() or path.with_name(segment_stem(path.name) + ".zst").exists():  # open, or closed since
             have[name] = Counter(line for line in iter_file_lines(path, ReadStats()) if line in want)
     out: list[bytes] = []
     for e in entries:  # in journal order

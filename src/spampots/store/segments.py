@@ -719,7 +719,12 @@ class FrameReader:
                 self.pos = self._base + end
                 return size, self._buf[i:end]
             # Damage, or the end of the complete frames: a complete frame further on tells them apart.
+            known = self._base + len(self._buf)
             nxt = self._resync(self.pos + 1)
+            if nxt >= 0 and self._base + len(self._buf) > known:
+                # The file grew meanwhile: the writer may have finished this frame and written
+                # the next one. Look at this one again before calling it damaged.
+                continue
             if nxt < 0:
                 self.torn = len(self._buf) - (self.pos - self._base)
                 # Read those bytes again next time: a writer whose write failed cuts its half
