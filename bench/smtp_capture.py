@@ -19,7 +19,9 @@ in the same rounds, so a change is measured side by side with what it replaces.
 round and the medians. Besides the rate, each spampots line gives the CPU per
 message of the sensor's event-loop threads and of its store writer threads (summed
 over the workers), the loop threads' context switches per message (and how many were
-preemptions), and smtp-source's own CPU per message (the client shares the machine).
+preemptions), and smtp-source's own CPU per message (the client shares the machine);
+smtp-sink, the lean sink and aiosmtpd show their own CPU per message too (the floor that
+the kernel's loopback TCP path and the round trips set for any server here).
 spampots runs with its default workers (one per core, or ``--workers``) and, for
 comparison, as one process (``1 worker``; ``--no-single`` skips it). ``bench/smtp_replay.py``
 splits the loop thread's own Python work per message, without sockets.
@@ -60,14 +62,17 @@ class Run:
     stored: int = 0  # message events whose body is in the store too
     loop_cs: float = 0.0  # spampots: context switches of the event-loop threads per message,
     loop_preempted: float = 0.0  # and how many of them were involuntary (the thread was runnable)
+    server_ms: float = 0.0  # a baseline server (smtp-sink, lean, aiosmtpd): its CPU ms per message
 
 
 def _driven(cmd: list[str], port: int, messages: int) -> Run:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port, proc=proc)
+        before = sum(thread_cpu(proc.pid))
         wall, client = smtp_source_cpu(port, messages)
-        return Run(messages / wall, 1000 * client / messages)
+        server = sum(thread_cpu(proc.pid)) - before
+        return Run(messages / wall, 1000 * client / messages, server_ms=1000 * server / messages)
     finally:
         proc.terminate()
         proc.wait()
@@ -187,7 +192,8 @@ def main() -> None:
 
     med = {k: _median(v) for k, v in runs.items()}
     sink = med["smtp-sink"]
-    parts = [f"smtp-sink {sink.rate:,.0f} msg/s (client {sink.client_ms:.3f} ms CPU/msg)",
+    parts = [f"smtp-sink {sink.rate:,.0f} msg/s (CPU/msg: smtp-sink {sink.server_ms:.3f} ms, client "
+             f"{sink.client_ms:.3f} ms)",
              _ours(f"spampots ({args.workers or 'default'} workers)", med["spampots"], sink, n) + " | ratio "
              f"{med['spampots'].rate / sink.rate:.2f}x (goal >= 1.0x)"]
     if "1 worker" in med:
@@ -204,10 +210,12 @@ def main() -> None:
                      f"+ writer {f.writer_ms:.3f} ms CPU/msg)")
     if "lean" in med:
         le = med["lean"]
-        parts.append(f"lean Python sink {le.rate:,.0f} msg/s ({le.rate / sink.rate:.2f}x)")
+        parts.append(f"lean Python sink {le.rate:,.0f} msg/s ({le.rate / sink.rate:.2f}x, "
+                     f"{le.server_ms:.3f} ms CPU/msg)")
     if "aiosmtpd" in med:
         a = med["aiosmtpd"]
-        parts.append(f"aiosmtpd {aio_version} {a.rate:,.0f} msg/s ({a.rate / sink.rate:.2f}x smtp-sink; "
+        parts.append(f"aiosmtpd {aio_version} {a.rate:,.0f} msg/s ({a.rate / sink.rate:.2f}x smtp-sink, "
+                     f"{a.server_ms:.3f} ms CPU/msg; "
                      f"spampots = {med['spampots'].rate / a.rate:.1f}x aiosmtpd)")
     elif aio_version:
         parts.append(f"aiosmtpd {aio_version}")

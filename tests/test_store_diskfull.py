@@ -138,6 +138,7 @@ def test_full_disk(small_disk: Path, tmp_path: Path) -> None:
                 assert store.get(ev.sha256)
 
     # a restart on the still-full disk comes up, recovers what it can, and refuses to lie
+    _fill(small_disk)  # what the clean stop freed (its journal) is taken again: no room even for one
     sp2 = start_sensor(tmp_path / "run2", config=CONFIG, data_dir=small_disk, args=("--user", ""))
     try:
         assert not _send(sp2.port(25), 1000)

@@ -90,6 +90,9 @@ class Journal:
             try:
                 write_all(fd, bytes(size))
                 os.fsync(fd)
+            except OSError:  # a full disk: leave no half-made file behind
+                tmp.unlink(missing_ok=True)
+                raise
             finally:
                 os.close(fd)
             os.replace(tmp, self.path)

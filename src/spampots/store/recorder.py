@@ -46,7 +46,7 @@ from typing import Any, Callable, Optional, Union
 
 from ..events import Event, SmtpMessage, encode
 from .journal import Journal, missing_lines
-from .messages import MessageStore
+from .messages import MessageStore, _disk_full
 from ..lograte import RateLimitedLog
 from .segments import SegmentWriter, recover
 
@@ -271,19 +271,33 @@ class Recorder:
         path = store.dir / f"journal-{self.pack_writer}.bin"
         if not self._fsync and not path.exists():
             return
-        journal = Journal(store.dir, self.pack_writer)
-        entries = journal.read()
-        if entries:
-            put = sum(store.put_record(r) for e in entries for r in e.records)
-            lines = missing_lines(self.data_dir, entries)
-            store.sync()
-            if lines:
-                seg.write(lines)
-                seg.sync()
-            if put or lines:
-                log.warning("journal %s: %d bodies and %d message events a crash had lost put back",
-                            path.name, put, lines.count(b"\n"))
-        journal.checkpoint()
+        journal: Optional[Journal] = None
+        try:
+            journal = Journal(store.dir, self.pack_writer)
+            entries = journal.read()
+            if entries:
+                put = sum(store.put_record(r) for e in entries for r in e.records)
+                lines = missing_lines(self.data_dir, entries)
+                store.sync()
+                if lines:
+                    seg.write(lines)
+                    seg.sync()
+                if put or lines:
+                    log.warning("journal %s: %d bodies and %d message events a crash had lost put back",
+                                path.name, put, lines.count(b"\n"))
+            journal.checkpoint()
+        except OSError as e:
+            if not _disk_full(e):
+                raise
+            # A full disk must not keep the sensor down (it refuses mail until there is room):
+            # run without a journal (pack and segment synced before each 250, as without one);
+            # a journal not replayed stays on disk for the next start, which replays it.
+            if journal is not None:
+                journal.close()
+            self._stats.errors += 1
+            log.error("journal %s: %s: committing without it (two syncs per batch) until the next start",
+                      path.name, e)
+            return
         if self._fsync:
             self._journal = journal
         else:
