@@ -226,7 +226,7 @@ def test_readonly_reader_while_writer_writes(tmp_path: Path) -> None:
         r.close()
     with pytest.raises(sqlite3.OperationalError):  # it really is read-only
         r2 = MessageStore(tmp_path, readonly=True)
-        r2._db.execute("DELETE FROM blobs")
+        r2._db.execute("DELETE FROM bodies")
     r2.close()
 
 
