@@ -452,3 +452,37 @@ def test_retention_rows_round_trip(tmp_path: Path) -> None:
         assert len(s) == len(data) - len(rows)
     with MessageStore(tmp_path, "s", pack_max_bytes=20_000) as s:  # the file is still there: re-indexed
         assert len(s) == len(data)
+
+
+def test_older_layout_opened_by_two_writers_at_once(tmp_path: Path) -> None:
+    """Workers start together: one re-indexes, the other waits for it; both see every body."""
+    import threading
+
+    data = bodies(300, 400)
+    with MessageStore(tmp_path, "w0", pack_max_bytes=40_000) as s:
+        shas = [s.put(b)[0] for b in data]
+    _old_layout_index(tmp_path)
+    opened: dict[str, object] = {}
+
+    def open_store(sensor: str) -> None:
+        try:
+            opened[sensor] = MessageStore(tmp_path, sensor, pack_max_bytes=40_000)
+        except Exception as e:  # pragma: no cover - reported below
+            opened[sensor] = e
+
+    threads = [threading.Thread(target=open_store, args=(f"w{k}",)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    stores = [opened[f"w{k}"] for k in range(2)]
+    assert all(isinstance(s, MessageStore) for s in stores), stores
+    try:
+        for s in stores:
+            assert len(s) == len(data)
+            assert s.get(shas[-1]) == data[-1]
+            assert s.put(data[0]) == (shas[0], False)
+    finally:
+        for s in stores:
+            s.close()
+    assert "blobs" not in _tables(tmp_path)
