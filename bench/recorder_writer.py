@@ -126,8 +126,13 @@ def steps(messages: int, batch: int, fsync: bool) -> dict[str, float]:
                 fdatasync(store._fd)
             t1 = t()
             db = store._db
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?, ?)", rows)
+            if hasattr(store, "_packed"):  # the index of binary digests and pack ids
+                params = store._packed(rows)
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("INSERT OR REPLACE INTO bodies VALUES " + ",".join(["(?, ?, ?, ?, ?)"] * len(rows)), params)
+            else:  # an older build's (--baseline-src): hex digests and pack names
+                db.execute("BEGIN IMMEDIATE")
+                db.executemany("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?, ?)", rows)
             db.execute("COMMIT")
             t2 = t()
             seg.write(b"".join(lines))

@@ -67,7 +67,7 @@ def _report_emails(data: Path, capsys: pytest.CaptureFixture, *extra: str) -> tu
 
 
 def _damage_index_pages(data: Path) -> None:
-    """Garbage over one page of the blobs table, chosen so that the header and a quick
+    """Garbage over one page of the bodies table, chosen so that the header and a quick
     `count(*)` still look fine where an index answers it (an index from older versions):
     only reading rows fails. With the table alone, a page whose rows fail to read."""
     index = data / "messages" / "index.sqlite"
@@ -81,13 +81,13 @@ def _damage_index_pages(data: Path) -> None:
         probe.write_bytes(bad)
         db = sqlite3.connect(probe)
         try:
-            db.execute("SELECT count(*) FROM blobs").fetchone()
+            db.execute("SELECT count(*) FROM bodies").fetchone()
         except sqlite3.DatabaseError:
             fallback = fallback or bad
             db.close()
             continue
         try:
-            db.execute("SELECT sha256, pack, offset FROM blobs ORDER BY sha256").fetchall()
+            db.execute("SELECT sha256, pack, offset FROM bodies ORDER BY sha256").fetchall()
         except sqlite3.DatabaseError:
             index.write_bytes(bad)
             return

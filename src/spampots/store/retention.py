@@ -44,7 +44,7 @@ from typing import Callable, Iterable, Optional, Union
 
 from ..events import MESSAGE
 from .catalog import iter_segment_files
-from .messages import MESSAGES_DIR, PACK_RE, MessageStore
+from .messages import MESSAGES_DIR, PACK_RE, MessageStore, Row
 from .segments import EVENTS_DIR, SEGMENT_RE, ReadStats, _day_dirs, fsync_dir, iter_file_lines, try_lock
 
 log = logging.getLogger("spampots.store")
@@ -197,9 +197,8 @@ def drop_packs(
     """Delete candidate packs none of whose bodies is in ``keep_shas`` (nor in ``spare``):
     index rows first (one transaction), then the file. Runs where ``store`` is written."""
     spared = set(spare)
-    db = store._db  # the store's own connection: its writer thread, its transaction
-    for name in candidates:
-        shas = [] if name in spared else [r[0] for r in db.execute("SELECT sha256 FROM blobs WHERE pack = ?", (name,))]
+    for name in candidates:  # in the store's writer thread
+        shas = [] if name in spared else [r[0] for r in store.pack_rows(name)]
         if name in spared or any(s in keep_shas for s in shas):
             st.kept_packs += 1
             st.named.append(name)
@@ -213,8 +212,8 @@ def drop_packs(
         except FileNotFoundError:
             continue
         if not dry_run:
-            with store.batch():
-                db.execute("DELETE FROM blobs WHERE pack = ?", (name,))
+            with store.index_transaction():
+                store.delete_pack_rows(name, forget=True)
             store.forget_pack(name)
             path.unlink(missing_ok=True)
         st.packs += 1
@@ -225,8 +224,8 @@ def drop_packs(
         fsync_dir(store.dir)
 
 
-#: pack name -> its index rows (sha256, pack, offset, raw_len, comp_len), out of the index
-Retired = dict[str, list[tuple]]
+#: pack name -> its index rows (sha256 hex, pack, offset, raw_len, comp_len), out of the index
+Retired = dict[str, list[Row]]
 
 
 def retire_packs(store: MessageStore, candidates: Iterable[str], st: PruneStats, *,
@@ -234,21 +233,14 @@ def retire_packs(store: MessageStore, candidates: Iterable[str], st: PruneStats,
     """Take up to ``max_packs`` candidates' rows out of the shared index (one transaction) and
     return them: from the commit on, no writer of the data dir dedups into these packs.
     Runs in ``store``'s writer thread; the files stay until :func:`settle_packs`."""
-    db = store._db  # the store's own connection: its writer thread
     out: Retired = {}
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with store.index_transaction():
         for name in candidates:
             if len(out) >= max_packs:
                 st.more = True
                 break
-            out[name] = db.execute("SELECT * FROM blobs WHERE pack = ?", (name,)).fetchall()
-            db.execute("DELETE FROM blobs WHERE pack = ?", (name,))
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
+            out[name] = store.pack_rows(name)
+            store.delete_pack_rows(name)
     return out
 
 
@@ -260,19 +252,17 @@ def settle_packs(store: MessageStore, retired: Retired, keep_shas: set[str], st:
     Runs in ``store``'s writer thread; the check and the unlink share one index transaction,
     so a writer opening the store either re-indexes a pack before it or finds it gone."""
     spared = set(spare)
-    db = store._db
     gone: list[str] = []
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with store.index_transaction():
         for name, rows in retired.items():
             named = name in spared or any(r[0] in keep_shas for r in rows)
-            back = db.execute("SELECT 1 FROM blobs WHERE pack = ? LIMIT 1", (name,)).fetchone() is not None
-            if named or back:
+            if named or store.has_pack_rows(name):
                 # A body stored again meanwhile (in a younger pack) keeps its new row.
-                db.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?, ?)", rows)
+                store.restore_rows(rows)
                 st.kept_packs += 1
                 st.named.append(name)
                 continue
+            store.delete_pack_rows(name, forget=True)  # no rows left: its name goes with the file
             path = store.dir / name
             try:
                 size = path.stat().st_size
@@ -284,11 +274,6 @@ def settle_packs(store: MessageStore, retired: Retired, keep_shas: set[str], st:
             st.pack_bytes += size
             st.bodies += len(rows)
             st.removed.append(f"{MESSAGES_DIR}/{name}")
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
     for name in gone:
         store.forget_pack(name)
     if gone:
