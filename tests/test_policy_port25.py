@@ -281,3 +281,20 @@ def test_policy_connection_has_the_report_memory_limit(data: Path) -> None:
     want = ref.execute("SELECT current_setting('memory_limit')").fetchone()[0]
     assert con.execute("SELECT current_setting('memory_limit'), current_setting('temp_directory')").fetchone() == \
         (want, str(data / "lake" / "_cache" / "spill"))
+
+
+def test_dashboard_connections_have_the_report_memory_limit(data: Path) -> None:
+    """`spampots serve` computes the report's and the Port 25 tables within the same memory
+    limit as `report` and `policy port25` (DuckDB's 80% of RAM before), on the same figures."""
+    from spampots.analysis.lake import new_connection, report_memory_limit
+    from spampots.serve.queries import Figures, Settings
+
+    want = new_connection(memory_limit=report_memory_limit()).execute(
+        "SELECT current_setting('memory_limit')").fetchone()[0]
+    figures = Figures(Settings(data_dir=data))
+    try:
+        snap = figures.refresh()
+        assert snap.con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == want
+        assert snap.port25 is not None and snap.port25["tables"]
+    finally:
+        figures.close()

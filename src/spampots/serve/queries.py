@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 from ..analysis import metrics, ports, render
 from ..analysis.enrich import Enricher, resolve_asn_db
-from ..analysis.lake import Lake
+from ..analysis.lake import Lake, report_memory_limit
 from ..policy import port25
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -77,7 +77,7 @@ class Snapshot:
         self.lock = threading.Lock()
         self.timings: dict[str, float] = {}
         table = ports.load([p for p in [settings.data_dir / "ports.toml"] if p.exists()])
-        self.con = lake.connect()
+        self.con = lake.connect(memory_limit=report_memory_limit())  # as `report`: spills past it
         self._step("connect", t0)
         t = time.perf_counter()
         opts = metrics.Options(top=settings.top)
@@ -112,7 +112,7 @@ class Snapshot:
         """The Port 25 Management tables: `policy port25`'s queries on a connection of their own
         (they define tables of the same names as the report's), over the lake as it is now."""
         t = time.perf_counter()
-        con = lake.connect()
+        con = lake.connect(memory_limit=report_memory_limit())  # as `policy port25`
         try:
             p25 = port25.run(con, enricher=enricher, top=P25_TOP)
         finally:
