@@ -514,21 +514,28 @@ class MessageStore:
         sha = digest.hex()
         if sha256 is not None and sha256.lower() != sha:
             raise ValueError(f"sha256 {sha256!r} does not match the body ({sha})")
-        loc = self._locate(sha)
-        if loc is not None:
-            record = self._intact_record(sha, loc)
-            if record is not None:
-                if loc.pack != self._pack:
-                    self._foreign.add(loc.pack)  # maybe not yet fsynced by its writer
-                    self.hit_packs.add(loc.pack)  # named again: retention keeps it (retention.py)
-                return sha, False, record
-            log.warning("index row for %s points at bad bytes: storing the body again", sha)
+        record = self._reuse(sha, self._locate(sha))
+        if record is not None:
+            return sha, False, record
         comp = self._cctx.compress(body)
         if self._samples is not None:
             self._sample(body)
         record = HEADER.pack(MAGIC, digest, len(body), len(comp), zlib.crc32(comp)) + comp
         self._append(record, sha, len(body), len(comp))
         return sha, True, record
+
+    def _reuse(self, sha: str, loc: Optional[Location]) -> Optional[bytes]:
+        """The intact pack record of a body already stored at ``loc`` (a dedup hit), noting its
+        pack; None when there is none, or its bytes are bad (then the body is stored again)."""
+        if loc is None:
+            return None
+        record = self._intact_record(sha, loc)
+        if record is None:
+            log.warning("index row for %s points at bad bytes: storing the body again", sha)
+        elif loc.pack != self._pack:
+            self._foreign.add(loc.pack)  # maybe not yet fsynced by its writer
+            self.hit_packs.add(loc.pack)  # named again: retention keeps it (retention.py)
+        return record
 
     def put_many(self, items: list[tuple[bytes, Optional[str]]]) -> list[Union[tuple[str, bool, bytes], Exception]]:
         """:meth:`put_keep` for each ``(body, sha256)``, with one index lookup and one pack write
@@ -550,16 +557,10 @@ class MessageStore:
         for k, sha in enumerate(shas):
             if out[k] is not None or sha in first:
                 continue
-            loc = Location(*staged[sha][1:]) if sha in staged else found.get(sha)
-            if loc is not None:
-                record = self._intact_record(sha, loc)
-                if record is not None:
-                    if loc.pack != self._pack:
-                        self._foreign.add(loc.pack)  # maybe not yet fsynced by its writer
-                        self.hit_packs.add(loc.pack)  # named again: retention keeps it (retention.py)
-                    out[k] = (sha, False, record)
-                    continue
-                log.warning("index row for %s points at bad bytes: storing the body again", sha)
+            record = self._reuse(sha, Location(*staged[sha][1:]) if sha in staged else found.get(sha))
+            if record is not None:
+                out[k] = (sha, False, record)
+                continue
             first[sha] = k
             new.append(k)
         if new:
