@@ -14,7 +14,6 @@ successor starts from them, so the sensor's counters never go back.
 
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 from typing import Optional
@@ -22,6 +21,7 @@ from typing import Optional
 import msgspec
 
 from ..metrics import Figures
+from .shared import shared_memory
 
 HALF = 1 << 20  # bytes per half slot: the figures' labels are bounded (see metrics.MAX_KINDS)
 _INDEX = struct.Struct("<Q")  # the half in use (0 or 1)
@@ -36,15 +36,7 @@ _decode = msgspec.msgpack.Decoder(Figures).decode
 class FigureBoard:
     def __init__(self, workers: int) -> None:
         self.workers = workers
-        size = _SLOT * workers
-        if hasattr(os, "memfd_create"):
-            self.fd = os.memfd_create("spampots-figures", os.MFD_CLOEXEC)
-        else:  # pragma: no cover - Linux has memfd_create
-            from .shared import _tmpfile
-
-            self.fd = _tmpfile()
-        os.ftruncate(self.fd, size)  # pages are only allocated when written
-        self.mem = mmap.mmap(self.fd, size)
+        self.fd, self.mem = shared_memory("spampots-figures", _SLOT * workers)
 
     def _half(self, k: int, h: int) -> int:
         return _SLOT * k + _INDEX.size + h * (_HALF_HEAD.size + HALF)

@@ -47,9 +47,7 @@ class SharedState:
         self.row = _SRC_HEAD.size + self._counts.size
         self._src_at = _WORKER.size * workers
         size = self._src_at + self.row * sources
-        self.fd = os.memfd_create("spampots-shared", os.MFD_CLOEXEC) if hasattr(os, "memfd_create") else _tmpfile()
-        os.ftruncate(self.fd, size)
-        self.mem = mmap.mmap(self.fd, size)  # MAP_SHARED: forked workers see one memory
+        self.fd, self.mem = shared_memory("spampots-shared", size)
 
     # -- the lock ----------------------------------------------------------------------------
     def lock(self) -> None:
@@ -227,9 +225,15 @@ class SharedGate:
         """Nothing to do: the table is fixed, and stale rows are reused (see _find)."""
 
 
-def _tmpfile() -> int:  # pragma: no cover - Linux has memfd_create
-    import tempfile
+def shared_memory(name: str, size: int) -> tuple[int, mmap.mmap]:
+    """A memory file of ``size`` bytes mapped MAP_SHARED, made before the workers are forked
+    so that they all see one memory (pages are only allocated when written)."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    else:  # pragma: no cover - Linux has memfd_create
+        import tempfile
 
-    fd, path = tempfile.mkstemp(prefix="spampots-shared-")
-    os.unlink(path)
-    return fd
+        fd, path = tempfile.mkstemp(prefix=f"{name}-")
+        os.unlink(path)
+    os.ftruncate(fd, size)
+    return fd, mmap.mmap(fd, size)

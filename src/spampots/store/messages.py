@@ -134,7 +134,7 @@ def _busy(e: sqlite3.DatabaseError) -> bool:
     return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
 
 
-def _disk_full(e: BaseException) -> bool:
+def disk_full(e: BaseException) -> bool:
     if isinstance(e, sqlite3.Error):
         return (getattr(e, "sqlite_errorname", None) or "") == "SQLITE_FULL"
     return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
@@ -290,7 +290,7 @@ class MessageStore:
                 self._db = self._open_db()
                 self._reconcile()
             except (sqlite3.Error, OSError) as e:
-                if not _disk_full(e):
+                if not disk_full(e):
                     raise
                 # No room to bring the index up to date: the packs are the truth, so index them
                 # in memory; the next start (with room) re-indexes from the file's last row.

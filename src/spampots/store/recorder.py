@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from ..events import Event, SmtpMessage, encode
-from .journal import Journal, missing_lines
-from .messages import MessageStore, _disk_full
+from .journal import Journal, journal_name, missing_lines
+from .messages import MessageStore, disk_full
 from ..lograte import RateLimitedLog
 from .segments import SegmentWriter, recover
 
@@ -268,7 +268,7 @@ class Recorder:
         the journal is reset. Replaying a round that was already complete changes nothing."""
         store, seg = self._store, self._seg
         assert store is not None and seg is not None
-        path = store.dir / f"journal-{self.pack_writer}.bin"
+        path = store.dir / journal_name(self.pack_writer)
         if not self._fsync and not path.exists():
             return
         journal: Optional[Journal] = None
@@ -287,7 +287,7 @@ class Recorder:
                                 path.name, put, lines.count(b"\n"))
             journal.checkpoint()
         except OSError as e:
-            if not _disk_full(e):
+            if not disk_full(e):
                 raise
             # A full disk must not keep the sensor down (it refuses mail until there is room):
             # run without a journal (pack and segment synced before each 250, as without one);
